@@ -1,0 +1,479 @@
+//! Signed append-only feeds.
+//!
+//! A [`Feed`] is the in-memory handle of one feed: its descriptor, its
+//! latest verified [`SignedHead`] and the full roots of that head, which is
+//! all an append or a proof needs besides the stored nodes. Loading one costs
+//! a fixed handful of reads, whatever the feed's length.
+
+mod head;
+mod id;
+
+pub use head::{SignedHead, SIGNED_HEAD_LEN};
+pub use id::{FeedDescriptor, FeedId, FeedKind};
+
+use crate::identity::{Keypair, PeerId};
+use crate::merkle::{self, flat, Node, ProofError, RangeProof};
+use crate::store::{keys, Store, StoreError, Table, Txn};
+
+/// Why a feed operation failed. Every variant names the feed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Only a feed's author can append to it.
+    #[error("feed {feed} is written by {author}, not by this key")]
+    NotAuthor {
+        /// The feed.
+        feed: FeedId,
+        /// Its author.
+        author: PeerId,
+    },
+    /// A requested range lies beyond the feed's verified length.
+    #[error("feed {feed} has {length} blocks; range {start}..{end} is out of bounds")]
+    OutOfRange {
+        /// The feed.
+        feed: FeedId,
+        /// Requested start.
+        start: u64,
+        /// Requested end.
+        end: u64,
+        /// Verified length.
+        length: u64,
+    },
+    /// A head's signature does not verify against the feed's author.
+    #[error("feed {feed}: head at length {length} has a bad signature")]
+    BadSignature {
+        /// The feed.
+        feed: FeedId,
+        /// The head's claimed length.
+        length: u64,
+    },
+    /// A head names another feed.
+    #[error("head for feed {got} offered for feed {feed}")]
+    WrongFeed {
+        /// The feed.
+        feed: FeedId,
+        /// The feed the head names.
+        got: FeedId,
+    },
+    /// A proof did not check out.
+    #[error("feed {feed}: bad proof for blocks {start}..{end}: {source}")]
+    Proof {
+        /// The feed.
+        feed: FeedId,
+        /// First block of the proof.
+        start: u64,
+        /// End of the proof's range.
+        end: u64,
+        /// What was wrong.
+        #[source]
+        source: ProofError,
+    },
+    /// A proof's recomputed tree does not hash to the signed root.
+    #[error("feed {feed}: blocks {start}..{end} do not hash to the signed root at length {length}")]
+    RootMismatch {
+        /// The feed.
+        feed: FeedId,
+        /// First block of the proof.
+        start: u64,
+        /// End of the proof's range.
+        end: u64,
+        /// The head's length.
+        length: u64,
+    },
+    /// A stored record failed its integrity check.
+    #[error("feed {feed}, seq {seq}: stored {what} is corrupted; restore the data directory from a backup")]
+    Corrupt {
+        /// The feed.
+        feed: FeedId,
+        /// The block (or, for tree nodes, the first block the node covers).
+        seq: u64,
+        /// What was found damaged.
+        what: &'static str,
+    },
+    /// A tree node needed for a proof is not stored here (this node holds
+    /// the feed sparsely or pruned it).
+    #[error("feed {feed}: tree node {index} is not stored here")]
+    MissingNode {
+        /// The feed.
+        feed: FeedId,
+        /// The node's flat-tree index.
+        index: u64,
+    },
+}
+
+/// One feed, as loaded from the store.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    desc: FeedDescriptor,
+    id: FeedId,
+    head: Option<SignedHead>,
+    roots: Vec<Node>,
+}
+
+const FEED_RECORD_VERSION: u8 = 1;
+
+impl Feed {
+    /// A feed with no blocks yet (nothing is stored until its first append or
+    /// verified head).
+    pub fn new(desc: FeedDescriptor) -> Self {
+        Feed { id: desc.id(), desc, head: None, roots: Vec::new() }
+    }
+
+    /// Loads feed `id`, checking its head's signature and that its stored
+    /// roots hash to the signed root. `Ok(None)` if the store has no such feed.
+    pub fn load<S: Store>(txn: &Txn<'_, S>, id: &FeedId) -> Result<Option<Self>, FeedError> {
+        let Some(bytes) = txn.get(Table::Feeds, &id.0)? else { return Ok(None) };
+        let corrupt = |what| FeedError::Corrupt { feed: *id, seq: 0, what };
+        let (&version, rest) = bytes.split_first().ok_or(corrupt("feed record"))?;
+        if version != FEED_RECORD_VERSION {
+            return Err(corrupt("feed record version"));
+        }
+        let (desc, rest) = FeedDescriptor::decode(rest).ok_or(corrupt("feed descriptor"))?;
+        if desc.id() != *id {
+            return Err(corrupt("feed descriptor"));
+        }
+        let mut feed = Feed::new(desc);
+        if rest.is_empty() {
+            return Ok(Some(feed));
+        }
+        let head = SignedHead::decode(rest).ok_or(corrupt("signed head"))?;
+        if head.feed != *id || !head.verify(&desc.author) {
+            return Err(FeedError::BadSignature { feed: *id, length: head.length });
+        }
+        let mut roots = Vec::new();
+        for index in flat::full_roots(head.length) {
+            let node = feed.stored_node(txn, index)?.ok_or(FeedError::Corrupt {
+                feed: *id,
+                seq: flat::blocks(index).0,
+                what: "tree root",
+            })?;
+            roots.push(node);
+        }
+        if merkle::tree_hash(&roots) != head.root {
+            return Err(FeedError::Corrupt { feed: *id, seq: head.length.saturating_sub(1), what: "tree roots" });
+        }
+        feed.head = Some(head);
+        feed.roots = roots;
+        Ok(Some(feed))
+    }
+
+    /// Loads feed `desc`, or starts an empty one.
+    pub fn open<S: Store>(txn: &Txn<'_, S>, desc: FeedDescriptor) -> Result<Self, FeedError> {
+        Ok(Self::load(txn, &desc.id())?.unwrap_or_else(|| Feed::new(desc)))
+    }
+
+    /// The feed id.
+    pub fn id(&self) -> FeedId {
+        self.id
+    }
+
+    /// The feed's author and kind.
+    pub fn descriptor(&self) -> &FeedDescriptor {
+        &self.desc
+    }
+
+    /// The latest verified head, if any.
+    pub fn head(&self) -> Option<&SignedHead> {
+        self.head.as_ref()
+    }
+
+    /// The verified length: blocks `0..len()` exist (they may not all be
+    /// stored here).
+    pub fn len(&self) -> u64 {
+        self.head.map_or(0, |h| h.length)
+    }
+
+    /// Whether the feed has no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `blocks` as one batch: hashes them into the tree, signs one
+    /// head for the whole batch, and writes blocks, nodes and head into
+    /// `txn`. Returns the new head.
+    ///
+    /// The in-memory feed moves ahead at once; if the caller then fails to
+    /// commit `txn`, it must drop this `Feed` and load it again.
+    pub fn append_batch<S: Store, B: AsRef<[u8]>>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        key: &Keypair,
+        blocks: &[B],
+    ) -> Result<SignedHead, FeedError> {
+        if key.peer_id() != self.desc.author {
+            return Err(FeedError::NotAuthor { feed: self.id, author: self.desc.author });
+        }
+        let length = self.len();
+        let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
+        let mut created = Vec::with_capacity(blocks.len() * 2);
+        merkle::append_leaves(&mut self.roots, length, &refs, &mut created);
+        for node in &created {
+            txn.put(Table::Nodes, &keys::feed_seq(&self.id, node.index), &node.encode());
+        }
+        for (i, data) in refs.iter().enumerate() {
+            txn.put(Table::Blocks, &keys::feed_seq(&self.id, length + i as u64), data);
+        }
+        let new_len = length + blocks.len() as u64;
+        let head = SignedHead::sign(key, self.id, new_len, merkle::tree_hash(&self.roots));
+        self.head = Some(head);
+        self.write_record(txn);
+        Ok(head)
+    }
+
+    fn write_record<S: Store>(&self, txn: &mut Txn<'_, S>) {
+        let mut rec = Vec::with_capacity(1 + 65 + SIGNED_HEAD_LEN);
+        rec.push(FEED_RECORD_VERSION);
+        self.desc.encode(&mut rec);
+        if let Some(h) = &self.head {
+            rec.extend_from_slice(&h.encode());
+        }
+        txn.put_owned(Table::Feeds, self.id.0.to_vec(), rec);
+    }
+
+    /// Records the feed in the store even before it has a head, so that it is
+    /// listed (a receiver learns of a feed before it holds any of it).
+    pub fn persist<S: Store>(&self, txn: &mut Txn<'_, S>) {
+        self.write_record(txn);
+    }
+
+    fn stored_node<S: Store>(&self, txn: &Txn<'_, S>, index: u64) -> Result<Option<Node>, FeedError> {
+        match txn.get(Table::Nodes, &keys::feed_seq(&self.id, index))? {
+            None => Ok(None),
+            Some(bytes) => Node::decode(index, bytes).map(Some).ok_or(FeedError::Corrupt {
+                feed: self.id,
+                seq: flat::blocks(index).0,
+                what: "tree node",
+            }),
+        }
+    }
+
+    /// Reads block `seq` if it is stored here, checking it against its leaf
+    /// hash so damaged bytes are reported, never returned.
+    pub fn get<S: Store>(&self, txn: &Txn<'_, S>, seq: u64) -> Result<Option<Vec<u8>>, FeedError> {
+        if seq >= self.len() {
+            return Ok(None);
+        }
+        let Some(data) = txn.get(Table::Blocks, &keys::feed_seq(&self.id, seq))? else { return Ok(None) };
+        let leaf = self
+            .stored_node(txn, flat::leaf(seq))?
+            .ok_or(FeedError::Corrupt { feed: self.id, seq, what: "leaf hash" })?;
+        if Node::leaf(seq, data) != leaf {
+            return Err(FeedError::Corrupt { feed: self.id, seq, what: "block" });
+        }
+        Ok(Some(data.to_vec()))
+    }
+
+    /// Whether block `seq` is stored here.
+    pub fn has<S: Store>(&self, txn: &Txn<'_, S>, seq: u64) -> Result<bool, FeedError> {
+        Ok(seq < self.len() && txn.get(Table::Blocks, &keys::feed_seq(&self.id, seq))?.is_some())
+    }
+
+    /// Proves blocks `[start, end)` against the current head, for a verifier
+    /// that holds the roots of `base` blocks (its verified length).
+    pub fn prove<S: Store>(&self, txn: &Txn<'_, S>, start: u64, end: u64, base: u64) -> Result<RangeProof, FeedError> {
+        let length = self.len();
+        if start > end || end > length || base > length {
+            return Err(FeedError::OutOfRange { feed: self.id, start, end, length });
+        }
+        merkle::prove(start, end, length, base, |index| {
+            self.stored_node(txn, index)?.ok_or(FeedError::MissingNode { feed: self.id, index })
+        })
+    }
+
+    /// Checks `blocks` (blocks `proof.start..proof.end`) against `head`
+    /// through `proof`, then stores the blocks and every node learned, and
+    /// adopts `head` if it is longer than the one held. The signature check is
+    /// skipped when `head` is exactly the head already verified.
+    ///
+    /// Nothing is written unless everything verifies.
+    pub fn verify_and_store<S: Store, B: AsRef<[u8]>>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        head: &SignedHead,
+        proof: &RangeProof,
+        blocks: &[B],
+    ) -> Result<(), FeedError> {
+        let learned = self.verify(txn, head, proof, blocks)?;
+        for node in &learned {
+            let key = keys::feed_seq(&self.id, node.index);
+            if txn.get(Table::Nodes, &key)?.is_none() {
+                txn.put(Table::Nodes, &key, &node.encode());
+            }
+        }
+        for (i, data) in blocks.iter().enumerate() {
+            txn.put(Table::Blocks, &keys::feed_seq(&self.id, proof.start + i as u64), data.as_ref());
+        }
+        if head.length > self.len() {
+            self.roots = flat::full_roots(head.length)
+                .into_iter()
+                .map(|i| learned.iter().rev().find(|n| n.index == i).copied())
+                .collect::<Option<Vec<_>>>()
+                .ok_or(FeedError::Proof {
+                    feed: self.id,
+                    start: proof.start,
+                    end: proof.end,
+                    source: ProofError::Truncated,
+                })?;
+            self.head = Some(*head);
+            self.write_record(txn);
+        }
+        Ok(())
+    }
+
+    /// Verifies without storing; returns the nodes learned.
+    pub fn verify<S: Store, B: AsRef<[u8]>>(
+        &self,
+        txn: &Txn<'_, S>,
+        head: &SignedHead,
+        proof: &RangeProof,
+        blocks: &[B],
+    ) -> Result<Vec<Node>, FeedError> {
+        let (start, end) = (proof.start, proof.end);
+        if head.feed != self.id {
+            return Err(FeedError::WrongFeed { feed: self.id, got: head.feed });
+        }
+        if proof.length != head.length || proof.base > self.len() {
+            return Err(FeedError::Proof {
+                feed: self.id,
+                start,
+                end,
+                source: ProofError::Range { start, end, length: proof.length, base: proof.base },
+            });
+        }
+        let mut store_err = None;
+        let verified = merkle::verify(proof, blocks, |index| match self.stored_node(txn, index) {
+            Ok(n) => n,
+            Err(e) => {
+                store_err = Some(e);
+                None
+            }
+        });
+        if let Some(e) = store_err {
+            return Err(e);
+        }
+        let verified = verified.map_err(|source| FeedError::Proof { feed: self.id, start, end, source })?;
+        if merkle::tree_hash(&verified.roots) != head.root {
+            return Err(FeedError::RootMismatch { feed: self.id, start, end, length: head.length });
+        }
+        let already_verified = self.head.as_ref() == Some(head);
+        if !already_verified && !head.verify(&self.desc.author) {
+            return Err(FeedError::BadSignature { feed: self.id, length: head.length });
+        }
+        let mut learned = verified.learned;
+        // Roots of the new head must be stored even when the walk took them
+        // from the verifier's own base.
+        learned.extend(verified.roots);
+        Ok(learned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRng;
+    use crate::store::MemStore;
+
+    fn author() -> Keypair {
+        Keypair::generate(&mut SeededRng::from_u64(11))
+    }
+
+    #[test]
+    fn append_get_reload() {
+        let store = MemStore::new();
+        let key = author();
+        let desc = FeedDescriptor::queue(key.peer_id(), PeerId([9; 32]));
+        let mut txn = Txn::begin(&store).unwrap();
+        let mut feed = Feed::open(&txn, desc).unwrap();
+        feed.append_batch(&mut txn, &key, &[b"a".as_slice(), b"bb", b"ccc"]).unwrap();
+        let head = feed.append_batch(&mut txn, &key, &[b"dddd"]).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(store.commit_count(), 1);
+        assert_eq!(head.length, 4);
+        let txn = Txn::begin(&store).unwrap();
+        let again = Feed::load(&txn, &desc.id()).unwrap().unwrap();
+        assert_eq!(again.head(), Some(&head));
+        assert_eq!(again.get(&txn, 2).unwrap().as_deref(), Some(&b"ccc"[..]));
+        assert_eq!(again.get(&txn, 4).unwrap(), None);
+    }
+
+    #[test]
+    fn not_the_author_cannot_append() {
+        let store = MemStore::new();
+        let mut txn = Txn::begin(&store).unwrap();
+        let mut feed = Feed::new(FeedDescriptor::broadcast(PeerId([1; 32])));
+        let err = feed.append_batch(&mut txn, &author(), &[b"x"]).unwrap_err();
+        assert!(matches!(err, FeedError::NotAuthor { .. }));
+    }
+
+    #[test]
+    fn corruption_on_disk_names_feed_and_seq() {
+        let store = MemStore::new();
+        let key = author();
+        let desc = FeedDescriptor::broadcast(key.peer_id());
+        let mut txn = Txn::begin(&store).unwrap();
+        let mut feed = Feed::new(desc);
+        feed.append_batch(&mut txn, &key, &[b"one".as_slice(), b"two"]).unwrap();
+        txn.commit().unwrap();
+
+        store.tamper(Table::Blocks, &keys::feed_seq(&desc.id(), 1), |v| v[0] ^= 1);
+        let txn = Txn::begin(&store).unwrap();
+        let err = feed.get(&txn, 1).unwrap_err();
+        assert!(matches!(err, FeedError::Corrupt { seq: 1, what: "block", .. }), "{err}");
+        assert!(err.to_string().contains(&desc.id().to_string()));
+        drop(txn);
+
+        store.tamper(Table::Feeds, &desc.id().0, |v| {
+            let n = v.len();
+            v[n - 1] ^= 1
+        });
+        let txn = Txn::begin(&store).unwrap();
+        let err = Feed::load(&txn, &desc.id()).unwrap_err();
+        assert!(matches!(err, FeedError::BadSignature { length: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn receiver_verifies_sparse_then_upgrades() {
+        let key = author();
+        let desc = FeedDescriptor::queue(key.peer_id(), PeerId([7; 32]));
+        let writer = MemStore::new();
+        let mut wt = Txn::begin(&writer).unwrap();
+        let mut wf = Feed::new(desc);
+        let blocks: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let h1 = wf.append_batch(&mut wt, &key, &blocks[..30]).unwrap();
+        wt.commit().unwrap();
+
+        let reader = MemStore::new();
+        let mut rf = Feed::new(desc);
+        // Block 17 alone, against the 30-block head.
+        let wt = Txn::begin(&writer).unwrap();
+        let p = wf.prove(&wt, 17, 18, 0).unwrap();
+        drop(wt);
+        let mut rt = Txn::begin(&reader).unwrap();
+        rf.verify_and_store(&mut rt, &h1, &p, &blocks[17..18]).unwrap();
+        rt.commit().unwrap();
+        assert_eq!(rf.len(), 30);
+
+        let mut wt = Txn::begin(&writer).unwrap();
+        let h2 = wf.append_batch(&mut wt, &key, &blocks[30..]).unwrap();
+        wt.commit().unwrap();
+        let wt = Txn::begin(&writer).unwrap();
+        let p = wf.prove(&wt, 40, 43, rf.len()).unwrap();
+        let mut rt = Txn::begin(&reader).unwrap();
+        rf.verify_and_store(&mut rt, &h2, &p, &blocks[40..43]).unwrap();
+        rt.commit().unwrap();
+        let rt = Txn::begin(&reader).unwrap();
+        let back = Feed::load(&rt, &desc.id()).unwrap().unwrap();
+        assert_eq!(back.len(), 50);
+        assert_eq!(back.get(&rt, 41).unwrap(), Some(blocks[41].clone()));
+        assert_eq!(back.get(&rt, 5).unwrap(), None);
+
+        // A tampered block is refused and nothing is written.
+        let p = wf.prove(&wt, 3, 4, rf.len()).unwrap();
+        let mut rt = Txn::begin(&reader).unwrap();
+        let err = rf.verify_and_store(&mut rt, &h2, &p, &[b"evil".to_vec()]).unwrap_err();
+        assert!(matches!(err, FeedError::RootMismatch { .. } | FeedError::Proof { .. }), "{err}");
+        assert!(!rt.is_dirty());
+    }
+}

@@ -1,0 +1,175 @@
+//! Node identity: an ed25519 key pair, and the public key as a peer id.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+
+use crate::rng::RandomSource;
+
+/// Length in bytes of an ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// An ed25519 signature, as raw bytes.
+pub type Signature = [u8; SIGNATURE_LEN];
+
+/// A node's identity: its ed25519 signing key.
+///
+/// The secret never leaves this type except through [`Keypair::to_bytes`],
+/// which exists so a store can persist it.
+#[derive(Clone)]
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl Keypair {
+    /// Generates a fresh key pair from an injected random source.
+    pub fn generate(rng: &mut impl RandomSource) -> Self {
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        Self::from_bytes(&secret)
+    }
+
+    /// Rebuilds a key pair from its 32-byte secret seed.
+    pub fn from_bytes(secret: &[u8; 32]) -> Self {
+        Self { signing: SigningKey::from_bytes(secret) }
+    }
+
+    /// Returns the 32-byte secret seed; store it somewhere private.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    /// The public half, which is this node's id.
+    pub fn peer_id(&self) -> PeerId {
+        PeerId(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> Signature {
+        self.signing.sign(message).to_bytes()
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keypair").field("peer_id", &self.peer_id()).finish_non_exhaustive()
+    }
+}
+
+/// A peer's id: its 32-byte ed25519 public key, shown as 64 lowercase hex
+/// characters.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub [u8; 32]);
+
+impl PeerId {
+    /// The raw public key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Checks `signature` over `message` against this public key.
+    ///
+    /// Uses strict verification, so a malleated signature or a weak key is
+    /// rejected rather than accepted as an alternative encoding.
+    pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), BadSignature> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature)?;
+        let sig = ed25519_dalek::Signature::from_bytes(signature);
+        key.verify_strict(message, &sig).map_err(|_| BadSignature)
+    }
+
+    /// A short form for logs: the first 8 hex characters and an ellipsis.
+    pub fn short(&self) -> String {
+        format!("{}…", &hex::encode(&self.0[..4]))
+    }
+}
+
+/// A signature did not verify against the claimed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("signature does not verify")]
+pub struct BadSignature;
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 64];
+        // Encoding 32 bytes into 64 always fits.
+        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.short())
+    }
+}
+
+/// Why a string is not a peer id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerIdError {
+    /// The string has the wrong length.
+    #[error("a peer id is 64 hex characters, but this one has {0}; copy the whole output of `peermq id`")]
+    Length(usize),
+    /// The string holds a character that is not a hex digit.
+    #[error("a peer id is 64 hex characters, but character {position} is {ch:?}, which is not a hex digit")]
+    NotHex {
+        /// 1-based position of the offending character.
+        position: usize,
+        /// The offending character.
+        ch: char,
+    },
+}
+
+impl FromStr for PeerId {
+    type Err = PeerIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((i, ch)) = s.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
+            return Err(PeerIdError::NotHex { position: i + 1, ch });
+        }
+        if s.len() != 64 {
+            return Err(PeerIdError::Length(s.len()));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| PeerIdError::Length(s.len()))?;
+        Ok(PeerId(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRng;
+
+    #[test]
+    fn keypair_roundtrips_through_bytes() {
+        let kp = Keypair::generate(&mut SeededRng::from_u64(3));
+        let again = Keypair::from_bytes(&kp.to_bytes());
+        assert_eq!(kp.peer_id(), again.peer_id());
+        let sig = again.sign(b"hello");
+        kp.peer_id().verify(b"hello", &sig).unwrap();
+        assert_eq!(kp.peer_id().verify(b"hellO", &sig), Err(BadSignature));
+    }
+
+    #[test]
+    fn peer_id_hex_roundtrip() {
+        let id = Keypair::generate(&mut SeededRng::from_u64(4)).peer_id();
+        let s = id.to_string();
+        assert_eq!(s.len(), 64);
+        assert!(s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(s.parse::<PeerId>().unwrap(), id);
+        assert_eq!(s.to_uppercase().parse::<PeerId>().unwrap(), id);
+    }
+
+    #[test]
+    fn bad_peer_ids_say_what_is_wrong() {
+        assert_eq!("abc".parse::<PeerId>(), Err(PeerIdError::Length(3)));
+        let mut s = "0".repeat(64);
+        s.replace_range(9..10, "g");
+        assert_eq!(s.parse::<PeerId>(), Err(PeerIdError::NotHex { position: 10, ch: 'g' }));
+        let msg = "zz".parse::<PeerId>().unwrap_err().to_string();
+        assert!(msg.contains("character 1 is 'z'"), "{msg}");
+        let msg = "ab".parse::<PeerId>().unwrap_err().to_string();
+        assert!(msg.contains("has 2"), "{msg}");
+    }
+}

@@ -1,0 +1,310 @@
+//! Range and upgrade proofs.
+//!
+//! One proof type covers both jobs. A [`RangeProof`] shows that blocks
+//! `[start, end)` belong to the tree of `length` blocks, assuming the verifier
+//! already holds the full roots of a tree of `base` blocks (its last verified
+//! length; 0 if it has none). With an empty range it is an upgrade proof from
+//! `base` to `length`: the verifier recomputes the new roots from its old ones,
+//! which proves the new tree extends the old.
+//!
+//! Prover and verifier walk the same tree in the same order, so the proof
+//! carries only hashes and sizes, never indices: each node is one the verifier
+//! could neither compute from the blocks nor find among its own roots.
+
+use super::{flat, Node};
+
+/// A Merkle proof for a contiguous range of blocks, and/or an upgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeProof {
+    /// First block proven.
+    pub start: u64,
+    /// One past the last block proven (`start == end` proves no block).
+    pub end: u64,
+    /// The tree length the proof reaches: that of the signed head it ends in.
+    pub length: u64,
+    /// The verifier is assumed to hold the full roots of this length.
+    pub base: u64,
+    /// Sibling nodes, in walk order.
+    pub nodes: Vec<Node>,
+}
+
+/// What a verified proof established.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// The full roots of the tree of `length` blocks; hash them with
+    /// [`super::tree_hash`] and compare against a signed head.
+    pub roots: Vec<Node>,
+    /// Every node the verifier learned (leaves, parents and proof nodes),
+    /// ready to be stored so the verifier can later prove to others.
+    pub learned: Vec<Node>,
+}
+
+/// Why a proof was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// The proof's range does not fit its length, or its base exceeds it.
+    #[error("proof range {start}..{end} against base {base} does not fit length {length}")]
+    Range {
+        /// Claimed first block.
+        start: u64,
+        /// Claimed end.
+        end: u64,
+        /// Claimed length.
+        length: u64,
+        /// Claimed base.
+        base: u64,
+    },
+    /// The number of blocks given does not match the range.
+    #[error("proof covers {expected} blocks but {got} were supplied")]
+    BlockCount {
+        /// Blocks in the range.
+        expected: u64,
+        /// Blocks supplied.
+        got: usize,
+    },
+    /// The proof ran out of nodes.
+    #[error("proof is missing nodes")]
+    Truncated,
+    /// The proof has nodes left over after the walk.
+    #[error("proof has {0} unused nodes")]
+    Excess(usize),
+    /// The verifier lacks one of its own base roots.
+    #[error("verifier does not hold its base root node {0}")]
+    MissingBase(u64),
+    /// A recomputed node disagrees with one the verifier already trusted.
+    #[error("node {0} does not match the verified tree")]
+    Mismatch(u64),
+}
+
+/// Builds a proof for blocks `[start, end)` of the tree of `length` blocks,
+/// for a verifier holding the roots of `base` blocks.
+///
+/// `node` fetches a stored node by flat-tree index. The caller guarantees
+/// `start <= end <= length` and `base <= length`.
+pub fn prove<E>(
+    start: u64,
+    end: u64,
+    length: u64,
+    base: u64,
+    mut node: impl FnMut(u64) -> Result<Node, E>,
+) -> Result<RangeProof, E> {
+    let walk = Walk::new(start, end, base);
+    let mut nodes = Vec::new();
+    for root in flat::full_roots(length) {
+        walk.prove(root, &mut node, &mut nodes)?;
+    }
+    Ok(RangeProof { start, end, length, base, nodes })
+}
+
+/// Checks `proof` against the blocks it covers (`blocks[i]` is block
+/// `proof.start + i`), using `trusted` to look up the verifier's base roots.
+///
+/// On success, returns the recomputed roots of `proof.length`; the caller
+/// must still compare their [`super::tree_hash`] with a signed head.
+pub fn verify<B: AsRef<[u8]>>(
+    proof: &RangeProof,
+    blocks: &[B],
+    mut trusted: impl FnMut(u64) -> Option<Node>,
+) -> Result<Verified, ProofError> {
+    let RangeProof { start, end, length, base, .. } = *proof;
+    if start > end || end > length || base > length {
+        return Err(ProofError::Range { start, end, length, base });
+    }
+    if (end - start) != blocks.len() as u64 {
+        return Err(ProofError::BlockCount { expected: end - start, got: blocks.len() });
+    }
+    let walk = Walk::new(start, end, base);
+    let mut state = VerifyState {
+        blocks,
+        proof: proof.nodes.iter(),
+        trusted: &mut trusted,
+        out: Verified { roots: Vec::new(), learned: Vec::with_capacity(2 * blocks.len() + proof.nodes.len()) },
+    };
+    for root in flat::full_roots(length) {
+        let n = walk.verify(root, &mut state)?;
+        state.out.roots.push(n);
+    }
+    let left = state.proof.len();
+    if left > 0 {
+        return Err(ProofError::Excess(left));
+    }
+    Ok(state.out)
+}
+
+/// The shared walk: which nodes a proof holds is decided identically on both
+/// sides.
+struct Walk {
+    start: u64,
+    end: u64,
+    base: u64,
+    base_roots: Vec<u64>,
+}
+
+enum Step {
+    /// Descend into the children.
+    Split,
+    /// The verifier holds this node as a base root.
+    Trusted,
+    /// The proof carries this node.
+    Carried,
+}
+
+impl Walk {
+    fn new(start: u64, end: u64, base: u64) -> Self {
+        Walk { start, end, base, base_roots: flat::full_roots(base) }
+    }
+
+    fn is_base_root(&self, i: u64) -> bool {
+        self.base_roots.binary_search(&i).is_ok()
+    }
+
+    fn step(&self, i: u64) -> Step {
+        let (lo, hi) = flat::blocks(i);
+        let touches_range = self.start < self.end && lo < self.end && self.start < hi;
+        if touches_range {
+            Step::Split
+        } else if self.is_base_root(i) {
+            Step::Trusted
+        } else if lo < self.base && self.base < hi {
+            // Straddles the verifier's old length: its left part is made of
+            // base roots the verifier holds.
+            Step::Split
+        } else {
+            Step::Carried
+        }
+    }
+
+    fn prove<E>(
+        &self,
+        i: u64,
+        node: &mut impl FnMut(u64) -> Result<Node, E>,
+        out: &mut Vec<Node>,
+    ) -> Result<(), E> {
+        match self.step(i) {
+            Step::Split => {
+                if let Some((l, r)) = flat::children(i) {
+                    self.prove(l, node, out)?;
+                    self.prove(r, node, out)?;
+                }
+                Ok(())
+            }
+            Step::Trusted => Ok(()),
+            Step::Carried => {
+                out.push(node(i)?);
+                Ok(())
+            }
+        }
+    }
+
+    fn verify<B: AsRef<[u8]>, T: FnMut(u64) -> Option<Node>>(
+        &self,
+        i: u64,
+        st: &mut VerifyState<'_, B, T>,
+    ) -> Result<Node, ProofError> {
+        let node = match self.step(i) {
+            Step::Split => match flat::children(i) {
+                None => {
+                    let seq = i / 2;
+                    let data = st.blocks[(seq - self.start) as usize].as_ref();
+                    Node::leaf(seq, data)
+                }
+                Some((l, r)) => {
+                    let left = self.verify(l, st)?;
+                    let right = self.verify(r, st)?;
+                    let n = Node::parent(&left, &right);
+                    if self.is_base_root(i) {
+                        let t = (st.trusted)(i).ok_or(ProofError::MissingBase(i))?;
+                        if t != n {
+                            return Err(ProofError::Mismatch(i));
+                        }
+                        return Ok(n);
+                    }
+                    n
+                }
+            },
+            Step::Trusted => return (st.trusted)(i).ok_or(ProofError::MissingBase(i)),
+            Step::Carried => {
+                let p = st.proof.next().ok_or(ProofError::Truncated)?;
+                Node { index: i, ..*p }
+            }
+        };
+        st.out.learned.push(node);
+        Ok(node)
+    }
+}
+
+struct VerifyState<'a, B, T> {
+    blocks: &'a [B],
+    proof: std::slice::Iter<'a, Node>,
+    trusted: &'a mut T,
+    out: Verified,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{append_leaves, tree_hash};
+    use super::*;
+    use std::collections::HashMap;
+
+    fn tree(n: u64) -> (Vec<Vec<u8>>, HashMap<u64, Node>, Vec<Node>) {
+        let data: Vec<Vec<u8>> = (0..n).map(|i| format!("block {i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+        let mut roots = Vec::new();
+        let mut created = Vec::new();
+        append_leaves(&mut roots, 0, &refs, &mut created);
+        let map = created.into_iter().map(|n| (n.index, n)).collect();
+        (data, map, roots)
+    }
+
+    fn roots_of(map: &HashMap<u64, Node>, len: u64) -> Vec<Node> {
+        flat::full_roots(len).into_iter().map(|i| map[&i]).collect()
+    }
+
+    #[test]
+    fn every_range_of_small_trees_verifies() {
+        for len in 1..=17u64 {
+            let (data, map, roots) = tree(len);
+            for base in 0..=len {
+                for start in 0..=len {
+                    for end in start..=len {
+                        let p = prove(start, end, len, base, |i| Ok::<_, ()>(map[&i])).unwrap();
+                        let base_roots = roots_of(&map, base);
+                        let v = verify(&p, &data[start as usize..end as usize], |i| {
+                            base_roots.iter().find(|n| n.index == i).copied()
+                        })
+                        .unwrap_or_else(|e| panic!("len {len} base {base} {start}..{end}: {e}"));
+                        assert_eq!(tree_hash(&v.roots), tree_hash(&roots));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn range_proof_is_logarithmic_and_shared() {
+        let (_, map, _) = tree(4096);
+        let single = prove(1000, 1001, 4096, 0, |i| Ok::<_, ()>(map[&i])).unwrap();
+        let range = prove(1000, 2000, 4096, 0, |i| Ok::<_, ()>(map[&i])).unwrap();
+        assert!(single.nodes.len() <= 12, "{}", single.nodes.len());
+        assert!(range.nodes.len() <= 24, "{}", range.nodes.len());
+    }
+
+    #[test]
+    fn upgrade_needs_old_roots_and_rejects_a_forked_prefix() {
+        let (_, map, roots) = tree(100);
+        let p = prove(100, 100, 100, 37, |i| Ok::<_, ()>(map[&i])).unwrap();
+        let base = roots_of(&map, 37);
+        let v = verify::<&[u8]>(&p, &[], |i| base.iter().find(|n| n.index == i).copied()).unwrap();
+        assert_eq!(tree_hash(&v.roots), tree_hash(&roots));
+        // A verifier whose prefix differs (a fork) cannot reach the same roots.
+        let (_, other, _) = tree(37);
+        let mut forked = roots_of(&other, 37);
+        forked[0].hash.0[0] ^= 1;
+        let v = verify::<&[u8]>(&p, &[], |i| forked.iter().find(|n| n.index == i).copied()).unwrap();
+        assert_ne!(tree_hash(&v.roots), tree_hash(&roots));
+        assert_eq!(
+            verify::<&[u8]>(&p, &[], |_| None),
+            Err(ProofError::MissingBase(flat::full_roots(37)[0]))
+        );
+    }
+}

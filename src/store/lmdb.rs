@@ -1,0 +1,270 @@
+//! The durable store, on LMDB through `heed`.
+//!
+//! The only `unsafe` in the crate lives here: heed marks opening and resizing
+//! an environment unsafe because LMDB cannot check their preconditions.
+#![allow(unsafe_code)]
+
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, WithoutTls};
+
+use super::{Store, StoreError, StoreRead, Table, WriteBatch};
+
+/// Tuning of an [`LmdbStore`].
+#[derive(Clone, Debug)]
+pub struct LmdbOptions {
+    /// Map size to start with. The map grows on demand; on Linux an unused
+    /// map costs address space, not disk.
+    pub initial_map_size: usize,
+    /// The map never grows past this; a commit that would needs
+    /// [`StoreError::Full`] handling by the caller.
+    pub max_map_size: usize,
+}
+
+impl Default for LmdbOptions {
+    fn default() -> Self {
+        LmdbOptions { initial_map_size: 1 << 30, max_map_size: 1 << 40 }
+    }
+}
+
+/// A store in an LMDB environment in one directory.
+///
+/// Commits are durable (LMDB syncs on commit). Several processes may open the
+/// same directory at once: LMDB's lock file coordinates them, and each
+/// commit is visible to every reader that starts after it. Opening does no
+/// work proportional to the amount of data stored.
+pub struct LmdbStore {
+    env: Env<WithoutTls>,
+    dbs: [Database<'static, Bytes, Bytes>; Table::ALL.len()],
+    path: PathBuf,
+    max_map_size: usize,
+}
+
+impl std::fmt::Debug for LmdbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LmdbStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl LmdbStore {
+    /// Opens (creating if needed) the store in directory `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, LmdbOptions::default())
+    }
+
+    /// Opens the store in `dir` with explicit options.
+    pub fn open_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, StoreError> {
+        let path = dir.as_ref().to_path_buf();
+        let io = |source| StoreError::Io { path: path.display().to_string(), source };
+        std::fs::create_dir_all(&path).map_err(io)?;
+        let page = page_size();
+        let initial = round_up(options.initial_map_size.max(page), page);
+        let mut builder = EnvOpenOptions::new().read_txn_without_tls();
+        builder.max_dbs(Table::ALL.len() as u32).map_size(initial);
+        // SAFETY: heed requires that this process does not open the same
+        // environment twice, which heed itself checks (EnvAlreadyOpened), and
+        // that the files are not modified except through LMDB, which other
+        // peermq processes respect.
+        let env = unsafe { builder.open(&path) }.map_err(|e| map_open_error(&path, e))?;
+        let wtxn = env.write_txn().map_err(|e| backend(&path, e))?;
+        let dbs = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+                let mut dbs = Vec::with_capacity(Table::ALL.len());
+                for table in Table::ALL {
+                    dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(table.name()))?);
+                }
+                let dbs: [Database<'_, Bytes, Bytes>; Table::ALL.len()] =
+                    dbs.try_into().map_err(|_| heed::Error::Mdb(MdbError::Incompatible))?;
+                Ok(CommitOrAbort::<_, ()>::Commit(dbs))
+            })
+            .map_err(|e| backend(&path, e))?;
+        let CommitOrAbort::Commit(dbs) = dbs else {
+            return Err(StoreError::Backend(format!("{}: could not create tables", path.display())));
+        };
+        Ok(LmdbStore { env, dbs, path, max_map_size: options.max_map_size.max(initial) })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current map size in bytes.
+    pub fn map_size(&self) -> usize {
+        self.env.info().map_size
+    }
+
+    fn db(&self, table: Table) -> &Database<'static, Bytes, Bytes> {
+        &self.dbs[table.position()]
+    }
+
+    fn try_commit(&self, batch: &WriteBatch) -> Result<(), heed::Error> {
+        let mut wtxn = self.env.write_txn()?;
+        for (table, key, value) in batch.iter() {
+            let db = self.db(table);
+            match value {
+                Some(v) => db.put(&mut wtxn, key, v)?,
+                None => {
+                    db.delete(&mut wtxn, key)?;
+                }
+            }
+        }
+        wtxn.commit()
+    }
+
+    /// Adopts a map size another process grew the environment to.
+    fn adopt_foreign_resize(&self) -> Result<(), StoreError> {
+        // SAFETY: called only when no transaction of ours is alive: the
+        // failed begin or commit has already been dropped, and readers are
+        // never held across commits (see `Txn::commit`).
+        unsafe { self.env.resize(0) }.map_err(|e| backend(&self.path, e))
+    }
+
+    fn grow(&self) -> Result<(), StoreError> {
+        let current = self.map_size();
+        if current >= self.max_map_size {
+            return Err(StoreError::Full { used: current as u64, max: self.max_map_size as u64 });
+        }
+        let next = round_up(current.saturating_mul(2).min(self.max_map_size), page_size());
+        // SAFETY: as in `adopt_foreign_resize`, no transaction of ours is alive.
+        unsafe { self.env.resize(next) }.map_err(|e| backend(&self.path, e))
+    }
+}
+
+impl Store for LmdbStore {
+    type Reader<'a> = LmdbReader<'a>;
+
+    fn reader(&self) -> Result<LmdbReader<'_>, StoreError> {
+        let txn = match self.env.read_txn() {
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                self.adopt_foreign_resize()?;
+                self.env.read_txn()
+            }
+            other => other,
+        }
+        .map_err(|e| backend(&self.path, e))?;
+        Ok(LmdbReader { txn, store: self })
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        loop {
+            match self.try_commit(batch) {
+                Ok(()) => return Ok(()),
+                Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow()?,
+                Err(heed::Error::Mdb(MdbError::MapResized)) => self.adopt_foreign_resize()?,
+                Err(e) => return Err(backend(&self.path, e)),
+            }
+        }
+    }
+}
+
+/// A read transaction on an [`LmdbStore`].
+pub struct LmdbReader<'a> {
+    txn: RoTxn<'a, WithoutTls>,
+    store: &'a LmdbStore,
+}
+
+impl StoreRead for LmdbReader<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        self.store.db(table).get(&self.txn, key).map_err(|e| backend(&self.store.path, e))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let iter = self.store.db(table).range(&self.txn, &range).map_err(|e| backend(&self.store.path, e))?;
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| backend(&self.store.path, e))?;
+            if visit(k, v).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn backend(path: &Path, e: heed::Error) -> StoreError {
+    match e {
+        heed::Error::Mdb(MdbError::Corrupted) | heed::Error::Mdb(MdbError::PageNotFound) => {
+            StoreError::Corrupted(format!("LMDB reports a damaged page in {}", path.display()))
+        }
+        heed::Error::Io(source) => StoreError::Io { path: path.display().to_string(), source },
+        other => StoreError::Backend(format!("{} (in {})", other, path.display())),
+    }
+}
+
+fn map_open_error(path: &Path, e: heed::Error) -> StoreError {
+    match e {
+        heed::Error::Mdb(MdbError::Invalid) | heed::Error::Mdb(MdbError::VersionMismatch) => {
+            StoreError::Corrupted(format!("{} does not hold a readable LMDB environment", path.display()))
+        }
+        heed::Error::EnvAlreadyOpened => StoreError::Backend(format!(
+            "{} is already open in this process; share the open store instead of opening it twice",
+            path.display()
+        )),
+        other => backend(path, other),
+    }
+}
+
+fn page_size() -> usize {
+    // LMDB requires map sizes in whole OS pages; 64 KiB is a multiple of
+    // every page size Linux, macOS and Windows use.
+    1 << 16
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Txn;
+
+    #[test]
+    fn grows_the_map_and_fails_clearly_at_the_ceiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LmdbOptions { initial_map_size: 1 << 16, max_map_size: 1 << 22 };
+        let store = LmdbStore::open_with(dir.path(), opts).unwrap();
+        let before = store.map_size();
+        let mut t = Txn::begin(&store).unwrap();
+        t.put(Table::Blocks, b"a", &vec![7u8; 1 << 20]);
+        t.commit().unwrap();
+        assert!(store.map_size() > before, "map grew from {before}");
+        let mut t = Txn::begin(&store).unwrap();
+        t.put(Table::Blocks, b"b", &vec![7u8; 8 << 20]);
+        let err = t.commit().unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        assert!(err.to_string().contains("raise the maximum map size"));
+        // The failed commit wrote nothing, and the store still works.
+        let r = store.reader().unwrap();
+        assert_eq!(r.get(Table::Blocks, b"a").unwrap().map(|v| v.len()), Some(1 << 20));
+        assert_eq!(r.get(Table::Blocks, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LmdbStore::open(dir.path()).unwrap();
+            let mut t = Txn::begin(&store).unwrap();
+            t.put(Table::Meta, b"k", b"v");
+            t.commit().unwrap();
+        }
+        let store = LmdbStore::open(dir.path()).unwrap();
+        assert_eq!(store.reader().unwrap().get(Table::Meta, b"k").unwrap(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_file_that_is_not_lmdb_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.mdb"), vec![0xAB; 1 << 16]).unwrap();
+        let err = LmdbStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupted(_)), "{err}");
+    }
+}

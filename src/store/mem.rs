@@ -1,0 +1,140 @@
+//! An in-memory store for tests and simulations, with a crash model.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Store, StoreError, StoreRead, Table, WriteBatch};
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Clone, Default)]
+struct Tables {
+    maps: [Map; Table::ALL.len()],
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Committed state. Readers hold a clone of the `Arc`, so a commit never
+    /// waits for them: it copies only if a reader is still alive.
+    committed: Arc<Tables>,
+    fail_commits: u32,
+    commits: u64,
+}
+
+/// A store held in memory.
+///
+/// Clones share one state, which models a disk: drop a node (a crash), open a
+/// new one on a clone, and it sees exactly what was committed. Writes that
+/// were never committed are gone, as they would be after a power cut.
+/// [`MemStore::fail_commits`] injects commit failures.
+#[derive(Clone, Default)]
+pub struct MemStore {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic elsewhere cannot leave `Shared` half-updated (commits swap
+        // in a finished map), so a poisoned lock is still consistent.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the next `n` commits fail with [`StoreError::Injected`], writing
+    /// nothing.
+    pub fn fail_commits(&self, n: u32) {
+        self.lock().fail_commits = n;
+    }
+
+    /// How many commits have succeeded so far; tests use it to check that a
+    /// batch of work costs one transaction.
+    pub fn commit_count(&self) -> u64 {
+        self.lock().commits
+    }
+
+    /// Total number of stored entries across all tables.
+    pub fn entry_count(&self) -> usize {
+        self.lock().committed.maps.iter().map(|m| m.len()).sum()
+    }
+
+    /// Applies `f` to the raw committed bytes of `key`, if present: a test
+    /// hook for simulating on-disk corruption.
+    pub fn tamper(&self, table: Table, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut shared = self.lock();
+        let tables = Arc::make_mut(&mut shared.committed);
+        match tables.maps[table.position()].get_mut(key) {
+            Some(v) => {
+                f(v);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for MemStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("MemStore").field("commits", &s.commits).finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of a [`MemStore`].
+pub struct MemReader {
+    tables: Arc<Tables>,
+}
+
+impl Store for MemStore {
+    type Reader<'a> = MemReader;
+
+    fn reader(&self) -> Result<MemReader, StoreError> {
+        Ok(MemReader { tables: Arc::clone(&self.lock().committed) })
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let mut shared = self.lock();
+        if shared.fail_commits > 0 {
+            shared.fail_commits -= 1;
+            return Err(StoreError::Injected);
+        }
+        let tables = Arc::make_mut(&mut shared.committed);
+        for (table, key, value) in batch.iter() {
+            let map = &mut tables.maps[table.position()];
+            match value {
+                Some(v) => {
+                    map.insert(key.to_vec(), v.to_vec());
+                }
+                None => {
+                    map.remove(key);
+                }
+            }
+        }
+        shared.commits += 1;
+        Ok(())
+    }
+}
+
+impl StoreRead for MemReader {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        Ok(self.tables.maps[table.position()].get(key).map(|v| v.as_slice()))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        for (k, v) in self.tables.maps[table.position()].range::<[u8], _>(range) {
+            if visit(k, v).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! Storage: a small synchronous key-value trait, and its two backends.
+//!
+//! The core keeps its whole state in a handful of [`Table`]s of sorted
+//! byte keys. A backend only has to read committed values and apply a
+//! [`WriteBatch`] atomically and durably; everything above that (key layout,
+//! integrity checks) lives in the core, so porting peermq to another storage
+//! engine means implementing two small traits.
+//!
+//! Work is batched: a [`Txn`] reads through to the store while collecting
+//! writes, and commits them in one transaction at the end of a batch of work.
+
+mod batch;
+pub mod keys;
+#[cfg(feature = "lmdb")]
+mod lmdb;
+mod mem;
+mod txn;
+
+pub use batch::WriteBatch;
+#[cfg(feature = "lmdb")]
+pub use lmdb::{LmdbOptions, LmdbStore};
+pub use mem::MemStore;
+pub use txn::Txn;
+
+use std::ops::{Bound, ControlFlow};
+
+/// The tables the core keeps its state in.
+///
+/// Keys are big-endian so that byte order is numeric order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Node metadata: the identity secret, the format version.
+    Meta,
+    /// Authorized peers, by peer id.
+    Peers,
+    /// Feed descriptors and their latest signed heads, by feed id.
+    Feeds,
+    /// Block bytes, by (feed id, seq).
+    Blocks,
+    /// Merkle tree nodes, by (feed id, flat-tree index).
+    Nodes,
+    /// Inbox state per received message, by (feed id, seq).
+    Inbox,
+    /// Signed receipts (acks), by (feed id, signer).
+    Receipts,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 7] = [
+        Table::Meta,
+        Table::Peers,
+        Table::Feeds,
+        Table::Blocks,
+        Table::Nodes,
+        Table::Inbox,
+        Table::Receipts,
+    ];
+
+    /// The table's name in a backend (an LMDB named database, say).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Peers => "peers",
+            Table::Feeds => "feeds",
+            Table::Blocks => "blocks",
+            Table::Nodes => "nodes",
+            Table::Inbox => "inbox",
+            Table::Receipts => "receipts",
+        }
+    }
+
+    /// The table's position in [`Table::ALL`].
+    pub fn position(self) -> usize {
+        self as usize
+    }
+}
+
+/// A storage backend.
+///
+/// All methods take `&self`: a backend handles its own locking, so a reader
+/// and a commit may be issued from the same owner.
+pub trait Store {
+    /// A consistent read-only view of committed data.
+    type Reader<'a>: StoreRead
+    where
+        Self: 'a;
+
+    /// Opens a read view. Keep it short-lived: drop it before committing.
+    fn reader(&self) -> Result<Self::Reader<'_>, StoreError>;
+
+    /// Applies every write of `batch` atomically. When this returns `Ok`, the
+    /// writes are durable (they survive a crash of the process or machine).
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+}
+
+/// Read access to committed data.
+pub trait StoreRead {
+    /// The value at `key` in `table`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError>;
+
+    /// Visits the entries of `table` with keys in `range`, in ascending key
+    /// order, until `visit` breaks.
+    fn scan(
+        &self,
+        table: Table,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operating system refused an operation on the data directory.
+    #[error("cannot use data directory {path}: {source}; check that it exists and is readable and writable")]
+    Io {
+        /// The directory.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store reached its configured maximum size.
+    #[error("store is full: {used} bytes of at most {max}; prune acknowledged feeds or raise the maximum map size")]
+    Full {
+        /// The map size when it filled.
+        used: u64,
+        /// The configured ceiling.
+        max: u64,
+    },
+    /// Stored bytes failed an integrity check.
+    #[error("store is corrupted: {0}; restore the data directory from a backup")]
+    Corrupted(String),
+    /// The store was written by an incompatible version of peermq.
+    #[error("store format {found} is not supported (this build reads format {supported}); use a matching peermq version")]
+    Version {
+        /// Format found on disk.
+        found: u32,
+        /// Format this build writes.
+        supported: u32,
+    },
+    /// A failure injected by [`MemStore`] for fault testing.
+    #[error("injected storage fault")]
+    Injected,
+    /// Any other backend failure.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
