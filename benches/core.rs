@@ -1,1 +1,146 @@
-fn main(){}
+//! Core benchmarks: append, proofs and store commits, for 100-byte blocks.
+//!
+//! Run with `cargo bench -p peermq --bench core`. Every group reports
+//! elements (blocks) per second.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use peermq::feed::{Feed, FeedDescriptor};
+use peermq::store::{Store, Table, WriteBatch};
+use peermq::{Keypair, LmdbStore, MemStore, PeerId, SeededRng, Txn};
+
+const BLOCK: usize = 100;
+
+fn blocks(n: usize, salt: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut b = vec![0u8; BLOCK];
+            b[..8].copy_from_slice(&(i as u64 ^ salt).to_le_bytes());
+            b
+        })
+        .collect()
+}
+
+fn author() -> (Keypair, FeedDescriptor) {
+    let key = Keypair::generate(&mut SeededRng::from_u64(1));
+    let desc = FeedDescriptor::queue(key.peer_id(), PeerId([2; 32]));
+    (key, desc)
+}
+
+fn append(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append_lmdb_durable");
+    g.measurement_time(Duration::from_secs(4)).sample_size(20);
+    for batch in [1usize, 100, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LmdbStore::open(dir.path()).unwrap();
+        let (key, desc) = author();
+        let mut feed = Feed::new(desc);
+        let data = blocks(batch, 0);
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("batch_{batch}"), |b| {
+            b.iter(|| {
+                let mut t = Txn::begin(&store).unwrap();
+                feed.append_batch(&mut t, &key, &data).unwrap();
+                t.commit().unwrap();
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("append_mem");
+    g.measurement_time(Duration::from_secs(3)).sample_size(20);
+    for batch in [1usize, 100, 1000] {
+        let store = MemStore::new();
+        let (key, desc) = author();
+        let mut feed = Feed::new(desc);
+        let data = blocks(batch, 0);
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("batch_{batch}"), |b| {
+            b.iter(|| {
+                let mut t = Txn::begin(&store).unwrap();
+                feed.append_batch(&mut t, &key, &data).unwrap();
+                t.commit().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A 100,000-block feed in LMDB, and a reader that knows nothing yet.
+fn seeded_feed() -> (tempfile::TempDir, LmdbStore, Feed, Vec<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LmdbStore::open(dir.path()).unwrap();
+    let (key, desc) = author();
+    let mut feed = Feed::new(desc);
+    let data = blocks(100_000, 0);
+    for chunk in data.chunks(10_000) {
+        let mut t = Txn::begin(&store).unwrap();
+        feed.append_batch(&mut t, &key, chunk).unwrap();
+        t.commit().unwrap();
+    }
+    (dir, store, feed, data)
+}
+
+fn proofs(c: &mut Criterion) {
+    let (_dir, store, feed, data) = seeded_feed();
+    let head = *feed.head().unwrap();
+    let mut g = c.benchmark_group("proof");
+    g.measurement_time(Duration::from_secs(3)).sample_size(30);
+    for k in [1u64, 1000] {
+        g.throughput(Throughput::Elements(k));
+        g.bench_function(format!("create_range_{k}"), |b| {
+            let mut start = 0;
+            b.iter(|| {
+                start = (start + 7919) % (100_000 - k);
+                let t = Txn::begin(&store).unwrap();
+                feed.prove(&t, start, start + k, 0).unwrap()
+            })
+        });
+        let start = 31_337;
+        let t = Txn::begin(&store).unwrap();
+        let proof = feed.prove(&t, start, start + k, 0).unwrap();
+        drop(t);
+        let range = &data[start as usize..(start + k) as usize];
+        let reader = MemStore::new();
+        let reader_feed = Feed::new(*feed.descriptor());
+        g.bench_function(format!("verify_range_{k}_with_signature"), |b| {
+            b.iter(|| {
+                // A reader without the head: one signature check per proof.
+                let t = Txn::begin(&reader).unwrap();
+                reader_feed.verify(&t, &head, &proof, range).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn store_commits(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_commit_lmdb");
+    g.measurement_time(Duration::from_secs(3)).sample_size(20);
+    let dir = tempfile::tempdir().unwrap();
+    let store = LmdbStore::open(dir.path()).unwrap();
+    let value = vec![7u8; BLOCK];
+    for per_txn in [1u64, 1000] {
+        g.throughput(Throughput::Elements(per_txn));
+        let mut next = 0u64;
+        g.bench_function(format!("puts_{per_txn}_per_commit"), |b| {
+            b.iter_batched(
+                || {
+                    let mut batch = WriteBatch::new();
+                    for _ in 0..per_txn {
+                        next += 1;
+                        batch.put(Table::Blocks, &next.to_be_bytes(), &value);
+                    }
+                    batch
+                },
+                |batch| store.commit(batch).unwrap(),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, append, proofs, store_commits);
+criterion_main!(benches);

@@ -32,7 +32,9 @@ impl Keypair {
 
     /// Rebuilds a key pair from its 32-byte secret seed.
     pub fn from_bytes(secret: &[u8; 32]) -> Self {
-        Self { signing: SigningKey::from_bytes(secret) }
+        Self {
+            signing: SigningKey::from_bytes(secret),
+        }
     }
 
     /// Returns the 32-byte secret seed; store it somewhere private.
@@ -53,7 +55,9 @@ impl Keypair {
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keypair").field("peer_id", &self.peer_id()).finish_non_exhaustive()
+        f.debug_struct("Keypair")
+            .field("peer_id", &self.peer_id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +129,10 @@ impl FromStr for PeerId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some((i, ch)) = s.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
-            return Err(PeerIdError::NotHex { position: i + 1, ch });
+            return Err(PeerIdError::NotHex {
+                position: i + 1,
+                ch,
+            });
         }
         if s.len() != 64 {
             return Err(PeerIdError::Length(s.len()));
@@ -156,7 +163,9 @@ mod tests {
         let id = Keypair::generate(&mut SeededRng::from_u64(4)).peer_id();
         let s = id.to_string();
         assert_eq!(s.len(), 64);
-        assert!(s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(s
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
         assert_eq!(s.parse::<PeerId>().unwrap(), id);
         assert_eq!(s.to_uppercase().parse::<PeerId>().unwrap(), id);
     }
@@ -166,7 +175,13 @@ mod tests {
         assert_eq!("abc".parse::<PeerId>(), Err(PeerIdError::Length(3)));
         let mut s = "0".repeat(64);
         s.replace_range(9..10, "g");
-        assert_eq!(s.parse::<PeerId>(), Err(PeerIdError::NotHex { position: 10, ch: 'g' }));
+        assert_eq!(
+            s.parse::<PeerId>(),
+            Err(PeerIdError::NotHex {
+                position: 10,
+                ch: 'g'
+            })
+        );
         let msg = "zz".parse::<PeerId>().unwrap_err().to_string();
         assert!(msg.contains("character 1 is 'z'"), "{msg}");
         let msg = "ab".parse::<PeerId>().unwrap_err().to_string();

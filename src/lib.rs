@@ -25,6 +25,6 @@ pub mod store;
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError};
 pub use rng::{RandomSource, SeededRng};
-pub use store::{MemStore, Store, StoreError, Txn};
 #[cfg(feature = "lmdb")]
 pub use store::{LmdbOptions, LmdbStore};
+pub use store::{MemStore, Store, StoreError, Txn};

@@ -51,12 +51,22 @@ impl SignedHead {
     /// Signs a head with the author's key.
     pub fn sign(key: &Keypair, feed: FeedId, length: u64, root: Hash) -> Self {
         let signature = key.sign(&Self::signing_bytes(&feed, length, &root));
-        SignedHead { feed, length, root, signature }
+        SignedHead {
+            feed,
+            length,
+            root,
+            signature,
+        }
     }
 
     /// Checks the signature against `author`.
     pub fn verify(&self, author: &PeerId) -> bool {
-        author.verify(&Self::signing_bytes(&self.feed, self.length, &self.root), &self.signature).is_ok()
+        author
+            .verify(
+                &Self::signing_bytes(&self.feed, self.length, &self.root),
+                &self.signature,
+            )
+            .is_ok()
     }
 
     /// Encodes as feed id, length (LE), root, signature.

@@ -28,12 +28,18 @@ pub struct FeedDescriptor {
 impl FeedDescriptor {
     /// The queue feed from `author` to `recipient`.
     pub fn queue(author: PeerId, recipient: PeerId) -> Self {
-        FeedDescriptor { author, kind: FeedKind::Queue { recipient } }
+        FeedDescriptor {
+            author,
+            kind: FeedKind::Queue { recipient },
+        }
     }
 
     /// The broadcast feed of `author`.
     pub fn broadcast(author: PeerId) -> Self {
-        FeedDescriptor { author, kind: FeedKind::Broadcast }
+        FeedDescriptor {
+            author,
+            kind: FeedKind::Broadcast,
+        }
     }
 
     /// The feed's id.
@@ -111,12 +117,18 @@ mod tests {
         let ab = FeedDescriptor::queue(a, b).id();
         assert_ne!(ab, FeedDescriptor::queue(b, a).id());
         assert_ne!(ab, FeedDescriptor::broadcast(a).id());
-        assert_ne!(FeedDescriptor::queue(a, a).id(), FeedDescriptor::broadcast(a).id());
+        assert_ne!(
+            FeedDescriptor::queue(a, a).id(),
+            FeedDescriptor::broadcast(a).id()
+        );
     }
 
     #[test]
     fn descriptor_roundtrip() {
-        for d in [FeedDescriptor::queue(PeerId([3; 32]), PeerId([4; 32])), FeedDescriptor::broadcast(PeerId([5; 32]))] {
+        for d in [
+            FeedDescriptor::queue(PeerId([3; 32]), PeerId([4; 32])),
+            FeedDescriptor::broadcast(PeerId([5; 32])),
+        ] {
             let mut buf = Vec::new();
             d.encode(&mut buf);
             buf.push(9);

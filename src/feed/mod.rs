@@ -7,13 +7,14 @@
 
 mod head;
 mod id;
+mod records;
 
 pub use head::{SignedHead, SIGNED_HEAD_LEN};
 pub use id::{FeedDescriptor, FeedId, FeedKind};
 
 use crate::identity::{Keypair, PeerId};
 use crate::merkle::{self, flat, Node, ProofError, RangeProof};
-use crate::store::{keys, Store, StoreError, Table, Txn};
+use crate::store::{Store, StoreError, Table, Txn};
 
 /// Why a feed operation failed. Every variant names the feed.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,9 @@ pub enum FeedError {
         source: ProofError,
     },
     /// A proof's recomputed tree does not hash to the signed root.
-    #[error("feed {feed}: blocks {start}..{end} do not hash to the signed root at length {length}")]
+    #[error(
+        "feed {feed}: blocks {start}..{end} do not hash to the signed root at length {length}"
+    )]
     RootMismatch {
         /// The feed.
         feed: FeedId,
@@ -118,14 +121,25 @@ impl Feed {
     /// A feed with no blocks yet (nothing is stored until its first append or
     /// verified head).
     pub fn new(desc: FeedDescriptor) -> Self {
-        Feed { id: desc.id(), desc, head: None, roots: Vec::new() }
+        Feed {
+            id: desc.id(),
+            desc,
+            head: None,
+            roots: Vec::new(),
+        }
     }
 
     /// Loads feed `id`, checking its head's signature and that its stored
     /// roots hash to the signed root. `Ok(None)` if the store has no such feed.
     pub fn load<S: Store>(txn: &Txn<'_, S>, id: &FeedId) -> Result<Option<Self>, FeedError> {
-        let Some(bytes) = txn.get(Table::Feeds, &id.0)? else { return Ok(None) };
-        let corrupt = |what| FeedError::Corrupt { feed: *id, seq: 0, what };
+        let Some(bytes) = txn.get(Table::Feeds, &id.0)? else {
+            return Ok(None);
+        };
+        let corrupt = |what| FeedError::Corrupt {
+            feed: *id,
+            seq: 0,
+            what,
+        };
         let (&version, rest) = bytes.split_first().ok_or(corrupt("feed record"))?;
         if version != FEED_RECORD_VERSION {
             return Err(corrupt("feed record version"));
@@ -140,7 +154,10 @@ impl Feed {
         }
         let head = SignedHead::decode(rest).ok_or(corrupt("signed head"))?;
         if head.feed != *id || !head.verify(&desc.author) {
-            return Err(FeedError::BadSignature { feed: *id, length: head.length });
+            return Err(FeedError::BadSignature {
+                feed: *id,
+                length: head.length,
+            });
         }
         let mut roots = Vec::new();
         for index in flat::full_roots(head.length) {
@@ -152,7 +169,11 @@ impl Feed {
             roots.push(node);
         }
         if merkle::tree_hash(&roots) != head.root {
-            return Err(FeedError::Corrupt { feed: *id, seq: head.length.saturating_sub(1), what: "tree roots" });
+            return Err(FeedError::Corrupt {
+                feed: *id,
+                seq: head.length.saturating_sub(1),
+                what: "tree roots",
+            });
         }
         feed.head = Some(head);
         feed.roots = roots;
@@ -203,17 +224,24 @@ impl Feed {
         blocks: &[B],
     ) -> Result<SignedHead, FeedError> {
         if key.peer_id() != self.desc.author {
-            return Err(FeedError::NotAuthor { feed: self.id, author: self.desc.author });
+            return Err(FeedError::NotAuthor {
+                feed: self.id,
+                author: self.desc.author,
+            });
         }
         let length = self.len();
         let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
         let mut created = Vec::with_capacity(blocks.len() * 2);
         merkle::append_leaves(&mut self.roots, length, &refs, &mut created);
+        // `created` interleaves each leaf with the parents it completes.
+        let mut next_block = refs.iter();
         for node in &created {
-            txn.put(Table::Nodes, &keys::feed_seq(&self.id, node.index), &node.encode());
-        }
-        for (i, data) in refs.iter().enumerate() {
-            txn.put(Table::Blocks, &keys::feed_seq(&self.id, length + i as u64), data);
+            if flat::depth(node.index) == 0 {
+                let data = next_block.next().copied().unwrap_or_default();
+                records::write_block(txn, &self.id, node, data);
+            } else {
+                records::write_learned(txn, &self.id, node)?;
+            }
         }
         let new_len = length + blocks.len() as u64;
         let head = SignedHead::sign(key, self.id, new_len, merkle::tree_hash(&self.roots));
@@ -229,7 +257,7 @@ impl Feed {
         if let Some(h) = &self.head {
             rec.extend_from_slice(&h.encode());
         }
-        txn.put_owned(Table::Feeds, self.id.0.to_vec(), rec);
+        txn.put_owned(Table::Feeds, &self.id.0, rec);
     }
 
     /// Records the feed in the store even before it has a head, so that it is
@@ -238,47 +266,72 @@ impl Feed {
         self.write_record(txn);
     }
 
-    fn stored_node<S: Store>(&self, txn: &Txn<'_, S>, index: u64) -> Result<Option<Node>, FeedError> {
-        match txn.get(Table::Nodes, &keys::feed_seq(&self.id, index))? {
-            None => Ok(None),
-            Some(bytes) => Node::decode(index, bytes).map(Some).ok_or(FeedError::Corrupt {
-                feed: self.id,
-                seq: flat::blocks(index).0,
-                what: "tree node",
-            }),
-        }
+    fn stored_node<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        index: u64,
+    ) -> Result<Option<Node>, FeedError> {
+        records::read_node(txn, &self.id, index)
     }
 
-    /// Reads block `seq` if it is stored here, checking it against its leaf
-    /// hash so damaged bytes are reported, never returned.
+    /// Reads block `seq` if its bytes are stored here, checking them against
+    /// their leaf hash so damaged bytes are reported, never returned.
     pub fn get<S: Store>(&self, txn: &Txn<'_, S>, seq: u64) -> Result<Option<Vec<u8>>, FeedError> {
         if seq >= self.len() {
             return Ok(None);
         }
-        let Some(data) = txn.get(Table::Blocks, &keys::feed_seq(&self.id, seq))? else { return Ok(None) };
-        let leaf = self
-            .stored_node(txn, flat::leaf(seq))?
-            .ok_or(FeedError::Corrupt { feed: self.id, seq, what: "leaf hash" })?;
-        if Node::leaf(seq, data) != leaf {
-            return Err(FeedError::Corrupt { feed: self.id, seq, what: "block" });
+        let Some(records::Leaf {
+            node,
+            data: Some(data),
+        }) = records::read_leaf(txn, &self.id, seq)?
+        else {
+            return Ok(None);
+        };
+        if Node::leaf(seq, data) != node {
+            return Err(FeedError::Corrupt {
+                feed: self.id,
+                seq,
+                what: "block",
+            });
         }
         Ok(Some(data.to_vec()))
     }
 
-    /// Whether block `seq` is stored here.
+    /// Whether block `seq`'s bytes are stored here.
     pub fn has<S: Store>(&self, txn: &Txn<'_, S>, seq: u64) -> Result<bool, FeedError> {
-        Ok(seq < self.len() && txn.get(Table::Blocks, &keys::feed_seq(&self.id, seq))?.is_some())
+        Ok(seq < self.len()
+            && matches!(records::read_leaf(txn, &self.id, seq)?, Some(l) if l.data.is_some()))
+    }
+
+    /// Drops block `seq`'s bytes, keeping its hash so the feed stays
+    /// verifiable and provable. Returns whether any bytes were dropped.
+    pub fn drop_block<S: Store>(&self, txn: &mut Txn<'_, S>, seq: u64) -> Result<bool, FeedError> {
+        records::drop_data(txn, &self.id, seq)
     }
 
     /// Proves blocks `[start, end)` against the current head, for a verifier
     /// that holds the roots of `base` blocks (its verified length).
-    pub fn prove<S: Store>(&self, txn: &Txn<'_, S>, start: u64, end: u64, base: u64) -> Result<RangeProof, FeedError> {
+    pub fn prove<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        start: u64,
+        end: u64,
+        base: u64,
+    ) -> Result<RangeProof, FeedError> {
         let length = self.len();
         if start > end || end > length || base > length {
-            return Err(FeedError::OutOfRange { feed: self.id, start, end, length });
+            return Err(FeedError::OutOfRange {
+                feed: self.id,
+                start,
+                end,
+                length,
+            });
         }
         merkle::prove(start, end, length, base, |index| {
-            self.stored_node(txn, index)?.ok_or(FeedError::MissingNode { feed: self.id, index })
+            self.stored_node(txn, index)?.ok_or(FeedError::MissingNode {
+                feed: self.id,
+                index,
+            })
         })
     }
 
@@ -296,14 +349,14 @@ impl Feed {
         blocks: &[B],
     ) -> Result<(), FeedError> {
         let learned = self.verify(txn, head, proof, blocks)?;
-        for node in &learned {
-            let key = keys::feed_seq(&self.id, node.index);
-            if txn.get(Table::Nodes, &key)?.is_none() {
-                txn.put(Table::Nodes, &key, &node.encode());
-            }
+        let in_range =
+            |n: &Node| n.index % 2 == 0 && (proof.start..proof.end).contains(&(n.index / 2));
+        for node in learned.iter().filter(|n| !in_range(n)) {
+            records::write_learned(txn, &self.id, node)?;
         }
-        for (i, data) in blocks.iter().enumerate() {
-            txn.put(Table::Blocks, &keys::feed_seq(&self.id, proof.start + i as u64), data.as_ref());
+        for node in learned.iter().filter(|n| in_range(n)) {
+            let data = blocks[(node.index / 2 - proof.start) as usize].as_ref();
+            records::write_block(txn, &self.id, node, data);
         }
         if head.length > self.len() {
             self.roots = flat::full_roots(head.length)
@@ -332,14 +385,22 @@ impl Feed {
     ) -> Result<Vec<Node>, FeedError> {
         let (start, end) = (proof.start, proof.end);
         if head.feed != self.id {
-            return Err(FeedError::WrongFeed { feed: self.id, got: head.feed });
+            return Err(FeedError::WrongFeed {
+                feed: self.id,
+                got: head.feed,
+            });
         }
         if proof.length != head.length || proof.base > self.len() {
             return Err(FeedError::Proof {
                 feed: self.id,
                 start,
                 end,
-                source: ProofError::Range { start, end, length: proof.length, base: proof.base },
+                source: ProofError::Range {
+                    start,
+                    end,
+                    length: proof.length,
+                    base: proof.base,
+                },
             });
         }
         let mut store_err = None;
@@ -353,13 +414,26 @@ impl Feed {
         if let Some(e) = store_err {
             return Err(e);
         }
-        let verified = verified.map_err(|source| FeedError::Proof { feed: self.id, start, end, source })?;
+        let verified = verified.map_err(|source| FeedError::Proof {
+            feed: self.id,
+            start,
+            end,
+            source,
+        })?;
         if merkle::tree_hash(&verified.roots) != head.root {
-            return Err(FeedError::RootMismatch { feed: self.id, start, end, length: head.length });
+            return Err(FeedError::RootMismatch {
+                feed: self.id,
+                start,
+                end,
+                length: head.length,
+            });
         }
         let already_verified = self.head.as_ref() == Some(head);
         if !already_verified && !head.verify(&self.desc.author) {
-            return Err(FeedError::BadSignature { feed: self.id, length: head.length });
+            return Err(FeedError::BadSignature {
+                feed: self.id,
+                length: head.length,
+            });
         }
         let mut learned = verified.learned;
         // Roots of the new head must be stored even when the walk took them
@@ -373,7 +447,30 @@ impl Feed {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
-    use crate::store::MemStore;
+    use crate::store::{keys, MemStore};
+
+    #[test]
+    fn dropped_bytes_keep_the_feed_provable() {
+        let store = MemStore::new();
+        let key = author();
+        let mut feed = Feed::new(FeedDescriptor::broadcast(key.peer_id()));
+        let mut txn = Txn::begin(&store).unwrap();
+        let blocks: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 10]).collect();
+        let head = feed.append_batch(&mut txn, &key, &blocks).unwrap();
+        assert!(feed.drop_block(&mut txn, 4).unwrap());
+        assert!(!feed.drop_block(&mut txn, 4).unwrap(), "already dropped");
+        txn.commit().unwrap();
+        let txn = Txn::begin(&store).unwrap();
+        assert!(!feed.has(&txn, 4).unwrap());
+        assert_eq!(feed.get(&txn, 4).unwrap(), None);
+        // Its neighbours still prove, using block 4's kept hash.
+        let p = feed.prove(&txn, 5, 6, 0).unwrap();
+        let reader = MemStore::new();
+        let rt = Txn::begin(&reader).unwrap();
+        Feed::new(*feed.descriptor())
+            .verify(&rt, &head, &p, &blocks[5..6])
+            .unwrap();
+    }
 
     fn author() -> Keypair {
         Keypair::generate(&mut SeededRng::from_u64(11))
@@ -386,7 +483,8 @@ mod tests {
         let desc = FeedDescriptor::queue(key.peer_id(), PeerId([9; 32]));
         let mut txn = Txn::begin(&store).unwrap();
         let mut feed = Feed::open(&txn, desc).unwrap();
-        feed.append_batch(&mut txn, &key, &[b"a".as_slice(), b"bb", b"ccc"]).unwrap();
+        feed.append_batch(&mut txn, &key, &[b"a".as_slice(), b"bb", b"ccc"])
+            .unwrap();
         let head = feed.append_batch(&mut txn, &key, &[b"dddd"]).unwrap();
         txn.commit().unwrap();
         assert_eq!(store.commit_count(), 1);
@@ -414,13 +512,26 @@ mod tests {
         let desc = FeedDescriptor::broadcast(key.peer_id());
         let mut txn = Txn::begin(&store).unwrap();
         let mut feed = Feed::new(desc);
-        feed.append_batch(&mut txn, &key, &[b"one".as_slice(), b"two"]).unwrap();
+        feed.append_batch(&mut txn, &key, &[b"one".as_slice(), b"two"])
+            .unwrap();
         txn.commit().unwrap();
 
-        store.tamper(Table::Blocks, &keys::feed_seq(&desc.id(), 1), |v| v[0] ^= 1);
+        store.tamper(Table::Blocks, &keys::feed_seq(&desc.id(), 1), |v| {
+            *v.last_mut().unwrap() ^= 1
+        });
         let txn = Txn::begin(&store).unwrap();
         let err = feed.get(&txn, 1).unwrap_err();
-        assert!(matches!(err, FeedError::Corrupt { seq: 1, what: "block", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FeedError::Corrupt {
+                    seq: 1,
+                    what: "block",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains(&desc.id().to_string()));
         drop(txn);
 
@@ -430,7 +541,10 @@ mod tests {
         });
         let txn = Txn::begin(&store).unwrap();
         let err = Feed::load(&txn, &desc.id()).unwrap_err();
-        assert!(matches!(err, FeedError::BadSignature { length: 2, .. }), "{err}");
+        assert!(
+            matches!(err, FeedError::BadSignature { length: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -451,7 +565,8 @@ mod tests {
         let p = wf.prove(&wt, 17, 18, 0).unwrap();
         drop(wt);
         let mut rt = Txn::begin(&reader).unwrap();
-        rf.verify_and_store(&mut rt, &h1, &p, &blocks[17..18]).unwrap();
+        rf.verify_and_store(&mut rt, &h1, &p, &blocks[17..18])
+            .unwrap();
         rt.commit().unwrap();
         assert_eq!(rf.len(), 30);
 
@@ -461,7 +576,8 @@ mod tests {
         let wt = Txn::begin(&writer).unwrap();
         let p = wf.prove(&wt, 40, 43, rf.len()).unwrap();
         let mut rt = Txn::begin(&reader).unwrap();
-        rf.verify_and_store(&mut rt, &h2, &p, &blocks[40..43]).unwrap();
+        rf.verify_and_store(&mut rt, &h2, &p, &blocks[40..43])
+            .unwrap();
         rt.commit().unwrap();
         let rt = Txn::begin(&reader).unwrap();
         let back = Feed::load(&rt, &desc.id()).unwrap().unwrap();
@@ -472,8 +588,16 @@ mod tests {
         // A tampered block is refused and nothing is written.
         let p = wf.prove(&wt, 3, 4, rf.len()).unwrap();
         let mut rt = Txn::begin(&reader).unwrap();
-        let err = rf.verify_and_store(&mut rt, &h2, &p, &[b"evil".to_vec()]).unwrap_err();
-        assert!(matches!(err, FeedError::RootMismatch { .. } | FeedError::Proof { .. }), "{err}");
+        let err = rf
+            .verify_and_store(&mut rt, &h2, &p, &[b"evil".to_vec()])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FeedError::RootMismatch { .. } | FeedError::Proof { .. }
+            ),
+            "{err}"
+        );
         assert!(!rt.is_dirty());
     }
 }

@@ -93,7 +93,13 @@ pub fn prove<E>(
     for root in flat::full_roots(length) {
         walk.prove(root, &mut node, &mut nodes)?;
     }
-    Ok(RangeProof { start, end, length, base, nodes })
+    Ok(RangeProof {
+        start,
+        end,
+        length,
+        base,
+        nodes,
+    })
 }
 
 /// Checks `proof` against the blocks it covers (`blocks[i]` is block
@@ -106,19 +112,36 @@ pub fn verify<B: AsRef<[u8]>>(
     blocks: &[B],
     mut trusted: impl FnMut(u64) -> Option<Node>,
 ) -> Result<Verified, ProofError> {
-    let RangeProof { start, end, length, base, .. } = *proof;
+    let RangeProof {
+        start,
+        end,
+        length,
+        base,
+        ..
+    } = *proof;
     if start > end || end > length || base > length {
-        return Err(ProofError::Range { start, end, length, base });
+        return Err(ProofError::Range {
+            start,
+            end,
+            length,
+            base,
+        });
     }
     if (end - start) != blocks.len() as u64 {
-        return Err(ProofError::BlockCount { expected: end - start, got: blocks.len() });
+        return Err(ProofError::BlockCount {
+            expected: end - start,
+            got: blocks.len(),
+        });
     }
     let walk = Walk::new(start, end, base);
     let mut state = VerifyState {
         blocks,
         proof: proof.nodes.iter(),
         trusted: &mut trusted,
-        out: Verified { roots: Vec::new(), learned: Vec::with_capacity(2 * blocks.len() + proof.nodes.len()) },
+        out: Verified {
+            roots: Vec::new(),
+            learned: Vec::with_capacity(2 * blocks.len() + proof.nodes.len()),
+        },
     };
     for root in flat::full_roots(length) {
         let n = walk.verify(root, &mut state)?;
@@ -151,7 +174,12 @@ enum Step {
 
 impl Walk {
     fn new(start: u64, end: u64, base: u64) -> Self {
-        Walk { start, end, base, base_roots: flat::full_roots(base) }
+        Walk {
+            start,
+            end,
+            base,
+            base_roots: flat::full_roots(base),
+        }
     }
 
     fn is_base_root(&self, i: u64) -> bool {
@@ -300,7 +328,8 @@ mod tests {
         let (_, other, _) = tree(37);
         let mut forked = roots_of(&other, 37);
         forked[0].hash.0[0] ^= 1;
-        let v = verify::<&[u8]>(&p, &[], |i| forked.iter().find(|n| n.index == i).copied()).unwrap();
+        let v =
+            verify::<&[u8]>(&p, &[], |i| forked.iter().find(|n| n.index == i).copied()).unwrap();
         assert_ne!(tree_hash(&v.roots), tree_hash(&roots));
         assert_eq!(
             verify::<&[u8]>(&p, &[], |_| None),

@@ -1,17 +1,24 @@
 //! The write batch: every write of one unit of work, applied atomically.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use smallvec::SmallVec;
 
 use super::Table;
 
+/// A key held inline: every key the core writes fits, so batching a write
+/// costs no allocation for its key.
+pub(crate) type Key = SmallVec<[u8; 48]>;
+
 /// Writes collected for one atomic commit.
 ///
-/// Entries are kept sorted by (table, key), so a backend applies them in key
+/// Entries are kept sorted by table and key, so a backend applies them in key
 /// order (which B-trees like) and a later write of a key replaces an earlier
 /// one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
-    ops: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    tables: [BTreeMap<Key, Option<Vec<u8>>>; Table::ALL.len()],
 }
 
 impl WriteBatch {
@@ -22,70 +29,78 @@ impl WriteBatch {
 
     /// Sets `key` in `table` to `value`.
     pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
-        self.ops.insert((table, key.to_vec()), Some(value.to_vec()));
+        self.put_owned(table, key, value.to_vec());
     }
 
-    /// Sets `key` in `table` to `value`, taking ownership of both.
-    pub fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.insert((table, key), Some(value));
+    /// Sets `key` in `table` to `value`, taking ownership of the value.
+    pub fn put_owned(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.tables[table.position()].insert(Key::from_slice(key), Some(value));
     }
 
     /// Removes `key` from `table`.
     pub fn delete(&mut self, table: Table, key: &[u8]) {
-        self.ops.insert((table, key.to_vec()), None);
+        self.tables[table.position()].insert(Key::from_slice(key), None);
     }
 
     /// The pending write of `key`: `None` if the batch does not touch it,
     /// `Some(None)` for a delete.
     pub fn pending(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
-        // The tuple key needs an owned Vec; lookups are rare enough (only keys
-        // read within the batch that wrote them) that the copy is fine.
-        self.ops.get(&(table, key.to_vec())).map(|v| v.as_deref())
+        self.tables[table.position()].get(key).map(|v| v.as_deref())
     }
 
     /// Pending writes of `table` within `range`, in key order.
     pub fn pending_range<'a>(
         &'a self,
         table: Table,
-        range: (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>),
+        range: (Bound<&[u8]>, Bound<&[u8]>),
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        use std::ops::Bound::*;
-        let lo = match range.0 {
-            Included(k) => Included((table, k.to_vec())),
-            Excluded(k) => Excluded((table, k.to_vec())),
-            Unbounded => Included((table, Vec::new())),
+        let map = &self.tables[table.position()];
+        // BTreeMap::range panics on an inverted range; treat it as empty.
+        let inverted = match range {
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                a > b || (a == b && !matches!(range, (Bound::Included(_), Bound::Included(_))))
+            }
+            _ => false,
         };
-        let hi_bound = range.1.map(|k| k.to_vec());
-        self.ops
-            .range((lo, Unbounded))
-            .take_while(move |((t, k), _)| {
-                *t == table
-                    && match &hi_bound {
-                        Included(h) => k <= h,
-                        Excluded(h) => k < h,
-                        Unbounded => true,
-                    }
-            })
-            .map(|((_, k), v)| (k.as_slice(), v.as_deref()))
+        let iter = if inverted {
+            None
+        } else {
+            Some(map.range::<[u8], _>(range))
+        };
+        iter.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
     }
 
-    /// All writes, in (table, key) order.
+    /// All writes of `table`, in key order.
+    pub fn table(&self, table: Table) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.tables[table.position()]
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+
+    /// All writes, by table then key.
     pub fn iter(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
-        self.ops.iter().map(|((t, k), v)| (*t, k.as_slice(), v.as_deref()))
+        Table::ALL
+            .into_iter()
+            .flat_map(move |t| self.table(t).map(move |(k, v)| (t, k, v)))
+    }
+
+    /// Takes every write out of the batch, by table then key.
+    pub fn drain(self) -> impl Iterator<Item = (Table, Key, Option<Vec<u8>>)> {
+        self.tables
+            .into_iter()
+            .zip(Table::ALL)
+            .flat_map(|(map, t)| map.into_iter().map(move |(k, v)| (t, k, v)))
     }
 
     /// Number of distinct keys written.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.tables.iter().map(|m| m.len()).sum()
     }
 
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    /// Drops every pending write.
-    pub fn clear(&mut self) {
-        self.ops.clear();
+        self.tables.iter().all(|m| m.is_empty())
     }
 }

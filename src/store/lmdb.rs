@@ -4,13 +4,13 @@
 //! an environment unsafe because LMDB cannot check their preconditions.
 #![allow(unsafe_code)]
 
-use std::ops::{Bound, ControlFlow};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, WithoutTls};
 
-use super::{Store, StoreError, StoreRead, Table, WriteBatch};
+use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
 /// Tuning of an [`LmdbStore`].
 #[derive(Clone, Debug)]
@@ -25,7 +25,10 @@ pub struct LmdbOptions {
 
 impl Default for LmdbOptions {
     fn default() -> Self {
-        LmdbOptions { initial_map_size: 1 << 30, max_map_size: 1 << 40 }
+        LmdbOptions {
+            initial_map_size: 1 << 30,
+            max_map_size: 1 << 40,
+        }
     }
 }
 
@@ -44,7 +47,9 @@ pub struct LmdbStore {
 
 impl std::fmt::Debug for LmdbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LmdbStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("LmdbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,7 +62,10 @@ impl LmdbStore {
     /// Opens the store in `dir` with explicit options.
     pub fn open_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, StoreError> {
         let path = dir.as_ref().to_path_buf();
-        let io = |source| StoreError::Io { path: path.display().to_string(), source };
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(&path).map_err(io)?;
         let page = page_size();
         let initial = round_up(options.initial_map_size.max(page), page);
@@ -75,15 +83,24 @@ impl LmdbStore {
                 for table in Table::ALL {
                     dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(table.name()))?);
                 }
-                let dbs: [Database<'_, Bytes, Bytes>; Table::ALL.len()] =
-                    dbs.try_into().map_err(|_| heed::Error::Mdb(MdbError::Incompatible))?;
+                let dbs: [Database<'_, Bytes, Bytes>; Table::ALL.len()] = dbs
+                    .try_into()
+                    .map_err(|_| heed::Error::Mdb(MdbError::Incompatible))?;
                 Ok(CommitOrAbort::<_, ()>::Commit(dbs))
             })
             .map_err(|e| backend(&path, e))?;
         let CommitOrAbort::Commit(dbs) = dbs else {
-            return Err(StoreError::Backend(format!("{}: could not create tables", path.display())));
+            return Err(StoreError::Backend(format!(
+                "{}: could not create tables",
+                path.display()
+            )));
         };
-        Ok(LmdbStore { env, dbs, path, max_map_size: options.max_map_size.max(initial) })
+        Ok(LmdbStore {
+            env,
+            dbs,
+            path,
+            max_map_size: options.max_map_size.max(initial),
+        })
     }
 
     /// The data directory.
@@ -125,9 +142,15 @@ impl LmdbStore {
     fn grow(&self) -> Result<(), StoreError> {
         let current = self.map_size();
         if current >= self.max_map_size {
-            return Err(StoreError::Full { used: current as u64, max: self.max_map_size as u64 });
+            return Err(StoreError::Full {
+                used: current as u64,
+                max: self.max_map_size as u64,
+            });
         }
-        let next = round_up(current.saturating_mul(2).min(self.max_map_size), page_size());
+        let next = round_up(
+            current.saturating_mul(2).min(self.max_map_size),
+            page_size(),
+        );
         // SAFETY: as in `adopt_foreign_resize`, no transaction of ours is alive.
         unsafe { self.env.resize(next) }.map_err(|e| backend(&self.path, e))
     }
@@ -148,9 +171,9 @@ impl Store for LmdbStore {
         Ok(LmdbReader { txn, store: self })
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         loop {
-            match self.try_commit(batch) {
+            match self.try_commit(&batch) {
                 Ok(()) => return Ok(()),
                 Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow()?,
                 Err(heed::Error::Mdb(MdbError::MapResized)) => self.adopt_foreign_resize()?,
@@ -168,16 +191,31 @@ pub struct LmdbReader<'a> {
 
 impl StoreRead for LmdbReader<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
-        self.store.db(table).get(&self.txn, key).map_err(|e| backend(&self.store.path, e))
+        self.store
+            .db(table)
+            .get(&self.txn, key)
+            .map_err(|e| backend(&self.store.path, e))
     }
 
     fn scan(
         &self,
         table: Table,
         range: (Bound<&[u8]>, Bound<&[u8]>),
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
-        let iter = self.store.db(table).range(&self.txn, &range).map_err(|e| backend(&self.store.path, e))?;
+        // LMDB has no empty keys, and rejects an empty key even as a bound.
+        let lo = match range.0 {
+            Bound::Included([]) | Bound::Excluded([]) => Bound::Unbounded,
+            other => other,
+        };
+        if matches!(range.1, Bound::Included([]) | Bound::Excluded([])) {
+            return Ok(());
+        }
+        let iter = self
+            .store
+            .db(table)
+            .range(&self.txn, &(lo, range.1))
+            .map_err(|e| backend(&self.store.path, e))?;
         for entry in iter {
             let (k, v) = entry.map_err(|e| backend(&self.store.path, e))?;
             if visit(k, v).is_break() {
@@ -193,7 +231,10 @@ fn backend(path: &Path, e: heed::Error) -> StoreError {
         heed::Error::Mdb(MdbError::Corrupted) | heed::Error::Mdb(MdbError::PageNotFound) => {
             StoreError::Corrupted(format!("LMDB reports a damaged page in {}", path.display()))
         }
-        heed::Error::Io(source) => StoreError::Io { path: path.display().to_string(), source },
+        heed::Error::Io(source) => StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        },
         other => StoreError::Backend(format!("{} (in {})", other, path.display())),
     }
 }
@@ -201,7 +242,10 @@ fn backend(path: &Path, e: heed::Error) -> StoreError {
 fn map_open_error(path: &Path, e: heed::Error) -> StoreError {
     match e {
         heed::Error::Mdb(MdbError::Invalid) | heed::Error::Mdb(MdbError::VersionMismatch) => {
-            StoreError::Corrupted(format!("{} does not hold a readable LMDB environment", path.display()))
+            StoreError::Corrupted(format!(
+                "{} does not hold a readable LMDB environment",
+                path.display()
+            ))
         }
         heed::Error::EnvAlreadyOpened => StoreError::Backend(format!(
             "{} is already open in this process; share the open store instead of opening it twice",
@@ -229,7 +273,10 @@ mod tests {
     #[test]
     fn grows_the_map_and_fails_clearly_at_the_ceiling() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = LmdbOptions { initial_map_size: 1 << 16, max_map_size: 1 << 22 };
+        let opts = LmdbOptions {
+            initial_map_size: 1 << 16,
+            max_map_size: 1 << 22,
+        };
         let store = LmdbStore::open_with(dir.path(), opts).unwrap();
         let before = store.map_size();
         let mut t = Txn::begin(&store).unwrap();
@@ -243,7 +290,10 @@ mod tests {
         assert!(err.to_string().contains("raise the maximum map size"));
         // The failed commit wrote nothing, and the store still works.
         let r = store.reader().unwrap();
-        assert_eq!(r.get(Table::Blocks, b"a").unwrap().map(|v| v.len()), Some(1 << 20));
+        assert_eq!(
+            r.get(Table::Blocks, b"a").unwrap().map(|v| v.len()),
+            Some(1 << 20)
+        );
         assert_eq!(r.get(Table::Blocks, b"b").unwrap(), None);
     }
 
@@ -257,7 +307,10 @@ mod tests {
             t.commit().unwrap();
         }
         let store = LmdbStore::open(dir.path()).unwrap();
-        assert_eq!(store.reader().unwrap().get(Table::Meta, b"k").unwrap(), Some(&b"v"[..]));
+        assert_eq!(
+            store.reader().unwrap().get(Table::Meta, b"k").unwrap(),
+            Some(&b"v"[..])
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! An in-memory store for tests and simulations, with a crash model.
 
 use std::collections::BTreeMap;
-use std::ops::{Bound, ControlFlow};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Store, StoreError, StoreRead, Table, WriteBatch};
+use super::batch::Key;
+use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+type Map = BTreeMap<Key, Vec<u8>>;
 
 #[derive(Clone, Default)]
 struct Tables {
@@ -80,7 +81,9 @@ impl MemStore {
 impl std::fmt::Debug for MemStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.lock();
-        f.debug_struct("MemStore").field("commits", &s.commits).finish_non_exhaustive()
+        f.debug_struct("MemStore")
+            .field("commits", &s.commits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,24 +96,26 @@ impl Store for MemStore {
     type Reader<'a> = MemReader;
 
     fn reader(&self) -> Result<MemReader, StoreError> {
-        Ok(MemReader { tables: Arc::clone(&self.lock().committed) })
+        Ok(MemReader {
+            tables: Arc::clone(&self.lock().committed),
+        })
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut shared = self.lock();
         if shared.fail_commits > 0 {
             shared.fail_commits -= 1;
             return Err(StoreError::Injected);
         }
         let tables = Arc::make_mut(&mut shared.committed);
-        for (table, key, value) in batch.iter() {
+        for (table, key, value) in batch.drain() {
             let map = &mut tables.maps[table.position()];
             match value {
                 Some(v) => {
-                    map.insert(key.to_vec(), v.to_vec());
+                    map.insert(key, v);
                 }
                 None => {
-                    map.remove(key);
+                    map.remove(key.as_slice());
                 }
             }
         }
@@ -121,14 +126,16 @@ impl Store for MemStore {
 
 impl StoreRead for MemReader {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
-        Ok(self.tables.maps[table.position()].get(key).map(|v| v.as_slice()))
+        Ok(self.tables.maps[table.position()]
+            .get(key)
+            .map(|v| v.as_slice()))
     }
 
     fn scan(
         &self,
         table: Table,
         range: (Bound<&[u8]>, Bound<&[u8]>),
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
         for (k, v) in self.tables.maps[table.position()].range::<[u8], _>(range) {
             if visit(k, v).is_break() {

@@ -14,6 +14,7 @@ pub mod keys;
 #[cfg(feature = "lmdb")]
 mod lmdb;
 mod mem;
+pub mod meta;
 mod txn;
 
 pub use batch::WriteBatch;
@@ -76,7 +77,13 @@ impl Table {
     }
 }
 
+/// The callback of a scan: sees each key and value, and may stop the scan.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+
 /// A storage backend.
+///
+/// Keys are 1 to 511 bytes long (LMDB's limit); the core never writes an
+/// empty key.
 ///
 /// All methods take `&self`: a backend handles its own locking, so a reader
 /// and a commit may be issued from the same owner.
@@ -91,7 +98,7 @@ pub trait Store {
 
     /// Applies every write of `batch` atomically. When this returns `Ok`, the
     /// writes are durable (they survive a crash of the process or machine).
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
 }
 
 /// Read access to committed data.
@@ -105,7 +112,7 @@ pub trait StoreRead {
         &self,
         table: Table,
         range: (Bound<&[u8]>, Bound<&[u8]>),
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError>;
 }
 

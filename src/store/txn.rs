@@ -2,7 +2,7 @@
 
 use std::ops::{Bound, ControlFlow};
 
-use super::{Store, StoreError, StoreRead, Table, WriteBatch};
+use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
 /// Reads committed state overlaid with this transaction's own pending
 /// writes, and commits all of them at once.
@@ -18,7 +18,11 @@ pub struct Txn<'s, S: Store + 's> {
 impl<'s, S: Store> Txn<'s, S> {
     /// Starts a transaction on `store`.
     pub fn begin(store: &'s S) -> Result<Self, StoreError> {
-        Ok(Txn { store, reader: store.reader()?, batch: WriteBatch::new() })
+        Ok(Txn {
+            store,
+            reader: store.reader()?,
+            batch: WriteBatch::new(),
+        })
     }
 
     /// The value of `key`, including this transaction's own writes.
@@ -35,7 +39,7 @@ impl<'s, S: Store> Txn<'s, S> {
         &self,
         table: Table,
         range: (Bound<&[u8]>, Bound<&[u8]>),
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
         let mut pending = self.batch.pending_range(table, range).peekable();
         if pending.peek().is_none() {
@@ -79,8 +83,8 @@ impl<'s, S: Store> Txn<'s, S> {
         self.batch.put(table, key, value);
     }
 
-    /// Writes `value` at `key`, taking ownership of both.
-    pub fn put_owned(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+    /// Writes `value` at `key`, taking ownership of the value.
+    pub fn put_owned(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
         self.batch.put_owned(table, key, value);
     }
 
@@ -97,22 +101,21 @@ impl<'s, S: Store> Txn<'s, S> {
     /// Commits every write durably, in one store transaction. A transaction
     /// that wrote nothing costs nothing.
     pub fn commit(self) -> Result<(), StoreError> {
-        let Txn { store, reader, batch } = self;
+        let Txn {
+            store,
+            reader,
+            batch,
+        } = self;
         // Release the snapshot first so the backend never copies on our behalf.
         drop(reader);
         if batch.is_empty() {
             return Ok(());
         }
-        store.commit(&batch)
+        store.commit(batch)
     }
 }
 
-fn emit(
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
-    stopped: &mut bool,
-    k: &[u8],
-    v: &[u8],
-) -> ControlFlow<()> {
+fn emit(visit: &mut Visit<'_>, stopped: &mut bool, k: &[u8], v: &[u8]) -> ControlFlow<()> {
     let r = visit(k, v);
     if r.is_break() {
         *stopped = true;
@@ -127,10 +130,14 @@ mod tests {
 
     fn collect<S: Store>(txn: &Txn<'_, S>) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        txn.scan(Table::Blocks, (Bound::Unbounded, Bound::Unbounded), &mut |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            ControlFlow::Continue(())
-        })
+        txn.scan(
+            Table::Blocks,
+            (Bound::Unbounded, Bound::Unbounded),
+            &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
         out
     }
@@ -150,8 +157,12 @@ mod tests {
         t.put(Table::Blocks, &[9], &[90]);
         assert_eq!(t.get(Table::Blocks, &[3]).unwrap(), Some(&[30u8][..]));
         assert_eq!(t.get(Table::Blocks, &[5]).unwrap(), None);
-        let want: Vec<(Vec<u8>, Vec<u8>)> =
-            vec![(vec![1], vec![1]), (vec![2], vec![20]), (vec![3], vec![30]), (vec![9], vec![90])];
+        let want: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (vec![1], vec![1]),
+            (vec![2], vec![20]),
+            (vec![3], vec![30]),
+            (vec![9], vec![90]),
+        ];
         assert_eq!(collect(&t), want);
         drop(t);
         // Dropped without commit: nothing of it is visible.
