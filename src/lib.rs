@@ -17,6 +17,10 @@
 #![warn(missing_docs)]
 
 pub mod feed;
+pub mod noise;
+pub mod ranges;
+pub mod time;
+pub mod wire;
 pub mod identity;
 pub mod merkle;
 pub mod rng;

@@ -1,0 +1,448 @@
+//! Protocol messages and their encoding.
+
+use crate::feed::{FeedDescriptor, FeedId, SignedHead, SIGNED_HEAD_LEN};
+use crate::identity::{PeerId, Signature, SIGNATURE_LEN};
+use crate::merkle::{Node, RangeProof, NODE_LEN};
+
+use super::Receipt;
+
+/// Bytes before each message's body: `len: u32 LE` and `type: u8`.
+pub const MSG_HEADER_LEN: usize = 5;
+
+const T_HEAD: u8 = 1;
+const T_REQUEST: u8 = 2;
+const T_DATA: u8 = 3;
+const T_NO_DATA: u8 = 4;
+const T_ACK: u8 = 5;
+const T_KEEPALIVE: u8 = 6;
+const T_CLOSE: u8 = 7;
+
+/// Most proof nodes a data message may carry: two paths of a 2^64 tree.
+pub const MAX_PROOF_NODES: usize = 130;
+/// Most ranges a receipt may carry.
+pub const MAX_RECEIPT_RANGES: usize = 4096;
+/// Longest close text, in bytes.
+pub const MAX_CLOSE_TEXT: usize = 256;
+
+/// One protocol message, borrowing block bytes from the receive buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A feed's latest signed head, with the descriptor it was derived from.
+    Head {
+        /// Author and kind of the feed.
+        desc: FeedDescriptor,
+        /// The head.
+        head: SignedHead,
+    },
+    /// Asks for blocks `[start, end)` of `feed`, proven for a verifier that
+    /// holds the roots of `base` blocks. `start == end` asks for the head
+    /// only (an upgrade proof).
+    Request {
+        /// The feed.
+        feed: FeedId,
+        /// First block wanted.
+        start: u64,
+        /// One past the last block wanted.
+        end: u64,
+        /// The requester's verified length.
+        base: u64,
+    },
+    /// Blocks with their proof.
+    Data(DataMsg<'a>),
+    /// The sender cannot serve `[start, end)` of `feed`.
+    NoData {
+        /// The feed.
+        feed: FeedId,
+        /// First block refused.
+        start: u64,
+        /// End of the refused range.
+        end: u64,
+    },
+    /// A signed receipt.
+    Ack(Receipt),
+    /// Nothing; keeps an idle connection alive.
+    Keepalive,
+    /// The sender is closing the connection.
+    Close {
+        /// Why.
+        code: CloseCode,
+        /// Detail for humans.
+        text: &'a str,
+    },
+    /// A message type this version does not know; skipped.
+    Unknown {
+        /// Its type byte.
+        kind: u8,
+    },
+}
+
+/// Blocks `proof.start..proof.end` of a feed, proven against `head`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DataMsg<'a> {
+    /// The head the proof ends in.
+    pub head: SignedHead,
+    /// The proof (its `length` equals `head.length`).
+    pub proof: RangeProof,
+    /// The blocks.
+    pub blocks: Vec<&'a [u8]>,
+}
+
+/// Why a connection was closed, as carried in a close message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// No reason given, or an orderly shutdown.
+    Normal = 0,
+    /// The dialer is not an authorized peer.
+    Unauthorized = 1,
+    /// A frame or message could not be parsed.
+    Malformed = 2,
+    /// A signature or proof did not verify.
+    BadData = 3,
+    /// A size limit was exceeded.
+    TooLarge = 4,
+    /// A message arrived that the state does not allow.
+    Unexpected = 5,
+    /// A duplicate connection between the same peers lost the tie-break.
+    Duplicate = 6,
+    /// The peer was removed.
+    Removed = 7,
+    /// Nothing was heard for too long.
+    Idle = 8,
+    /// Too many requests in flight.
+    Overloaded = 9,
+    /// A code this version does not know.
+    Other = 0xffff,
+}
+
+impl CloseCode {
+    fn from_u16(v: u16) -> Self {
+        use CloseCode::*;
+        [Normal, Unauthorized, Malformed, BadData, TooLarge, Unexpected, Duplicate, Removed, Idle, Overloaded]
+            .into_iter()
+            .find(|c| *c as u16 == v)
+            .unwrap_or(Other)
+    }
+}
+
+/// Why bytes did not decode as a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The body ended early.
+    #[error("message type {0} is truncated")]
+    Truncated(u8),
+    /// The body has bytes left over.
+    #[error("message type {0} has trailing bytes")]
+    Trailing(u8),
+    /// A field is out of its allowed range.
+    #[error("message type {kind}: {what}")]
+    Invalid {
+        /// Message type.
+        kind: u8,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+/// The handshake payload each side sends inside the Noise handshake: its
+/// protocol version, its ed25519 identity, and that identity's signature over
+/// its Noise static key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakePayload {
+    /// Highest protocol version the sender speaks.
+    pub version: u16,
+    /// The sender's identity.
+    pub identity: PeerId,
+    /// Signature binding the Noise static key to `identity`.
+    pub signature: Signature,
+}
+
+const HANDSHAKE_MAGIC: &[u8; 6] = b"peermq";
+const STATIC_CONTEXT: &[u8] = b"peermq v1 noise static key\0";
+
+impl HandshakePayload {
+    /// Encoded size.
+    pub const LEN: usize = 6 + 2 + 32 + SIGNATURE_LEN;
+
+    /// The bytes an identity signs to vouch for a Noise static key.
+    pub fn static_signing_bytes(noise_static: &[u8]) -> Vec<u8> {
+        [STATIC_CONTEXT, noise_static].concat()
+    }
+
+    /// Encodes as magic, version, identity, signature.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.extend_from_slice(HANDSHAKE_MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.identity.0);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Decodes [`HandshakePayload::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::LEN || &bytes[..6] != HANDSHAKE_MAGIC {
+            return None;
+        }
+        Some(HandshakePayload {
+            version: u16::from_le_bytes(bytes[6..8].try_into().ok()?),
+            identity: PeerId(bytes[8..40].try_into().ok()?),
+            signature: bytes[40..].try_into().ok()?,
+        })
+    }
+
+    /// Checks that `identity` signed `noise_static`.
+    pub fn vouches_for(&self, noise_static: &[u8]) -> bool {
+        self.identity.verify(&Self::static_signing_bytes(noise_static), &self.signature).is_ok()
+    }
+}
+
+/// Writes a message header and returns where the length goes, so the body
+/// can be written in place and the length patched after.
+fn begin(out: &mut Vec<u8>, kind: u8) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, kind]);
+    at
+}
+
+fn finish(out: &mut [u8], at: usize) {
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+impl Message<'_> {
+    /// Appends the encoded message (header included) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Head { desc, head } => {
+                let at = begin(out, T_HEAD);
+                desc.encode(out);
+                out.extend_from_slice(&head.encode());
+                finish(out, at);
+            }
+            Message::Request { feed, start, end, base } => {
+                let at = begin(out, T_REQUEST);
+                out.extend_from_slice(&feed.0);
+                for v in [start, end, base] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                finish(out, at);
+            }
+            Message::Data(d) => DataMsg::encode_parts(&d.head, &d.proof, d.blocks.iter().copied(), out),
+            Message::NoData { feed, start, end } => {
+                let at = begin(out, T_NO_DATA);
+                out.extend_from_slice(&feed.0);
+                out.extend_from_slice(&start.to_le_bytes());
+                out.extend_from_slice(&end.to_le_bytes());
+                finish(out, at);
+            }
+            Message::Ack(r) => {
+                let at = begin(out, T_ACK);
+                r.encode(out);
+                finish(out, at);
+            }
+            Message::Keepalive => {
+                let at = begin(out, T_KEEPALIVE);
+                finish(out, at);
+            }
+            Message::Close { code, text } => {
+                let at = begin(out, T_CLOSE);
+                out.extend_from_slice(&(*code as u16).to_le_bytes());
+                let mut end = text.len().min(MAX_CLOSE_TEXT);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&text.as_bytes()[..end]);
+                finish(out, at);
+            }
+            Message::Unknown { kind } => {
+                let at = begin(out, *kind);
+                finish(out, at);
+            }
+        }
+    }
+
+    /// Decodes one message from `kind` and `body` (the header already
+    /// split off). `max_blocks` bounds the blocks of a data message.
+    pub fn decode(kind: u8, body: &[u8], max_blocks: u64) -> Result<Message<'_>, MessageError> {
+        let mut r = Reader { bytes: body, kind };
+        let msg = match kind {
+            T_HEAD => {
+                let (desc, rest) = FeedDescriptor::decode(body).ok_or(MessageError::Truncated(kind))?;
+                r.bytes = rest;
+                let head = SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
+                if head.feed != desc.id() {
+                    return Err(MessageError::Invalid { kind, what: "head does not match its descriptor" });
+                }
+                Message::Head { desc, head }
+            }
+            T_REQUEST => {
+                let feed = FeedId(r.array()?);
+                let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
+                if start > end {
+                    return Err(MessageError::Invalid { kind, what: "request range is inverted" });
+                }
+                Message::Request { feed, start, end, base }
+            }
+            T_DATA => Message::Data(DataMsg::decode(&mut r, max_blocks)?),
+            T_NO_DATA => {
+                let feed = FeedId(r.array()?);
+                Message::NoData { feed, start: r.u64()?, end: r.u64()? }
+            }
+            T_ACK => {
+                let receipt =
+                    Receipt::decode(body, MAX_RECEIPT_RANGES).ok_or(MessageError::Invalid { kind, what: "bad receipt" })?;
+                r.bytes = &[];
+                Message::Ack(receipt)
+            }
+            T_KEEPALIVE => Message::Keepalive,
+            T_CLOSE => {
+                let code = CloseCode::from_u16(u16::from_le_bytes(r.array()?));
+                let text = std::str::from_utf8(r.take(r.bytes.len().min(MAX_CLOSE_TEXT))?)
+                    .map_err(|_| MessageError::Invalid { kind, what: "close text is not UTF-8" })?;
+                Message::Close { code, text }
+            }
+            other => {
+                r.bytes = &[];
+                Message::Unknown { kind: other }
+            }
+        };
+        if !r.bytes.is_empty() {
+            return Err(MessageError::Trailing(kind));
+        }
+        Ok(msg)
+    }
+}
+
+impl<'a> DataMsg<'a> {
+    /// Encodes a data message from parts, so a sender need not collect its
+    /// blocks into a `DataMsg` first.
+    pub fn encode_parts<'b>(
+        head: &SignedHead,
+        proof: &RangeProof,
+        blocks: impl Iterator<Item = &'b [u8]>,
+        out: &mut Vec<u8>,
+    ) {
+        let at = begin(out, T_DATA);
+        out.extend_from_slice(&head.encode());
+        for v in [proof.start, proof.end, proof.base] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(proof.nodes.len() as u16).to_le_bytes());
+        for n in &proof.nodes {
+            out.extend_from_slice(&n.encode());
+        }
+        for b in blocks {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        finish(out, at);
+    }
+
+    fn decode(r: &mut Reader<'a>, max_blocks: u64) -> Result<Self, MessageError> {
+        let kind = r.kind;
+        let head = SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
+        let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
+        if start > end || end > head.length || base > head.length {
+            return Err(MessageError::Invalid { kind, what: "data range does not fit its head" });
+        }
+        if end - start > max_blocks {
+            return Err(MessageError::Invalid { kind, what: "too many blocks in one data message" });
+        }
+        let n = u16::from_le_bytes(r.array()?) as usize;
+        if n > MAX_PROOF_NODES {
+            return Err(MessageError::Invalid { kind, what: "too many proof nodes" });
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            // Indices are implied by the walk; 0 is a placeholder.
+            nodes.push(Node::decode(0, r.take(NODE_LEN)?).ok_or(MessageError::Truncated(kind))?);
+        }
+        let count = (end - start) as usize;
+        // Each block costs at least its 4-byte length, so a count the body
+        // cannot hold is refused before anything is allocated for it.
+        if count > r.bytes.len() / 4 {
+            return Err(MessageError::Truncated(kind));
+        }
+        let mut blocks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = u32::from_le_bytes(r.array()?) as usize;
+            blocks.push(r.take(len)?);
+        }
+        Ok(DataMsg { head, proof: RangeProof { start, end, length: head.length, base, nodes }, blocks })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    kind: u8,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
+        if self.bytes.len() < n {
+            return Err(MessageError::Truncated(self.kind));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], MessageError> {
+        self.take(N)?.try_into().map_err(|_| MessageError::Truncated(self.kind))
+    }
+
+    fn u64(&mut self) -> Result<u64, MessageError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+    use crate::merkle::Hash;
+    use crate::ranges::RangeSet;
+    use crate::rng::SeededRng;
+
+    fn roundtrip(m: Message<'_>) {
+        let mut buf = Vec::new();
+        m.encode(&mut buf);
+        let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert_eq!(len + 4, buf.len());
+        let back = Message::decode(buf[4], &buf[MSG_HEADER_LEN..], 1000).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn every_message_roundtrips() {
+        let key = Keypair::generate(&mut SeededRng::from_u64(1));
+        let desc = FeedDescriptor::queue(key.peer_id(), PeerId([3; 32]));
+        let head = SignedHead::sign(&key, desc.id(), 5, Hash([9; 32]));
+        roundtrip(Message::Head { desc, head });
+        roundtrip(Message::Request { feed: desc.id(), start: 1, end: 4, base: 2 });
+        let node = Node { index: 0, hash: Hash([1; 32]), size: 3 };
+        let proof = RangeProof { start: 1, end: 3, length: 5, base: 0, nodes: vec![node, node] };
+        roundtrip(Message::Data(DataMsg { head, proof, blocks: vec![b"ab", b""] }));
+        roundtrip(Message::NoData { feed: desc.id(), start: 0, end: 9 });
+        roundtrip(Message::Ack(Receipt::sign(&key, desc.id(), RangeSet::from_range(0, 5))));
+        roundtrip(Message::Keepalive);
+        roundtrip(Message::Close { code: CloseCode::Idle, text: "quiet" });
+        roundtrip(Message::Unknown { kind: 200 });
+    }
+
+    #[test]
+    fn bounds_are_enforced_before_allocation() {
+        let key = Keypair::generate(&mut SeededRng::from_u64(1));
+        let head = SignedHead::sign(&key, FeedId([0; 32]), u64::MAX, Hash([0; 32]));
+        let mut body = head.encode().to_vec();
+        for v in [0u64, u64::MAX, 0] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&0u16.to_le_bytes());
+        let err = Message::decode(T_DATA, &body, 4096).unwrap_err();
+        assert_eq!(err, MessageError::Invalid { kind: T_DATA, what: "too many blocks in one data message" });
+        let err = Message::decode(T_DATA, &body, u64::MAX).unwrap_err();
+        assert_eq!(err, MessageError::Truncated(T_DATA));
+    }
+}
