@@ -17,18 +17,24 @@
 #![warn(missing_docs)]
 
 pub mod feed;
-pub mod noise;
-pub mod ranges;
-pub mod time;
-pub mod wire;
 pub mod identity;
 pub mod merkle;
+pub mod node;
+pub mod noise;
+pub mod ranges;
 pub mod rng;
 pub mod store;
+pub mod time;
+pub mod wire;
 
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError};
+pub use node::{
+    CloseReason, Config, ConnId, Event, Fetch, Mailbox, Node, NodeError, Output, PeerStatus,
+    Prefetch, Record,
+};
 pub use rng::{RandomSource, SeededRng};
 #[cfg(feature = "lmdb")]
 pub use store::{LmdbOptions, LmdbStore};
 pub use store::{MemStore, Store, StoreError, Txn};
+pub use time::Instant;

@@ -47,22 +47,33 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
-        RingResolver.resolve_hash(choice).or_else(|| DefaultResolver.resolve_hash(choice))
+        RingResolver
+            .resolve_hash(choice)
+            .or_else(|| DefaultResolver.resolve_hash(choice))
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        RingResolver.resolve_cipher(choice).or_else(|| DefaultResolver.resolve_cipher(choice))
+        RingResolver
+            .resolve_cipher(choice)
+            .or_else(|| DefaultResolver.resolve_cipher(choice))
     }
 }
 
 fn params() -> NoiseParams {
     // The pattern is a constant that snow parses; a failure here is a bug
     // caught by every test, never a runtime condition.
-    NOISE_PATTERN.parse().unwrap_or_else(|_| unreachable!("valid Noise pattern"))
+    NOISE_PATTERN
+        .parse()
+        .unwrap_or_else(|_| unreachable!("valid Noise pattern"))
 }
 
 fn builder<'a>(rng: SeededRng) -> snow::Builder<'a> {
-    snow::Builder::with_resolver(params(), Box::new(Resolver { rng: std::sync::Mutex::new(Some(rng)) }))
+    snow::Builder::with_resolver(
+        params(),
+        Box::new(Resolver {
+            rng: std::sync::Mutex::new(Some(rng)),
+        }),
+    )
 }
 
 /// A Noise static key pair.
@@ -78,12 +89,19 @@ impl StaticKey {
     /// Generates a static key from `rng`.
     pub fn generate(rng: SeededRng) -> Result<Self, snow::Error> {
         let kp = builder(rng).generate_keypair()?;
-        Ok(StaticKey { private: kp.private, public: kp.public })
+        Ok(StaticKey {
+            private: kp.private,
+            public: kp.public,
+        })
     }
 }
 
 /// Starts a handshake as initiator (dialer) or responder.
-pub fn handshake(key: &StaticKey, rng: SeededRng, initiator: bool) -> Result<snow::HandshakeState, snow::Error> {
+pub fn handshake(
+    key: &StaticKey,
+    rng: SeededRng,
+    initiator: bool,
+) -> Result<snow::HandshakeState, snow::Error> {
     let b = builder(rng).local_private_key(&key.private)?;
     if initiator {
         b.build_initiator()

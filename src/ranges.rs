@@ -37,6 +37,14 @@ impl RangeSet {
         self.ranges.iter().map(|(a, b)| b - a).sum()
     }
 
+    /// Number of members in `[start, end)`.
+    pub fn count_within(&self, start: u64, end: u64) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(a, b)| b.min(end).saturating_sub(a.max(start)))
+            .sum()
+    }
+
     /// Index of the first range that ends at or after `x`.
     fn first_ending_at_or_after(&self, x: u64) -> usize {
         self.ranges.partition_point(|&(_, end)| end < x)
@@ -54,7 +62,9 @@ impl RangeSet {
             return true;
         }
         let i = self.ranges.partition_point(|&(_, e)| e <= start);
-        self.ranges.get(i).is_some_and(|&(s, e)| s <= start && end <= e)
+        self.ranges
+            .get(i)
+            .is_some_and(|&(s, e)| s <= start && end <= e)
     }
 
     /// Adds `[start, end)`.
@@ -221,12 +231,20 @@ mod tests {
                 }
                 assert_eq!(set.count(), model.len() as u64);
                 let (s, e) = (rng.next_u64() % 70, rng.next_u64() % 70);
-                let gaps: BTreeSet<u64> = set.gaps(s, e).into_iter().flat_map(|(a, b)| a..b).collect();
+                let gaps: BTreeSet<u64> =
+                    set.gaps(s, e).into_iter().flat_map(|(a, b)| a..b).collect();
                 let want: BTreeSet<u64> = (s..e).filter(|x| !model.contains(x)).collect();
                 assert_eq!(gaps, want);
                 let within: Vec<u64> = set.iter_within(s, e).collect();
-                assert_eq!(within, model.range(s..e.max(s)).copied().collect::<Vec<_>>());
+                assert_eq!(
+                    within,
+                    model.range(s..e.max(s)).copied().collect::<Vec<_>>()
+                );
                 assert_eq!(set.contains_range(s, e), (s..e).all(|x| model.contains(&x)));
+                assert_eq!(
+                    set.count_within(s, e),
+                    (s..e).filter(|x| model.contains(x)).count() as u64
+                );
             }
             let mut buf = Vec::new();
             set.encode(&mut buf);

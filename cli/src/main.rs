@@ -13,7 +13,12 @@ use peermq::{Keypair, LmdbStore, SeededRng, Txn};
 #[command(name = "peermq", version, about)]
 struct Cli {
     /// Data directory; created if missing.
-    #[arg(short = 'd', long = "datadir", global = true, default_value = "peermq-data")]
+    #[arg(
+        short = 'd',
+        long = "datadir",
+        global = true,
+        default_value = "peermq-data"
+    )]
     datadir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -31,7 +36,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return if usage { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {
@@ -51,7 +60,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             meta::check_format(&mut txn)?;
             let fresh = fresh_keypair()?;
             let key = meta::identity_or_insert(&mut txn, || fresh)?;
-            txn.commit().with_context(|| format!("saving the identity in {}", cli.datadir.display()))?;
+            txn.commit()
+                .with_context(|| format!("saving the identity in {}", cli.datadir.display()))?;
             println!("{}", key.peer_id());
         }
     }
@@ -62,7 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// randomness itself, so the binary seeds it.
 fn fresh_keypair() -> anyhow::Result<Keypair> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| anyhow::anyhow!("the operating system gave no randomness to create an identity: {e}"))?;
+    getrandom::fill(&mut seed).map_err(|e| {
+        anyhow::anyhow!("the operating system gave no randomness to create an identity: {e}")
+    })?;
     Ok(Keypair::generate(&mut SeededRng::from_seed(seed)))
 }

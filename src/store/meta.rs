@@ -21,7 +21,10 @@ pub fn check_format<S: Store>(txn: &mut Txn<'_, S>) -> Result<(), StoreError> {
             if found == FORMAT {
                 Ok(())
             } else {
-                Err(StoreError::Version { found, supported: FORMAT })
+                Err(StoreError::Version {
+                    found,
+                    supported: FORMAT,
+                })
             }
         }
     }
@@ -61,11 +64,13 @@ mod tests {
         let store = MemStore::new();
         let mut t = Txn::begin(&store).unwrap();
         check_format(&mut t).unwrap();
-        let a = identity_or_insert(&mut t, || Keypair::generate(&mut SeededRng::from_u64(1))).unwrap();
+        let a =
+            identity_or_insert(&mut t, || Keypair::generate(&mut SeededRng::from_u64(1))).unwrap();
         t.commit().unwrap();
         let mut t = Txn::begin(&store).unwrap();
         check_format(&mut t).unwrap();
-        let b = identity_or_insert(&mut t, || Keypair::generate(&mut SeededRng::from_u64(2))).unwrap();
+        let b =
+            identity_or_insert(&mut t, || Keypair::generate(&mut SeededRng::from_u64(2))).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
     }
 
@@ -77,6 +82,15 @@ mod tests {
         t.commit().unwrap();
         let mut t = Txn::begin(&store).unwrap();
         let err = check_format(&mut t).unwrap_err();
-        assert!(matches!(err, StoreError::Version { found: 99, supported: FORMAT }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Version {
+                    found: 99,
+                    supported: FORMAT
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -28,7 +28,11 @@ impl FrameReader {
     /// Calls `on_frame` with each complete frame's body found in what was
     /// buffered plus `input`, and keeps any incomplete tail. Stops at the
     /// first error `on_frame` returns.
-    pub fn push<E>(&mut self, mut input: &[u8], mut on_frame: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn push<E>(
+        &mut self,
+        mut input: &[u8],
+        mut on_frame: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         if !self.partial.is_empty() {
             // Complete the carried-over frame first, copying only what it needs.
             if self.partial.len() < FRAME_HEADER_LEN {
@@ -100,7 +104,9 @@ mod tests {
     #[test]
     fn frames_survive_any_chunking() {
         let mut stream = Vec::new();
-        let bodies: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; (i as usize * 37) % 300]).collect();
+        let bodies: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| vec![i; (i as usize * 37) % 300])
+            .collect();
         for b in &bodies {
             write_frame(&mut stream, b.len(), |buf| {
                 buf[..b.len()].copy_from_slice(b);

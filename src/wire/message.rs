@@ -118,10 +118,21 @@ pub enum CloseCode {
 impl CloseCode {
     fn from_u16(v: u16) -> Self {
         use CloseCode::*;
-        [Normal, Unauthorized, Malformed, BadData, TooLarge, Unexpected, Duplicate, Removed, Idle, Overloaded]
-            .into_iter()
-            .find(|c| *c as u16 == v)
-            .unwrap_or(Other)
+        [
+            Normal,
+            Unauthorized,
+            Malformed,
+            BadData,
+            TooLarge,
+            Unexpected,
+            Duplicate,
+            Removed,
+            Idle,
+            Overloaded,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
+        .unwrap_or(Other)
     }
 }
 
@@ -193,7 +204,9 @@ impl HandshakePayload {
 
     /// Checks that `identity` signed `noise_static`.
     pub fn vouches_for(&self, noise_static: &[u8]) -> bool {
-        self.identity.verify(&Self::static_signing_bytes(noise_static), &self.signature).is_ok()
+        self.identity
+            .verify(&Self::static_signing_bytes(noise_static), &self.signature)
+            .is_ok()
     }
 }
 
@@ -220,7 +233,12 @@ impl Message<'_> {
                 out.extend_from_slice(&head.encode());
                 finish(out, at);
             }
-            Message::Request { feed, start, end, base } => {
+            Message::Request {
+                feed,
+                start,
+                end,
+                base,
+            } => {
                 let at = begin(out, T_REQUEST);
                 out.extend_from_slice(&feed.0);
                 for v in [start, end, base] {
@@ -228,7 +246,9 @@ impl Message<'_> {
                 }
                 finish(out, at);
             }
-            Message::Data(d) => DataMsg::encode_parts(&d.head, &d.proof, d.blocks.iter().copied(), out),
+            Message::Data(d) => {
+                DataMsg::encode_parts(&d.head, &d.proof, d.blocks.iter().copied(), out)
+            }
             Message::NoData { feed, start, end } => {
                 let at = begin(out, T_NO_DATA);
                 out.extend_from_slice(&feed.0);
@@ -268,11 +288,16 @@ impl Message<'_> {
         let mut r = Reader { bytes: body, kind };
         let msg = match kind {
             T_HEAD => {
-                let (desc, rest) = FeedDescriptor::decode(body).ok_or(MessageError::Truncated(kind))?;
+                let (desc, rest) =
+                    FeedDescriptor::decode(body).ok_or(MessageError::Truncated(kind))?;
                 r.bytes = rest;
-                let head = SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
+                let head = SignedHead::decode(r.take(SIGNED_HEAD_LEN)?)
+                    .ok_or(MessageError::Truncated(kind))?;
                 if head.feed != desc.id() {
-                    return Err(MessageError::Invalid { kind, what: "head does not match its descriptor" });
+                    return Err(MessageError::Invalid {
+                        kind,
+                        what: "head does not match its descriptor",
+                    });
                 }
                 Message::Head { desc, head }
             }
@@ -280,18 +305,33 @@ impl Message<'_> {
                 let feed = FeedId(r.array()?);
                 let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
                 if start > end {
-                    return Err(MessageError::Invalid { kind, what: "request range is inverted" });
+                    return Err(MessageError::Invalid {
+                        kind,
+                        what: "request range is inverted",
+                    });
                 }
-                Message::Request { feed, start, end, base }
+                Message::Request {
+                    feed,
+                    start,
+                    end,
+                    base,
+                }
             }
             T_DATA => Message::Data(DataMsg::decode(&mut r, max_blocks)?),
             T_NO_DATA => {
                 let feed = FeedId(r.array()?);
-                Message::NoData { feed, start: r.u64()?, end: r.u64()? }
+                Message::NoData {
+                    feed,
+                    start: r.u64()?,
+                    end: r.u64()?,
+                }
             }
             T_ACK => {
                 let receipt =
-                    Receipt::decode(body, MAX_RECEIPT_RANGES).ok_or(MessageError::Invalid { kind, what: "bad receipt" })?;
+                    Receipt::decode(body, MAX_RECEIPT_RANGES).ok_or(MessageError::Invalid {
+                        kind,
+                        what: "bad receipt",
+                    })?;
                 r.bytes = &[];
                 Message::Ack(receipt)
             }
@@ -299,7 +339,10 @@ impl Message<'_> {
             T_CLOSE => {
                 let code = CloseCode::from_u16(u16::from_le_bytes(r.array()?));
                 let text = std::str::from_utf8(r.take(r.bytes.len().min(MAX_CLOSE_TEXT))?)
-                    .map_err(|_| MessageError::Invalid { kind, what: "close text is not UTF-8" })?;
+                    .map_err(|_| MessageError::Invalid {
+                        kind,
+                        what: "close text is not UTF-8",
+                    })?;
                 Message::Close { code, text }
             }
             other => {
@@ -341,17 +384,27 @@ impl<'a> DataMsg<'a> {
 
     fn decode(r: &mut Reader<'a>, max_blocks: u64) -> Result<Self, MessageError> {
         let kind = r.kind;
-        let head = SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
+        let head =
+            SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
         let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
         if start > end || end > head.length || base > head.length {
-            return Err(MessageError::Invalid { kind, what: "data range does not fit its head" });
+            return Err(MessageError::Invalid {
+                kind,
+                what: "data range does not fit its head",
+            });
         }
         if end - start > max_blocks {
-            return Err(MessageError::Invalid { kind, what: "too many blocks in one data message" });
+            return Err(MessageError::Invalid {
+                kind,
+                what: "too many blocks in one data message",
+            });
         }
         let n = u16::from_le_bytes(r.array()?) as usize;
         if n > MAX_PROOF_NODES {
-            return Err(MessageError::Invalid { kind, what: "too many proof nodes" });
+            return Err(MessageError::Invalid {
+                kind,
+                what: "too many proof nodes",
+            });
         }
         let mut nodes = Vec::with_capacity(n);
         for _ in 0..n {
@@ -369,7 +422,17 @@ impl<'a> DataMsg<'a> {
             let len = u32::from_le_bytes(r.array()?) as usize;
             blocks.push(r.take(len)?);
         }
-        Ok(DataMsg { head, proof: RangeProof { start, end, length: head.length, base, nodes }, blocks })
+        Ok(DataMsg {
+            head,
+            proof: RangeProof {
+                start,
+                end,
+                length: head.length,
+                base,
+                nodes,
+            },
+            blocks,
+        })
     }
 }
 
@@ -389,7 +452,9 @@ impl<'a> Reader<'a> {
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], MessageError> {
-        self.take(N)?.try_into().map_err(|_| MessageError::Truncated(self.kind))
+        self.take(N)?
+            .try_into()
+            .map_err(|_| MessageError::Truncated(self.kind))
     }
 
     fn u64(&mut self) -> Result<u64, MessageError> {
@@ -420,14 +485,44 @@ mod tests {
         let desc = FeedDescriptor::queue(key.peer_id(), PeerId([3; 32]));
         let head = SignedHead::sign(&key, desc.id(), 5, Hash([9; 32]));
         roundtrip(Message::Head { desc, head });
-        roundtrip(Message::Request { feed: desc.id(), start: 1, end: 4, base: 2 });
-        let node = Node { index: 0, hash: Hash([1; 32]), size: 3 };
-        let proof = RangeProof { start: 1, end: 3, length: 5, base: 0, nodes: vec![node, node] };
-        roundtrip(Message::Data(DataMsg { head, proof, blocks: vec![b"ab", b""] }));
-        roundtrip(Message::NoData { feed: desc.id(), start: 0, end: 9 });
-        roundtrip(Message::Ack(Receipt::sign(&key, desc.id(), RangeSet::from_range(0, 5))));
+        roundtrip(Message::Request {
+            feed: desc.id(),
+            start: 1,
+            end: 4,
+            base: 2,
+        });
+        let node = Node {
+            index: 0,
+            hash: Hash([1; 32]),
+            size: 3,
+        };
+        let proof = RangeProof {
+            start: 1,
+            end: 3,
+            length: 5,
+            base: 0,
+            nodes: vec![node, node],
+        };
+        roundtrip(Message::Data(DataMsg {
+            head,
+            proof,
+            blocks: vec![b"ab", b""],
+        }));
+        roundtrip(Message::NoData {
+            feed: desc.id(),
+            start: 0,
+            end: 9,
+        });
+        roundtrip(Message::Ack(Receipt::sign(
+            &key,
+            desc.id(),
+            RangeSet::from_range(0, 5),
+        )));
         roundtrip(Message::Keepalive);
-        roundtrip(Message::Close { code: CloseCode::Idle, text: "quiet" });
+        roundtrip(Message::Close {
+            code: CloseCode::Idle,
+            text: "quiet",
+        });
         roundtrip(Message::Unknown { kind: 200 });
     }
 
@@ -441,7 +536,13 @@ mod tests {
         }
         body.extend_from_slice(&0u16.to_le_bytes());
         let err = Message::decode(T_DATA, &body, 4096).unwrap_err();
-        assert_eq!(err, MessageError::Invalid { kind: T_DATA, what: "too many blocks in one data message" });
+        assert_eq!(
+            err,
+            MessageError::Invalid {
+                kind: T_DATA,
+                what: "too many blocks in one data message"
+            }
+        );
         let err = Message::decode(T_DATA, &body, u64::MAX).unwrap_err();
         assert_eq!(err, MessageError::Truncated(T_DATA));
     }

@@ -26,7 +26,8 @@ pub struct Receipt {
 
 impl Receipt {
     fn signing_bytes(feed: &FeedId, signer: &PeerId, ranges: &RangeSet) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECEIPT_CONTEXT.len() + 64 + 4 + 16 * ranges.ranges().len());
+        let mut out =
+            Vec::with_capacity(RECEIPT_CONTEXT.len() + 64 + 4 + 16 * ranges.ranges().len());
         out.extend_from_slice(RECEIPT_CONTEXT);
         out.extend_from_slice(&feed.0);
         out.extend_from_slice(&signer.0);
@@ -38,12 +39,22 @@ impl Receipt {
     pub fn sign(key: &Keypair, feed: FeedId, ranges: RangeSet) -> Self {
         let signer = key.peer_id();
         let signature = key.sign(&Self::signing_bytes(&feed, &signer, &ranges));
-        Receipt { feed, signer, ranges, signature }
+        Receipt {
+            feed,
+            signer,
+            ranges,
+            signature,
+        }
     }
 
     /// Checks the signature against the embedded signer.
     pub fn verify(&self) -> bool {
-        self.signer.verify(&Self::signing_bytes(&self.feed, &self.signer, &self.ranges), &self.signature).is_ok()
+        self.signer
+            .verify(
+                &Self::signing_bytes(&self.feed, &self.signer, &self.ranges),
+                &self.signature,
+            )
+            .is_ok()
     }
 
     /// Encodes as feed, signer, ranges, signature.
@@ -61,7 +72,12 @@ impl Receipt {
         let signer = PeerId(bytes.get(32..64)?.try_into().ok()?);
         let (ranges, rest) = RangeSet::decode(bytes.get(64..)?, max_ranges)?;
         let signature: Signature = rest.try_into().ok()?;
-        Some(Receipt { feed, signer, ranges, signature })
+        Some(Receipt {
+            feed,
+            signer,
+            ranges,
+            signature,
+        })
     }
 }
 

@@ -1,0 +1,76 @@
+//! Node configuration.
+
+use std::time::Duration;
+
+/// How much of an incoming feed a node downloads ahead of its reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Download up to this many blocks past the reader's cursor (the first
+    /// message neither archived nor cleared). `Window(0)` downloads only what
+    /// [`crate::Node::get`] asks for.
+    Window(u64),
+    /// Download every block as soon as it is announced.
+    All,
+}
+
+/// Everything a [`crate::Node`] can be tuned with. `Config::default()` suits
+/// most uses; simulations vary the seed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Seed of every random choice the node makes (Noise keys, jitter). The
+    /// same seed and inputs give the same output bytes.
+    pub rng_seed: u64,
+    /// Largest protocol message accepted or sent, which bounds the largest
+    /// message `send` accepts. Checked before anything is buffered.
+    pub max_message_size: usize,
+    /// Requests a node keeps in flight per connection, and the most it
+    /// serves for a peer at once.
+    pub max_inflight_requests: usize,
+    /// Blocks asked for in one request.
+    pub max_request_blocks: u64,
+    /// Bytes of block data packed into one data message.
+    pub max_data_bytes: usize,
+    /// How far ahead of the reader to download.
+    pub prefetch: Prefetch,
+    /// Send a keepalive after this long without sending anything.
+    pub keepalive_interval: Duration,
+    /// Close a connection after this long without hearing anything.
+    pub idle_timeout: Duration,
+    /// Close a connection whose handshake has not finished in this time.
+    pub handshake_timeout: Duration,
+    /// First reconnect delay; it doubles per failed attempt.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    pub backoff_cap: Duration,
+    /// Drop the bytes of blocks as soon as their recipient acknowledges them
+    /// (tree nodes stay, so the feed remains verifiable).
+    pub prune_acked: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rng_seed: 0,
+            max_message_size: 16 << 20,
+            max_inflight_requests: 32,
+            max_request_blocks: 1024,
+            max_data_bytes: 256 << 10,
+            prefetch: Prefetch::Window(4096),
+            keepalive_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(30),
+            prune_acked: false,
+        }
+    }
+}
+
+/// Protocol limits every node enforces on what a peer sends, whatever its
+/// own configuration (so nodes with different configs interoperate).
+pub mod limits {
+    /// Most requests a peer may have outstanding with us.
+    pub const MAX_INFLIGHT_REQUESTS: usize = 256;
+    /// Most blocks one request or data message may cover.
+    pub const MAX_REQUEST_BLOCKS: u64 = 16_384;
+}

@@ -1,0 +1,278 @@
+//! One connection: the Noise handshake, frames, and the decrypted message
+//! stream. Replication logic lives in the node; this is the secure pipe.
+
+use std::collections::VecDeque;
+
+use crate::feed::FeedId;
+use crate::identity::PeerId;
+use crate::noise::{MAX_NOISE_MESSAGE, MAX_PLAINTEXT};
+use crate::time::Instant;
+use crate::wire::frame::{write_frame, FrameReader};
+use crate::wire::{HandshakePayload, Message, MSG_HEADER_LEN, PROTOCOL_VERSION};
+
+use super::event::{CloseReason, ConnId};
+
+/// Where a connection's security handshake stands.
+enum Session {
+    Handshake(Box<snow::HandshakeState>),
+    Open(Box<snow::TransportState>),
+    /// Between handshake and transport, or after a failure.
+    Broken,
+}
+
+/// A request a peer asked us to serve.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wanted {
+    pub feed: FeedId,
+    pub start: u64,
+    pub end: u64,
+    pub base: u64,
+}
+
+/// What the handshake needs from the node.
+pub(crate) struct HandshakeCtx<'a> {
+    /// Our encoded handshake payload.
+    pub payload: &'a [u8],
+    /// Whether an inbound peer may connect.
+    pub authorized: &'a dyn Fn(&PeerId) -> bool,
+}
+
+pub(crate) struct Conn {
+    pub id: ConnId,
+    pub initiator: bool,
+    /// For a dialed connection, the key we dialed.
+    pub expected: Option<PeerId>,
+    /// The authenticated peer, once the handshake is done.
+    pub peer: Option<PeerId>,
+    session: Session,
+    frames: FrameReader,
+    /// Decrypted bytes not yet parsed into messages.
+    pub rx: Vec<u8>,
+    /// Plaintext messages waiting to be encrypted.
+    pub tx_plain: Vec<u8>,
+    /// Encrypted frames waiting to be transmitted.
+    pub tx_wire: Vec<u8>,
+    pub opened_at: Instant,
+    pub last_rx: Instant,
+    pub last_tx: Instant,
+    /// Requests we sent, by (feed, start) → end.
+    pub inflight: Vec<(FeedId, u64, u64)>,
+    /// Requests from the peer waiting to be served.
+    pub serve: VecDeque<Wanted>,
+}
+
+impl Conn {
+    pub fn new(
+        id: ConnId,
+        hs: snow::HandshakeState,
+        expected: Option<PeerId>,
+        now: Instant,
+    ) -> Self {
+        Conn {
+            id,
+            initiator: hs.is_initiator(),
+            expected,
+            peer: None,
+            session: Session::Handshake(Box::new(hs)),
+            frames: FrameReader::new(),
+            rx: Vec::new(),
+            tx_plain: Vec::new(),
+            tx_wire: Vec::new(),
+            opened_at: now,
+            last_rx: now,
+            last_tx: now,
+            inflight: Vec::new(),
+            serve: VecDeque::new(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.session, Session::Open(_))
+    }
+
+    /// Writes the initiator's first handshake message.
+    pub fn start(&mut self) -> Result<(), CloseReason> {
+        let Session::Handshake(hs) = &mut self.session else {
+            return Ok(());
+        };
+        write_frame(&mut self.tx_wire, MAX_NOISE_MESSAGE, |buf| {
+            hs.write_message(&[], buf)
+        })
+        .map_err(|e| CloseReason::Handshake(e.to_string()))
+    }
+
+    /// Feeds transport bytes in: advances the handshake and appends
+    /// decrypted plaintext to `rx`. Returns the peer when this input
+    /// completed the handshake.
+    pub fn receive(
+        &mut self,
+        input: &[u8],
+        hs: &HandshakeCtx<'_>,
+    ) -> Result<Option<PeerId>, CloseReason> {
+        let mut completed = None;
+        let Conn {
+            session,
+            frames,
+            rx,
+            tx_wire,
+            expected,
+            ..
+        } = self;
+        let mut scratch = [0u8; MAX_NOISE_MESSAGE];
+        frames.push(input, |frame| {
+            match session {
+                Session::Open(t) => {
+                    let n = t
+                        .read_message(frame, &mut scratch)
+                        .map_err(|_| CloseReason::Decrypt)?;
+                    rx.extend_from_slice(&scratch[..n]);
+                }
+                Session::Broken => {
+                    return Err(CloseReason::Handshake("connection is broken".into()))
+                }
+                Session::Handshake(state) => {
+                    let n = state
+                        .read_message(frame, &mut scratch)
+                        .map_err(|e| CloseReason::Handshake(e.to_string()))?;
+                    let payload = &scratch[..n];
+                    if state.is_initiator() {
+                        // Message 2: the listener's identity.
+                        let peer = check_identity(state, payload)?;
+                        if let Some(want) = *expected {
+                            if peer != want {
+                                return Err(CloseReason::WrongPeer {
+                                    expected: want,
+                                    got: peer,
+                                });
+                            }
+                        }
+                        write_frame(tx_wire, MAX_NOISE_MESSAGE, |buf| {
+                            state.write_message(hs.payload, buf)
+                        })
+                        .map_err(|e| CloseReason::Handshake(e.to_string()))?;
+                        completed = Some(peer);
+                    } else if !state.is_handshake_finished() && state.is_my_turn() {
+                        // Message 1 read: answer with our identity.
+                        if !payload.is_empty() {
+                            return Err(CloseReason::Handshake(
+                                "unexpected payload in the first message".into(),
+                            ));
+                        }
+                        write_frame(tx_wire, MAX_NOISE_MESSAGE, |buf| {
+                            state.write_message(hs.payload, buf)
+                        })
+                        .map_err(|e| CloseReason::Handshake(e.to_string()))?;
+                    } else {
+                        // Message 3: the dialer's identity.
+                        let peer = check_identity(state, payload)?;
+                        if !(hs.authorized)(&peer) {
+                            return Err(CloseReason::Unauthorized(peer));
+                        }
+                        completed = Some(peer);
+                    }
+                    if state.is_handshake_finished() {
+                        if let Session::Handshake(done) =
+                            std::mem::replace(session, Session::Broken)
+                        {
+                            let t = done
+                                .into_transport_mode()
+                                .map_err(|e| CloseReason::Handshake(e.to_string()))?;
+                            *session = Session::Open(Box::new(t));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(p) = completed {
+            self.peer = Some(p);
+        }
+        Ok(completed)
+    }
+
+    /// Queues a message for sending (encrypted at the next flush).
+    pub fn send(&mut self, msg: &Message<'_>) {
+        msg.encode(&mut self.tx_plain);
+    }
+
+    /// Encrypts queued plaintext into frames.
+    pub fn flush(&mut self, now: Instant) -> Result<(), CloseReason> {
+        if self.tx_plain.is_empty() {
+            return Ok(());
+        }
+        let Session::Open(t) = &mut self.session else {
+            return Ok(());
+        };
+        for chunk in self.tx_plain.chunks(MAX_PLAINTEXT) {
+            write_frame(
+                &mut self.tx_wire,
+                chunk.len() + crate::noise::TAG_LEN,
+                |buf| t.write_message(chunk, buf),
+            )
+            .map_err(|e| CloseReason::Handshake(e.to_string()))?;
+        }
+        self.tx_plain.clear();
+        self.last_tx = now;
+        Ok(())
+    }
+
+    /// Takes the bytes ready for the wire.
+    pub fn take_wire(&mut self) -> Option<Vec<u8>> {
+        if self.tx_wire.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.tx_wire))
+        }
+    }
+}
+
+/// Splits the next whole message off `rx[*pos..]`: its type and body range.
+/// Refuses a declared length over `max` before buffering any more of it.
+pub(crate) fn next_message(
+    rx: &[u8],
+    pos: &mut usize,
+    max: usize,
+) -> Result<Option<(u8, usize, usize)>, CloseReason> {
+    let avail = &rx[*pos..];
+    if avail.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+    if len == 0 {
+        return Err(CloseReason::Malformed("empty message".into()));
+    }
+    if len > max {
+        return Err(CloseReason::TooLarge {
+            size: len as u64,
+            limit: max as u64,
+        });
+    }
+    if avail.len() < 4 + len {
+        return Ok(None);
+    }
+    let kind = avail[4];
+    let body = (*pos + MSG_HEADER_LEN, *pos + 4 + len);
+    *pos += 4 + len;
+    Ok(Some((kind, body.0, body.1)))
+}
+
+fn check_identity(state: &snow::HandshakeState, payload: &[u8]) -> Result<PeerId, CloseReason> {
+    let p = HandshakePayload::decode(payload)
+        .ok_or_else(|| CloseReason::Handshake("bad identity payload".into()))?;
+    if p.version < PROTOCOL_VERSION {
+        return Err(CloseReason::Handshake(format!(
+            "peer speaks protocol {} but we need {}",
+            p.version, PROTOCOL_VERSION
+        )));
+    }
+    let remote_static = state
+        .get_remote_static()
+        .ok_or_else(|| CloseReason::Handshake("no remote static key".into()))?;
+    if !p.vouches_for(remote_static) {
+        return Err(CloseReason::Handshake(format!(
+            "{} did not sign its Noise key",
+            p.identity
+        )));
+    }
+    Ok(p.identity)
+}

@@ -1,0 +1,61 @@
+//! Dial intents: keep a connection to a peer, reconnecting with backoff.
+
+use std::time::Duration;
+
+use crate::rng::{RandomSource, SeededRng};
+use crate::time::Instant;
+
+/// A standing wish to be connected to one peer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Dial {
+    /// Consecutive failures since the last successful handshake.
+    pub attempts: u32,
+    /// When to emit the next `Output::Dial`; `None` while a dial is in
+    /// progress or a connection is up.
+    pub next_at: Option<Instant>,
+}
+
+impl Dial {
+    /// Schedules the next attempt: exponential backoff from `base`, capped
+    /// at `cap`, with jitter drawn from the node's RNG (between half and the
+    /// whole delay) so that peers that lost each other do not redial in step.
+    pub fn schedule(&mut self, now: Instant, base: Duration, cap: Duration, rng: &mut SeededRng) {
+        let exp = base.saturating_mul(1u32 << self.attempts.min(20));
+        let delay = exp.min(cap);
+        let micros = delay.as_micros() as u64;
+        let jitter = if micros > 1 {
+            rng.next_u64() % (micros / 2 + 1)
+        } else {
+            0
+        };
+        self.next_at = Some(now + Duration::from_micros(micros - jitter));
+        self.attempts = self.attempts.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let mut rng = SeededRng::from_u64(1);
+        let mut d = Dial::default();
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        let mut prev = Duration::ZERO;
+        for i in 0..12 {
+            d.schedule(Instant::ZERO, base, cap, &mut rng);
+            let wait = d.next_at.unwrap() - Instant::ZERO;
+            let full = base.saturating_mul(1 << i).min(cap);
+            assert!(
+                wait <= full && wait >= full / 2,
+                "attempt {i}: {wait:?} vs {full:?}"
+            );
+            if full < cap {
+                assert!(wait * 2 >= prev, "grows");
+            }
+            prev = wait;
+        }
+    }
+}

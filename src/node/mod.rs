@@ -1,0 +1,530 @@
+//! The sans-IO node: a state machine that consumes bytes, time and
+//! commands, and emits actions.
+//!
+//! Drive it like quinn-proto's `Connection` or str0m's `Rtc`: feed it input
+//! ([`Node::handle_input`], [`Node::handle_closed`], [`Node::handle_timeout`]
+//! and the queue commands), then drain [`Node::poll_output`] until it returns
+//! `None`, and wake it at [`Node::poll_timeout`].
+//!
+//! ```
+//! use peermq::{Config, Instant, MemStore, Node, Output};
+//!
+//! let mut node = Node::open(MemStore::new(), Config::default(), Instant::ZERO)?;
+//! let friend = Node::open(MemStore::new(), Config { rng_seed: 1, ..Config::default() }, Instant::ZERO)?.id();
+//! let seq = node.send(friend, b"hello", Instant::ZERO)?; // durable, even offline
+//! assert_eq!(seq, 0);
+//! node.dial(friend, Instant::ZERO);
+//! while let Some(out) = node.poll_output() {
+//!     match out {
+//!         Output::Dial { peer } => assert_eq!(peer, friend), // open a socket, then node.connect(peer, now)
+//!         Output::Transmit { .. } | Output::Close { .. } | Output::Event(_) => {}
+//!     }
+//! }
+//! # Ok::<(), peermq::NodeError>(())
+//! ```
+
+mod config;
+mod conn;
+mod dial;
+mod event;
+mod inbox;
+mod outbox;
+mod queue;
+mod replicate;
+
+pub use config::{limits, Config, Prefetch};
+pub use event::{CloseReason, ConnId, Event, Output};
+pub use queue::{Fetch, Mailbox, PeerStatus, Record};
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::{Bound, ControlFlow};
+
+use crate::feed::{Feed, FeedDescriptor, FeedError, FeedId};
+use crate::identity::{Keypair, PeerId};
+use crate::noise::{self, StaticKey};
+use crate::rng::SeededRng;
+use crate::store::{meta, Store, StoreError, Table, Txn};
+use crate::time::Instant;
+use crate::wire::{HandshakePayload, Message, PROTOCOL_VERSION};
+
+use conn::Conn;
+use dial::Dial;
+use inbox::Inbox;
+use outbox::Outbox;
+
+/// An error of the caller's making, or of the store.
+///
+/// A misbehaving peer never causes one: its connection is closed instead,
+/// with an [`Event::Disconnected`] saying why.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed; nothing of the operation was committed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A feed failed an integrity check.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// A message is larger than the configured limit.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes; raise Config::max_message_size on both peers or split it")]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
+    /// The message has not arrived (or was never sent).
+    #[error("message {seq} from {from} has not arrived here; wait for it or fetch it with `get`")]
+    NotHeld {
+        /// The sender.
+        from: PeerId,
+        /// The message.
+        seq: u64,
+    },
+    /// The message was cleared, so it can no longer be archived.
+    #[error("message {seq} from {from} was cleared")]
+    Cleared {
+        /// The sender.
+        from: PeerId,
+        /// The message.
+        seq: u64,
+    },
+    /// A peer cannot send messages to itself.
+    #[error("cannot send to our own id {0}")]
+    SelfSend(PeerId),
+}
+
+/// The node: identity, feeds, inbox, connections and timers, over a store.
+pub struct Node<S: Store> {
+    store: S,
+    st: State,
+}
+
+/// Everything but the store, so a transaction can borrow the store while
+/// the state is mutated.
+struct State {
+    config: Config,
+    key: Keypair,
+    me: PeerId,
+    rng: SeededRng,
+    noise_key: StaticKey,
+    hs_payload: Vec<u8>,
+    peers: BTreeSet<PeerId>,
+    /// Loaded feeds, both directions.
+    feeds: BTreeMap<FeedId, Feed>,
+    /// Incoming queue state, by sender.
+    inboxes: BTreeMap<PeerId, Inbox>,
+    /// Outgoing acknowledgement state, by recipient.
+    outboxes: BTreeMap<PeerId, Outbox>,
+    conns: BTreeMap<ConnId, Conn>,
+    dials: BTreeMap<PeerId, Dial>,
+    out: VecDeque<Output>,
+    next_conn: u64,
+    now: Instant,
+}
+
+impl<S: Store> Node<S> {
+    /// Opens a node on `store`, creating its identity (from the configured
+    /// seed) if the store has none. Costs a fixed number of reads plus one
+    /// per authorized peer, whatever the amount of data stored.
+    pub fn open(store: S, config: Config, now: Instant) -> Result<Self, NodeError> {
+        let mut rng = SeededRng::from_u64(config.rng_seed);
+        let mut txn = Txn::begin(&store)?;
+        meta::check_format(&mut txn)?;
+        let mut id_rng = rng.fork();
+        let key = meta::identity_or_insert(&mut txn, || Keypair::generate(&mut id_rng))?;
+        let mut peers = BTreeSet::new();
+        txn.scan(
+            Table::Peers,
+            (Bound::Unbounded, Bound::Unbounded),
+            &mut |k, _| {
+                if let Ok(id) = <[u8; 32]>::try_from(k) {
+                    peers.insert(PeerId(id));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        txn.commit()?;
+        let noise_key =
+            StaticKey::generate(rng.fork()).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let me = key.peer_id();
+        let hs_payload = HandshakePayload {
+            version: PROTOCOL_VERSION,
+            identity: me,
+            signature: key.sign(&HandshakePayload::static_signing_bytes(&noise_key.public)),
+        }
+        .encode();
+        Ok(Node {
+            store,
+            st: State {
+                config,
+                key,
+                me,
+                rng,
+                noise_key,
+                hs_payload,
+                peers,
+                feeds: BTreeMap::new(),
+                inboxes: BTreeMap::new(),
+                outboxes: BTreeMap::new(),
+                conns: BTreeMap::new(),
+                dials: BTreeMap::new(),
+                out: VecDeque::new(),
+                next_conn: 0,
+                now,
+            },
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> PeerId {
+        self.st.me
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.st.config
+    }
+
+    /// The store, for inspection.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Gives the store back, dropping all in-memory state (as a crash would).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Keeps a connection to `peer`: asks the driver to dial it now (with
+    /// [`Output::Dial`]) and again, with backoff, whenever the connection is
+    /// lost, until [`Node::hang_up`].
+    pub fn dial(&mut self, peer: PeerId, now: Instant) {
+        self.st.now = now;
+        if peer == self.st.me {
+            return;
+        }
+        let connected = self
+            .st
+            .conns
+            .values()
+            .any(|c| c.peer == Some(peer) || c.expected == Some(peer));
+        let d = self.st.dials.entry(peer).or_default();
+        if !connected && d.next_at.is_none() {
+            d.attempts = 0;
+            self.st.out.push_back(Output::Dial { peer });
+        }
+    }
+
+    /// Drops the wish to stay connected to `peer` (open connections stay).
+    pub fn hang_up(&mut self, peer: &PeerId) {
+        self.st.dials.remove(peer);
+    }
+
+    /// The driver could not open a transport to `peer`; retry after backoff.
+    pub fn dial_failed(&mut self, peer: PeerId, now: Instant) {
+        self.st.now = now;
+        self.st.schedule_redial(peer, now);
+    }
+
+    /// The driver opened a transport to `peer`: the node starts the
+    /// handshake as initiator and will check that `peer` answers.
+    pub fn connect(&mut self, peer: PeerId, now: Instant) -> ConnId {
+        self.st.now = now;
+        let id = self.st.new_conn(Some(peer), now);
+        self.st.flush_all(now);
+        id
+    }
+
+    /// The driver accepted an inbound transport: the node answers its
+    /// handshake and admits it only if the dialer is an authorized peer.
+    pub fn accept(&mut self, now: Instant) -> ConnId {
+        self.st.now = now;
+        let id = self.st.new_conn(None, now);
+        self.st.flush_all(now);
+        id
+    }
+
+    /// Bytes arrived on `conn`. A peer's misbehaviour closes that connection
+    /// (see [`Output::Close`]); an `Err` means our own store failed, in which
+    /// case every connection was closed and will be re-established.
+    pub fn handle_input(
+        &mut self,
+        conn: ConnId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), NodeError> {
+        self.st.now = now;
+        let r = self.st.handle_input(&self.store, conn, bytes, now);
+        self.finish(r, now)
+    }
+
+    /// The transport of `conn` closed.
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        self.st.now = now;
+        self.st
+            .drop_conn(conn, CloseReason::TransportClosed, false, now);
+        self.st.flush_all(now);
+    }
+
+    /// Closes `conn` at the application's request, telling the peer.
+    pub fn close(&mut self, conn: ConnId, now: Instant) {
+        self.st.now = now;
+        self.st.drop_conn(conn, CloseReason::Local, true, now);
+        self.st.flush_all(now);
+    }
+
+    /// Time passed: runs keepalives, idle and handshake timeouts, redials,
+    /// and serves queued requests.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), NodeError> {
+        self.st.now = now;
+        let r = self.st.handle_timeout(&self.store, now);
+        self.finish(r, now)
+    }
+
+    /// The next action for the driver, or `None` when there is nothing to
+    /// do until more input or [`Node::poll_timeout`].
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.st.out.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next (immediately, if it has
+    /// queued work), or `None` if no timer is pending.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.st.poll_timeout()
+    }
+
+    fn finish(&mut self, r: Result<(), NodeError>, now: Instant) -> Result<(), NodeError> {
+        if r.is_err() {
+            self.st.storage_failed(now);
+        } else if let Err(e) = self.st.serve_all(&self.store, now) {
+            self.st.storage_failed(now);
+            self.st.flush_all(now);
+            return Err(e);
+        }
+        self.st.flush_all(now);
+        r
+    }
+}
+
+impl State {
+    fn new_conn(&mut self, expected: Option<PeerId>, now: Instant) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let initiator = expected.is_some();
+        let hs = noise::handshake(&self.noise_key, self.rng.fork(), initiator);
+        let mut conn = match hs {
+            Ok(hs) => Conn::new(id, hs, expected, now),
+            Err(e) => {
+                // Building a handshake from a valid key cannot fail; if snow
+                // disagrees, report it as a failed connection, not a panic.
+                self.out.push_back(Output::Close {
+                    conn: id,
+                    reason: CloseReason::Handshake(e.to_string()),
+                });
+                return id;
+            }
+        };
+        if let Some(peer) = expected {
+            if let Some(d) = self.dials.get_mut(&peer) {
+                d.next_at = None;
+            }
+        }
+        if initiator {
+            if let Err(reason) = conn.start() {
+                self.out.push_back(Output::Close { conn: id, reason });
+                return id;
+            }
+        }
+        self.conns.insert(id, conn);
+        id
+    }
+
+    /// Moves every connection's encrypted bytes into outputs.
+    fn flush_all(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            if let Err(reason) = conn.flush(now) {
+                failed.push((*id, reason));
+                continue;
+            }
+            if let Some(bytes) = conn.take_wire() {
+                self.out.push_back(Output::Transmit { conn: *id, bytes });
+            }
+        }
+        for (id, reason) in failed {
+            self.drop_conn(id, reason, false, now);
+        }
+    }
+
+    /// Closes a connection: optionally tells the peer why, emits the close
+    /// and the event, and frees what it held.
+    fn drop_conn(&mut self, id: ConnId, reason: CloseReason, tell_peer: bool, now: Instant) {
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        if tell_peer && conn.is_open() {
+            let text = reason.to_string();
+            conn.send(&Message::Close {
+                code: reason.code(),
+                text: &text,
+            });
+            if conn.flush(now).is_ok() {
+                if let Some(bytes) = conn.take_wire() {
+                    self.out.push_back(Output::Transmit { conn: id, bytes });
+                }
+            }
+        }
+        // Requests it carried must be asked again elsewhere.
+        if let Some(inbox) = conn.peer.and_then(|p| self.inboxes.get_mut(&p)) {
+            for (_, start, end) in conn.inflight.drain(..) {
+                inbox.requested.remove(start, end);
+            }
+        }
+        self.out.push_back(Output::Close {
+            conn: id,
+            reason: reason.clone(),
+        });
+        self.out.push_back(Output::Event(Event::Disconnected {
+            conn: id,
+            peer: conn.peer,
+            reason: reason.clone(),
+        }));
+        let who = conn.peer.or(conn.expected);
+        if let Some(peer) = who {
+            let still = self
+                .conns
+                .values()
+                .any(|c| c.peer == Some(peer) || c.expected == Some(peer));
+            if !still && reason.retry() {
+                self.schedule_redial(peer, now);
+            }
+            if let Some(inbox_peer) = conn.peer {
+                // Another connection to the same peer may pick the work up.
+                self.schedule_requests(inbox_peer);
+            }
+        }
+    }
+
+    fn schedule_redial(&mut self, peer: PeerId, now: Instant) {
+        let (base, cap) = (self.config.backoff_base, self.config.backoff_cap);
+        if let Some(d) = self.dials.get_mut(&peer) {
+            d.schedule(now, base, cap, &mut self.rng);
+        }
+    }
+
+    /// After a failed commit nothing in memory can be trusted to match the
+    /// store: close every connection (peers will resend) and reload lazily.
+    fn storage_failed(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.drop_conn(id, CloseReason::Storage("commit failed".into()), true, now);
+        }
+        self.feeds.clear();
+        self.inboxes.clear();
+        self.outboxes.clear();
+    }
+
+    fn handle_timeout<S: Store>(&mut self, _store: &S, now: Instant) -> Result<(), NodeError> {
+        let mut to_close = Vec::new();
+        for (id, conn) in self.conns.iter_mut() {
+            if !conn.is_open() {
+                if now.saturating_since(conn.opened_at) >= self.config.handshake_timeout {
+                    to_close.push((*id, CloseReason::HandshakeTimeout));
+                }
+                continue;
+            }
+            if now.saturating_since(conn.last_rx) >= self.config.idle_timeout {
+                to_close.push((*id, CloseReason::IdleTimeout));
+            } else if now.saturating_since(conn.last_tx) >= self.config.keepalive_interval
+                && conn.tx_plain.is_empty()
+            {
+                conn.send(&Message::Keepalive);
+            }
+        }
+        for (id, reason) in to_close {
+            self.drop_conn(id, reason, true, now);
+        }
+        let due: Vec<PeerId> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| d.next_at.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some(d) = self.dials.get_mut(&peer) {
+                d.next_at = None;
+            }
+            self.out.push_back(Output::Dial { peer });
+        }
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for conn in self.conns.values() {
+            if !conn.serve.is_empty() {
+                consider(self.now);
+            }
+            if conn.is_open() {
+                consider(conn.last_rx + self.config.idle_timeout);
+                consider(conn.last_tx + self.config.keepalive_interval);
+            } else {
+                consider(conn.opened_at + self.config.handshake_timeout);
+            }
+        }
+        for d in self.dials.values() {
+            if let Some(t) = d.next_at {
+                consider(t);
+            }
+        }
+        next
+    }
+
+    /// The feed `desc`, loaded into the cache if needed.
+    fn feed<S: Store>(
+        &mut self,
+        txn: &Txn<'_, S>,
+        desc: FeedDescriptor,
+    ) -> Result<&mut Feed, NodeError> {
+        let id = desc.id();
+        if !self.feeds.contains_key(&id) {
+            let f = Feed::open(txn, desc)?;
+            self.feeds.insert(id, f);
+        }
+        // Just inserted or already present.
+        self.feeds
+            .get_mut(&id)
+            .ok_or(NodeError::Store(StoreError::Backend("feed cache".into())))
+    }
+
+    /// The inbox of messages from `from`, loaded into the cache if needed.
+    fn inbox<S: Store>(&mut self, txn: &Txn<'_, S>, from: PeerId) -> Result<&mut Inbox, NodeError> {
+        if !self.inboxes.contains_key(&from) {
+            let i = Inbox::load(txn, &from)?.unwrap_or_default();
+            self.inboxes.insert(from, i);
+        }
+        self.inboxes
+            .get_mut(&from)
+            .ok_or(NodeError::Store(StoreError::Backend("inbox cache".into())))
+    }
+
+    /// The outbox of our feed to `to`, loaded into the cache if needed.
+    fn outbox<S: Store>(&mut self, txn: &Txn<'_, S>, to: PeerId) -> Result<&mut Outbox, NodeError> {
+        if !self.outboxes.contains_key(&to) {
+            let o = Outbox::load(txn, &FeedDescriptor::queue(self.me, to).id())?;
+            self.outboxes.insert(to, o);
+        }
+        self.outboxes
+            .get_mut(&to)
+            .ok_or(NodeError::Store(StoreError::Backend("outbox cache".into())))
+    }
+
+    /// The open connection to `peer` that carries replication (the oldest).
+    fn conn_to(&self, peer: &PeerId) -> Option<ConnId> {
+        self.conns
+            .values()
+            .find(|c| c.is_open() && c.peer.as_ref() == Some(peer))
+            .map(|c| c.id)
+    }
+}

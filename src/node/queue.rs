@@ -1,0 +1,399 @@
+//! The message-queue commands: peers, send, read, get, archive, clear,
+//! receipts.
+
+use std::ops::{Bound, ControlFlow, Range};
+
+use crate::feed::FeedDescriptor;
+use crate::identity::PeerId;
+use crate::ranges::RangeSet;
+use crate::store::{Store, Table, Txn};
+use crate::time::Instant;
+use crate::wire::{Message, Receipt};
+
+use super::{CloseReason, Node, NodeError};
+
+/// Room a data message needs besides its block: header, head, range, proof.
+const DATA_OVERHEAD: usize = 8 << 10;
+
+/// Which messages [`Node::read`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mailbox {
+    /// Arrived, neither archived nor cleared.
+    Unread,
+    /// Archived (processed), not cleared.
+    Archived,
+}
+
+/// A received message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The sender.
+    pub from: PeerId,
+    /// Its position in the sender's feed to us.
+    pub seq: u64,
+    /// The message bytes.
+    pub data: Vec<u8>,
+}
+
+/// The result of [`Node::get`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    /// The message is here.
+    Ready(Vec<u8>),
+    /// It is being fetched; [`super::Event::Fetched`] tells when it arrives.
+    Pending,
+    /// It was cleared and will not be fetched again.
+    Cleared,
+}
+
+/// What a node knows about its exchange with one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether it may dial us.
+    pub authorized: bool,
+    /// Whether a connection to it is open.
+    pub connected: bool,
+    /// Messages we sent it.
+    pub sent: u64,
+    /// Of those, how many it acknowledged.
+    pub acked: u64,
+    /// Messages from it that arrived.
+    pub received: u64,
+    /// Of those, how many are unread.
+    pub unread: u64,
+}
+
+impl<S: Store> Node<S> {
+    /// Authorizes `peer` to dial us. Returns whether it was new.
+    pub fn add_peer(&mut self, peer: PeerId) -> Result<bool, NodeError> {
+        if self.st.peers.contains(&peer) {
+            return Ok(false);
+        }
+        let mut txn = Txn::begin(&self.store)?;
+        txn.put(Table::Peers, &peer.0, &[]);
+        txn.commit()?;
+        self.st.peers.insert(peer);
+        Ok(true)
+    }
+
+    /// Revokes `peer`: it may no longer dial us, any open connection with it
+    /// closes now (unlike the original, which left them running), and we stop
+    /// dialing it. Its messages stay. Returns whether it was authorized.
+    pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) -> Result<bool, NodeError> {
+        self.st.now = now;
+        let mut txn = Txn::begin(&self.store)?;
+        txn.delete(Table::Peers, &peer.0);
+        txn.commit()?;
+        let was = self.st.peers.remove(peer);
+        self.st.dials.remove(peer);
+        let ids: Vec<_> = self
+            .st
+            .conns
+            .values()
+            .filter(|c| c.peer.as_ref() == Some(peer) || c.expected.as_ref() == Some(peer))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.st.drop_conn(id, CloseReason::PeerRemoved, true, now);
+        }
+        self.st.flush_all(now);
+        Ok(was)
+    }
+
+    /// The authorized peers, in id order.
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.st.peers.iter().copied().collect()
+    }
+
+    /// Whether `peer` is authorized.
+    pub fn is_authorized(&self, peer: &PeerId) -> bool {
+        self.st.peers.contains(peer)
+    }
+
+    /// Largest message `send` accepts.
+    pub fn max_send_size(&self) -> usize {
+        self.st
+            .config
+            .max_message_size
+            .saturating_sub(DATA_OVERHEAD)
+    }
+
+    /// Sends one message to `to`. It is durably stored when this returns
+    /// (so it survives a crash), works offline, and travels once a connection
+    /// exists. Returns its seq.
+    pub fn send(&mut self, to: PeerId, message: &[u8], now: Instant) -> Result<u64, NodeError> {
+        Ok(self.send_batch(to, &[message], now)?.start)
+    }
+
+    /// Sends several messages to `to` in one durable commit and one signed
+    /// head. Returns their seqs.
+    pub fn send_batch<B: AsRef<[u8]>>(
+        &mut self,
+        to: PeerId,
+        messages: &[B],
+        now: Instant,
+    ) -> Result<Range<u64>, NodeError> {
+        self.st.now = now;
+        if to == self.st.me {
+            return Err(NodeError::SelfSend(to));
+        }
+        let limit = self.max_send_size();
+        if let Some(big) = messages
+            .iter()
+            .map(|m| m.as_ref().len())
+            .find(|&n| n > limit)
+        {
+            return Err(NodeError::TooLarge { size: big, limit });
+        }
+        let desc = FeedDescriptor::queue(self.st.me, to);
+        let mut txn = Txn::begin(&self.store)?;
+        let key = self.st.key.clone();
+        let feed = self.st.feed(&txn, desc)?;
+        let start = feed.len();
+        if messages.is_empty() {
+            return Ok(start..start);
+        }
+        let head = match feed
+            .append_batch(&mut txn, &key, messages)
+            .and_then(|h| txn.commit().map(|_| h).map_err(Into::into))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                // The cached feed moved ahead of the store; reload it later.
+                self.st.feeds.remove(&desc.id());
+                return Err(e.into());
+            }
+        };
+        if let Some(c) = self.st.conn_to(&to) {
+            if let Some(conn) = self.st.conns.get_mut(&c) {
+                conn.send(&Message::Head { desc, head });
+            }
+        }
+        self.st.flush_all(now);
+        Ok(start..head.length)
+    }
+
+    /// Reads up to `limit` messages of `mailbox`, ordered by sender id then
+    /// seq, starting after `after` (a `(from, seq)` position; `None` starts at
+    /// the beginning). Only messages that arrived are returned; those not yet
+    /// downloaded are fetched as the reader's cursor reaches them.
+    pub fn read(
+        &mut self,
+        mailbox: Mailbox,
+        after: Option<(PeerId, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Record>, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        let mut senders = Vec::new();
+        let lo = after.map(|(p, _)| p.0);
+        let lower = lo
+            .as_ref()
+            .map_or(Bound::Unbounded, |k| Bound::Included(&k[..]));
+        txn.scan(Table::Inbox, (lower, Bound::Unbounded), &mut |k, _| {
+            if let Ok(id) = <[u8; 32]>::try_from(k) {
+                senders.push(PeerId(id));
+            }
+            ControlFlow::Continue(())
+        })?;
+        let mut out = Vec::new();
+        for from in senders {
+            if out.len() >= limit {
+                break;
+            }
+            let me = self.st.me;
+            let inbox = self.st.inbox(&txn, from)?;
+            let mut set = inbox.held.clone();
+            if mailbox == Mailbox::Unread {
+                set.subtract(&inbox.archived);
+            } else {
+                set = set_intersect(&set, &inbox.archived);
+            }
+            set.subtract(&inbox.cleared);
+            let first = match after {
+                Some((p, seq)) if p == from => seq.saturating_add(1),
+                _ => 0,
+            };
+            let seqs: Vec<u64> = set
+                .iter_within(first, u64::MAX)
+                .take(limit - out.len())
+                .collect();
+            if seqs.is_empty() {
+                continue;
+            }
+            let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
+            for seq in seqs {
+                if let Some(data) = feed.get(&txn, seq)? {
+                    out.push(Record { from, seq, data });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Message `seq` from `from`: here, being fetched, or cleared. Asking
+    /// for one not yet downloaded fetches it (with its proof) even outside
+    /// the prefetch window; [`super::Event::Fetched`] tells when it arrives.
+    pub fn get(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<Fetch, NodeError> {
+        self.st.now = now;
+        let txn = Txn::begin(&self.store)?;
+        let me = self.st.me;
+        let inbox = self.st.inbox(&txn, from)?;
+        if inbox.cleared.contains(seq) {
+            return Ok(Fetch::Cleared);
+        }
+        if inbox.held.contains(seq) {
+            let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
+            if let Some(data) = feed.get(&txn, seq)? {
+                return Ok(Fetch::Ready(data));
+            }
+        }
+        if let Some(inbox) = self.st.inboxes.get_mut(&from) {
+            inbox.wanted.insert(seq, seq + 1);
+        }
+        drop(txn);
+        self.st.schedule_requests(from);
+        self.st.flush_all(now);
+        Ok(Fetch::Pending)
+    }
+
+    /// Marks message `seq` from `from` processed: it leaves the unread
+    /// mailbox for good and is kept in the archived one. Returns `false` if
+    /// it already was archived, so a consumer can process each message
+    /// exactly once.
+    pub fn archive(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
+        self.st.now = now;
+        let mut txn = Txn::begin(&self.store)?;
+        let inbox = self.st.inbox(&txn, from)?;
+        if inbox.cleared.contains(seq) {
+            return Err(NodeError::Cleared { from, seq });
+        }
+        if !inbox.held.contains(seq) {
+            return Err(NodeError::NotHeld { from, seq });
+        }
+        if inbox.archived.contains(seq) {
+            return Ok(false);
+        }
+        let mut updated = inbox.clone();
+        updated.archived.insert(seq, seq + 1);
+        updated.save(&mut txn, &from);
+        txn.commit()?;
+        if let Some(inbox) = self.st.inboxes.get_mut(&from) {
+            inbox.archived.insert(seq, seq + 1);
+        }
+        self.st.schedule_requests(from);
+        self.st.flush_all(now);
+        Ok(true)
+    }
+
+    /// Drops message `seq` from `from` locally: its bytes are deleted, it
+    /// leaves both mailboxes, and it is never downloaded again (it may not
+    /// have arrived yet). Returns `false` if it already was cleared.
+    pub fn clear(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
+        self.st.now = now;
+        let mut txn = Txn::begin(&self.store)?;
+        let me = self.st.me;
+        let inbox = self.st.inbox(&txn, from)?;
+        if inbox.cleared.contains(seq) {
+            return Ok(false);
+        }
+        let mut updated = inbox.clone();
+        updated.cleared.insert(seq, seq + 1);
+        updated.held.remove(seq, seq + 1);
+        updated.archived.remove(seq, seq + 1);
+        updated.wanted.remove(seq, seq + 1);
+        updated.save(&mut txn, &from);
+        let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
+        feed.drop_block(&mut txn, seq)?;
+        txn.commit()?;
+        self.st.inboxes.insert(from, updated);
+        self.st.send_ack(from);
+        self.st.schedule_requests(from);
+        self.st.flush_all(now);
+        Ok(true)
+    }
+
+    /// The latest receipt `to` signed for our messages to it: exportable
+    /// proof of delivery, checkable with [`Receipt::verify`].
+    pub fn receipt(&mut self, to: PeerId) -> Result<Option<Receipt>, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        Ok(self.st.outbox(&txn, to)?.receipt.clone())
+    }
+
+    /// Drops the bytes of every message `to` acknowledged (their hashes stay,
+    /// so the feed remains verifiable). Returns how many were dropped.
+    pub fn prune(&mut self, to: PeerId) -> Result<u64, NodeError> {
+        let mut txn = Txn::begin(&self.store)?;
+        let n = self.st.prune_acked(&mut txn, to, None)?;
+        if let Err(e) = txn.commit() {
+            self.st.outboxes.remove(&to);
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+
+    /// A summary of the exchange with every peer we know of: authorized,
+    /// connected, or one we sent to or received from.
+    pub fn status(&mut self) -> Result<Vec<PeerStatus>, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        let me = self.st.me;
+        let mut peers: std::collections::BTreeSet<PeerId> = self.st.peers.clone();
+        peers.extend(self.st.conns.values().filter_map(|c| c.peer));
+        let mut feeds = Vec::new();
+        txn.scan(
+            Table::Feeds,
+            (Bound::Unbounded, Bound::Unbounded),
+            &mut |_, v| {
+                if let Some((desc, _)) = v.get(1..).and_then(FeedDescriptor::decode) {
+                    feeds.push(desc);
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        txn.scan(
+            Table::Inbox,
+            (Bound::Unbounded, Bound::Unbounded),
+            &mut |k, _| {
+                if let Ok(id) = <[u8; 32]>::try_from(k) {
+                    peers.insert(PeerId(id));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        for d in &feeds {
+            if let crate::feed::FeedKind::Queue { recipient } = d.kind {
+                if d.author == me {
+                    peers.insert(recipient);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for peer in peers {
+            let sent = self.st.feed(&txn, FeedDescriptor::queue(me, peer))?.len();
+            let acked = self.st.outbox(&txn, peer)?.acked().count_within(0, sent);
+            let inbox = self.st.inbox(&txn, peer)?;
+            let received = inbox.held.count() + inbox.cleared.count();
+            let mut unread = inbox.held.clone();
+            unread.subtract(&inbox.archived);
+            out.push(PeerStatus {
+                peer,
+                authorized: self.st.peers.contains(&peer),
+                connected: self.st.conn_to(&peer).is_some(),
+                sent,
+                acked,
+                received,
+                unread: unread.count(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn set_intersect(a: &RangeSet, b: &RangeSet) -> RangeSet {
+    let mut out = a.clone();
+    let mut not_b = RangeSet::from_range(0, u64::MAX);
+    not_b.subtract(b);
+    out.subtract(&not_b);
+    out
+}

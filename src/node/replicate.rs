@@ -1,0 +1,621 @@
+//! Replication: handling a peer's messages, asking for blocks, serving
+//! them, and acknowledging what arrived.
+//!
+//! One `handle_input` call is one unit of work: every message in the input
+//! is decoded and verified, all writes go into one transaction, and only
+//! after it commits are events emitted and receipts signed and sent.
+
+use std::collections::BTreeSet;
+
+use crate::feed::{FeedDescriptor, FeedError};
+use crate::identity::PeerId;
+use crate::ranges::RangeSet;
+use crate::store::{Store, Txn};
+use crate::time::Instant;
+use crate::wire::{DataMsg, Message, Receipt};
+
+use super::config::{limits, Prefetch};
+use super::conn::{next_message, HandshakeCtx, Wanted};
+use super::{CloseReason, ConnId, Event, NodeError, Output, State};
+
+/// Why handling a message stopped.
+enum Fault {
+    /// The peer misbehaved (or closed): drop its connection.
+    Peer(CloseReason),
+    /// Our store failed.
+    Store(NodeError),
+}
+
+impl<E: Into<NodeError>> From<E> for Fault {
+    fn from(e: E) -> Self {
+        Fault::Store(e.into())
+    }
+}
+
+/// Work to do once the batch's transaction committed.
+#[derive(Default)]
+struct AfterCommit {
+    /// Senders whose held blocks changed: emit events, send receipts.
+    arrived: BTreeSet<PeerId>,
+    /// Blocks asked for with `get` that arrived.
+    fetched: Vec<(PeerId, u64)>,
+    /// Acknowledgement events.
+    acked: Vec<Event>,
+    /// Senders whose downloads may proceed.
+    schedule: BTreeSet<PeerId>,
+}
+
+fn feed_fault(e: FeedError) -> Fault {
+    match e {
+        FeedError::Store(e) => Fault::Store(e.into()),
+        FeedError::Corrupt { .. } | FeedError::NotAuthor { .. } | FeedError::MissingNode { .. } => {
+            Fault::Store(e.into())
+        }
+        other => Fault::Peer(CloseReason::BadData(other.to_string())),
+    }
+}
+
+impl State {
+    pub(super) fn handle_input<S: Store>(
+        &mut self,
+        store: &S,
+        id: ConnId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), NodeError> {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        conn.last_rx = now;
+        let peers = &self.peers;
+        let authorized = |p: &PeerId| peers.contains(p);
+        let ctx = HandshakeCtx {
+            payload: &self.hs_payload,
+            authorized: &authorized,
+        };
+        match conn.receive(bytes, &ctx) {
+            Err(reason) => {
+                self.drop_conn(id, reason, true, now);
+                return Ok(());
+            }
+            Ok(Some(peer)) => self.on_connected(store, id, peer, now)?,
+            Ok(None) => {}
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        if conn.rx.is_empty() {
+            return Ok(());
+        }
+        let mut rx = std::mem::take(&mut conn.rx);
+        let mut pos = 0;
+        let mut txn = Txn::begin(store)?;
+        let mut after = AfterCommit::default();
+        let max = self.config.max_message_size;
+        let mut fault = None;
+        loop {
+            match next_message(&rx, &mut pos, max) {
+                Ok(None) => break,
+                Err(reason) => {
+                    fault = Some(Fault::Peer(reason));
+                    break;
+                }
+                Ok(Some((kind, a, b))) => {
+                    let msg = match Message::decode(kind, &rx[a..b], limits::MAX_REQUEST_BLOCKS) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            fault = Some(Fault::Peer(CloseReason::Malformed(e.to_string())));
+                            break;
+                        }
+                    };
+                    if let Err(f) = self.on_message(&mut txn, &mut after, id, msg) {
+                        fault = Some(f);
+                        break;
+                    }
+                }
+            }
+        }
+        // Keep a partial message for the next input.
+        rx.drain(..pos);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.rx = rx;
+        }
+        match fault {
+            Some(Fault::Store(e)) => return Err(e),
+            Some(Fault::Peer(reason)) => {
+                let tell = !matches!(reason, CloseReason::Remote { .. });
+                self.drop_conn(id, reason, tell, now);
+            }
+            None => {}
+        }
+        for from in &after.arrived {
+            if let Some(inbox) = self.inboxes.get(from) {
+                inbox.save(&mut txn, from);
+            }
+        }
+        txn.commit()?;
+        self.after_commit(after);
+        Ok(())
+    }
+
+    fn on_message<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        after: &mut AfterCommit,
+        id: ConnId,
+        msg: Message<'_>,
+    ) -> Result<(), Fault> {
+        let Some(peer) = self.conns.get(&id).and_then(|c| c.peer) else {
+            return Err(Fault::Peer(CloseReason::Unexpected(
+                "message before the handshake finished".into(),
+            )));
+        };
+        let me = self.me;
+        match msg {
+            Message::Head { desc, head } => {
+                if desc != FeedDescriptor::queue(peer, me) {
+                    // Not a feed addressed to us by this peer: nothing to do
+                    // (relaying other feeds is the emitter's business).
+                    return Ok(());
+                }
+                if !head.verify(&desc.author) {
+                    return Err(Fault::Peer(CloseReason::BadData(format!(
+                        "head of feed {} has a bad signature",
+                        head.feed
+                    ))));
+                }
+                let inbox = self.inbox(txn, peer)?;
+                if head.length > inbox.remote_length {
+                    inbox.remote_length = head.length;
+                    inbox.refused = RangeSet::new();
+                }
+                after.schedule.insert(peer);
+            }
+            Message::Request {
+                feed,
+                start,
+                end,
+                base,
+            } => {
+                let conn = self
+                    .conns
+                    .get_mut(&id)
+                    .ok_or(Fault::Peer(CloseReason::Local))?;
+                if conn.serve.len() >= limits::MAX_INFLIGHT_REQUESTS {
+                    return Err(Fault::Peer(CloseReason::Overloaded));
+                }
+                if end - start > limits::MAX_REQUEST_BLOCKS {
+                    return Err(Fault::Peer(CloseReason::Malformed(format!(
+                        "request for {} blocks",
+                        end - start
+                    ))));
+                }
+                conn.serve.push_back(Wanted {
+                    feed,
+                    start,
+                    end,
+                    base,
+                });
+            }
+            Message::Data(d) => self.on_data(txn, after, id, peer, d)?,
+            Message::NoData { feed, start, end } => {
+                let conn = self
+                    .conns
+                    .get_mut(&id)
+                    .ok_or(Fault::Peer(CloseReason::Local))?;
+                let Some(i) = conn
+                    .inflight
+                    .iter()
+                    .position(|&(f, s, _)| f == feed && s == start)
+                else {
+                    return Err(Fault::Peer(CloseReason::Unexpected(
+                        "refusal of a request we did not make".into(),
+                    )));
+                };
+                let (_, s, e) = conn.inflight.swap_remove(i);
+                if let Some(inbox) = self.inboxes.get_mut(&peer) {
+                    inbox.requested.remove(s, e);
+                    inbox.refused.insert(start, end.min(e).max(start));
+                }
+            }
+            Message::Ack(receipt) => self.on_ack(txn, after, peer, receipt)?,
+            Message::Keepalive | Message::Unknown { .. } => {}
+            Message::Close { code, text } => {
+                return Err(Fault::Peer(CloseReason::Remote {
+                    code,
+                    text: text.to_string(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        after: &mut AfterCommit,
+        id: ConnId,
+        peer: PeerId,
+        d: DataMsg<'_>,
+    ) -> Result<(), Fault> {
+        let desc = FeedDescriptor::queue(peer, self.me);
+        let fid = desc.id();
+        let (start, end) = (d.proof.start, d.proof.end);
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(Fault::Peer(CloseReason::Local))?;
+        let Some(i) = conn
+            .inflight
+            .iter()
+            .position(|&(f, s, e)| f == d.head.feed && s == start && end <= e)
+        else {
+            return Err(Fault::Peer(CloseReason::Unexpected(format!(
+                "blocks {start}..{end} were not requested"
+            ))));
+        };
+        if d.head.feed != fid {
+            return Err(Fault::Peer(CloseReason::Unexpected(
+                "data for a feed we did not ask for".into(),
+            )));
+        }
+        let (_, _, req_end) = conn.inflight.swap_remove(i);
+        let feed = self.feed(txn, desc)?;
+        feed.verify_and_store(txn, &d.head, &d.proof, &d.blocks)
+            .map_err(feed_fault)?;
+        let inbox = self.inboxes.get(&peer).cloned().unwrap_or_default();
+        // A block cleared while its request was in flight keeps only its hash.
+        let feed = self.feed(txn, desc)?;
+        for seq in inbox.cleared.iter_within(start, end) {
+            feed.drop_block(txn, seq).map_err(feed_fault)?;
+        }
+        let inbox = self.inbox(txn, peer)?;
+        inbox.requested.remove(start, req_end);
+        inbox.remote_length = inbox.remote_length.max(d.head.length);
+        let mut arrived = RangeSet::from_range(start, end);
+        arrived.subtract(&inbox.cleared);
+        inbox.held.union(&arrived);
+        for seq in inbox.wanted.iter_within(start, end).collect::<Vec<_>>() {
+            after.fetched.push((peer, seq));
+        }
+        inbox.wanted.remove(start, end);
+        after.arrived.insert(peer);
+        after.schedule.insert(peer);
+        Ok(())
+    }
+
+    fn on_ack<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        after: &mut AfterCommit,
+        peer: PeerId,
+        receipt: Receipt,
+    ) -> Result<(), Fault> {
+        let desc = FeedDescriptor::queue(self.me, peer);
+        if receipt.feed != desc.id() || receipt.signer != peer {
+            return Err(Fault::Peer(CloseReason::BadData(
+                "receipt for a feed that is not ours to this peer".into(),
+            )));
+        }
+        if !receipt.verify() {
+            return Err(Fault::Peer(CloseReason::BadData(
+                "receipt has a bad signature".into(),
+            )));
+        }
+        let length = self.feed(txn, desc)?.len();
+        let prune = self.config.prune_acked;
+        let outbox = self.outbox(txn, peer)?;
+        let old = outbox.acked();
+        let mut lost = old.clone();
+        lost.subtract(&receipt.ranges);
+        if !lost.is_empty() {
+            // An older receipt overtaken by a newer one; keep the newer.
+            return Ok(());
+        }
+        let mut newly = receipt.ranges.clone();
+        newly.subtract(&old);
+        newly.remove(length, u64::MAX);
+        outbox.receipt = Some(receipt);
+        outbox.save(txn, &desc.id());
+        for &(start, end) in newly.ranges() {
+            after.acked.push(Event::Acked {
+                to: peer,
+                start,
+                end,
+            });
+        }
+        if prune && !newly.is_empty() {
+            self.prune_acked(txn, peer, Some(&newly))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the bytes of acknowledged blocks of our feed to `to` (all of
+    /// them, or those in `only`), keeping their hashes.
+    pub(super) fn prune_acked<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        to: PeerId,
+        only: Option<&RangeSet>,
+    ) -> Result<u64, NodeError> {
+        let desc = FeedDescriptor::queue(self.me, to);
+        let length = self.feed(txn, desc)?.len();
+        let outbox = self.outbox(txn, to)?;
+        let mut todo = match only {
+            Some(r) => r.clone(),
+            None => outbox.acked(),
+        };
+        todo.subtract(&outbox.pruned);
+        todo.remove(length, u64::MAX);
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        outbox.pruned.union(&todo);
+        outbox.save(txn, &desc.id());
+        let feed = self.feed(txn, desc)?;
+        let mut n = 0;
+        for &(a, b) in todo.ranges() {
+            for seq in a..b {
+                n += u64::from(feed.drop_block(txn, seq)?);
+            }
+        }
+        Ok(n)
+    }
+
+    fn on_connected<S: Store>(
+        &mut self,
+        store: &S,
+        id: ConnId,
+        peer: PeerId,
+        now: Instant,
+    ) -> Result<(), NodeError> {
+        // Two connections with one peer (both dialed at once, or a reconnect
+        // racing a dying link): both sides keep the same one. Different
+        // dialers: the one dialed by the smaller id wins. Same dialer: the
+        // newer wins, as the older is likely dead.
+        let me = self.me;
+        let dialer = |c: &super::conn::Conn| if c.initiator { me } else { peer };
+        let this_dialer = self.conns.get(&id).map(dialer);
+        let others: Vec<ConnId> = self
+            .conns
+            .values()
+            .filter(|c| c.id != id && c.is_open() && c.peer == Some(peer))
+            .map(|c| c.id)
+            .collect();
+        for other in others {
+            let other_dialer = self.conns.get(&other).map(dialer);
+            let keep_this = match (this_dialer, other_dialer) {
+                (Some(a), Some(b)) if a != b => a < b,
+                _ => true,
+            };
+            if keep_this {
+                self.drop_conn(other, CloseReason::Duplicate, true, now);
+            } else {
+                self.drop_conn(id, CloseReason::Duplicate, true, now);
+                return Ok(());
+            }
+        }
+        if let Some(d) = self.dials.get_mut(&peer) {
+            d.attempts = 0;
+            d.next_at = None;
+        }
+        self.out
+            .push_back(Output::Event(Event::Connected { conn: id, peer }));
+        // Tell the peer what we have for it, and what we hold of its feed.
+        let txn = Txn::begin(store)?;
+        let head = self
+            .feed(&txn, FeedDescriptor::queue(me, peer))?
+            .head()
+            .copied();
+        let inbox = self.inbox(&txn, peer)?;
+        let has_receipt = !inbox.acknowledged().is_empty();
+        drop(txn);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            if let Some(head) = head {
+                conn.send(&Message::Head {
+                    desc: FeedDescriptor::queue(me, peer),
+                    head,
+                });
+            }
+        }
+        if has_receipt {
+            self.send_ack(peer);
+        }
+        self.schedule_requests(peer);
+        Ok(())
+    }
+
+    fn after_commit(&mut self, after: AfterCommit) {
+        for from in &after.arrived {
+            let Some(inbox) = self.inboxes.get_mut(from) else {
+                continue;
+            };
+            while inbox.held.contains(inbox.notified) {
+                if inbox.is_unread(inbox.notified) {
+                    self.out.push_back(Output::Event(Event::Message {
+                        from: *from,
+                        seq: inbox.notified,
+                    }));
+                }
+                inbox.notified += 1;
+            }
+        }
+        for (from, seq) in after.fetched {
+            self.out
+                .push_back(Output::Event(Event::Fetched { from, seq }));
+        }
+        for e in after.acked {
+            self.out.push_back(Output::Event(e));
+        }
+        for from in &after.arrived {
+            self.send_ack(*from);
+        }
+        for from in after.schedule {
+            self.schedule_requests(from);
+        }
+    }
+
+    /// Signs and sends a receipt for everything we hold of `from`'s feed.
+    pub(super) fn send_ack(&mut self, from: PeerId) {
+        let Some(cid) = self.conn_to(&from) else {
+            return;
+        };
+        let Some(inbox) = self.inboxes.get(&from) else {
+            return;
+        };
+        let receipt = Receipt::sign(
+            &self.key,
+            FeedDescriptor::queue(from, self.me).id(),
+            inbox.acknowledged(),
+        );
+        if let Some(conn) = self.conns.get_mut(&cid) {
+            conn.send(&Message::Ack(receipt));
+        }
+    }
+
+    /// Asks `from` for the blocks its inbox wants: the prefetch window past
+    /// the reader's cursor and anything `get` asked for, minus what is held,
+    /// cleared, refused or already asked, within the in-flight limit.
+    pub(super) fn schedule_requests(&mut self, from: PeerId) {
+        let Some(cid) = self.conn_to(&from) else {
+            return;
+        };
+        let Some(inbox) = self.inboxes.get_mut(&from) else {
+            return;
+        };
+        let fid = FeedDescriptor::queue(from, self.me).id();
+        let base = self.feeds.get(&fid).map_or(0, |f| f.len());
+        let limit = inbox.remote_length;
+        let mut want = RangeSet::new();
+        match self.config.prefetch {
+            Prefetch::All => want.insert(0, limit),
+            Prefetch::Window(w) => {
+                let c = inbox.cursor();
+                want.insert(c, c.saturating_add(w).min(limit));
+            }
+        }
+        for &(a, b) in inbox.wanted.ranges() {
+            want.insert(a, b.min(limit));
+        }
+        for done in [
+            &inbox.held,
+            &inbox.cleared,
+            &inbox.requested,
+            &inbox.refused,
+        ] {
+            want.subtract(done);
+        }
+        let Some(conn) = self.conns.get_mut(&cid) else {
+            return;
+        };
+        let per = self
+            .config
+            .max_request_blocks
+            .clamp(1, limits::MAX_REQUEST_BLOCKS);
+        let max_inflight = self
+            .config
+            .max_inflight_requests
+            .clamp(1, limits::MAX_INFLIGHT_REQUESTS);
+        for &(a, b) in want.ranges() {
+            let mut s = a;
+            while s < b && conn.inflight.len() < max_inflight {
+                let e = b.min(s + per);
+                conn.send(&Message::Request {
+                    feed: fid,
+                    start: s,
+                    end: e,
+                    base,
+                });
+                conn.inflight.push((fid, s, e));
+                inbox.requested.insert(s, e);
+                s = e;
+            }
+        }
+    }
+
+    /// Serves queued requests on every connection, up to a byte budget per
+    /// connection per call so one greedy peer cannot starve the rest; the
+    /// remainder is served at the next timeout, which is immediate while work
+    /// is queued.
+    pub(super) fn serve_all<S: Store>(
+        &mut self,
+        store: &S,
+        _now: Instant,
+    ) -> Result<(), NodeError> {
+        let busy: Vec<(ConnId, PeerId)> = self
+            .conns
+            .values()
+            .filter(|c| !c.serve.is_empty() && c.is_open())
+            .filter_map(|c| Some((c.id, c.peer?)))
+            .collect();
+        if busy.is_empty() {
+            return Ok(());
+        }
+        let txn = Txn::begin(store)?;
+        let max_data = self.config.max_data_bytes.max(1);
+        for (cid, peer) in busy {
+            let desc = FeedDescriptor::queue(self.me, peer);
+            let fid = desc.id();
+            self.feed(&txn, desc)?;
+            let (Some(feed), Some(conn)) = (self.feeds.get(&fid), self.conns.get_mut(&cid)) else {
+                continue;
+            };
+            let mut budget = 4 * max_data;
+            let mut blocks: Vec<Vec<u8>> = Vec::new();
+            while budget > 0 {
+                let Some(w) = conn.serve.pop_front() else {
+                    break;
+                };
+                let len = feed.len();
+                if w.feed != fid || w.start >= len || w.base > len {
+                    conn.send(&Message::NoData {
+                        feed: w.feed,
+                        start: w.start,
+                        end: w.end,
+                    });
+                    continue;
+                }
+                let end = w.end.min(len);
+                blocks.clear();
+                let mut bytes = 0;
+                let mut e = w.start;
+                while e < end {
+                    let Some(data) = feed.get(&txn, e)? else {
+                        break;
+                    };
+                    if !blocks.is_empty() && bytes + data.len() > max_data {
+                        break;
+                    }
+                    bytes += data.len();
+                    blocks.push(data);
+                    e += 1;
+                }
+                if blocks.is_empty() {
+                    // Pruned: its bytes are gone.
+                    conn.send(&Message::NoData {
+                        feed: w.feed,
+                        start: w.start,
+                        end: w.end,
+                    });
+                    continue;
+                }
+                let head = match feed.head() {
+                    Some(h) => *h,
+                    None => continue,
+                };
+                let proof = feed.prove(&txn, w.start, e, w.base)?;
+                DataMsg::encode_parts(
+                    &head,
+                    &proof,
+                    blocks.iter().map(|b| b.as_slice()),
+                    &mut conn.tx_plain,
+                );
+                budget = budget.saturating_sub(bytes.max(1));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! A test harness in the style of quinn-proto's `Pair`: several nodes on
+//! `MemStore`s, wired through in-memory pipes, with a virtual clock stepped
+//! to the next timeout.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use peermq::{Config, ConnId, Event, Instant, MemStore, Node, Output, PeerId};
+
+/// One end of a link: node index and its connection id.
+pub type End = (usize, ConnId);
+
+pub struct Net {
+    pub nodes: Vec<Option<Node<MemStore>>>,
+    pub stores: Vec<MemStore>,
+    pub configs: Vec<Config>,
+    pub ids: Vec<PeerId>,
+    pub now: Instant,
+    /// Which nodes accept inbound connections.
+    pub listening: Vec<bool>,
+    links: BTreeMap<End, End>,
+    wire: VecDeque<(End, Vec<u8>)>,
+    pub events: Vec<Vec<Event>>,
+    /// Every byte transmitted, per sending node.
+    pub sent_bytes: Vec<u64>,
+    /// Called on every transmitted chunk; may change it.
+    pub tamper: Option<Box<dyn FnMut(usize, &mut Vec<u8>)>>,
+    /// Transcript of every output, for determinism checks.
+    pub transcript: blake3::Hasher,
+    /// Redirect dials: a dial to `key` reaches node `value` instead.
+    pub misroute: BTreeMap<PeerId, usize>,
+}
+
+impl Net {
+    pub fn new(n: usize) -> Self {
+        Self::with_configs(
+            (0..n)
+                .map(|i| Config {
+                    rng_seed: i as u64 + 1,
+                    ..Config::default()
+                })
+                .collect(),
+        )
+    }
+
+    pub fn with_configs(configs: Vec<Config>) -> Self {
+        let n = configs.len();
+        let stores: Vec<MemStore> = (0..n).map(|_| MemStore::new()).collect();
+        let nodes: Vec<Option<Node<MemStore>>> = configs
+            .iter()
+            .zip(&stores)
+            .map(|(c, s)| Some(Node::open(s.clone(), c.clone(), Instant::ZERO).expect("open")))
+            .collect();
+        let ids = nodes
+            .iter()
+            .map(|n| n.as_ref().expect("node").id())
+            .collect();
+        Net {
+            nodes,
+            stores,
+            configs,
+            ids,
+            now: Instant::ZERO,
+            listening: vec![true; n],
+            links: BTreeMap::new(),
+            wire: VecDeque::new(),
+            events: vec![Vec::new(); n],
+            sent_bytes: vec![0; n],
+            tamper: None,
+            transcript: blake3::Hasher::new(),
+            misroute: BTreeMap::new(),
+        }
+    }
+
+    pub fn node(&mut self, i: usize) -> &mut Node<MemStore> {
+        self.nodes[i].as_mut().expect("node is running")
+    }
+
+    pub fn index_of(&self, id: &PeerId) -> Option<usize> {
+        self.ids.iter().position(|x| x == id)
+    }
+
+    /// Drops node `i` without warning, as a crash would (uncommitted work is
+    /// lost; committed work is in its store).
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i] = None;
+        let dead: Vec<End> = self
+            .links
+            .keys()
+            .filter(|(n, _)| *n == i)
+            .copied()
+            .collect();
+        for end in dead {
+            if let Some(other) = self.links.remove(&end) {
+                self.links.remove(&other);
+                if let Some(node) = self.nodes[other.0].as_mut() {
+                    node.handle_closed(other.1, self.now);
+                }
+            }
+        }
+        self.wire.retain(|((n, _), _)| *n != i);
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let node =
+            Node::open(self.stores[i].clone(), self.configs[i].clone(), self.now).expect("reopen");
+        assert_eq!(node.id(), self.ids[i], "identity survives restart");
+        self.nodes[i] = Some(node);
+    }
+
+    /// Cuts every link of node `i` (both ends see the transport close).
+    pub fn disconnect(&mut self, i: usize) {
+        let ends: Vec<End> = self
+            .links
+            .keys()
+            .filter(|(n, _)| *n == i)
+            .copied()
+            .collect();
+        for end in ends {
+            if let Some(other) = self.links.remove(&end) {
+                self.links.remove(&other);
+                for e in [end, other] {
+                    if let Some(node) = self.nodes[e.0].as_mut() {
+                        node.handle_closed(e.1, self.now);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn link_count(&self) -> usize {
+        self.links.len() / 2
+    }
+
+    /// Processes outputs and deliveries until nothing moves, without
+    /// advancing time.
+    pub fn settle(&mut self) {
+        assert!(self.step(1_000_000), "network did not settle");
+    }
+
+    /// Processes outputs and up to `deliveries` deliveries; returns whether
+    /// the network went quiet.
+    pub fn step(&mut self, deliveries: usize) -> bool {
+        for _ in 0..deliveries {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[i].as_mut().and_then(|n| n.poll_output()) {
+                    moved = true;
+                    self.on_output(i, out);
+                }
+            }
+            if let Some(((to, conn), bytes)) = self.wire.pop_front() {
+                moved = true;
+                if let Some(node) = self.nodes[to].as_mut() {
+                    node.handle_input(conn, &bytes, self.now)
+                        .expect("handle_input");
+                }
+            }
+            if !moved {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn on_output(&mut self, i: usize, out: Output) {
+        let mut line = format!("{i} {:?} ", self.now);
+        match out {
+            Output::Transmit { conn, mut bytes } => {
+                line += &format!("tx {conn} {}", hex_digest(&bytes));
+                self.sent_bytes[i] += bytes.len() as u64;
+                if let Some(t) = self.tamper.as_mut() {
+                    t(i, &mut bytes);
+                }
+                if let Some(to) = self.links.get(&(i, conn)) {
+                    if !bytes.is_empty() {
+                        self.wire.push_back((*to, bytes));
+                    }
+                }
+            }
+            Output::Dial { peer } => {
+                line += &format!("dial {peer}");
+                let target = self
+                    .misroute
+                    .get(&peer)
+                    .copied()
+                    .or_else(|| self.index_of(&peer));
+                match target {
+                    Some(j) if self.listening[j] && self.nodes[j].is_some() => {
+                        let now = self.now;
+                        let a = self.node(i).connect(peer, now);
+                        let b = self.node(j).accept(now);
+                        self.links.insert((i, a), (j, b));
+                        self.links.insert((j, b), (i, a));
+                    }
+                    _ => {
+                        let now = self.now;
+                        self.node(i).dial_failed(peer, now);
+                    }
+                }
+            }
+            Output::Close { conn, reason } => {
+                line += &format!("close {conn} {reason}");
+                if let Some(other) = self.links.remove(&(i, conn)) {
+                    self.links.remove(&other);
+                    // Bytes written before the close still arrive, then EOF.
+                    let now = self.now;
+                    self.deferred_close(other, now);
+                }
+            }
+            Output::Event(e) => {
+                line += &format!("event {e:?}");
+                self.events[i].push(e);
+            }
+        }
+        self.transcript.update(line.as_bytes());
+    }
+
+    fn deferred_close(&mut self, end: End, now: Instant) {
+        // Deliver what is already on the wire for this end, then close it.
+        let mut keep = VecDeque::new();
+        while let Some(item) = self.wire.pop_front() {
+            if item.0 == end {
+                if let Some(node) = self.nodes[end.0].as_mut() {
+                    node.handle_input(end.1, &item.1, now)
+                        .expect("handle_input");
+                }
+            } else {
+                keep.push_back(item);
+            }
+        }
+        self.wire = keep;
+        if let Some(node) = self.nodes[end.0].as_mut() {
+            node.handle_closed(end.1, now);
+        }
+    }
+
+    /// Settles, then advances the clock to the next timer and repeats,
+    /// for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        loop {
+            self.settle();
+            let next = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter_map(|n| n.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for n in self.nodes.iter_mut().flatten() {
+                        if n.poll_timeout().is_some_and(|t| t <= now) {
+                            n.handle_timeout(now).expect("handle_timeout");
+                        }
+                    }
+                }
+                _ => {
+                    self.now = until;
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Events of node `i` since the last call, emptied.
+    pub fn take_events(&mut self, i: usize) -> Vec<Event> {
+        std::mem::take(&mut self.events[i])
+    }
+
+    pub fn messages(&self, i: usize) -> Vec<(PeerId, u64)> {
+        self.events[i]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { from, seq } => Some((*from, *seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn transcript_hash(&self) -> String {
+        self.transcript.finalize().to_hex().to_string()
+    }
+
+    pub fn disconnect_reasons(&self, i: usize) -> BTreeSet<String> {
+        self.events[i]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Disconnected { reason, .. } => Some(format!("{reason:?}")),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn hex_digest(b: &[u8]) -> String {
+    blake3::hash(b).to_hex()[..16].to_string()
+}
