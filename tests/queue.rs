@@ -386,9 +386,9 @@ fn the_same_seed_gives_the_same_bytes() {
         let mut net = Net::new(3);
         let ids = net.ids.clone();
         for i in 0..3 {
-            for j in 0..3 {
+            for (j, id) in ids.iter().enumerate() {
                 if i != j {
-                    net.node(i).add_peer(ids[j]).unwrap();
+                    net.node(i).add_peer(*id).unwrap();
                 }
             }
         }
@@ -441,5 +441,48 @@ fn idle_connections_are_kept_alive_and_dead_ones_time_out() {
         net.disconnect_reasons(B).contains("IdleTimeout"),
         "{:?}",
         net.disconnect_reasons(B)
+    );
+}
+
+#[test]
+fn a_send_from_another_process_reaches_a_running_node_and_nothing_is_overwritten() {
+    let mut net = Net::new(2);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let now = net.now;
+    net.node(B).send(a, b"from the running node", now).unwrap();
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    // A second "process" on B's data directory appends behind the running
+    // node's back, twice, and the running node appends again too.
+    let mut other =
+        peermq::Node::open(net.stores[B].clone(), net.configs[B].clone(), net.now).unwrap();
+    assert_eq!(other.id(), b);
+    assert_eq!(other.send(a, b"from another process", now).unwrap(), 1);
+    assert_eq!(other.send(a, b"and another", now).unwrap(), 2);
+    let now = net.now;
+    assert_eq!(
+        net.node(B).send(a, b"running node again", now).unwrap(),
+        3,
+        "built on the other process's appends"
+    );
+    net.run_for(Duration::from_secs(1));
+    let got = texts(&mut net, A, Mailbox::Unread);
+    assert_eq!(
+        got,
+        vec![
+            (0, "from the running node".into()),
+            (1, "from another process".into()),
+            (2, "and another".into()),
+            (3, "running node again".into())
+        ]
+    );
+    // Archive marks written by another process on A's directory are seen.
+    let mut reader =
+        peermq::Node::open(net.stores[A].clone(), net.configs[A].clone(), net.now).unwrap();
+    assert!(reader.archive(b, 0, now).unwrap());
+    assert!(
+        !net.node(A).archive(b, 0, now).unwrap(),
+        "already archived by the other process"
     );
 }

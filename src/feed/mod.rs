@@ -113,6 +113,8 @@ pub struct Feed {
     id: FeedId,
     head: Option<SignedHead>,
     roots: Vec<Node>,
+    /// Whether the store holds this feed's record as this handle knows it.
+    persisted: bool,
 }
 
 const FEED_RECORD_VERSION: u8 = 1;
@@ -126,6 +128,7 @@ impl Feed {
             desc,
             head: None,
             roots: Vec::new(),
+            persisted: false,
         }
     }
 
@@ -149,6 +152,7 @@ impl Feed {
             return Err(corrupt("feed descriptor"));
         }
         let mut feed = Feed::new(desc);
+        feed.persisted = true;
         if rest.is_empty() {
             return Ok(Some(feed));
         }
@@ -230,6 +234,7 @@ impl Feed {
             });
         }
         let length = self.len();
+        let before = self.record();
         let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
         let mut created = Vec::with_capacity(blocks.len() * 2);
         merkle::append_leaves(&mut self.roots, length, &refs, &mut created);
@@ -246,24 +251,38 @@ impl Feed {
         let new_len = length + blocks.len() as u64;
         let head = SignedHead::sign(key, self.id, new_len, merkle::tree_hash(&self.roots));
         self.head = Some(head);
-        self.write_record(txn);
+        self.write_record(txn, before);
         Ok(head)
     }
 
-    fn write_record<S: Store>(&self, txn: &mut Txn<'_, S>) {
+    /// The feed's record as this handle last knew it committed.
+    fn record(&self) -> Option<Vec<u8>> {
+        if !self.persisted {
+            return None;
+        }
         let mut rec = Vec::with_capacity(1 + 65 + SIGNED_HEAD_LEN);
         rec.push(FEED_RECORD_VERSION);
         self.desc.encode(&mut rec);
         if let Some(h) = &self.head {
             rec.extend_from_slice(&h.encode());
         }
-        txn.put_owned(Table::Feeds, &self.id.0, rec);
+        Some(rec)
     }
 
-    /// Records the feed in the store even before it has a head, so that it is
-    /// listed (a receiver learns of a feed before it holds any of it).
-    pub fn persist<S: Store>(&self, txn: &mut Txn<'_, S>) {
-        self.write_record(txn);
+    /// Writes the record, on condition that the store still holds `before`:
+    /// if another process appended meanwhile, the commit fails with a
+    /// conflict instead of overwriting its blocks.
+    fn write_record<S: Store>(&mut self, txn: &mut Txn<'_, S>, before: Option<Vec<u8>>) {
+        self.persisted = true;
+        if let Some(rec) = self.record() {
+            txn.put_expecting(Table::Feeds, &self.id.0, rec, before.as_deref());
+        }
+    }
+
+    /// Whether the store's record differs from this handle's (another process
+    /// appended): the caller should load the feed again.
+    pub fn is_stale<S: Store>(&self, txn: &Txn<'_, S>) -> Result<bool, FeedError> {
+        Ok(txn.get(Table::Feeds, &self.id.0)? != self.record().as_deref())
     }
 
     fn stored_node<S: Store>(
@@ -359,6 +378,7 @@ impl Feed {
             records::write_block(txn, &self.id, node, data);
         }
         if head.length > self.len() {
+            let before = self.record();
             self.roots = flat::full_roots(head.length)
                 .into_iter()
                 .map(|i| learned.iter().rev().find(|n| n.index == i).copied())
@@ -370,7 +390,7 @@ impl Feed {
                     source: ProofError::Truncated,
                 })?;
             self.head = Some(*head);
-            self.write_record(txn);
+            self.write_record(txn, before);
         }
         Ok(())
     }

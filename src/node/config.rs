@@ -45,6 +45,11 @@ pub struct Config {
     /// Drop the bytes of blocks as soon as their recipient acknowledges them
     /// (tree nodes stay, so the feed remains verifiable).
     pub prune_acked: bool,
+    /// While connected, look this often for messages that other processes
+    /// sharing the data directory appended or archived, so that a `send`
+    /// from another process goes out promptly. `None` turns it off (a store
+    /// only this node writes, as in simulations).
+    pub store_poll_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -62,6 +67,7 @@ impl Default for Config {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             prune_acked: false,
+            store_poll_interval: Some(Duration::from_millis(250)),
         }
     }
 }

@@ -1,4 +1,11 @@
 //! Receiving side of a queue feed: which messages are held, read, cleared.
+//!
+//! Two records per sender, because two kinds of writer touch them: the
+//! replicating node records what arrived (the *held* record, keyed by the
+//! sender's id), while `archive` and `clear` may also come from another
+//! process sharing the data directory (the *marks* record, keyed by the id
+//! and `m`). Each write is conditional on the record being as last seen, so
+//! concurrent writers never lose each other's updates.
 
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
@@ -8,15 +15,17 @@ const INBOX_VERSION: u8 = 1;
 /// Ranges a persisted set may hold; far more than any real pattern needs.
 const MAX_STORED_RANGES: usize = 1 << 20;
 
-/// The state of messages from one sender, persisted per sender.
+/// The state of messages from one sender.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Inbox {
-    /// Blocks whose bytes arrived and were stored (cleared ones leave).
+    /// Blocks whose bytes arrived and were stored.
     pub held: RangeSet,
     /// Blocks the application cleared: never shown, never downloaded again.
     pub cleared: RangeSet,
     /// Blocks the application archived (processed).
     pub archived: RangeSet,
+    /// The held record as last committed (`None`: absent).
+    held_record: Option<Vec<u8>>,
     /// In memory only: blocks below this were announced by `Event::Message`.
     pub notified: u64,
     /// In memory only: the longest verified length the sender announced.
@@ -30,45 +39,110 @@ pub(crate) struct Inbox {
     pub refused: RangeSet,
 }
 
-impl Inbox {
-    /// Loads the inbox of messages from `from`.
-    pub fn load<S: Store>(txn: &Txn<'_, S>, from: &PeerId) -> Result<Option<Self>, StoreError> {
-        let Some(bytes) = txn.get(Table::Inbox, &from.0)? else {
-            return Ok(None);
+/// The marks record: what the application did with the messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Marks {
+    pub cleared: RangeSet,
+    pub archived: RangeSet,
+}
+
+fn marks_key(from: &PeerId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[..32].copy_from_slice(&from.0);
+    k[32] = b'm';
+    k
+}
+
+fn corrupt(from: &PeerId) -> StoreError {
+    StoreError::Corrupted(format!("inbox of messages from {from} is damaged"))
+}
+
+impl Marks {
+    /// The committed marks, and their raw record for a conditional write.
+    pub fn load<'t, S: Store>(
+        txn: &'t Txn<'_, S>,
+        from: &PeerId,
+    ) -> Result<(Self, Option<&'t [u8]>), StoreError> {
+        let raw = txn.committed(Table::Inbox, &marks_key(from))?;
+        let Some(bytes) = raw else {
+            return Ok((Marks::default(), None));
         };
-        let corrupt = || StoreError::Corrupted(format!("inbox of messages from {from} is damaged"));
-        let (&v, rest) = bytes.split_first().ok_or_else(corrupt)?;
+        let (&v, rest) = bytes.split_first().ok_or_else(|| corrupt(from))?;
         if v != INBOX_VERSION {
-            return Err(corrupt());
+            return Err(corrupt(from));
         }
-        let (held, rest) = RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(corrupt)?;
-        let (cleared, rest) = RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(corrupt)?;
-        let (archived, rest) = RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(corrupt)?;
+        let (cleared, rest) =
+            RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(|| corrupt(from))?;
+        let (archived, rest) =
+            RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(|| corrupt(from))?;
         if !rest.is_empty() {
-            return Err(corrupt());
+            return Err(corrupt(from));
         }
-        let notified = held.next_gap(0);
-        Ok(Some(Inbox {
-            held,
-            cleared,
-            archived,
-            notified,
-            ..Default::default()
-        }))
+        Ok((Marks { cleared, archived }, raw))
     }
 
-    /// Writes the persistent part into `txn`.
-    pub fn save<S: Store>(&self, txn: &mut Txn<'_, S>, from: &PeerId) {
+    /// Writes the marks, on condition the store still holds `before`.
+    pub fn save<S: Store>(&self, txn: &mut Txn<'_, S>, from: &PeerId, before: Option<&[u8]>) {
         let mut out = vec![INBOX_VERSION];
-        self.held.encode(&mut out);
         self.cleared.encode(&mut out);
         self.archived.encode(&mut out);
-        txn.put_owned(Table::Inbox, &from.0, out);
+        txn.put_expecting(Table::Inbox, &marks_key(from), out, before);
+    }
+}
+
+impl Inbox {
+    /// Loads the inbox of messages from `from` (empty if none is stored).
+    pub fn load<S: Store>(txn: &Txn<'_, S>, from: &PeerId) -> Result<Self, StoreError> {
+        let raw = txn.get(Table::Inbox, &from.0)?;
+        let held = match raw {
+            None => RangeSet::new(),
+            Some(bytes) => {
+                let (&v, rest) = bytes.split_first().ok_or_else(|| corrupt(from))?;
+                let (held, rest) =
+                    RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(|| corrupt(from))?;
+                if v != INBOX_VERSION || !rest.is_empty() {
+                    return Err(corrupt(from));
+                }
+                held
+            }
+        };
+        let (marks, _) = Marks::load(txn, from)?;
+        let notified = held.next_gap(0);
+        Ok(Inbox {
+            held,
+            cleared: marks.cleared,
+            archived: marks.archived,
+            held_record: raw.map(<[u8]>::to_vec),
+            notified,
+            ..Default::default()
+        })
+    }
+
+    /// Writes the held record into `txn`, conditional on the last one seen.
+    pub fn save_held<S: Store>(&mut self, txn: &mut Txn<'_, S>, from: &PeerId) {
+        let mut out = vec![INBOX_VERSION];
+        self.held.encode(&mut out);
+        let before = self.held_record.replace(out.clone());
+        txn.put_expecting(Table::Inbox, &from.0, out, before.as_deref());
+    }
+
+    /// Adopts marks read from the store (another process may have written).
+    pub fn set_marks(&mut self, marks: Marks) {
+        self.cleared = marks.cleared;
+        self.archived = marks.archived;
     }
 
     /// Whether `seq` is held, not archived and not cleared.
     pub fn is_unread(&self, seq: u64) -> bool {
         self.held.contains(seq) && !self.archived.contains(seq) && !self.cleared.contains(seq)
+    }
+
+    /// Held messages neither archived nor cleared.
+    pub fn unread(&self) -> RangeSet {
+        let mut r = self.held.clone();
+        r.subtract(&self.archived);
+        r.subtract(&self.cleared);
+        r
     }
 
     /// The reader's cursor: the first message neither archived nor cleared.

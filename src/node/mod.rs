@@ -36,6 +36,7 @@ pub use config::{limits, Config, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::{Bound, ControlFlow};
 
@@ -120,6 +121,8 @@ struct State {
     out: VecDeque<Output>,
     next_conn: u64,
     now: Instant,
+    /// When to next look for other processes' writes.
+    next_store_poll: Instant,
 }
 
 impl<S: Store> Node<S> {
@@ -171,6 +174,7 @@ impl<S: Store> Node<S> {
                 out: VecDeque::new(),
                 next_conn: 0,
                 now,
+                next_store_poll: now,
             },
         })
     }
@@ -424,7 +428,13 @@ impl State {
         self.outboxes.clear();
     }
 
-    fn handle_timeout<S: Store>(&mut self, _store: &S, now: Instant) -> Result<(), NodeError> {
+    fn handle_timeout<S: Store>(&mut self, store: &S, now: Instant) -> Result<(), NodeError> {
+        if let Some(every) = self.config.store_poll_interval {
+            if now >= self.next_store_poll {
+                self.next_store_poll = now + every;
+                self.poll_store(store)?;
+            }
+        }
         let mut to_close = Vec::new();
         for (id, conn) in self.conns.iter_mut() {
             if !conn.is_open() {
@@ -478,7 +488,53 @@ impl State {
                 consider(t);
             }
         }
+        if self.config.store_poll_interval.is_some() && self.conns.values().any(|c| c.is_open()) {
+            consider(self.next_store_poll);
+        }
         next
+    }
+
+    /// Picks up what other processes wrote to the data directory: appends to
+    /// our feeds (announced to connected recipients at once) and archive or
+    /// clear marks. One read per connected peer and per loaded inbox.
+    fn poll_store<S: Store>(&mut self, store: &S) -> Result<(), NodeError> {
+        let txn = Txn::begin(store)?;
+        let connected: BTreeSet<PeerId> = self
+            .conns
+            .values()
+            .filter(|c| c.is_open())
+            .filter_map(|c| c.peer)
+            .collect();
+        for peer in connected {
+            let desc = FeedDescriptor::queue(self.me, peer);
+            let stale = match self.feeds.get(&desc.id()) {
+                Some(f) => f.is_stale(&txn)?,
+                None => true,
+            };
+            if !stale {
+                continue;
+            }
+            let before = self.feeds.remove(&desc.id()).map_or(0, |f| f.len());
+            let head = self.feed(&txn, desc)?.head().copied();
+            if let (Some(head), Some(cid)) = (head, self.conn_to(&peer)) {
+                if head.length > before {
+                    if let Some(conn) = self.conns.get_mut(&cid) {
+                        conn.send(&Message::Head { desc, head });
+                    }
+                }
+            }
+        }
+        let senders: Vec<PeerId> = self.inboxes.keys().copied().collect();
+        for from in senders {
+            let (marks, _) = inbox::Marks::load(&txn, &from)?;
+            if let Some(inbox) = self.inboxes.get_mut(&from) {
+                if inbox.cleared != marks.cleared || inbox.archived != marks.archived {
+                    inbox.set_marks(marks);
+                    self.schedule_requests(from);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The feed `desc`, loaded into the cache if needed.
@@ -487,37 +543,27 @@ impl State {
         txn: &Txn<'_, S>,
         desc: FeedDescriptor,
     ) -> Result<&mut Feed, NodeError> {
-        let id = desc.id();
-        if !self.feeds.contains_key(&id) {
-            let f = Feed::open(txn, desc)?;
-            self.feeds.insert(id, f);
-        }
-        // Just inserted or already present.
-        self.feeds
-            .get_mut(&id)
-            .ok_or(NodeError::Store(StoreError::Backend("feed cache".into())))
+        Ok(match self.feeds.entry(desc.id()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Feed::open(txn, desc)?),
+        })
     }
 
     /// The inbox of messages from `from`, loaded into the cache if needed.
     fn inbox<S: Store>(&mut self, txn: &Txn<'_, S>, from: PeerId) -> Result<&mut Inbox, NodeError> {
-        if !self.inboxes.contains_key(&from) {
-            let i = Inbox::load(txn, &from)?.unwrap_or_default();
-            self.inboxes.insert(from, i);
-        }
-        self.inboxes
-            .get_mut(&from)
-            .ok_or(NodeError::Store(StoreError::Backend("inbox cache".into())))
+        Ok(match self.inboxes.entry(from) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Inbox::load(txn, &from)?),
+        })
     }
 
     /// The outbox of our feed to `to`, loaded into the cache if needed.
     fn outbox<S: Store>(&mut self, txn: &Txn<'_, S>, to: PeerId) -> Result<&mut Outbox, NodeError> {
-        if !self.outboxes.contains_key(&to) {
-            let o = Outbox::load(txn, &FeedDescriptor::queue(self.me, to).id())?;
-            self.outboxes.insert(to, o);
-        }
-        self.outboxes
-            .get_mut(&to)
-            .ok_or(NodeError::Store(StoreError::Backend("outbox cache".into())))
+        let id = FeedDescriptor::queue(self.me, to).id();
+        Ok(match self.outboxes.entry(to) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Outbox::load(txn, &id)?),
+        })
     }
 
     /// The open connection to `peer` that carries replication (the oldest).

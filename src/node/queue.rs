@@ -3,13 +3,14 @@
 
 use std::ops::{Bound, ControlFlow, Range};
 
-use crate::feed::FeedDescriptor;
+use crate::feed::{FeedDescriptor, FeedError};
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
-use crate::store::{Store, Table, Txn};
+use crate::store::{Store, StoreError, Table, Txn};
 use crate::time::Instant;
 use crate::wire::{Message, Receipt};
 
+use super::inbox::Marks;
 use super::{CloseReason, Node, NodeError};
 
 /// Room a data message needs besides its block: header, head, range, proof.
@@ -148,22 +149,30 @@ impl<S: Store> Node<S> {
             return Err(NodeError::TooLarge { size: big, limit });
         }
         let desc = FeedDescriptor::queue(self.st.me, to);
-        let mut txn = Txn::begin(&self.store)?;
         let key = self.st.key.clone();
-        let feed = self.st.feed(&txn, desc)?;
-        let start = feed.len();
-        if messages.is_empty() {
-            return Ok(start..start);
-        }
-        let head = match feed
-            .append_batch(&mut txn, &key, messages)
-            .and_then(|h| txn.commit().map(|_| h).map_err(Into::into))
-        {
-            Ok(h) => h,
-            Err(e) => {
-                // The cached feed moved ahead of the store; reload it later.
-                self.st.feeds.remove(&desc.id());
-                return Err(e.into());
+        let mut attempt = 0;
+        let (start, head) = loop {
+            let mut txn = Txn::begin(&self.store)?;
+            let feed = self.st.feed(&txn, desc)?;
+            let start = feed.len();
+            if messages.is_empty() {
+                return Ok(start..start);
+            }
+            let result = feed
+                .append_batch(&mut txn, &key, messages)
+                .and_then(|h| Ok(txn.commit().map(|_| h)?));
+            match result {
+                Ok(h) => break (start, h),
+                Err(e) => {
+                    // The cached feed moved ahead of the store; reload it.
+                    self.st.feeds.remove(&desc.id());
+                    // Another process appended first: build on its head.
+                    let conflict = matches!(e, FeedError::Store(StoreError::Conflict));
+                    attempt += 1;
+                    if !conflict || attempt >= 32 {
+                        return Err(e.into());
+                    }
+                }
             }
         };
         if let Some(c) = self.st.conn_to(&to) {
@@ -204,12 +213,10 @@ impl<S: Store> Node<S> {
             }
             let me = self.st.me;
             let inbox = self.st.inbox(&txn, from)?;
-            let mut set = inbox.held.clone();
-            if mailbox == Mailbox::Unread {
-                set.subtract(&inbox.archived);
-            } else {
-                set = set_intersect(&set, &inbox.archived);
-            }
+            let mut set = match mailbox {
+                Mailbox::Unread => inbox.unread(),
+                Mailbox::Archived => set_intersect(&inbox.held, &inbox.archived),
+            };
             set.subtract(&inbox.cleared);
             let first = match after {
                 Some((p, seq)) if p == from => seq.saturating_add(1),
@@ -261,30 +268,27 @@ impl<S: Store> Node<S> {
     /// Marks message `seq` from `from` processed: it leaves the unread
     /// mailbox for good and is kept in the archived one. Returns `false` if
     /// it already was archived, so a consumer can process each message
-    /// exactly once.
+    /// exactly once, even with several processes on one data directory.
     pub fn archive(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
         self.st.now = now;
-        let mut txn = Txn::begin(&self.store)?;
-        let inbox = self.st.inbox(&txn, from)?;
-        if inbox.cleared.contains(seq) {
-            return Err(NodeError::Cleared { from, seq });
+        let changed = self.update_marks(from, |inbox, marks| {
+            if marks.cleared.contains(seq) {
+                return Err(NodeError::Cleared { from, seq });
+            }
+            if !inbox.held.contains(seq) {
+                return Err(NodeError::NotHeld { from, seq });
+            }
+            if marks.archived.contains(seq) {
+                return Ok(false);
+            }
+            marks.archived.insert(seq, seq + 1);
+            Ok(true)
+        })?;
+        if changed {
+            self.st.schedule_requests(from);
+            self.st.flush_all(now);
         }
-        if !inbox.held.contains(seq) {
-            return Err(NodeError::NotHeld { from, seq });
-        }
-        if inbox.archived.contains(seq) {
-            return Ok(false);
-        }
-        let mut updated = inbox.clone();
-        updated.archived.insert(seq, seq + 1);
-        updated.save(&mut txn, &from);
-        txn.commit()?;
-        if let Some(inbox) = self.st.inboxes.get_mut(&from) {
-            inbox.archived.insert(seq, seq + 1);
-        }
-        self.st.schedule_requests(from);
-        self.st.flush_all(now);
-        Ok(true)
+        Ok(changed)
     }
 
     /// Drops message `seq` from `from` locally: its bytes are deleted, it
@@ -292,26 +296,61 @@ impl<S: Store> Node<S> {
     /// have arrived yet). Returns `false` if it already was cleared.
     pub fn clear(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
         self.st.now = now;
-        let mut txn = Txn::begin(&self.store)?;
-        let me = self.st.me;
-        let inbox = self.st.inbox(&txn, from)?;
-        if inbox.cleared.contains(seq) {
-            return Ok(false);
+        let changed = self.update_marks(from, |_, marks| {
+            if marks.cleared.contains(seq) {
+                return Ok(false);
+            }
+            marks.cleared.insert(seq, seq + 1);
+            marks.archived.remove(seq, seq + 1);
+            Ok(true)
+        })?;
+        if changed {
+            let me = self.st.me;
+            let mut txn = Txn::begin(&self.store)?;
+            let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
+            feed.drop_block(&mut txn, seq)?;
+            txn.commit()?;
+            if let Some(inbox) = self.st.inboxes.get_mut(&from) {
+                inbox.wanted.remove(seq, seq + 1);
+            }
+            self.st.send_ack(from);
+            self.st.schedule_requests(from);
+            self.st.flush_all(now);
         }
-        let mut updated = inbox.clone();
-        updated.cleared.insert(seq, seq + 1);
-        updated.held.remove(seq, seq + 1);
-        updated.archived.remove(seq, seq + 1);
-        updated.wanted.remove(seq, seq + 1);
-        updated.save(&mut txn, &from);
-        let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-        feed.drop_block(&mut txn, seq)?;
-        txn.commit()?;
-        self.st.inboxes.insert(from, updated);
-        self.st.send_ack(from);
-        self.st.schedule_requests(from);
-        self.st.flush_all(now);
-        Ok(true)
+        Ok(changed)
+    }
+
+    /// Reads the sender's marks fresh from the store, lets `change` edit
+    /// them, and writes them back on condition nobody else did meanwhile,
+    /// retrying if another process did. Returns what `change` returned.
+    fn update_marks(
+        &mut self,
+        from: PeerId,
+        mut change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
+    ) -> Result<bool, NodeError> {
+        const ATTEMPTS: usize = 32;
+        for _ in 0..ATTEMPTS {
+            let mut txn = Txn::begin(&self.store)?;
+            let (mut marks, raw) = Marks::load(&txn, &from)?;
+            let raw = raw.map(<[u8]>::to_vec);
+            let inbox = self.st.inbox(&txn, from)?;
+            inbox.set_marks(marks.clone());
+            if !change(inbox, &mut marks)? {
+                return Ok(false);
+            }
+            marks.save(&mut txn, &from, raw.as_deref());
+            match txn.commit() {
+                Ok(()) => {
+                    if let Some(inbox) = self.st.inboxes.get_mut(&from) {
+                        inbox.set_marks(marks);
+                    }
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict.into())
     }
 
     /// The latest receipt `to` signed for our messages to it: exportable
@@ -373,9 +412,8 @@ impl<S: Store> Node<S> {
             let sent = self.st.feed(&txn, FeedDescriptor::queue(me, peer))?.len();
             let acked = self.st.outbox(&txn, peer)?.acked().count_within(0, sent);
             let inbox = self.st.inbox(&txn, peer)?;
-            let received = inbox.held.count() + inbox.cleared.count();
-            let mut unread = inbox.held.clone();
-            unread.subtract(&inbox.archived);
+            let received = inbox.acknowledged().count();
+            let unread = inbox.unread();
             out.push(PeerStatus {
                 peer,
                 authorized: self.st.peers.contains(&peer),

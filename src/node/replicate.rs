@@ -132,8 +132,8 @@ impl State {
             None => {}
         }
         for from in &after.arrived {
-            if let Some(inbox) = self.inboxes.get(from) {
-                inbox.save(&mut txn, from);
+            if let Some(inbox) = self.inboxes.get_mut(from) {
+                inbox.save_held(&mut txn, from);
             }
         }
         txn.commit()?;
@@ -275,9 +275,7 @@ impl State {
         let inbox = self.inbox(txn, peer)?;
         inbox.requested.remove(start, req_end);
         inbox.remote_length = inbox.remote_length.max(d.head.length);
-        let mut arrived = RangeSet::from_range(start, end);
-        arrived.subtract(&inbox.cleared);
-        inbox.held.union(&arrived);
+        inbox.held.insert(start, end);
         for seq in inbox.wanted.iter_within(start, end).collect::<Vec<_>>() {
             after.fetched.push((peer, seq));
         }

@@ -19,6 +19,10 @@ pub(crate) type Key = SmallVec<[u8; 48]>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     tables: [BTreeMap<Key, Option<Vec<u8>>>; Table::ALL.len()],
+    /// Preconditions: the committed value each of these keys must still
+    /// have when the batch commits, or the commit fails with
+    /// [`super::StoreError::Conflict`] and writes nothing.
+    expected: Vec<(Table, Key, Option<Vec<u8>>)>,
 }
 
 impl WriteBatch {
@@ -40,6 +44,31 @@ impl WriteBatch {
     /// Removes `key` from `table`.
     pub fn delete(&mut self, table: Table, key: &[u8]) {
         self.tables[table.position()].insert(Key::from_slice(key), None);
+    }
+
+    /// Makes the commit conditional on `key` still holding `value` (`None`:
+    /// absent) in the store. This is how several processes sharing one data
+    /// directory avoid lost updates on records they read, change and write.
+    ///
+    /// Only the first expectation of a key counts: it describes the state
+    /// the whole batch started from.
+    pub fn expect(&mut self, table: Table, key: &[u8], value: Option<&[u8]>) {
+        if self
+            .expected
+            .iter()
+            .any(|(t, k, _)| *t == table && k.as_slice() == key)
+        {
+            return;
+        }
+        self.expected
+            .push((table, Key::from_slice(key), value.map(<[u8]>::to_vec)));
+    }
+
+    /// The commit's preconditions.
+    pub fn expectations(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
+        self.expected
+            .iter()
+            .map(|(t, k, v)| (*t, k.as_slice(), v.as_deref()))
     }
 
     /// The pending write of `key`: `None` if the batch does not touch it,
@@ -88,7 +117,8 @@ impl WriteBatch {
 
     /// Takes every write out of the batch, by table then key.
     pub fn drain(self) -> impl Iterator<Item = (Table, Key, Option<Vec<u8>>)> {
-        self.tables
+        let WriteBatch { tables, .. } = self;
+        tables
             .into_iter()
             .zip(Table::ALL)
             .flat_map(|(map, t)| map.into_iter().map(move |(k, v)| (t, k, v)))

@@ -117,8 +117,15 @@ impl LmdbStore {
         &self.dbs[table.position()]
     }
 
-    fn try_commit(&self, batch: &WriteBatch) -> Result<(), heed::Error> {
+    fn try_commit(&self, batch: &WriteBatch) -> Result<bool, heed::Error> {
         let mut wtxn = self.env.write_txn()?;
+        // The write lock is held from here: checking preconditions inside it
+        // makes the check-and-write atomic across processes.
+        for (table, key, want) in batch.expectations() {
+            if self.db(table).get(&wtxn, key)? != want {
+                return Ok(false);
+            }
+        }
         for (table, key, value) in batch.iter() {
             let db = self.db(table);
             match value {
@@ -128,7 +135,8 @@ impl LmdbStore {
                 }
             }
         }
-        wtxn.commit()
+        wtxn.commit()?;
+        Ok(true)
     }
 
     /// Adopts a map size another process grew the environment to.
@@ -174,7 +182,8 @@ impl Store for LmdbStore {
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         loop {
             match self.try_commit(&batch) {
-                Ok(()) => return Ok(()),
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(StoreError::Conflict),
                 Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow()?,
                 Err(heed::Error::Mdb(MdbError::MapResized)) => self.adopt_foreign_resize()?,
                 Err(e) => return Err(backend(&self.path, e)),

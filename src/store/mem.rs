@@ -107,6 +107,15 @@ impl Store for MemStore {
             shared.fail_commits -= 1;
             return Err(StoreError::Injected);
         }
+        for (table, key, want) in batch.expectations() {
+            if shared.committed.maps[table.position()]
+                .get(key)
+                .map(|v| v.as_slice())
+                != want
+            {
+                return Err(StoreError::Conflict);
+            }
+        }
         let tables = Arc::make_mut(&mut shared.committed);
         for (table, key, value) in batch.drain() {
             let map = &mut tables.maps[table.position()];

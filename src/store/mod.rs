@@ -147,6 +147,11 @@ pub enum StoreError {
         /// Format this build writes.
         supported: u32,
     },
+    /// Another writer (often another process on the same data directory)
+    /// changed a record this commit was based on; nothing was written. Reload
+    /// and retry.
+    #[error("another writer changed the store concurrently; retry")]
+    Conflict,
     /// A failure injected by [`MemStore`] for fault testing.
     #[error("injected storage fault")]
     Injected,

@@ -88,6 +88,27 @@ impl<'s, S: Store> Txn<'s, S> {
         self.batch.put_owned(table, key, value);
     }
 
+    /// Writes `value` at `key` only if, at commit, the store still holds
+    /// `expected` there (`None`: nothing); otherwise the commit fails with
+    /// [`StoreError::Conflict`] and writes nothing. For records that several
+    /// processes sharing a data directory may update.
+    pub fn put_expecting(
+        &mut self,
+        table: Table,
+        key: &[u8],
+        value: Vec<u8>,
+        expected: Option<&[u8]>,
+    ) {
+        self.batch.expect(table, key, expected);
+        self.batch.put_owned(table, key, value);
+    }
+
+    /// The committed value of `key` as of this transaction's start, ignoring
+    /// its own pending writes.
+    pub fn committed(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        self.reader.get(table, key)
+    }
+
     /// Deletes `key`.
     pub fn delete(&mut self, table: Table, key: &[u8]) {
         self.batch.delete(table, key);

@@ -11,6 +11,9 @@ use peermq::{Config, ConnId, Event, Instant, MemStore, Node, Output, PeerId};
 /// One end of a link: node index and its connection id.
 pub type End = (usize, ConnId);
 
+/// A hook that sees (and may change) each chunk a node transmits.
+pub type Tamper = Box<dyn FnMut(usize, &mut Vec<u8>)>;
+
 pub struct Net {
     pub nodes: Vec<Option<Node<MemStore>>>,
     pub stores: Vec<MemStore>,
@@ -25,7 +28,7 @@ pub struct Net {
     /// Every byte transmitted, per sending node.
     pub sent_bytes: Vec<u64>,
     /// Called on every transmitted chunk; may change it.
-    pub tamper: Option<Box<dyn FnMut(usize, &mut Vec<u8>)>>,
+    pub tamper: Option<Tamper>,
     /// Transcript of every output, for determinism checks.
     pub transcript: blake3::Hasher,
     /// Redirect dials: a dial to `key` reaches node `value` instead.
