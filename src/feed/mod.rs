@@ -296,24 +296,21 @@ impl Feed {
     /// Reads block `seq` if its bytes are stored here, checking them against
     /// their leaf hash so damaged bytes are reported, never returned.
     pub fn get<S: Store>(&self, txn: &Txn<'_, S>, seq: u64) -> Result<Option<Vec<u8>>, FeedError> {
+        Ok(self.get_ref(txn, seq)?.map(<[u8]>::to_vec))
+    }
+
+    /// [`Feed::get`] without the copy: the bytes borrow from the transaction.
+    pub fn get_ref<'t, S: Store>(&self, txn: &'t Txn<'_, S>, seq: u64) -> Result<Option<&'t [u8]>, FeedError> {
         if seq >= self.len() {
             return Ok(None);
         }
-        let Some(records::Leaf {
-            node,
-            data: Some(data),
-        }) = records::read_leaf(txn, &self.id, seq)?
-        else {
+        let Some(records::Leaf { node, data: Some(data) }) = records::read_leaf(txn, &self.id, seq)? else {
             return Ok(None);
         };
         if Node::leaf(seq, data) != node {
-            return Err(FeedError::Corrupt {
-                feed: self.id,
-                seq,
-                what: "block",
-            });
+            return Err(FeedError::Corrupt { feed: self.id, seq, what: "block" });
         }
-        Ok(Some(data.to_vec()))
+        Ok(Some(data))
     }
 
     /// Whether block `seq`'s bytes are stored here.

@@ -562,7 +562,7 @@ impl State {
                 continue;
             };
             let mut budget = 4 * max_data;
-            let mut blocks: Vec<Vec<u8>> = Vec::new();
+            let mut blocks: Vec<&[u8]> = Vec::new();
             while budget > 0 {
                 let Some(w) = conn.serve.pop_front() else {
                     break;
@@ -581,7 +581,7 @@ impl State {
                 let mut bytes = 0;
                 let mut e = w.start;
                 while e < end {
-                    let Some(data) = feed.get(&txn, e)? else {
+                    let Some(data) = feed.get_ref(&txn, e)? else {
                         break;
                     };
                     if !blocks.is_empty() && bytes + data.len() > max_data {
@@ -608,7 +608,7 @@ impl State {
                 DataMsg::encode_parts(
                     &head,
                     &proof,
-                    blocks.iter().map(|b| b.as_slice()),
+                    blocks.iter().copied(),
                     &mut conn.tx_plain,
                 );
                 budget = budget.saturating_sub(bytes.max(1));

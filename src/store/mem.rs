@@ -1,13 +1,18 @@
 //! An in-memory store for tests and simulations, with a crash model.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::batch::Key;
 use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
-type Map = BTreeMap<Key, Vec<u8>>;
+/// Hash maps, not B-trees: point reads and writes dominate, and comparing
+/// 40-byte keys that share a 32-byte feed prefix all the way down a big
+/// B-tree costs more than one hash. Scans, which are rare and over small
+/// tables, sort. The hasher has fixed keys: the core draws no OS randomness.
+type Map = HashMap<Key, Vec<u8>, BuildHasherDefault<DefaultHasher>>;
 
 #[derive(Clone, Default)]
 struct Tables {
@@ -140,13 +145,14 @@ impl StoreRead for MemReader {
             .map(|v| v.as_slice()))
     }
 
-    fn scan(
-        &self,
-        table: Table,
-        range: (Bound<&[u8]>, Bound<&[u8]>),
-        visit: &mut Visit<'_>,
-    ) -> Result<(), StoreError> {
-        for (k, v) in self.tables.maps[table.position()].range::<[u8], _>(range) {
+    fn scan(&self, table: Table, range: (Bound<&[u8]>, Bound<&[u8]>), visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        let mut hits: Vec<(&[u8], &[u8])> = self.tables.maps[table.position()]
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .filter(|(k, _)| RangeBounds::<[u8]>::contains(&range, *k))
+            .collect();
+        hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in hits {
             if visit(k, v).is_break() {
                 break;
             }
