@@ -31,7 +31,7 @@ pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError};
 pub use node::{
     CloseReason, Config, ConnId, Event, Fetch, Mailbox, Node, NodeError, Output, PeerStatus,
-    Prefetch, Record,
+    Prefetch, RawPeer, Record,
 };
 pub use rng::{RandomSource, SeededRng};
 #[cfg(feature = "lmdb")]

@@ -30,11 +30,13 @@ mod event;
 mod inbox;
 mod outbox;
 mod queue;
+mod raw;
 mod replicate;
 
 pub use config::{limits, Config, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
+pub use raw::RawPeer;
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

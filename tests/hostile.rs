@@ -1,0 +1,292 @@
+//! A hostile peer: every kind of bad input closes that connection with a
+//! specific reason, the node keeps serving its other peers, nothing stored
+//! is lost, and nothing panics.
+
+use peermq::feed::{Feed, FeedDescriptor};
+use peermq::wire::{DataMsg, Message};
+use peermq::{CloseReason, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer, SeededRng, Txn};
+use quickcheck::{QuickCheck, TestResult};
+
+fn config(seed: u64) -> peermq::Config {
+    peermq::Config { rng_seed: seed, store_poll_interval: None, ..peermq::Config::default() }
+}
+
+/// Node A with a well-behaved peer C connected, and a hostile key H that A
+/// authorized.
+struct World {
+    a: Node<MemStore>,
+    c: Node<MemStore>,
+    a_c: ConnId,
+    c_a: ConnId,
+    h: Keypair,
+    events: Vec<Event>,
+}
+
+impl World {
+    fn new() -> Self {
+        let mut a = Node::open(MemStore::new(), config(1), Instant::ZERO).unwrap();
+        let c = Node::open(MemStore::new(), config(2), Instant::ZERO).unwrap();
+        let h = Keypair::generate(&mut SeededRng::from_u64(99));
+        a.add_peer(c.id()).unwrap();
+        a.add_peer(h.peer_id()).unwrap();
+        let mut w = World { a, c, a_c: ConnId(0), c_a: ConnId(0), h, events: Vec::new() };
+        let now = Instant::ZERO;
+        w.c_a = w.c.connect(w.a.id(), now);
+        w.a_c = w.a.accept(now);
+        let a_id = w.a.id();
+        w.c.send(a_id, b"before", now).unwrap();
+        w.pump(None);
+        assert_eq!(w.unread(), vec![b"before".to_vec()]);
+        w
+    }
+
+    /// Moves bytes between A, C and the raw peer until nothing moves.
+    fn pump(&mut self, mut raw: Option<(&mut RawPeer, ConnId)>) {
+        let now = Instant::ZERO;
+        loop {
+            let mut moved = false;
+            while let Some(out) = self.a.poll_output() {
+                moved = true;
+                match out {
+                    Output::Transmit { conn, bytes } if conn == self.a_c => self.c.handle_input(self.c_a, &bytes, now).unwrap(),
+                    Output::Transmit { conn, bytes } => {
+                        if let Some((r, rc)) = raw.as_mut() {
+                            if conn == *rc {
+                                let _ = r.input(&bytes);
+                            }
+                        }
+                    }
+                    Output::Event(e) => self.events.push(e),
+                    Output::Close { conn, .. } => {
+                        if let Some((_, rc)) = raw.as_ref() {
+                            if conn == *rc {
+                                raw = None;
+                            }
+                        }
+                    }
+                    Output::Dial { .. } => {}
+                }
+            }
+            while let Some(out) = self.c.poll_output() {
+                moved = true;
+                if let Output::Transmit { conn, bytes } = out {
+                    if conn == self.c_a {
+                        self.a.handle_input(self.a_c, &bytes, now).unwrap();
+                    }
+                }
+            }
+            if let Some((r, rc)) = raw.as_mut() {
+                let bytes = r.output().unwrap_or_default();
+                if !bytes.is_empty() {
+                    moved = true;
+                    self.a.handle_input(*rc, &bytes, now).unwrap();
+                }
+            }
+            if !moved {
+                if self.a.poll_timeout() == Some(now) || self.c.poll_timeout() == Some(now) {
+                    self.a.handle_timeout(now).unwrap();
+                    self.c.handle_timeout(now).unwrap();
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    fn unread(&mut self) -> Vec<Vec<u8>> {
+        self.a.read(Mailbox::Unread, None, 100).unwrap().into_iter().map(|r| r.data).collect()
+    }
+
+    /// A hostile connection that completed its handshake with A.
+    fn hostile(&mut self, seed: u64) -> (RawPeer, ConnId) {
+        let mut raw = RawPeer::dial(&self.h, seed, self.a.id()).unwrap();
+        let conn = self.a.accept(Instant::ZERO);
+        self.pump(Some((&mut raw, conn)));
+        assert!(raw.is_open());
+        (raw, conn)
+    }
+
+    fn closed_with(&self, conn: ConnId) -> Option<CloseReason> {
+        self.events.iter().find_map(|e| match e {
+            Event::Disconnected { conn: c, reason, .. } if *c == conn => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    /// After the hostile peer is gone, A still serves C and kept its data.
+    fn still_serving(&mut self) {
+        let before = self.unread().len();
+        let a_id = self.a.id();
+        self.c.send(a_id, b"after", Instant::ZERO).unwrap();
+        self.pump(None);
+        let unread = self.unread();
+        assert_eq!(unread.len(), before + 1);
+        assert_eq!(unread[0], b"before".to_vec());
+        assert_eq!(unread.last().unwrap(), &b"after".to_vec());
+    }
+}
+
+fn run(bad: impl FnOnce(&mut World, &mut RawPeer)) -> CloseReason {
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(7);
+    bad(&mut w, &mut raw);
+    w.pump(Some((&mut raw, conn)));
+    let reason = w.closed_with(conn).expect("hostile connection closed");
+    w.still_serving();
+    reason
+}
+
+#[test]
+fn a_malformed_message_closes_the_connection() {
+    // A request (type 2) whose body is one byte long.
+    let reason = run(|_, raw| raw.send_plaintext(&[2, 0, 0, 0, 2, 9]));
+    assert!(matches!(reason, CloseReason::Malformed(_)), "{reason:?}");
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_buffering() {
+    let reason = run(|_, raw| raw.send_plaintext(&[0xff, 0xff, 0xff, 0x7f, 3]));
+    assert!(matches!(reason, CloseReason::TooLarge { size: 0x7fff_ffff, .. }), "{reason:?}");
+}
+
+#[test]
+fn a_head_with_a_bad_signature_closes_the_connection() {
+    let reason = run(|w, raw| {
+        let desc = FeedDescriptor::queue(w.h.peer_id(), w.a.id());
+        let mut head = peermq::SignedHead::sign(&w.h, desc.id(), 1, peermq::merkle::Hash([1; 32]));
+        head.signature[0] ^= 1;
+        raw.send(&Message::Head { desc, head });
+    });
+    assert!(matches!(reason, CloseReason::BadData(_)), "{reason:?}");
+}
+
+#[test]
+fn unrequested_data_is_unexpected() {
+    let reason = run(|w, raw| {
+        let (feed, store) = hostile_feed(w);
+        let txn = Txn::begin(&store).unwrap();
+        let proof = feed.prove(&txn, 0, 1, 0).unwrap();
+        let block = feed.get(&txn, 0).unwrap().unwrap();
+        raw.send(&Message::Data(DataMsg { head: *feed.head().unwrap(), proof, blocks: vec![&block] }));
+    });
+    assert!(matches!(reason, CloseReason::Unexpected(_)), "{reason:?}");
+}
+
+#[test]
+fn a_refusal_of_nothing_is_unexpected() {
+    let reason = run(|w, raw| {
+        let desc = FeedDescriptor::queue(w.h.peer_id(), w.a.id());
+        raw.send(&Message::NoData { feed: desc.id(), start: 0, end: 5 });
+    });
+    assert!(matches!(reason, CloseReason::Unexpected(_)), "{reason:?}");
+}
+
+/// A real feed from H to A, with three blocks.
+fn hostile_feed(w: &World) -> (Feed, MemStore) {
+    let store = MemStore::new();
+    let mut feed = Feed::new(FeedDescriptor::queue(w.h.peer_id(), w.a.id()));
+    let mut txn = Txn::begin(&store).unwrap();
+    feed.append_batch(&mut txn, &w.h, &[b"one".as_slice(), b"two", b"three"]).unwrap();
+    txn.commit().unwrap();
+    (feed, store)
+}
+
+#[test]
+fn a_tampered_block_is_rejected_and_not_stored() {
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(8);
+    let (feed, store) = hostile_feed(&w);
+    raw.send(&Message::Head { desc: *feed.descriptor(), head: *feed.head().unwrap() });
+    w.pump(Some((&mut raw, conn)));
+    // A asked for the blocks; answer with a valid proof and a forged block.
+    let requests = raw.messages().unwrap();
+    let (kind, body) = requests.iter().find(|(k, _)| *k == 2).expect("A requested the blocks");
+    let Message::Request { start, end, base, .. } = Message::decode(*kind, body, 100).unwrap() else { panic!() };
+    let txn = Txn::begin(&store).unwrap();
+    let proof = feed.prove(&txn, start, end, base).unwrap();
+    let mut blocks: Vec<Vec<u8>> = (start..end).map(|s| feed.get(&txn, s).unwrap().unwrap()).collect();
+    blocks[0][0] ^= 1;
+    let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
+    raw.send(&Message::Data(DataMsg { head: *feed.head().unwrap(), proof, blocks: refs }));
+    w.pump(Some((&mut raw, conn)));
+    let reason = w.closed_with(conn).expect("closed");
+    assert!(matches!(reason, CloseReason::BadData(_)), "{reason:?}");
+    let from_h = w.a.read(Mailbox::Unread, None, 100).unwrap().into_iter().filter(|r| r.from == w.h.peer_id()).count();
+    assert_eq!(from_h, 0, "nothing of the forged feed was kept");
+    w.still_serving();
+}
+
+#[test]
+fn a_handshake_out_of_order_fails_cleanly() {
+    let mut w = World::new();
+    let mut raw = RawPeer::dial(&w.h, 9, w.a.id()).unwrap();
+    let first = raw.output().unwrap();
+    let conn = w.a.accept(Instant::ZERO);
+    // The first handshake message twice: the second arrives where the third
+    // belongs.
+    w.a.handle_input(conn, &first, Instant::ZERO).unwrap();
+    w.a.handle_input(conn, &first, Instant::ZERO).unwrap();
+    w.pump(None);
+    let reason = w.closed_with(conn).expect("closed");
+    assert!(matches!(reason, CloseReason::Handshake(_)), "{reason:?}");
+    w.still_serving();
+}
+
+#[test]
+fn random_bytes_never_panic_before_or_after_the_handshake() {
+    fn prop(junk: Vec<u8>, as_plaintext: bool) -> TestResult {
+        let mut a = Node::open(MemStore::new(), config(3), Instant::ZERO).unwrap();
+        let h = Keypair::generate(&mut SeededRng::from_u64(4));
+        a.add_peer(h.peer_id()).unwrap();
+        // Straight into a fresh connection.
+        let conn = a.accept(Instant::ZERO);
+        if a.handle_input(conn, &junk, Instant::ZERO).is_err() {
+            return TestResult::failed();
+        }
+        // And, as plaintext or raw frames, into an authenticated one.
+        let mut raw = RawPeer::dial(&h, 5, a.id()).unwrap();
+        let conn = a.accept(Instant::ZERO);
+        for _ in 0..4 {
+            let bytes = raw.output().unwrap();
+            if a.handle_input(conn, &bytes, Instant::ZERO).is_err() {
+                return TestResult::failed();
+            }
+            while let Some(out) = a.poll_output() {
+                if let Output::Transmit { bytes, .. } = out {
+                    let _ = raw.input(&bytes);
+                }
+            }
+        }
+        if !raw.is_open() {
+            return TestResult::failed();
+        }
+        let bytes = if as_plaintext {
+            raw.send_plaintext(&junk);
+            raw.output().unwrap()
+        } else {
+            junk
+        };
+        TestResult::from_bool(a.handle_input(conn, &bytes, Instant::ZERO).is_ok())
+    }
+    QuickCheck::new().tests(300).quickcheck(prop as fn(Vec<u8>, bool) -> TestResult);
+}
+
+#[test]
+fn a_data_message_claiming_huge_block_counts_is_refused() {
+    let reason = run(|w, raw| {
+        let (feed, _) = hostile_feed(w);
+        let head = *feed.head().unwrap();
+        // A data header claiming 3 blocks but carrying no bytes for them.
+        let mut body = Vec::new();
+        body.extend_from_slice(&head.encode());
+        for v in [0u64, 3, 0] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&0u16.to_le_bytes());
+        let mut msg = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+        msg.push(3);
+        msg.extend_from_slice(&body);
+        raw.send_plaintext(&msg);
+    });
+    assert!(matches!(reason, CloseReason::Malformed(_)), "{reason:?}");
+}
