@@ -486,3 +486,88 @@ fn a_send_from_another_process_reaches_a_running_node_and_nothing_is_overwritten
         "already archived by the other process"
     );
 }
+
+#[test]
+fn a_cleared_message_is_never_downloaded_and_a_cleared_one_is_gone() {
+    let configs = vec![
+        Config {
+            rng_seed: 1,
+            prefetch: Prefetch::All,
+            ..Config::default()
+        },
+        Config {
+            rng_seed: 2,
+            prune_acked: true,
+            ..Config::default()
+        },
+    ];
+    let mut net = Net::with_configs(configs);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let now = net.now;
+    net.node(B)
+        .send_batch(a, &[vec![1u8; 1000], vec![2u8; 1000], vec![3u8; 1000]], now)
+        .unwrap();
+    // A clears message 1 before it ever arrives.
+    assert!(net.node(A).clear(b, 1, now).unwrap());
+    assert!(!net.node(A).clear(b, 1, now).unwrap());
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(2));
+    let seqs: Vec<u64> = net
+        .node(A)
+        .read(Mailbox::Unread, None, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![0, 2]);
+    let now = net.now;
+    assert_eq!(net.node(A).get(b, 1, now).unwrap(), Fetch::Cleared);
+    // Only two of the three 1000-byte blocks crossed the wire.
+    assert!(
+        net.sent_bytes[B] < 2 * 1000 + 1500,
+        "{} bytes",
+        net.sent_bytes[B]
+    );
+    // The sender pruned everything acknowledged (cleared counts as handled).
+    assert_eq!(net.node(B).status().unwrap()[0].acked, 3);
+    assert_eq!(net.node(B).prune(a).unwrap(), 0, "already pruned on ack");
+    // Clearing an arrived message drops it from both mailboxes.
+    let now = net.now;
+    net.node(A).archive(b, 0, now).unwrap();
+    assert!(net.node(A).clear(b, 0, now).unwrap());
+    assert!(net
+        .node(A)
+        .read(Mailbox::Archived, None, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        net.node(A).read(Mailbox::Unread, None, 10).unwrap().len(),
+        1
+    );
+    assert!(matches!(
+        net.node(A).archive(b, 0, now),
+        Err(peermq::NodeError::Cleared { .. })
+    ));
+}
+
+#[test]
+fn a_live_reader_sees_every_message_appended_after_it_caught_up() {
+    let mut net = Net::new(2);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let now = net.now;
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    for i in 0..20u64 {
+        let now = net.now;
+        net.node(B).send(a, format!("{i}").as_bytes(), now).unwrap();
+        net.run_for(Duration::from_millis(10));
+        assert_eq!(
+            net.messages(A).last(),
+            Some(&(b, i)),
+            "message {i} announced as soon as it arrived"
+        );
+    }
+    assert_eq!(net.messages(A).len(), 20);
+}
