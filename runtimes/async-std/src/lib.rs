@@ -1,1 +1,98 @@
-//! placeholder
+//! # peermq-async-std
+//!
+//! Runs peermq nodes on async-std. The protocol, the node and the [`Mq`]
+//! handle live in `peermq-driver`; this crate only teaches it async-std's
+//! spawn, timers and TCP.
+//!
+//! **async-std is discontinued upstream** (its authors point to smol, see
+//! `peermq-smol`). This adapter is kept because users asked for it, behind
+//! the `async-std` cargo feature (on by default); without the feature the
+//! crate only re-exports the runtime-agnostic driver.
+//!
+//! ```no_run
+//! # #[cfg(feature = "async-std")]
+//! async_std::task::block_on(async {
+//!     let mq = peermq_async_std::open("peermq-data")?;
+//!     mq.listen("127.0.0.1:0".parse().unwrap()).await?;
+//!     println!("my id: {}", mq.id().await);
+//!     mq.shutdown().await
+//! })?;
+//! # Ok::<(), peermq_async_std::MqError>(())
+//! ```
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use peermq_driver::*;
+
+#[cfg(feature = "async-std")]
+mod adapter {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use peermq_driver::{BoxFuture, Listener, Mq, MqError, Runtime, Transport};
+
+    /// The async-std [`Runtime`]: spawns onto async-std's global executor.
+    #[derive(Debug, Clone, Default)]
+    pub struct AsyncStdRuntime;
+
+    impl AsyncStdRuntime {
+        /// The runtime, ready to hand to [`Mq::builder`].
+        pub fn new() -> Arc<Self> {
+            Arc::new(AsyncStdRuntime)
+        }
+    }
+
+    impl Runtime for AsyncStdRuntime {
+        fn spawn(&self, future: BoxFuture<'static, ()>) {
+            async_std::task::spawn(future);
+        }
+
+        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+            Box::pin(async_std::task::sleep(duration))
+        }
+
+        fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>> {
+            Box::pin(async move { transport(async_std::net::TcpStream::connect(addr).await?) })
+        }
+
+        fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+            Box::pin(async move {
+                let listener = async_std::net::TcpListener::bind(addr).await?;
+                Ok(Box::new(AsyncStdListener(listener)) as Box<dyn Listener>)
+            })
+        }
+    }
+
+    struct AsyncStdListener(async_std::net::TcpListener);
+
+    impl Listener for AsyncStdListener {
+        fn accept(&self) -> BoxFuture<'_, io::Result<Transport>> {
+            Box::pin(async move { transport(self.0.accept().await?.0) })
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            self.0.local_addr()
+        }
+    }
+
+    fn transport(stream: async_std::net::TcpStream) -> io::Result<Transport> {
+        stream.set_nodelay(true)?;
+        Ok(Transport {
+            reader: Box::new(stream.clone()),
+            writer: Box::new(stream),
+        })
+    }
+
+    /// Opens the node whose data lives in `dir` on async-std, with default
+    /// settings (see [`Mq::builder`] for the others).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Mq, MqError> {
+        Mq::builder(dir).open(AsyncStdRuntime::new())
+    }
+}
+
+#[cfg(feature = "async-std")]
+pub use adapter::{open, AsyncStdRuntime};

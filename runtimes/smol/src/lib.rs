@@ -1,1 +1,86 @@
-//! placeholder
+//! # peermq-smol
+//!
+//! Runs peermq nodes on smol. The protocol, the node and the [`Mq`] handle
+//! live in `peermq-driver`; this crate only teaches it smol's spawn, timers
+//! and TCP.
+//!
+//! ```no_run
+//! smol::block_on(async {
+//!     let mq = peermq_smol::open("peermq-data")?;
+//!     mq.listen("127.0.0.1:0".parse().unwrap()).await?;
+//!     println!("my id: {}", mq.id().await);
+//!     mq.shutdown().await
+//! })?;
+//! # Ok::<(), peermq_smol::MqError>(())
+//! ```
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use peermq_driver::*;
+
+/// The smol [`Runtime`]: spawns onto smol's global executor.
+#[derive(Debug, Clone, Default)]
+pub struct SmolRuntime;
+
+impl SmolRuntime {
+    /// The runtime, ready to hand to [`Mq::builder`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(SmolRuntime)
+    }
+}
+
+impl Runtime for SmolRuntime {
+    fn spawn(&self, future: BoxFuture<'static, ()>) {
+        smol::spawn(future).detach();
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            smol::Timer::after(duration).await;
+        })
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>> {
+        Box::pin(async move { transport(smol::net::TcpStream::connect(addr).await?) })
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let listener = smol::net::TcpListener::bind(addr).await?;
+            Ok(Box::new(SmolListener(listener)) as Box<dyn Listener>)
+        })
+    }
+}
+
+struct SmolListener(smol::net::TcpListener);
+
+impl Listener for SmolListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<Transport>> {
+        Box::pin(async move { transport(self.0.accept().await?.0) })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+fn transport(stream: smol::net::TcpStream) -> io::Result<Transport> {
+    stream.set_nodelay(true)?;
+    Ok(Transport {
+        reader: Box::new(stream.clone()),
+        writer: Box::new(stream),
+    })
+}
+
+/// Opens the node whose data lives in `dir` on smol, with default settings
+/// (see [`Mq::builder`] for the others).
+pub fn open(dir: impl Into<PathBuf>) -> Result<Mq, MqError> {
+    Mq::builder(dir).open(SmolRuntime::new())
+}

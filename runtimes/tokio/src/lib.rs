@@ -1,1 +1,142 @@
-//! placeholder
+//! # peermq-tokio
+//!
+//! Runs peermq nodes on tokio. The protocol, the node and the [`Mq`] handle
+//! live in `peermq-driver`; this crate only teaches it tokio's spawn, timers
+//! and TCP.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), peermq_tokio::MqError> {
+//! let mq = peermq_tokio::open("peermq-data")?;
+//! mq.listen("127.0.0.1:0".parse().unwrap()).await?;
+//! println!("my id: {}", mq.id().await);
+//! mq.shutdown().await
+//! # }
+//! ```
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+pub use peermq_driver::*;
+
+/// The tokio [`Runtime`]: spawns onto the runtime it was created in.
+#[derive(Debug, Clone)]
+pub struct TokioRuntime {
+    handle: tokio::runtime::Handle,
+}
+
+impl TokioRuntime {
+    /// The runtime of the current tokio context.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime; use [`TokioRuntime::with_handle`] there.
+    pub fn new() -> Arc<Self> {
+        Self::with_handle(tokio::runtime::Handle::current())
+    }
+
+    /// The runtime behind `handle`.
+    pub fn with_handle(handle: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(TokioRuntime { handle })
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn spawn(&self, future: BoxFuture<'static, ()>) {
+        self.handle.spawn(future);
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let _guard = self.handle.enter();
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let stream = handle
+                .spawn(tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(io::Error::other)??;
+            transport(stream)
+        })
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let listener = handle
+                .spawn(tokio::net::TcpListener::bind(addr))
+                .await
+                .map_err(io::Error::other)??;
+            Ok(Box::new(TokioListener(listener)) as Box<dyn Listener>)
+        })
+    }
+}
+
+struct TokioListener(tokio::net::TcpListener);
+
+impl Listener for TokioListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<Transport>> {
+        Box::pin(async move { transport(self.0.accept().await?.0) })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+fn transport(stream: tokio::net::TcpStream) -> io::Result<Transport> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    Ok(Transport {
+        reader: Box::new(Compat(r)),
+        writer: Box::new(Compat(w)),
+    })
+}
+
+/// tokio's I/O traits seen as the `futures` ones the driver uses.
+struct Compat<T>(T);
+
+impl<T: tokio::io::AsyncRead + Unpin> AsyncRead for Compat<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut rb))?;
+        Poll::Ready(Ok(rb.filled().len()))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> AsyncWrite for Compat<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Opens the node whose data lives in `dir` on the current tokio runtime,
+/// with default settings (see [`Mq::builder`] for the others).
+pub fn open(dir: impl Into<PathBuf>) -> Result<Mq, MqError> {
+    Mq::builder(dir).open(TokioRuntime::new())
+}

@@ -1,0 +1,819 @@
+//! The driver task: owns one [`Node`], and is the only code that touches it.
+//!
+//! Everything else (socket readers and writers, dialers, acceptors, the
+//! application's [`crate::Mq`] handles) talks to it through channels, so the
+//! node needs no locks, and no store transaction ever lives across an
+//! `.await`: every call into the node runs to completion between two awaits.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender};
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use peermq::ranges::RangeSet;
+use peermq::wire::Receipt;
+use peermq::{
+    ConnId, Event, Fetch, Instant, Mailbox, Node, Output, PeerId, PeerStatus, Record, Store,
+};
+use tracing::{debug, warn};
+
+use crate::discovery::{Discovery, StaticDiscovery};
+use crate::mq::{publish, MqError, MqEvent, Subscribers};
+use crate::{Listener, ReadHalf, Runtime, Transport, WriteHalf};
+
+/// Where a command's answer goes.
+pub(crate) type Reply<T> = Sender<Result<T, MqError>>;
+
+/// Where the answer of a sparse `get` goes.
+type FetchReply = Reply<Option<Vec<u8>>>;
+
+/// What a [`crate::Mq`] asks of the driver.
+pub(crate) enum Command {
+    AddPeer {
+        peer: PeerId,
+        addr: Option<SocketAddr>,
+        reply: Reply<bool>,
+    },
+    RemovePeer {
+        peer: PeerId,
+        reply: Reply<bool>,
+    },
+    Peers {
+        reply: Reply<Vec<PeerStatus>>,
+    },
+    Send {
+        to: PeerId,
+        messages: Vec<Vec<u8>>,
+        reply: Reply<Range<u64>>,
+    },
+    /// Up to `limit` records of `mailbox` not in `seen`, with the arrival
+    /// generation they were read at.
+    Read {
+        mailbox: Mailbox,
+        seen: BTreeMap<PeerId, RangeSet>,
+        limit: usize,
+        reply: Reply<(Vec<Record>, u64)>,
+    },
+    /// Answers once the arrival generation moves past `generation`.
+    Wait {
+        generation: u64,
+        reply: Reply<()>,
+    },
+    Get {
+        from: PeerId,
+        seq: u64,
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    Archive {
+        from: PeerId,
+        seq: u64,
+        reply: Reply<bool>,
+    },
+    Clear {
+        from: PeerId,
+        seq: u64,
+        reply: Reply<bool>,
+    },
+    Receipt {
+        to: PeerId,
+        reply: Reply<Option<Receipt>>,
+    },
+    Listen {
+        listener: Box<dyn Listener>,
+        reply: Reply<SocketAddr>,
+    },
+    Connect {
+        peer: PeerId,
+        reply: Reply<()>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: Reply<()>,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
+}
+
+/// What the I/O tasks tell the driver.
+enum Io {
+    Input(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Accepted(Transport),
+    Dialed(PeerId, Transport),
+    DialFailed(PeerId),
+}
+
+/// Bytes read from a socket per read call.
+const READ_BUF: usize = 64 << 10;
+/// Input of one connection merged into one `handle_input` call (one store
+/// commit), when it is already waiting.
+const MERGE_INPUT: usize = 1 << 20;
+/// Messages from I/O tasks buffered for the driver; a full buffer makes the
+/// socket readers wait, which pushes back on the peers.
+const IO_BUFFER: usize = 256;
+/// Bytes queued for one socket before the connection is closed as stuck.
+/// The protocol bounds what a healthy peer makes us send (requests in
+/// flight times data per message), so only a peer that stops reading ever
+/// reaches this.
+const MAX_QUEUED: usize = 96 << 20;
+/// Writes coalesced into one syscall.
+const WRITE_COALESCE: usize = 256 << 10;
+/// Most connections at once; further inbound ones are refused.
+const MAX_CONNS: usize = 1024;
+/// How long one TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one discovery lookup may take.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for sockets to drain.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct ConnIo {
+    tx: Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    peer: Option<PeerId>,
+    /// Dropping it stops the reader.
+    _stop: Sender<()>,
+}
+
+struct ListenerIo {
+    addr: SocketAddr,
+    _stop: Sender<()>,
+}
+
+pub(crate) struct Driver<S: Store> {
+    node: Node<S>,
+    me: PeerId,
+    rt: Arc<dyn Runtime>,
+    start: std::time::Instant,
+    cmd_rx: Receiver<Command>,
+    io_tx: Sender<Io>,
+    io_rx: Receiver<Io>,
+    conns: HashMap<ConnId, ConnIo>,
+    dialing: HashSet<PeerId>,
+    /// Peers the application asked us to stay connected to.
+    wanted: HashSet<PeerId>,
+    listeners: Vec<ListenerIo>,
+    discoveries: Arc<Vec<Arc<dyn Discovery>>>,
+    statics: Arc<StaticDiscovery>,
+    subscribers: Subscribers,
+    /// Bumped whenever a read could see something new.
+    generation: u64,
+    waiters: Vec<Reply<()>>,
+    fetches: HashMap<(PeerId, u64), Vec<FetchReply>>,
+    /// Every writer task holds a clone; shutdown drops ours and waits for
+    /// the channel to close, which is when every socket has drained.
+    writers_alive: Option<Sender<()>>,
+    writers_done: Receiver<()>,
+}
+
+enum Wake {
+    Cmd(Option<Command>),
+    Io(Io),
+    Timer,
+}
+
+impl<S: Store + Send + 'static> Driver<S> {
+    pub(crate) fn new(
+        node: Node<S>,
+        rt: Arc<dyn Runtime>,
+        start: std::time::Instant,
+        cmd_rx: Receiver<Command>,
+        discoveries: Vec<Arc<dyn Discovery>>,
+        statics: Arc<StaticDiscovery>,
+        subscribers: Subscribers,
+    ) -> Self {
+        let (io_tx, io_rx) = async_channel::bounded(IO_BUFFER);
+        let (alive, done) = async_channel::bounded(1);
+        Driver {
+            me: node.id(),
+            node,
+            rt,
+            start,
+            cmd_rx,
+            io_tx,
+            io_rx,
+            conns: HashMap::new(),
+            dialing: HashSet::new(),
+            wanted: HashSet::new(),
+            listeners: Vec::new(),
+            discoveries: Arc::new(discoveries),
+            statics,
+            subscribers,
+            generation: 0,
+            waiters: Vec::new(),
+            fetches: HashMap::new(),
+            writers_alive: Some(alive),
+            writers_done: done,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        let d = self.rt.now().saturating_duration_since(self.start);
+        Instant::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) async fn run(mut self) {
+        let shutdown_reply = loop {
+            self.pump();
+            let now = self.now();
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                if let Err(e) = self.node.handle_timeout(now) {
+                    warn!(error = %e, "peermq: store failed while handling timers; connections were reset and will be re-established");
+                }
+                self.pump();
+            }
+            // Take what is already waiting without sleeping, but yield to
+            // the executor so the socket tasks run too.
+            let mut busy = false;
+            for _ in 0..IO_BUFFER {
+                match self.io_rx.try_recv() {
+                    Ok(io) => {
+                        busy = true;
+                        self.on_io(io);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.cmd_rx.try_recv() {
+                Ok(cmd) => {
+                    busy = true;
+                    if let Some(reply) = self.on_command(cmd) {
+                        break Some(reply);
+                    }
+                }
+                Err(async_channel::TryRecvError::Closed) => break None,
+                Err(async_channel::TryRecvError::Empty) => {}
+            }
+            if busy {
+                future::yield_now().await;
+                continue;
+            }
+            self.pump();
+            let now = self.now();
+            let wait = self.node.poll_timeout().map(|t| t.saturating_since(now));
+            let wake = {
+                let cmd = async { Wake::Cmd(self.cmd_rx.recv().await.ok()) };
+                // The driver holds a sender, so this channel never closes.
+                let io = async {
+                    match self.io_rx.recv().await {
+                        Ok(io) => Wake::Io(io),
+                        Err(_) => future::pending().await,
+                    }
+                };
+                let rt = &self.rt;
+                let timer = async {
+                    match wait {
+                        Some(d) => rt.sleep(d).await,
+                        None => future::pending().await,
+                    }
+                    Wake::Timer
+                };
+                future::or(cmd, future::or(io, timer)).await
+            };
+            match wake {
+                Wake::Cmd(None) => break None,
+                Wake::Cmd(Some(cmd)) => {
+                    if let Some(reply) = self.on_command(cmd) {
+                        break Some(reply);
+                    }
+                }
+                Wake::Io(io) => self.on_io(io),
+                Wake::Timer => {}
+            }
+        };
+        self.shutdown(shutdown_reply).await;
+    }
+
+    async fn shutdown(mut self, reply: Option<Sender<()>>) {
+        for l in std::mem::take(&mut self.listeners) {
+            for d in self.discoveries.iter() {
+                d.withdraw(&self.me, l.addr);
+            }
+        }
+        self.wanted.clear();
+        let now = self.now();
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.node.close(id, now);
+        }
+        self.pump();
+        // Sockets the node already forgot (but whose writers still drain)
+        // and those just closed finish on their own; wait for them.
+        self.conns.clear();
+        drop(self.writers_alive.take());
+        let done = self.writers_done.clone();
+        let drained = crate::timeout(&*self.rt, FLUSH_TIMEOUT, async move {
+            let _ = done.recv().await;
+        })
+        .await;
+        if drained.is_none() {
+            warn!("peermq: shutdown gave up waiting for slow peers to take the last bytes");
+        }
+        // The store closes with the node; do it before answering, so the
+        // data directory can be opened again as soon as shutdown returns.
+        let Driver { node, .. } = self;
+        drop(node);
+        if let Some(reply) = reply {
+            let _ = reply.try_send(());
+        }
+    }
+
+    /// Executes the node's outputs until it has none.
+    fn pump(&mut self) {
+        loop {
+            let mut stuck = Vec::new();
+            while let Some(out) = self.node.poll_output() {
+                match out {
+                    Output::Transmit { conn, bytes } => {
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        if let Some(io) = self.conns.get(&conn) {
+                            let n = bytes.len();
+                            let queued = io.queued.fetch_add(n, Ordering::Relaxed) + n;
+                            if queued > MAX_QUEUED {
+                                stuck.push(conn);
+                            } else if io.tx.try_send(bytes).is_err() {
+                                // The writer failed; its Closed report is
+                                // on the way.
+                            }
+                        }
+                    }
+                    Output::Dial { peer } => self.start_dial(peer),
+                    Output::Close { conn, reason } => {
+                        debug!(%conn, %reason, "peermq: closing connection");
+                        self.conns.remove(&conn);
+                    }
+                    Output::Event(e) => self.on_event(e),
+                }
+            }
+            if stuck.is_empty() {
+                return;
+            }
+            let now = self.now();
+            for conn in stuck {
+                warn!(%conn, "peermq: peer stopped reading; closing the connection");
+                self.conns.remove(&conn);
+                self.node.handle_closed(conn, now);
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let ev = match e {
+            Event::Connected { conn, peer } => {
+                if let Some(io) = self.conns.get_mut(&conn) {
+                    io.peer = Some(peer);
+                }
+                MqEvent::Connected { peer }
+            }
+            Event::Disconnected { peer, reason, .. } => MqEvent::Disconnected { peer, reason },
+            Event::Acked { to, start, end } => MqEvent::Acked { to, start, end },
+            Event::Message { from, seq } => {
+                self.arrived(from, seq);
+                MqEvent::Message { from, seq }
+            }
+            Event::Fetched { from, seq } => {
+                self.arrived(from, seq);
+                MqEvent::Fetched { from, seq }
+            }
+            // The core also reports emitter events, which this queue handle
+            // does not surface; allowed so that it builds whichever kinds the
+            // core has.
+            #[allow(unreachable_patterns)]
+            other => {
+                debug!(event = ?other, "peermq: event not surfaced to Mq");
+                return;
+            }
+        };
+        publish(&self.subscribers, &ev);
+    }
+
+    fn wake_readers(&mut self) {
+        self.generation += 1;
+        for w in self.waiters.drain(..) {
+            let _ = w.try_send(Ok(()));
+        }
+    }
+
+    fn arrived(&mut self, from: PeerId, seq: u64) {
+        self.wake_readers();
+        if let Some(replies) = self.fetches.remove(&(from, seq)) {
+            let now = self.now();
+            let answer = match self.node.get(from, seq, now) {
+                Ok(Fetch::Ready(data)) => Some(Ok(Some(data))),
+                Ok(Fetch::Cleared) => Some(Ok(None)),
+                Ok(Fetch::Pending) => None,
+                Err(e) => {
+                    let msg = e.to_string();
+                    for r in &replies {
+                        let _ = r.try_send(Err(MqError::Store(peermq::StoreError::Backend(
+                            msg.clone(),
+                        ))));
+                    }
+                    return;
+                }
+            };
+            match answer {
+                Some(a) => {
+                    for r in replies {
+                        let _ = r.try_send(clone_answer(&a));
+                    }
+                }
+                None => {
+                    self.fetches.insert((from, seq), replies);
+                }
+            }
+        }
+    }
+
+    fn start_dial(&mut self, peer: PeerId) {
+        if !self.wanted.contains(&peer) || !self.dialing.insert(peer) {
+            return;
+        }
+        let rt = self.rt.clone();
+        let tx = self.io_tx.clone();
+        let discoveries = self.discoveries.clone();
+        self.rt.spawn(Box::pin(async move {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for d in discoveries.iter() {
+                match crate::timeout(&*rt, LOCATE_TIMEOUT, d.locate(&peer)).await {
+                    Some(Ok(found)) => {
+                        for a in found {
+                            if !addrs.contains(&a) {
+                                addrs.push(a);
+                            }
+                        }
+                    }
+                    Some(Err(e)) => debug!(%peer, error = %e, "peermq: discovery failed"),
+                    None => debug!(%peer, "peermq: discovery timed out"),
+                }
+            }
+            for addr in addrs {
+                match crate::timeout(&*rt, CONNECT_TIMEOUT, rt.connect(addr)).await {
+                    Some(Ok(t)) => {
+                        let _ = tx.send(Io::Dialed(peer, t)).await;
+                        return;
+                    }
+                    Some(Err(e)) => debug!(%peer, %addr, error = %e, "peermq: dial failed"),
+                    None => debug!(%peer, %addr, "peermq: dial timed out"),
+                }
+            }
+            let _ = tx.send(Io::DialFailed(peer)).await;
+        }));
+    }
+
+    fn on_io(&mut self, io: Io) {
+        let now = self.now();
+        match io {
+            Io::Input(conn, mut bytes) => {
+                if !self.conns.contains_key(&conn) {
+                    return;
+                }
+                // Merge what else this connection already sent: one
+                // handle_input is one store commit.
+                while bytes.len() < MERGE_INPUT {
+                    match self.io_rx.try_recv() {
+                        Ok(Io::Input(c, more)) if c == conn => bytes.extend_from_slice(&more),
+                        Ok(other) => {
+                            self.input(conn, &bytes, now);
+                            return self.on_io(other);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.input(conn, &bytes, now);
+            }
+            Io::Closed(conn) => {
+                if self.conns.remove(&conn).is_some() {
+                    self.node.handle_closed(conn, now);
+                }
+            }
+            Io::Accepted(t) => {
+                if self.conns.len() >= MAX_CONNS {
+                    warn!("peermq: too many connections; refusing an inbound one");
+                    return;
+                }
+                let id = self.node.accept(now);
+                self.attach(id, t);
+            }
+            Io::Dialed(peer, t) => {
+                self.dialing.remove(&peer);
+                if !self.wanted.contains(&peer) {
+                    return;
+                }
+                let id = self.node.connect(peer, now);
+                self.attach(id, t);
+            }
+            Io::DialFailed(peer) => {
+                self.dialing.remove(&peer);
+                if self.wanted.contains(&peer) {
+                    debug!(%peer, "peermq: peer not reachable yet; retrying with backoff");
+                    self.node.dial_failed(peer, now);
+                }
+            }
+        }
+    }
+
+    fn input(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
+        if let Err(e) = self.node.handle_input(conn, bytes, now) {
+            warn!(error = %e, "peermq: store failed while handling input; connections were reset and will be re-established");
+        }
+    }
+
+    /// Starts the reader and writer tasks of a new connection.
+    fn attach(&mut self, id: ConnId, t: Transport) {
+        let (tx, rx) = async_channel::unbounded();
+        let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let Some(alive) = self.writers_alive.clone() else {
+            return;
+        };
+        self.rt.spawn(Box::pin(read_loop(
+            id,
+            t.reader,
+            self.io_tx.clone(),
+            stop_rx,
+        )));
+        self.rt.spawn(Box::pin(write_loop(
+            id,
+            t.writer,
+            rx,
+            queued.clone(),
+            self.io_tx.clone(),
+            alive,
+        )));
+        self.conns.insert(
+            id,
+            ConnIo {
+                tx,
+                queued,
+                peer: None,
+                _stop: stop_tx,
+            },
+        );
+    }
+
+    /// Handles one command; returns the reply channel if it was shutdown.
+    fn on_command(&mut self, cmd: Command) -> Option<Sender<()>> {
+        let now = self.now();
+        match cmd {
+            Command::AddPeer { peer, addr, reply } => {
+                if let Some(addr) = addr {
+                    self.statics.insert(peer, addr);
+                }
+                answer(reply, self.node.add_peer(peer).map_err(Into::into));
+            }
+            Command::RemovePeer { peer, reply } => {
+                self.wanted.remove(&peer);
+                let r = self.node.remove_peer(&peer, now);
+                answer(reply, r.map_err(Into::into));
+            }
+            Command::Peers { reply } => {
+                answer(reply, self.node.status().map_err(Into::into));
+            }
+            Command::Send {
+                to,
+                messages,
+                reply,
+            } => {
+                let r = self.node.send_batch(to, &messages, now);
+                answer(reply, r.map_err(Into::into));
+            }
+            Command::Read {
+                mailbox,
+                seen,
+                limit,
+                reply,
+            } => {
+                let r = self.read_unseen(mailbox, &seen, limit);
+                answer(reply, r.map(|recs| (recs, self.generation)));
+            }
+            Command::Wait { generation, reply } => {
+                if generation != self.generation {
+                    let _ = reply.try_send(Ok(()));
+                } else {
+                    self.waiters.retain(|w| !w.is_closed());
+                    self.waiters.push(reply);
+                }
+            }
+            Command::Get { from, seq, reply } => match self.node.get(from, seq, now) {
+                Ok(Fetch::Ready(data)) => answer(reply, Ok(Some(data))),
+                Ok(Fetch::Cleared) => answer(reply, Ok(None)),
+                Ok(Fetch::Pending) => {
+                    let list = self.fetches.entry((from, seq)).or_default();
+                    list.retain(|r| !r.is_closed());
+                    list.push(reply);
+                }
+                Err(e) => answer(reply, Err(e.into())),
+            },
+            Command::Archive { from, seq, reply } => {
+                let r = self.node.archive(from, seq, now);
+                self.wake_readers();
+                answer(reply, r.map_err(Into::into));
+            }
+            Command::Clear { from, seq, reply } => {
+                let r = self.node.clear(from, seq, now);
+                self.wake_readers();
+                answer(reply, r.map_err(Into::into));
+            }
+            Command::Receipt { to, reply } => {
+                answer(reply, self.node.receipt(to).map_err(Into::into));
+            }
+            Command::Listen { listener, reply } => {
+                let addr = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(source) => {
+                        answer(
+                            reply,
+                            Err(MqError::Listen {
+                                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                                source,
+                            }),
+                        );
+                        return None;
+                    }
+                };
+                for d in self.discoveries.iter() {
+                    if let Err(source) = d.announce(&self.me, addr) {
+                        for d in self.discoveries.iter() {
+                            d.withdraw(&self.me, addr);
+                        }
+                        answer(reply, Err(MqError::Announce { addr, source }));
+                        return None;
+                    }
+                }
+                let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+                self.rt.spawn(Box::pin(accept_loop(
+                    listener,
+                    self.io_tx.clone(),
+                    stop_rx,
+                    self.rt.clone(),
+                )));
+                self.listeners.push(ListenerIo {
+                    addr,
+                    _stop: stop_tx,
+                });
+                answer(reply, Ok(addr));
+            }
+            Command::Connect { peer, reply } => {
+                if peer == self.me {
+                    answer(reply, Err(peermq::NodeError::SelfSend(peer).into()));
+                    return None;
+                }
+                self.wanted.insert(peer);
+                self.node.dial(peer, now);
+                answer(reply, Ok(()));
+            }
+            Command::Disconnect { peer, reply } => {
+                self.wanted.remove(&peer);
+                self.node.hang_up(&peer);
+                let ids: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.peer == Some(peer))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.node.close(id, now);
+                }
+                answer(reply, Ok(()));
+            }
+            Command::Shutdown { reply } => return Some(reply),
+        }
+        None
+    }
+
+    /// Up to `limit` records of `mailbox` that are not in `seen`, walking
+    /// the mailbox in (sender, seq) order and jumping over what was seen.
+    fn read_unseen(
+        &mut self,
+        mailbox: Mailbox,
+        seen: &BTreeMap<PeerId, RangeSet>,
+        limit: usize,
+    ) -> Result<Vec<Record>, MqError> {
+        let mut out = Vec::new();
+        let mut pos: Option<(PeerId, u64)> = None;
+        'pages: loop {
+            let page = self.node.read(mailbox, pos, limit)?;
+            if page.is_empty() {
+                break;
+            }
+            for r in page {
+                if let Some(s) = seen.get(&r.from) {
+                    if s.contains(r.seq) {
+                        // Resume right before the next unseen seq.
+                        pos = Some((r.from, s.next_gap(r.seq) - 1));
+                        continue 'pages;
+                    }
+                }
+                pos = Some((r.from, r.seq));
+                out.push(r);
+                if out.len() >= limit {
+                    break 'pages;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn answer<T>(reply: Reply<T>, r: Result<T, MqError>) {
+    // The asker may have given up (dropped its future); that is fine.
+    let _ = reply.try_send(r);
+}
+
+fn clone_answer(a: &Result<Option<Vec<u8>>, MqError>) -> Result<Option<Vec<u8>>, MqError> {
+    match a {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err(MqError::Store(peermq::StoreError::Backend(e.to_string()))),
+    }
+}
+
+async fn read_loop(conn: ConnId, mut reader: ReadHalf, tx: Sender<Io>, stop: Receiver<()>) {
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        let msg = match read {
+            // The driver dropped the connection: it knows.
+            None => return,
+            Some(Ok(0)) => Io::Closed(conn),
+            Some(Ok(n)) => Io::Input(conn, buf[..n].to_vec()),
+            Some(Err(e)) => {
+                debug!(%conn, error = %e, "peermq: read failed");
+                Io::Closed(conn)
+            }
+        };
+        let last = matches!(msg, Io::Closed(_));
+        if tx.send(msg).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    conn: ConnId,
+    mut writer: WriteHalf,
+    rx: Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    tx: Sender<Io>,
+    _alive: Sender<()>,
+) {
+    while let Ok(mut chunk) = rx.recv().await {
+        // Coalesce small queued writes into one syscall.
+        while chunk.len() < WRITE_COALESCE {
+            match rx.try_recv() {
+                Ok(more) => chunk.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let n = chunk.len();
+        if let Err(e) = writer.write_all(&chunk).await {
+            debug!(%conn, error = %e, "peermq: write failed");
+            let _ = tx.send(Io::Closed(conn)).await;
+            return;
+        }
+        queued.fetch_sub(n, Ordering::Relaxed);
+    }
+    // The driver closed the connection and everything queued was written.
+    let _ = writer.flush().await;
+    let _ = writer.close().await;
+}
+
+async fn accept_loop(
+    listener: Box<dyn Listener>,
+    tx: Sender<Io>,
+    stop: Receiver<()>,
+    rt: Arc<dyn Runtime>,
+) {
+    loop {
+        let got = future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        match got {
+            None => return,
+            Some(Ok(t)) => {
+                if tx.send(Io::Accepted(t)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                warn!(error = %e, "peermq: accepting a connection failed");
+                rt.sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
