@@ -154,6 +154,17 @@ impl RangeSet {
         out
     }
 
+    /// The set's ranges clipped to `[start, end)`.
+    pub fn ranges_within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let i = self.ranges.partition_point(|&(_, e)| e <= start);
+        self.ranges[i..]
+            .iter()
+            .take_while(|&&(s, _)| s < end)
+            .map(|&(s, e)| (s.max(start), e.min(end)))
+            .filter(|(s, e)| s < e)
+            .collect()
+    }
+
     /// Members in `[start, end)`, in order.
     pub fn iter_within(&self, start: u64, end: u64) -> impl Iterator<Item = u64> + '_ {
         let i = self.ranges.partition_point(|&(_, e)| e <= start);
@@ -236,6 +247,12 @@ mod tests {
                 let want: BTreeSet<u64> = (s..e).filter(|x| !model.contains(x)).collect();
                 assert_eq!(gaps, want);
                 let within: Vec<u64> = set.iter_within(s, e).collect();
+                let clipped: Vec<u64> = set
+                    .ranges_within(s, e)
+                    .into_iter()
+                    .flat_map(|(a, b)| a..b)
+                    .collect();
+                assert_eq!(clipped, within);
                 assert_eq!(
                     within,
                     model.range(s..e.max(s)).copied().collect::<Vec<_>>()

@@ -4,11 +4,18 @@
 
 use peermq::feed::{Feed, FeedDescriptor};
 use peermq::wire::{DataMsg, Message};
-use peermq::{CloseReason, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer, SeededRng, Txn};
+use peermq::{
+    CloseReason, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer,
+    SeededRng, Txn,
+};
 use quickcheck::{QuickCheck, TestResult};
 
 fn config(seed: u64) -> peermq::Config {
-    peermq::Config { rng_seed: seed, store_poll_interval: None, ..peermq::Config::default() }
+    peermq::Config {
+        rng_seed: seed,
+        store_poll_interval: None,
+        ..peermq::Config::default()
+    }
 }
 
 /// Node A with a well-behaved peer C connected, and a hostile key H that A
@@ -29,7 +36,14 @@ impl World {
         let h = Keypair::generate(&mut SeededRng::from_u64(99));
         a.add_peer(c.id()).unwrap();
         a.add_peer(h.peer_id()).unwrap();
-        let mut w = World { a, c, a_c: ConnId(0), c_a: ConnId(0), h, events: Vec::new() };
+        let mut w = World {
+            a,
+            c,
+            a_c: ConnId(0),
+            c_a: ConnId(0),
+            h,
+            events: Vec::new(),
+        };
         let now = Instant::ZERO;
         w.c_a = w.c.connect(w.a.id(), now);
         w.a_c = w.a.accept(now);
@@ -48,7 +62,9 @@ impl World {
             while let Some(out) = self.a.poll_output() {
                 moved = true;
                 match out {
-                    Output::Transmit { conn, bytes } if conn == self.a_c => self.c.handle_input(self.c_a, &bytes, now).unwrap(),
+                    Output::Transmit { conn, bytes } if conn == self.a_c => {
+                        self.c.handle_input(self.c_a, &bytes, now).unwrap()
+                    }
                     Output::Transmit { conn, bytes } => {
                         if let Some((r, rc)) = raw.as_mut() {
                             if conn == *rc {
@@ -94,7 +110,12 @@ impl World {
     }
 
     fn unread(&mut self) -> Vec<Vec<u8>> {
-        self.a.read(Mailbox::Unread, None, 100).unwrap().into_iter().map(|r| r.data).collect()
+        self.a
+            .read(Mailbox::Unread, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.data)
+            .collect()
     }
 
     /// A hostile connection that completed its handshake with A.
@@ -108,7 +129,9 @@ impl World {
 
     fn closed_with(&self, conn: ConnId) -> Option<CloseReason> {
         self.events.iter().find_map(|e| match e {
-            Event::Disconnected { conn: c, reason, .. } if *c == conn => Some(reason.clone()),
+            Event::Disconnected {
+                conn: c, reason, ..
+            } if *c == conn => Some(reason.clone()),
             _ => None,
         })
     }
@@ -146,7 +169,16 @@ fn a_malformed_message_closes_the_connection() {
 #[test]
 fn an_oversized_length_is_refused_before_buffering() {
     let reason = run(|_, raw| raw.send_plaintext(&[0xff, 0xff, 0xff, 0x7f, 3]));
-    assert!(matches!(reason, CloseReason::TooLarge { size: 0x7fff_ffff, .. }), "{reason:?}");
+    assert!(
+        matches!(
+            reason,
+            CloseReason::TooLarge {
+                size: 0x7fff_ffff,
+                ..
+            }
+        ),
+        "{reason:?}"
+    );
 }
 
 #[test]
@@ -167,7 +199,11 @@ fn unrequested_data_is_unexpected() {
         let txn = Txn::begin(&store).unwrap();
         let proof = feed.prove(&txn, 0, 1, 0).unwrap();
         let block = feed.get(&txn, 0).unwrap().unwrap();
-        raw.send(&Message::Data(DataMsg { head: *feed.head().unwrap(), proof, blocks: vec![&block] }));
+        raw.send(&Message::Data(DataMsg {
+            head: *feed.head().unwrap(),
+            proof,
+            blocks: vec![&block],
+        }));
     });
     assert!(matches!(reason, CloseReason::Unexpected(_)), "{reason:?}");
 }
@@ -176,7 +212,11 @@ fn unrequested_data_is_unexpected() {
 fn a_refusal_of_nothing_is_unexpected() {
     let reason = run(|w, raw| {
         let desc = FeedDescriptor::queue(w.h.peer_id(), w.a.id());
-        raw.send(&Message::NoData { feed: desc.id(), start: 0, end: 5 });
+        raw.send(&Message::NoData {
+            feed: desc.id(),
+            start: 0,
+            end: 5,
+        });
     });
     assert!(matches!(reason, CloseReason::Unexpected(_)), "{reason:?}");
 }
@@ -186,7 +226,8 @@ fn hostile_feed(w: &World) -> (Feed, MemStore) {
     let store = MemStore::new();
     let mut feed = Feed::new(FeedDescriptor::queue(w.h.peer_id(), w.a.id()));
     let mut txn = Txn::begin(&store).unwrap();
-    feed.append_batch(&mut txn, &w.h, &[b"one".as_slice(), b"two", b"three"]).unwrap();
+    feed.append_batch(&mut txn, &w.h, &[b"one".as_slice(), b"two", b"three"])
+        .unwrap();
     txn.commit().unwrap();
     (feed, store)
 }
@@ -196,22 +237,44 @@ fn a_tampered_block_is_rejected_and_not_stored() {
     let mut w = World::new();
     let (mut raw, conn) = w.hostile(8);
     let (feed, store) = hostile_feed(&w);
-    raw.send(&Message::Head { desc: *feed.descriptor(), head: *feed.head().unwrap() });
+    raw.send(&Message::Head {
+        desc: *feed.descriptor(),
+        head: *feed.head().unwrap(),
+    });
     w.pump(Some((&mut raw, conn)));
     // A asked for the blocks; answer with a valid proof and a forged block.
     let requests = raw.messages().unwrap();
-    let (kind, body) = requests.iter().find(|(k, _)| *k == 2).expect("A requested the blocks");
-    let Message::Request { start, end, base, .. } = Message::decode(*kind, body, 100).unwrap() else { panic!() };
+    let (kind, body) = requests
+        .iter()
+        .find(|(k, _)| *k == 2)
+        .expect("A requested the blocks");
+    let Message::Request {
+        start, end, base, ..
+    } = Message::decode(*kind, body, 100).unwrap()
+    else {
+        panic!()
+    };
     let txn = Txn::begin(&store).unwrap();
     let proof = feed.prove(&txn, start, end, base).unwrap();
-    let mut blocks: Vec<Vec<u8>> = (start..end).map(|s| feed.get(&txn, s).unwrap().unwrap()).collect();
+    let mut blocks: Vec<Vec<u8>> = (start..end)
+        .map(|s| feed.get(&txn, s).unwrap().unwrap())
+        .collect();
     blocks[0][0] ^= 1;
     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
-    raw.send(&Message::Data(DataMsg { head: *feed.head().unwrap(), proof, blocks: refs }));
+    raw.send(&Message::Data(DataMsg {
+        head: *feed.head().unwrap(),
+        proof,
+        blocks: refs,
+    }));
     w.pump(Some((&mut raw, conn)));
     let reason = w.closed_with(conn).expect("closed");
     assert!(matches!(reason, CloseReason::BadData(_)), "{reason:?}");
-    let from_h = w.a.read(Mailbox::Unread, None, 100).unwrap().into_iter().filter(|r| r.from == w.h.peer_id()).count();
+    let from_h =
+        w.a.read(Mailbox::Unread, None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.from == w.h.peer_id())
+            .count();
     assert_eq!(from_h, 0, "nothing of the forged feed was kept");
     w.still_serving();
 }
@@ -268,7 +331,9 @@ fn random_bytes_never_panic_before_or_after_the_handshake() {
         };
         TestResult::from_bool(a.handle_input(conn, &bytes, Instant::ZERO).is_ok())
     }
-    QuickCheck::new().tests(300).quickcheck(prop as fn(Vec<u8>, bool) -> TestResult);
+    QuickCheck::new()
+        .tests(300)
+        .quickcheck(prop as fn(Vec<u8>, bool) -> TestResult);
 }
 
 #[test]

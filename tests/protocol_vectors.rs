@@ -25,7 +25,10 @@ fn vectors() -> BTreeMap<&'static str, String> {
     v.insert("recipient_id", recipient.peer_id().to_string());
     let desc = FeedDescriptor::queue(author.peer_id(), recipient.peer_id());
     v.insert("queue_feed_id", desc.id().to_string());
-    v.insert("broadcast_feed_id", FeedDescriptor::broadcast(author.peer_id()).id().to_string());
+    v.insert(
+        "broadcast_feed_id",
+        FeedDescriptor::broadcast(author.peer_id()).id().to_string(),
+    );
 
     let l0 = Node::leaf(0, b"hello");
     let l1 = Node::leaf(1, b"world");
@@ -39,20 +42,50 @@ fn vectors() -> BTreeMap<&'static str, String> {
     let store = MemStore::new();
     let mut feed = Feed::new(desc);
     let mut txn = Txn::begin(&store).unwrap();
-    let head = feed.append_batch(&mut txn, &author, &[b"hello".as_slice(), b"world", b"!"]).unwrap();
+    let head = feed
+        .append_batch(&mut txn, &author, &[b"hello".as_slice(), b"world", b"!"])
+        .unwrap();
     txn.commit().unwrap();
     v.insert("signed_head_3", hex::encode(head.encode()));
 
     let txn = Txn::begin(&store).unwrap();
     v.insert("msg_head", encode(&Message::Head { desc, head }));
-    v.insert("msg_request", encode(&Message::Request { feed: desc.id(), start: 1, end: 2, base: 0 }));
+    v.insert(
+        "msg_request",
+        encode(&Message::Request {
+            feed: desc.id(),
+            start: 1,
+            end: 2,
+            base: 0,
+        }),
+    );
     let proof = feed.prove(&txn, 1, 2, 0).unwrap();
-    v.insert("msg_data_1_2_base_0", encode(&Message::Data(DataMsg { head, proof, blocks: vec![b"world"] })));
-    v.insert("msg_no_data", encode(&Message::NoData { feed: desc.id(), start: 5, end: 9 }));
+    v.insert(
+        "msg_data_1_2_base_0",
+        encode(&Message::Data(DataMsg {
+            head,
+            proof,
+            blocks: vec![b"world"],
+        })),
+    );
+    v.insert(
+        "msg_no_data",
+        encode(&Message::NoData {
+            feed: desc.id(),
+            start: 5,
+            end: 9,
+        }),
+    );
     let receipt = Receipt::sign(&recipient, desc.id(), RangeSet::from_range(0, 3));
     v.insert("msg_ack", encode(&Message::Ack(receipt)));
     v.insert("msg_keepalive", encode(&Message::Keepalive));
-    v.insert("msg_close", encode(&Message::Close { code: CloseCode::Idle, text: "bye" }));
+    v.insert(
+        "msg_close",
+        encode(&Message::Close {
+            code: CloseCode::Idle,
+            text: "bye",
+        }),
+    );
 
     let noise_static = [9u8; 32];
     let payload = HandshakePayload {
@@ -67,7 +100,9 @@ fn vectors() -> BTreeMap<&'static str, String> {
 /// `name = hex` lines of the ```vectors block in PROTOCOL.md.
 fn documented() -> BTreeMap<String, String> {
     let doc = include_str!("../PROTOCOL.md");
-    let start = doc.find("```vectors").expect("PROTOCOL.md has a vectors block");
+    let start = doc
+        .find("```vectors")
+        .expect("PROTOCOL.md has a vectors block");
     let body = &doc[start + "```vectors".len()..];
     let body = &body[..body.find("```").expect("vectors block is closed")];
     body.lines()
@@ -88,7 +123,11 @@ fn protocol_md_vectors_match_the_implementation() {
     for (name, want) in &computed {
         assert_eq!(documented.get(*name), Some(want), "vector {name}");
     }
-    assert_eq!(documented.len(), computed.len(), "PROTOCOL.md lists exactly the computed vectors");
+    assert_eq!(
+        documented.len(),
+        computed.len(),
+        "PROTOCOL.md lists exactly the computed vectors"
+    );
 }
 
 #[test]

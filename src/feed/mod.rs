@@ -157,6 +157,9 @@ impl Feed {
             return Ok(Some(feed));
         }
         let head = SignedHead::decode(rest).ok_or(corrupt("signed head"))?;
+        if head.length > flat::MAX_LENGTH {
+            return Err(corrupt("signed head length"));
+        }
         if head.feed != *id || !head.verify(&desc.author) {
             return Err(FeedError::BadSignature {
                 feed: *id,
@@ -300,15 +303,27 @@ impl Feed {
     }
 
     /// [`Feed::get`] without the copy: the bytes borrow from the transaction.
-    pub fn get_ref<'t, S: Store>(&self, txn: &'t Txn<'_, S>, seq: u64) -> Result<Option<&'t [u8]>, FeedError> {
+    pub fn get_ref<'t, S: Store>(
+        &self,
+        txn: &'t Txn<'_, S>,
+        seq: u64,
+    ) -> Result<Option<&'t [u8]>, FeedError> {
         if seq >= self.len() {
             return Ok(None);
         }
-        let Some(records::Leaf { node, data: Some(data) }) = records::read_leaf(txn, &self.id, seq)? else {
+        let Some(records::Leaf {
+            node,
+            data: Some(data),
+        }) = records::read_leaf(txn, &self.id, seq)?
+        else {
             return Ok(None);
         };
         if Node::leaf(seq, data) != node {
-            return Err(FeedError::Corrupt { feed: self.id, seq, what: "block" });
+            return Err(FeedError::Corrupt {
+                feed: self.id,
+                seq,
+                what: "block",
+            });
         }
         Ok(Some(data))
     }

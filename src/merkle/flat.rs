@@ -10,6 +10,10 @@
 //!  0   2   4   6
 //! ```
 
+/// Longest tree (in blocks) the numbering supports: every node index and
+/// block bound then fits in a `u64`. Heads claiming more are refused.
+pub const MAX_LENGTH: u64 = 1 << 62;
+
 /// The depth of node `i`: 0 for a leaf.
 pub fn depth(i: u64) -> u32 {
     (!i).trailing_zeros()
@@ -22,7 +26,9 @@ pub fn offset(i: u64) -> u64 {
 
 /// The index of the node at `depth` and `offset`.
 pub fn index(depth: u32, offset: u64) -> u64 {
-    (offset << (depth + 1)) | ((1u64 << depth) - 1)
+    // Wrapping shifts keep this total; callers stay below MAX_LENGTH, where
+    // nothing wraps.
+    offset.wrapping_shl(depth + 1) | (1u64.wrapping_shl(depth).wrapping_sub(1))
 }
 
 /// The index of leaf (block) `seq`.
@@ -54,8 +60,8 @@ pub fn children(i: u64) -> Option<(u64, u64)> {
 /// The blocks node `i` covers, as the half-open range `[first, end)`.
 pub fn blocks(i: u64) -> (u64, u64) {
     let d = depth(i);
-    let first = offset(i) << d;
-    (first, first + (1u64 << d))
+    let first = offset(i).wrapping_shl(d);
+    (first, first.saturating_add(1u64.wrapping_shl(d)))
 }
 
 /// The full roots of a tree of `length` blocks, left to right.

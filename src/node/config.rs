@@ -45,6 +45,14 @@ pub struct Config {
     /// Drop the bytes of blocks as soon as their recipient acknowledges them
     /// (tree nodes stay, so the feed remains verifiable).
     pub prune_acked: bool,
+    /// Accept connections from any identity, and relay broadcast feeds of
+    /// any author, as the event emitter does by default. When `false`, only
+    /// authorized peers (`add_peer`) may dial in, and only their broadcast
+    /// feeds (and ours) are replicated.
+    pub open: bool,
+    /// Most broadcast feeds (authors) the node will hold; announcements of
+    /// further authors are ignored, so peers cannot exhaust the store.
+    pub max_feeds: usize,
     /// While connected, look this often for messages that other processes
     /// sharing the data directory appended or archived, so that a `send`
     /// from another process goes out promptly. `None` turns it off (a store
@@ -67,6 +75,8 @@ impl Default for Config {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             prune_acked: false,
+            open: false,
+            max_feeds: 10_000,
             store_poll_interval: Some(Duration::from_millis(250)),
         }
     }

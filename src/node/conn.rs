@@ -1,7 +1,7 @@
 //! One connection: the Noise handshake, frames, and the decrypted message
 //! stream. Replication logic lives in the node; this is the secure pipe.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::feed::FeedId;
 use crate::identity::PeerId;
@@ -59,6 +59,8 @@ pub(crate) struct Conn {
     pub inflight: Vec<(FeedId, u64, u64)>,
     /// Requests from the peer waiting to be served.
     pub serve: VecDeque<Wanted>,
+    /// Broadcast feeds the peer announced, with the length it can serve.
+    pub remote_heads: BTreeMap<FeedId, u64>,
 }
 
 impl Conn {
@@ -83,6 +85,7 @@ impl Conn {
             last_tx: now,
             inflight: Vec::new(),
             serve: VecDeque::new(),
+            remote_heads: BTreeMap::new(),
         }
     }
 

@@ -78,6 +78,15 @@ pub enum Event {
         /// The block.
         seq: u64,
     },
+    /// Event `seq` of `author`'s broadcast feed is stored here (our own
+    /// included). Reported once per block per node run, in seq order per
+    /// author; read it with [`crate::Node::broadcast_get`].
+    Broadcast {
+        /// The author.
+        author: PeerId,
+        /// Its position in the author's broadcast feed.
+        seq: u64,
+    },
     /// `to` durably acknowledged messages `start..end` of our feed to it.
     Acked {
         /// The recipient.

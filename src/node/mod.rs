@@ -23,6 +23,7 @@
 //! # Ok::<(), peermq::NodeError>(())
 //! ```
 
+mod broadcast;
 mod config;
 mod conn;
 mod dial;
@@ -50,6 +51,7 @@ use crate::store::{meta, Store, StoreError, Table, Txn};
 use crate::time::Instant;
 use crate::wire::{HandshakePayload, Message, PROTOCOL_VERSION};
 
+use broadcast::Replica;
 use conn::Conn;
 use dial::Dial;
 use inbox::Inbox;
@@ -118,6 +120,8 @@ struct State {
     inboxes: BTreeMap<PeerId, Inbox>,
     /// Outgoing acknowledgement state, by recipient.
     outboxes: BTreeMap<PeerId, Outbox>,
+    /// Broadcast feeds held, own and relayed, all loaded at open.
+    replicas: BTreeMap<FeedId, Replica>,
     conns: BTreeMap<ConnId, Conn>,
     dials: BTreeMap<PeerId, Dial>,
     out: VecDeque<Output>,
@@ -148,6 +152,7 @@ impl<S: Store> Node<S> {
                 ControlFlow::Continue(())
             },
         )?;
+        let replicas = broadcast::load_all(&txn)?;
         txn.commit()?;
         let noise_key =
             StaticKey::generate(rng.fork()).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -171,6 +176,7 @@ impl<S: Store> Node<S> {
                 feeds: BTreeMap::new(),
                 inboxes: BTreeMap::new(),
                 outboxes: BTreeMap::new(),
+                replicas,
                 conns: BTreeMap::new(),
                 dials: BTreeMap::new(),
                 out: VecDeque::new(),
@@ -236,7 +242,17 @@ impl<S: Store> Node<S> {
     /// handshake as initiator and will check that `peer` answers.
     pub fn connect(&mut self, peer: PeerId, now: Instant) -> ConnId {
         self.st.now = now;
-        let id = self.st.new_conn(Some(peer), now);
+        let id = self.st.new_conn(Some(peer), true, now);
+        self.st.flush_all(now);
+        id
+    }
+
+    /// The driver opened a transport to an address whose key it does not
+    /// know (the emitter's `connect(host, port)`): the node dials and takes
+    /// whoever answers, as long as it would accept that key inbound.
+    pub fn connect_any(&mut self, now: Instant) -> ConnId {
+        self.st.now = now;
+        let id = self.st.new_conn(None, true, now);
         self.st.flush_all(now);
         id
     }
@@ -245,7 +261,7 @@ impl<S: Store> Node<S> {
     /// handshake and admits it only if the dialer is an authorized peer.
     pub fn accept(&mut self, now: Instant) -> ConnId {
         self.st.now = now;
-        let id = self.st.new_conn(None, now);
+        let id = self.st.new_conn(None, false, now);
         self.st.flush_all(now);
         id
     }
@@ -313,10 +329,9 @@ impl<S: Store> Node<S> {
 }
 
 impl State {
-    fn new_conn(&mut self, expected: Option<PeerId>, now: Instant) -> ConnId {
+    fn new_conn(&mut self, expected: Option<PeerId>, initiator: bool, now: Instant) -> ConnId {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
-        let initiator = expected.is_some();
         let hs = noise::handshake(&self.noise_key, self.rng.fork(), initiator);
         let mut conn = match hs {
             Ok(hs) => Conn::new(id, hs, expected, now),
@@ -381,10 +396,17 @@ impl State {
             }
         }
         // Requests it carried must be asked again elsewhere.
-        if let Some(inbox) = conn.peer.and_then(|p| self.inboxes.get_mut(&p)) {
-            for (_, start, end) in conn.inflight.drain(..) {
+        let mut feeds_to_reschedule = BTreeSet::new();
+        for (feed, start, end) in conn.inflight.drain(..) {
+            if let Some(r) = self.replicas.get_mut(&feed) {
+                r.requested.remove(start, end);
+                feeds_to_reschedule.insert(feed);
+            } else if let Some(inbox) = conn.peer.and_then(|p| self.inboxes.get_mut(&p)) {
                 inbox.requested.remove(start, end);
             }
+        }
+        for feed in feeds_to_reschedule {
+            self.schedule_broadcast(feed);
         }
         self.out.push_back(Output::Close {
             conn: id,

@@ -25,7 +25,8 @@ pub struct RawPeer {
 impl RawPeer {
     fn new(key: &Keypair, seed: u64, expected: Option<PeerId>) -> Result<Self, CloseReason> {
         let mut rng = SeededRng::from_u64(seed);
-        let static_key = StaticKey::generate(rng.fork()).map_err(|e| CloseReason::Handshake(e.to_string()))?;
+        let static_key =
+            StaticKey::generate(rng.fork()).map_err(|e| CloseReason::Handshake(e.to_string()))?;
         let payload = HandshakePayload {
             version: PROTOCOL_VERSION,
             identity: key.peer_id(),
@@ -53,7 +54,10 @@ impl RawPeer {
     /// Takes bytes from the other end: advances the handshake or decrypts.
     pub fn input(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
         let any = |_: &PeerId| true;
-        let ctx = HandshakeCtx { payload: &self.payload, authorized: &any };
+        let ctx = HandshakeCtx {
+            payload: &self.payload,
+            authorized: &any,
+        };
         self.conn.receive(bytes, &ctx).map(|_| ())
     }
 

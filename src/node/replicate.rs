@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::feed::{FeedDescriptor, FeedError};
+use crate::feed::{FeedDescriptor, FeedError, FeedId, FeedKind};
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, Txn};
@@ -43,6 +43,12 @@ struct AfterCommit {
     acked: Vec<Event>,
     /// Senders whose downloads may proceed.
     schedule: BTreeSet<PeerId>,
+    /// Broadcast feeds that received blocks: save, gossip.
+    broadcast_arrived: BTreeSet<FeedId>,
+    /// Broadcast feeds whose downloads may proceed.
+    broadcast_schedule: BTreeSet<FeedId>,
+    /// Broadcast arrival events, emitted after the commit.
+    broadcast_events: Vec<Event>,
 }
 
 fn feed_fault(e: FeedError) -> Fault {
@@ -71,7 +77,8 @@ impl State {
         }
         conn.last_rx = now;
         let peers = &self.peers;
-        let authorized = |p: &PeerId| peers.contains(p);
+        let open = self.config.open;
+        let authorized = |p: &PeerId| open || peers.contains(p);
         let ctx = HandshakeCtx {
             payload: &self.hs_payload,
             authorized: &authorized,
@@ -136,6 +143,11 @@ impl State {
                 inbox.save_held(&mut txn, from);
             }
         }
+        for feed in &after.broadcast_arrived {
+            if let Some(r) = self.replicas.get_mut(feed) {
+                r.save(&mut txn);
+            }
+        }
         txn.commit()?;
         self.after_commit(after);
         Ok(())
@@ -155,6 +167,17 @@ impl State {
         };
         let me = self.me;
         match msg {
+            Message::Head { desc, head } if desc.kind == FeedKind::Broadcast => {
+                if !head.verify(&desc.author) {
+                    return Err(Fault::Peer(CloseReason::BadData(format!(
+                        "head of feed {} has a bad signature",
+                        head.feed
+                    ))));
+                }
+                if let Some(feed) = self.on_broadcast_head(txn, id, desc, head)? {
+                    after.broadcast_schedule.insert(feed);
+                }
+            }
             Message::Head { desc, head } => {
                 if desc != FeedDescriptor::queue(peer, me) {
                     // Not a feed addressed to us by this peer: nothing to do
@@ -216,7 +239,13 @@ impl State {
                     )));
                 };
                 let (_, s, e) = conn.inflight.swap_remove(i);
-                if let Some(inbox) = self.inboxes.get_mut(&peer) {
+                if let Some(r) = self.replicas.get_mut(&feed) {
+                    // This peer cannot serve past `start` after all; others may.
+                    let can = conn.remote_heads.entry(feed).or_insert(0);
+                    *can = (*can).min(start);
+                    r.requested.remove(s, e);
+                    after.broadcast_schedule.insert(feed);
+                } else if let Some(inbox) = self.inboxes.get_mut(&peer) {
                     inbox.requested.remove(s, e);
                     inbox.refused.insert(start, end.min(e).max(start));
                 }
@@ -241,8 +270,6 @@ impl State {
         peer: PeerId,
         d: DataMsg<'_>,
     ) -> Result<(), Fault> {
-        let desc = FeedDescriptor::queue(peer, self.me);
-        let fid = desc.id();
         let (start, end) = (d.proof.start, d.proof.end);
         let conn = self
             .conns
@@ -257,11 +284,34 @@ impl State {
                 "blocks {start}..{end} were not requested"
             ))));
         };
-        if d.head.feed != fid {
+        if let Some(desc) = self.replicas.get(&d.head.feed).map(|r| r.desc) {
+            let conn = self
+                .conns
+                .get_mut(&id)
+                .ok_or(Fault::Peer(CloseReason::Local))?;
+            let (_, _, req_end) = conn.inflight.swap_remove(i);
+            let feed = self.feed(txn, desc)?;
+            feed.verify_and_store(txn, &d.head, &d.proof, &d.blocks)
+                .map_err(feed_fault)?;
+            if let Some(r) = self.replicas.get_mut(&desc.id()) {
+                r.requested.remove(end, req_end);
+                r.announced = r.announced.max(d.head.length);
+            }
+            self.broadcast_arrived(desc.id(), start, end, &mut after.broadcast_events);
+            after.broadcast_arrived.insert(desc.id());
+            after.broadcast_schedule.insert(desc.id());
+            return Ok(());
+        }
+        let desc = FeedDescriptor::queue(peer, self.me);
+        if d.head.feed != desc.id() {
             return Err(Fault::Peer(CloseReason::Unexpected(
                 "data for a feed we did not ask for".into(),
             )));
         }
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(Fault::Peer(CloseReason::Local))?;
         let (_, _, req_end) = conn.inflight.swap_remove(i);
         let feed = self.feed(txn, desc)?;
         feed.verify_and_store(txn, &d.head, &d.proof, &d.blocks)
@@ -410,6 +460,7 @@ impl State {
             .copied();
         let inbox = self.inbox(&txn, peer)?;
         let has_receipt = !inbox.acknowledged().is_empty();
+        self.announce_broadcasts(&txn, id)?;
         drop(txn);
         if let Some(conn) = self.conns.get_mut(&id) {
             if let Some(head) = head {
@@ -453,6 +504,14 @@ impl State {
         }
         for from in after.schedule {
             self.schedule_requests(from);
+        }
+        self.out
+            .extend(after.broadcast_events.into_iter().map(Output::Event));
+        for feed in &after.broadcast_arrived {
+            self.gossip(*feed);
+        }
+        for feed in after.broadcast_schedule {
+            self.schedule_broadcast(feed);
         }
     }
 
@@ -555,65 +614,85 @@ impl State {
         let txn = Txn::begin(store)?;
         let max_data = self.config.max_data_bytes.max(1);
         for (cid, peer) in busy {
-            let desc = FeedDescriptor::queue(self.me, peer);
-            let fid = desc.id();
-            self.feed(&txn, desc)?;
-            let (Some(feed), Some(conn)) = (self.feeds.get(&fid), self.conns.get_mut(&cid)) else {
-                continue;
-            };
+            let own_queue = FeedDescriptor::queue(self.me, peer);
             let mut budget = 4 * max_data;
-            let mut blocks: Vec<&[u8]> = Vec::new();
             while budget > 0 {
-                let Some(w) = conn.serve.pop_front() else {
+                let Some(w) = self.conns.get_mut(&cid).and_then(|c| c.serve.pop_front()) else {
                     break;
                 };
-                let len = feed.len();
-                if w.feed != fid || w.start >= len || w.base > len {
-                    conn.send(&Message::NoData {
-                        feed: w.feed,
-                        start: w.start,
-                        end: w.end,
-                    });
-                    continue;
-                }
-                let end = w.end.min(len);
-                blocks.clear();
-                let mut bytes = 0;
-                let mut e = w.start;
-                while e < end {
-                    let Some(data) = feed.get_ref(&txn, e)? else {
-                        break;
-                    };
-                    if !blocks.is_empty() && bytes + data.len() > max_data {
-                        break;
-                    }
-                    bytes += data.len();
-                    blocks.push(data);
-                    e += 1;
-                }
-                if blocks.is_empty() {
-                    // Pruned: its bytes are gone.
-                    conn.send(&Message::NoData {
-                        feed: w.feed,
-                        start: w.start,
-                        end: w.end,
-                    });
-                    continue;
-                }
-                let head = match feed.head() {
-                    Some(h) => *h,
-                    None => continue,
+                // Our queue feed to this peer, or any broadcast feed we hold.
+                let desc = if w.feed == own_queue.id() {
+                    Some(own_queue)
+                } else {
+                    self.replicas.get(&w.feed).map(|r| r.desc)
                 };
-                let proof = feed.prove(&txn, w.start, e, w.base)?;
-                DataMsg::encode_parts(
-                    &head,
-                    &proof,
-                    blocks.iter().copied(),
-                    &mut conn.tx_plain,
-                );
-                budget = budget.saturating_sub(bytes.max(1));
+                let served = match desc {
+                    Some(desc) => {
+                        self.feed(&txn, desc)?;
+                        match (self.feeds.get(&w.feed), self.conns.get_mut(&cid)) {
+                            (Some(feed), Some(conn)) => serve_one(&txn, feed, conn, w, max_data)?,
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                };
+                let Some(conn) = self.conns.get_mut(&cid) else {
+                    break;
+                };
+                match served {
+                    Some(bytes) => budget = budget.saturating_sub(bytes.max(1)),
+                    None => conn.send(&Message::NoData {
+                        feed: w.feed,
+                        start: w.start,
+                        end: w.end,
+                    }),
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Encodes one data message answering `w` from `feed`, as much of the range
+/// as fits `max_data` bytes (at least one block). `None` if nothing of it
+/// can be served: beyond our length, pruned, or held only sparsely.
+fn serve_one<S: Store>(
+    txn: &Txn<'_, S>,
+    feed: &crate::feed::Feed,
+    conn: &mut super::conn::Conn,
+    w: Wanted,
+    max_data: usize,
+) -> Result<Option<usize>, NodeError> {
+    let len = feed.len();
+    let Some(head) = feed.head().copied() else {
+        return Ok(None);
+    };
+    if w.start >= len || w.base > len {
+        return Ok(None);
+    }
+    let end = w.end.min(len);
+    let mut blocks: Vec<&[u8]> = Vec::new();
+    let mut bytes = 0;
+    let mut e = w.start;
+    while e < end {
+        let Some(data) = feed.get_ref(txn, e)? else {
+            break;
+        };
+        if !blocks.is_empty() && bytes + data.len() > max_data {
+            break;
+        }
+        bytes += data.len();
+        blocks.push(data);
+        e += 1;
+    }
+    if blocks.is_empty() {
+        return Ok(None);
+    }
+    let proof = match feed.prove(txn, w.start, e, w.base) {
+        Ok(p) => p,
+        Err(FeedError::MissingNode { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    DataMsg::encode_parts(&head, &proof, blocks.iter().copied(), &mut conn.tx_plain);
+    Ok(Some(bytes))
 }

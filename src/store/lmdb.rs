@@ -21,6 +21,14 @@ pub struct LmdbOptions {
     /// The map never grows past this; a commit that would needs
     /// [`StoreError::Full`] handling by the caller.
     pub max_map_size: usize,
+    /// Whether a commit waits until its data is on disk (`true`, the
+    /// default: commits survive a power loss). `false` sets LMDB's
+    /// `MDB_NOSYNC`: commits still survive a crash of the process, since
+    /// the OS holds the written pages, but the last ones may be lost if the
+    /// machine goes down. It is the mode of stores that do not fsync per
+    /// write, which benchmarks compare against; do not use it for messages
+    /// you acknowledge to others.
+    pub sync: bool,
 }
 
 impl Default for LmdbOptions {
@@ -28,6 +36,7 @@ impl Default for LmdbOptions {
         LmdbOptions {
             initial_map_size: 1 << 30,
             max_map_size: 1 << 40,
+            sync: true,
         }
     }
 }
@@ -71,6 +80,14 @@ impl LmdbStore {
         let initial = round_up(options.initial_map_size.max(page), page);
         let mut builder = EnvOpenOptions::new().read_txn_without_tls();
         builder.max_dbs(Table::ALL.len() as u32).map_size(initial);
+        if !options.sync {
+            // SAFETY: NO_SYNC only weakens durability against power loss,
+            // which `LmdbOptions::sync` documents; it cannot corrupt the
+            // environment on a process crash.
+            unsafe {
+                builder.flags(heed::EnvFlags::NO_SYNC);
+            }
+        }
         // SAFETY: heed requires that this process does not open the same
         // environment twice, which heed itself checks (EnvAlreadyOpened), and
         // that the files are not modified except through LMDB, which other
@@ -285,6 +302,7 @@ mod tests {
         let opts = LmdbOptions {
             initial_map_size: 1 << 16,
             max_map_size: 1 << 22,
+            ..LmdbOptions::default()
         };
         let store = LmdbStore::open_with(dir.path(), opts).unwrap();
         let before = store.map_size();

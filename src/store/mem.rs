@@ -145,7 +145,12 @@ impl StoreRead for MemReader {
             .map(|v| v.as_slice()))
     }
 
-    fn scan(&self, table: Table, range: (Bound<&[u8]>, Bound<&[u8]>), visit: &mut Visit<'_>) -> Result<(), StoreError> {
+    fn scan(
+        &self,
+        table: Table,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
         let mut hits: Vec<(&[u8], &[u8])> = self.tables.maps[table.position()]
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))

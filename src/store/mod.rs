@@ -44,11 +44,15 @@ pub enum Table {
     Inbox,
     /// Signed receipts (acks), by (feed id, signer).
     Receipts,
+    /// Broadcast feeds held (own and relayed), by feed id.
+    Replicas,
+    /// The emitter's local delivery log and consumer positions.
+    Events,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 9] = [
         Table::Meta,
         Table::Peers,
         Table::Feeds,
@@ -56,6 +60,8 @@ impl Table {
         Table::Nodes,
         Table::Inbox,
         Table::Receipts,
+        Table::Replicas,
+        Table::Events,
     ];
 
     /// The table's name in a backend (an LMDB named database, say).
@@ -68,6 +74,8 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Inbox => "inbox",
             Table::Receipts => "receipts",
+            Table::Replicas => "replicas",
+            Table::Events => "events",
         }
     }
 

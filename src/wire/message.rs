@@ -2,6 +2,7 @@
 
 use crate::feed::{FeedDescriptor, FeedId, SignedHead, SIGNED_HEAD_LEN};
 use crate::identity::{PeerId, Signature, SIGNATURE_LEN};
+use crate::merkle::flat::MAX_LENGTH;
 use crate::merkle::{Node, RangeProof, NODE_LEN};
 
 use super::Receipt;
@@ -299,6 +300,12 @@ impl Message<'_> {
                         what: "head does not match its descriptor",
                     });
                 }
+                if head.length > MAX_LENGTH {
+                    return Err(MessageError::Invalid {
+                        kind,
+                        what: "head length beyond the protocol maximum",
+                    });
+                }
                 Message::Head { desc, head }
             }
             T_REQUEST => {
@@ -387,7 +394,7 @@ impl<'a> DataMsg<'a> {
         let head =
             SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
         let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
-        if start > end || end > head.length || base > head.length {
+        if start > end || end > head.length || base > head.length || head.length > MAX_LENGTH {
             return Err(MessageError::Invalid {
                 kind,
                 what: "data range does not fit its head",
@@ -529,9 +536,9 @@ mod tests {
     #[test]
     fn bounds_are_enforced_before_allocation() {
         let key = Keypair::generate(&mut SeededRng::from_u64(1));
-        let head = SignedHead::sign(&key, FeedId([0; 32]), u64::MAX, Hash([0; 32]));
+        let head = SignedHead::sign(&key, FeedId([0; 32]), MAX_LENGTH, Hash([0; 32]));
         let mut body = head.encode().to_vec();
-        for v in [0u64, u64::MAX, 0] {
+        for v in [0u64, MAX_LENGTH, 0] {
             body.extend_from_slice(&v.to_le_bytes());
         }
         body.extend_from_slice(&0u16.to_le_bytes());

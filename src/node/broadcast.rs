@@ -1,0 +1,382 @@
+//! Broadcast feeds: each author's event feed, replicated through the mesh.
+//!
+//! Every node keeps a *replica* of each broadcast feed it holds, its own
+//! included, and relays them: it announces their heads on every connection,
+//! fetches what its peers announced from whichever connection can serve it,
+//! and serves what it holds to anyone, so an author's events reach nodes it
+//! is not connected to. Every block is verified against the author's signed
+//! head, so a relay cannot forge or alter events.
+
+use std::ops::{Bound, ControlFlow, Range};
+
+use crate::feed::{Feed, FeedDescriptor, FeedId, FeedKind, SignedHead};
+use crate::identity::PeerId;
+use crate::ranges::RangeSet;
+use crate::store::{Store, StoreError, Table, Txn};
+use crate::time::Instant;
+use crate::wire::Message;
+
+use super::config::limits;
+use super::{Event, Node, NodeError, Output, State};
+
+const REPLICA_VERSION: u8 = 1;
+const MAX_STORED_RANGES: usize = 1 << 20;
+
+/// What this node holds of one broadcast feed.
+#[derive(Clone, Debug)]
+pub(crate) struct Replica {
+    pub desc: FeedDescriptor,
+    /// Blocks stored here.
+    pub held: RangeSet,
+    /// The record as last committed, for a conditional write.
+    record: Option<Vec<u8>>,
+    /// In memory: blocks asked for on some connection.
+    pub requested: RangeSet,
+    /// In memory: the longest verified length any peer announced.
+    pub announced: u64,
+    /// In memory: the longest length we announced to our peers.
+    pub gossiped: u64,
+}
+
+impl Replica {
+    fn new(desc: FeedDescriptor) -> Self {
+        Replica {
+            desc,
+            held: RangeSet::new(),
+            record: None,
+            requested: RangeSet::new(),
+            announced: 0,
+            gossiped: 0,
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&v, rest) = bytes.split_first()?;
+        if v != REPLICA_VERSION {
+            return None;
+        }
+        let (desc, rest) = FeedDescriptor::decode(rest)?;
+        let (held, rest) = RangeSet::decode(rest, MAX_STORED_RANGES)?;
+        if !rest.is_empty() || desc.kind != FeedKind::Broadcast {
+            return None;
+        }
+        let mut r = Replica::new(desc);
+        r.held = held;
+        r.record = Some(bytes.to_vec());
+        Some(r)
+    }
+
+    /// Writes the record into `txn`, conditional on the last one seen.
+    pub fn save<S: Store>(&mut self, txn: &mut Txn<'_, S>) {
+        let mut out = vec![REPLICA_VERSION];
+        self.desc.encode(&mut out);
+        self.held.encode(&mut out);
+        let before = self.record.replace(out.clone());
+        txn.put_expecting(Table::Replicas, &self.desc.id().0, out, before.as_deref());
+    }
+
+    /// How many blocks from 0 are held without a gap.
+    pub fn contiguous(&self) -> u64 {
+        self.held.next_gap(0)
+    }
+}
+
+/// Loads every replica record (one per author held).
+pub(crate) fn load_all<S: Store>(
+    txn: &Txn<'_, S>,
+) -> Result<std::collections::BTreeMap<FeedId, Replica>, StoreError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut bad = None;
+    txn.scan(
+        Table::Replicas,
+        (Bound::Unbounded, Bound::Unbounded),
+        &mut |k, v| {
+            match Replica::decode(v) {
+                Some(r) if r.desc.id().0[..] == *k => {
+                    out.insert(r.desc.id(), r);
+                }
+                _ => bad = Some(hex::encode(k)),
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    if let Some(k) = bad {
+        return Err(StoreError::Corrupted(format!(
+            "replica record of feed {k} is damaged"
+        )));
+    }
+    Ok(out)
+}
+
+impl State {
+    /// Whether we replicate `author`'s broadcast feed.
+    pub(super) fn author_allowed(&self, author: &PeerId) -> bool {
+        self.config.open || *author == self.me || self.peers.contains(author)
+    }
+
+    /// A peer announced a broadcast head.
+    pub(super) fn on_broadcast_head<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        conn: super::ConnId,
+        desc: FeedDescriptor,
+        head: SignedHead,
+    ) -> Result<Option<FeedId>, NodeError> {
+        let feed = desc.id();
+        if !self.author_allowed(&desc.author) {
+            return Ok(None);
+        }
+        if !self.replicas.contains_key(&feed) {
+            if self.replicas.len() >= self.config.max_feeds {
+                return Ok(None);
+            }
+            let mut r = Replica::new(desc);
+            r.save(txn);
+            self.replicas.insert(feed, r);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let known = c.remote_heads.entry(feed).or_insert(0);
+            *known = (*known).max(head.length);
+        }
+        let r = self
+            .replicas
+            .get_mut(&feed)
+            .ok_or(StoreError::Backend("replica cache".into()))?;
+        if head.length > r.announced {
+            r.announced = head.length;
+            return Ok(Some(feed));
+        }
+        Ok(None)
+    }
+
+    /// Asks connections that announced `feed` for the blocks we lack.
+    pub(super) fn schedule_broadcast(&mut self, feed: FeedId) {
+        let Some(r) = self.replicas.get_mut(&feed) else {
+            return;
+        };
+        let base = self.feeds.get(&feed).map_or(0, |f| f.len());
+        let mut want = RangeSet::from_range(0, r.announced);
+        want.subtract(&r.held);
+        want.subtract(&r.requested);
+        if want.is_empty() {
+            return;
+        }
+        let per = self
+            .config
+            .max_request_blocks
+            .clamp(1, limits::MAX_REQUEST_BLOCKS);
+        let max_inflight = self
+            .config
+            .max_inflight_requests
+            .clamp(1, limits::MAX_INFLIGHT_REQUESTS);
+        for conn in self.conns.values_mut().filter(|c| c.is_open()) {
+            let Some(&can) = conn.remote_heads.get(&feed) else {
+                continue;
+            };
+            for (a, b) in want.ranges_within(0, can) {
+                let mut s = a;
+                while s < b && conn.inflight.len() < max_inflight {
+                    let e = b.min(s + per);
+                    conn.send(&Message::Request {
+                        feed,
+                        start: s,
+                        end: e,
+                        base,
+                    });
+                    conn.inflight.push((feed, s, e));
+                    r.requested.insert(s, e);
+                    s = e;
+                }
+            }
+            want.subtract(&r.requested);
+            if want.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Announces our head of `feed` on every open connection once we hold
+    /// all of it (so whoever asks can be served), if it grew.
+    pub(super) fn gossip(&mut self, feed: FeedId) {
+        let Some(r) = self.replicas.get_mut(&feed) else {
+            return;
+        };
+        let Some(head) = self.feeds.get(&feed).and_then(|f| f.head().copied()) else {
+            return;
+        };
+        if head.length <= r.gossiped || r.contiguous() < head.length {
+            return;
+        }
+        r.gossiped = head.length;
+        let desc = r.desc;
+        for conn in self.conns.values_mut().filter(|c| c.is_open()) {
+            if conn
+                .remote_heads
+                .get(&feed)
+                .is_some_and(|&l| l >= head.length)
+            {
+                continue;
+            }
+            conn.send(&Message::Head { desc, head });
+        }
+    }
+
+    /// Tells a newly connected peer every broadcast head we can serve.
+    pub(super) fn announce_broadcasts<S: Store>(
+        &mut self,
+        txn: &Txn<'_, S>,
+        conn: super::ConnId,
+    ) -> Result<(), NodeError> {
+        let feeds: Vec<FeedDescriptor> = self
+            .replicas
+            .values()
+            .filter(|r| r.contiguous() > 0)
+            .map(|r| r.desc)
+            .collect();
+        for desc in feeds {
+            let held = self.replicas.get(&desc.id()).map_or(0, |r| r.contiguous());
+            let head = self.feed(txn, desc)?.head().copied();
+            if let (Some(head), Some(c)) = (head, self.conns.get_mut(&conn)) {
+                if held >= head.length {
+                    c.send(&Message::Head { desc, head });
+                }
+            }
+            if let Some(r) = self.replicas.get_mut(&desc.id()) {
+                r.gossiped = r.gossiped.max(held);
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks `[start, end)` of broadcast `feed` were stored in this batch.
+    pub(super) fn broadcast_arrived(
+        &mut self,
+        feed: FeedId,
+        start: u64,
+        end: u64,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(r) = self.replicas.get_mut(&feed) else {
+            return;
+        };
+        let mut fresh = RangeSet::from_range(start, end);
+        fresh.subtract(&r.held);
+        r.held.insert(start, end);
+        r.requested.remove(start, end);
+        for seq in fresh.iter_within(start, end) {
+            events.push(Event::Broadcast {
+                author: r.desc.author,
+                seq,
+            });
+        }
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// Appends events to our broadcast feed, durably, in one signed batch,
+    /// and announces them to every connected peer (who relay them onwards).
+    /// Each event is also reported locally as an [`Event::Broadcast`].
+    pub fn broadcast_batch<B: AsRef<[u8]>>(
+        &mut self,
+        events: &[B],
+        now: Instant,
+    ) -> Result<Range<u64>, NodeError> {
+        self.st.now = now;
+        let limit = self.max_send_size();
+        if let Some(big) = events.iter().map(|m| m.as_ref().len()).find(|&n| n > limit) {
+            return Err(NodeError::TooLarge { size: big, limit });
+        }
+        let desc = FeedDescriptor::broadcast(self.st.me);
+        let id = desc.id();
+        let key = self.st.key.clone();
+        let mut attempt = 0;
+        loop {
+            let mut txn = Txn::begin(&self.store)?;
+            let feed = self.st.feed(&txn, desc)?;
+            let start = feed.len();
+            if events.is_empty() {
+                return Ok(start..start);
+            }
+            let appended = feed.append_batch(&mut txn, &key, events);
+            let replica = self
+                .st
+                .replicas
+                .entry(id)
+                .or_insert_with(|| Replica::new(desc));
+            let mut updated = replica.clone();
+            updated.held.insert(start, start + events.len() as u64);
+            updated.save(&mut txn);
+            match appended
+                .map_err(NodeError::from)
+                .and_then(|h| Ok(txn.commit().map(|_| h)?))
+            {
+                Ok(head) => {
+                    self.st.replicas.insert(id, updated);
+                    let mut evs = Vec::new();
+                    for seq in start..head.length {
+                        evs.push(Event::Broadcast {
+                            author: self.st.me,
+                            seq,
+                        });
+                    }
+                    self.st.out.extend(evs.into_iter().map(Output::Event));
+                    self.st.gossip(id);
+                    self.st.flush_all(now);
+                    return Ok(start..head.length);
+                }
+                Err(e) => {
+                    self.st.feeds.remove(&id);
+                    if let Ok(t) = Txn::begin(&self.store) {
+                        // Pick up the committed replica record for the retry.
+                        if let Ok(all) = load_all(&t) {
+                            if let Some(r) = all.get(&id) {
+                                self.st.replicas.insert(id, r.clone());
+                            }
+                        }
+                    }
+                    attempt += 1;
+                    if !matches!(
+                        e,
+                        NodeError::Store(StoreError::Conflict)
+                            | NodeError::Feed(crate::feed::FeedError::Store(StoreError::Conflict))
+                    ) || attempt >= 32
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends one event to our broadcast feed; see [`Node::broadcast_batch`].
+    pub fn broadcast(&mut self, event: &[u8], now: Instant) -> Result<u64, NodeError> {
+        Ok(self.broadcast_batch(&[event], now)?.start)
+    }
+
+    /// Block `seq` of `author`'s broadcast feed, if held here.
+    pub fn broadcast_get(
+        &mut self,
+        author: PeerId,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        let feed = self.st.feed(&txn, FeedDescriptor::broadcast(author))?;
+        Ok(feed.get(&txn, seq)?)
+    }
+
+    /// The broadcast feeds held here: each author with the number of its
+    /// events held from the start without a gap.
+    pub fn broadcast_feeds(&self) -> Vec<(PeerId, u64)> {
+        self.st
+            .replicas
+            .values()
+            .map(|r| (r.desc.author, r.contiguous()))
+            .collect()
+    }
+
+    /// Loads a feed handle for inspection (tests, tools).
+    pub fn feed_handle(&mut self, desc: FeedDescriptor) -> Result<Feed, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        Ok(self.st.feed(&txn, desc)?.clone())
+    }
+}

@@ -1,0 +1,114 @@
+//! Broadcast feeds relayed through a mesh.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Net;
+use peermq::{Config, Event, PeerId};
+
+fn open_config(seed: u64) -> Config {
+    Config {
+        rng_seed: seed,
+        open: true,
+        ..Config::default()
+    }
+}
+
+fn broadcasts(net: &Net, i: usize) -> Vec<(PeerId, u64)> {
+    net.events[i]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Broadcast { author, seq } => Some((*author, *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn events_reach_a_node_through_the_middle_one() {
+    let mut net = Net::with_configs((1..=3).map(open_config).collect());
+    let (a, b, c) = (net.ids[0], net.ids[1], net.ids[2]);
+    let now = net.now;
+    net.node(0).dial(b, now);
+    net.node(2).dial(b, now);
+    net.run_for(Duration::from_secs(1));
+    for m in ["one", "two", "three"] {
+        let now = net.now;
+        net.node(0).broadcast(m.as_bytes(), now).unwrap();
+    }
+    net.run_for(Duration::from_secs(1));
+    // A sees its own events, B and C receive them, in order, once.
+    for i in 0..3 {
+        assert_eq!(
+            broadcasts(&net, i),
+            vec![(a, 0), (a, 1), (a, 2)],
+            "node {i}"
+        );
+    }
+    assert_eq!(
+        net.node(2).broadcast_get(a, 1).unwrap(),
+        Some(b"two".to_vec())
+    );
+    // C answers; A gets it through B.
+    let now = net.now;
+    net.node(2).broadcast(b"from c", now).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert!(broadcasts(&net, 0).contains(&(c, 0)));
+    assert_eq!(
+        net.node(0).broadcast_get(c, 0).unwrap(),
+        Some(b"from c".to_vec())
+    );
+}
+
+#[test]
+fn a_late_joiner_catches_up_from_any_relay() {
+    let mut net = Net::with_configs((1..=3).map(open_config).collect());
+    let (a, b) = (net.ids[0], net.ids[1]);
+    let now = net.now;
+    net.node(0).dial(b, now);
+    net.run_for(Duration::from_secs(1));
+    let events: Vec<Vec<u8>> = (0..500u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let now = net.now;
+    net.node(0).broadcast_batch(&events, now).unwrap();
+    net.run_for(Duration::from_secs(1));
+    // A goes offline; C joins through B alone.
+    net.node(0).hang_up(&b);
+    net.disconnect(0);
+    let now = net.now;
+    net.node(2).dial(b, now);
+    net.run_for(Duration::from_secs(2));
+    let got = broadcasts(&net, 2);
+    assert_eq!(got.len(), 500);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, (p, s))| *p == a && *s == i as u64));
+    assert_eq!(net.node(2).broadcast_feeds(), vec![(a, 500)]);
+}
+
+#[test]
+fn a_closed_node_relays_only_allowed_authors() {
+    let mut configs: Vec<Config> = (1..=3).map(open_config).collect();
+    configs[1].open = false;
+    let mut net = Net::with_configs(configs);
+    let (a, b, c) = (net.ids[0], net.ids[1], net.ids[2]);
+    // B allows A and C to connect, but A is the only author it wants.
+    net.node(1).add_peer(a).unwrap();
+    net.node(1).add_peer(c).unwrap();
+    let now = net.now;
+    net.node(0).dial(b, now);
+    net.node(2).dial(b, now);
+    net.node(0).broadcast(b"allowed", now).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let now = net.now;
+    net.node(1).remove_peer(&c, now).unwrap();
+    let now = net.now;
+    net.node(2).broadcast(b"not allowed", now).unwrap();
+    net.run_for(Duration::from_secs(5));
+    let at_b = broadcasts(&net, 1);
+    assert_eq!(at_b, vec![(a, 0)]);
+    // An unknown dialer is refused by the closed node.
+    let stranger = Net::with_configs(vec![open_config(9)]).ids[0];
+    assert!(!net.node(1).is_authorized(&stranger));
+}
