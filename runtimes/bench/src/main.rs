@@ -1,0 +1,1094 @@
+//! `peermq-bench`: peermq end to end, on tokio with LMDB over loopback TCP,
+//! in the phases and JSON-line fields of the hypercore JS anchor
+//! (`shared/anchors/hypercore-js/bench.mjs`), so the two compare directly.
+//!
+//! Like the anchor, the orchestrator runs every role in a fresh child
+//! process (itself, re-executed with `role ...`) and only relays small
+//! control lines over the children's stdin and stdout:
+//!
+//! | phase | processes | timed |
+//! |---|---|---|
+//! | `append_b1`, `append_b100` | one, no network | `send` one at a time, or `send_batch` of 100 |
+//! | `replicate_full` | writer serves the `append_b100` directory, a fresh reader dials it | connect to last block stored |
+//! | `replicate_sparse` | same, reader with prefetch off `get`s every 100th block | connect to last of those stored |
+//! | `latency` | writer sends one message stamped with the wall clock, the reader's live stream yields it | stamp to yield, ping-pong paced |
+//!
+//! Every phase runs in two durability modes: `nosync` (LMDB `MDB_NOSYNC`:
+//! commits survive a process crash, not a power loss; the anchor's mode,
+//! since hypercore-storage does not fsync per append) and `fsync` (every
+//! commit reaches the disk before `send` returns or a block is acknowledged;
+//! peermq's default).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_lite::StreamExt;
+use peermq::{Config, LmdbOptions, Mailbox, PeerId, Prefetch};
+use peermq_tokio::{
+    AsyncRead, AsyncWrite, BoxFuture, Listener, Mq, MqEvent, Runtime, TokioRuntime, Transport,
+};
+use serde_json::{json, Value};
+
+/// peermq end-to-end benchmark (tokio, LMDB, loopback TCP).
+#[derive(Parser, Debug)]
+#[command(name = "peermq-bench", version, about)]
+struct Cli {
+    /// Messages for append_b100 and the replication phases.
+    #[arg(long, default_value_t = 100_000)]
+    n: u64,
+    /// Messages for append_b1.
+    #[arg(long = "n-b1", default_value_t = 20_000)]
+    n_b1: u64,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// replicate_sparse reads every this-many-th block.
+    #[arg(long = "sparse-every", default_value_t = 100)]
+    sparse_every: u64,
+    /// Latency samples.
+    #[arg(long, default_value_t = 1000)]
+    lat: u64,
+    /// Latency samples discarded first.
+    #[arg(long = "lat-warmup", default_value_t = 20)]
+    lat_warmup: u64,
+    /// Runs per phase; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Which durability modes to run.
+    #[arg(long, value_enum, default_value_t = Modes::Both)]
+    durability: Modes,
+    /// Also run the JS anchor in this run and print the ratios.
+    #[arg(long = "compare-js")]
+    compare_js: bool,
+    /// Where the JS anchor is (copied to a temporary directory, where
+    /// `npm ci` installs it unless it brings node_modules).
+    #[arg(long = "js-dir", default_value = "../shared/anchors/hypercore-js")]
+    js_dir: PathBuf,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Modes {
+    Both,
+    Nosync,
+    Fsync,
+}
+
+/// A child process's job (used by the orchestrator; not for people).
+#[derive(Subcommand, Debug)]
+enum Role {
+    #[command(hide = true)]
+    Role {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        #[arg(long, default_value_t = 0)]
+        n: u64,
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value_t = 100)]
+        every: u64,
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
+        #[arg(long, default_value = "full")]
+        mode: String,
+        #[arg(long)]
+        sync: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Some(Role::Role {
+            ref role,
+            ref dir,
+            ref peer,
+            addr,
+            n,
+            batch,
+            size,
+            every,
+            warmup,
+            ref mode,
+            sync,
+        }) => {
+            let job = Job {
+                dir: dir.clone(),
+                peer: peer.as_deref().map(str::parse).transpose().ok().flatten(),
+                addr,
+                n,
+                batch,
+                size,
+                every,
+                warmup,
+                full: mode == "full",
+                sync,
+            };
+            block_on(run_role(role, job))
+        }
+        None => orchestrate(&cli),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    rt.block_on(f)
+}
+
+// ------------------------------------------------------------------ roles
+
+struct Job {
+    dir: PathBuf,
+    peer: Option<PeerId>,
+    addr: Option<SocketAddr>,
+    n: u64,
+    batch: u64,
+    size: usize,
+    every: u64,
+    warmup: u64,
+    full: bool,
+    sync: bool,
+}
+
+fn lmdb(sync: bool) -> LmdbOptions {
+    LmdbOptions {
+        sync,
+        ..LmdbOptions::default()
+    }
+}
+
+fn open(job: &Job, config: Config, rt: Arc<dyn Runtime>) -> anyhow::Result<Mq> {
+    Ok(Mq::builder(&job.dir)
+        .config(config)
+        .lmdb_options(lmdb(job.sync))
+        .local_discovery(false)
+        .open(rt)?)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| r1(kb / 1024.0))
+}
+
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Distinct, incompressible messages, made before any timer starts.
+fn payloads(n: u64, size: usize) -> Vec<Vec<u8>> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|i| {
+            let mut b = vec![0u8; size];
+            for chunk in b.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let bytes = x.to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+            let n = b.len().min(4);
+            b[..n].copy_from_slice(&(i as u32).to_le_bytes()[..n]);
+            b
+        })
+        .collect()
+}
+
+/// Lines from the orchestrator, read on a thread so the runtime never
+/// blocks on stdin.
+fn stdin_lines() -> async_channel::Receiver<String> {
+    let (tx, rx) = async_channel::bounded(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send_blocking(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn run_role(role: &str, job: Job) -> anyhow::Result<()> {
+    match role {
+        "append" => role_append(job).await,
+        "serve" => role_serve(job).await,
+        "fetch" => role_fetch(job).await,
+        "live-writer" => role_live_writer(job).await,
+        "live-reader" => role_live_reader(job).await,
+        "init" => {
+            let mq = open(&job, Config::default(), TokioRuntime::new())?;
+            say(&mq.id().await.to_string());
+            mq.shutdown().await?;
+            Ok(())
+        }
+        other => bail!("unknown role {other}"),
+    }
+}
+
+fn peer_of(job: &Job) -> anyhow::Result<PeerId> {
+    job.peer.ok_or_else(|| anyhow!("--peer is required"))
+}
+
+async fn role_append(job: Job) -> anyhow::Result<()> {
+    let to = peer_of(&job)?;
+    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    let msgs = payloads(job.n, job.size);
+    let t0 = std::time::Instant::now();
+    if job.batch <= 1 {
+        for m in msgs {
+            mq.send(to, m).await?;
+        }
+    } else {
+        let mut batches: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut it = msgs.into_iter().peekable();
+        while it.peek().is_some() {
+            batches.push(it.by_ref().take(job.batch as usize).collect());
+        }
+        for b in batches {
+            mq.send_batch(to, b).await?;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    mq.shutdown().await?;
+    say(&json!({"secs": r3(secs), "msgs_per_s": (job.n as f64 / secs).round(), "peak_rss_MiB": peak_rss_mib()}).to_string());
+    Ok(())
+}
+
+async fn role_serve(job: Job) -> anyhow::Result<()> {
+    let reader = peer_of(&job)?;
+    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    mq.add_peer(reader, None).await?;
+    let addr = mq.listen("127.0.0.1:0".parse()?).await?;
+    let lines = stdin_lines();
+    say(&format!("listening {addr} {}", mq.id().await));
+    while let Ok(line) = lines.recv().await {
+        if line == "stats" {
+            break;
+        }
+    }
+    say(&json!({"peak_rss_MiB": peak_rss_mib()}).to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+async fn role_fetch(job: Job) -> anyhow::Result<()> {
+    let writer = peer_of(&job)?;
+    let addr = job.addr.ok_or_else(|| anyhow!("--addr is required"))?;
+    let counting = CountingRuntime::new(TokioRuntime::new());
+    let config = Config {
+        prefetch: if job.full {
+            Prefetch::All
+        } else {
+            Prefetch::Window(0)
+        },
+        ..Config::default()
+    };
+    let mq = open(&job, config, counting.clone())?;
+    mq.add_peer(writer, Some(addr)).await?;
+    let mut events = mq.events();
+    let wanted: Vec<u64> = if job.full {
+        Vec::new()
+    } else {
+        (0..job.n).step_by(job.every.max(1) as usize).collect()
+    };
+    let t0 = std::time::Instant::now();
+    mq.connect(writer).await?;
+    let count = if job.full {
+        let last = job.n - 1;
+        loop {
+            match events.next().await {
+                Some(MqEvent::Message { from, seq }) if from == writer && seq == last => break,
+                Some(MqEvent::Lagged { .. }) => {
+                    // Fell behind the event stream: watch the counts instead.
+                    loop {
+                        let st = mq.peers().await?;
+                        if st.iter().any(|s| s.peer == writer && s.received >= job.n) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    break;
+                }
+                Some(_) => {}
+                None => bail!("the node stopped"),
+            }
+        }
+        job.n
+    } else {
+        let mut tasks = Vec::with_capacity(wanted.len());
+        for &seq in &wanted {
+            let mq = mq.clone();
+            tasks.push(tokio::spawn(async move { mq.get(writer, seq).await }));
+        }
+        for t in tasks {
+            if t.await??.is_none() {
+                bail!("a block was cleared");
+            }
+        }
+        wanted.len() as u64
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let wire = counting.rx.load(Ordering::Relaxed) + counting.tx.load(Ordering::Relaxed);
+    let st = mq.peers().await?;
+    let received = st
+        .iter()
+        .find(|s| s.peer == writer)
+        .map_or(0, |s| s.received);
+    if received != count {
+        bail!("downloaded {received} blocks, expected {count}");
+    }
+    say(&json!({
+        "secs": r3(secs),
+        "msgs_per_s": (count as f64 / secs).round(),
+        "wire_bytes_per_block": r3(wire as f64 / count as f64),
+        "peak_rss_MiB": peak_rss_mib(),
+    })
+    .to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+async fn role_live_writer(job: Job) -> anyhow::Result<()> {
+    let reader = peer_of(&job)?;
+    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    mq.add_peer(reader, None).await?;
+    let addr = mq.listen("127.0.0.1:0".parse()?).await?;
+    let lines = stdin_lines();
+    let template = payloads(1, job.size.max(16)).remove(0);
+    say(&format!("listening {addr} {}", mq.id().await));
+    while let Ok(line) = lines.recv().await {
+        if line == "stats" {
+            break;
+        }
+        let Some(i) = line
+            .strip_prefix("append ")
+            .and_then(|i| i.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mut b = template.clone();
+        b[8..12].copy_from_slice(&i.to_le_bytes());
+        b[..8].copy_from_slice(&wall_ns().to_le_bytes());
+        mq.send(reader, b).await?;
+    }
+    say(&json!({"peak_rss_MiB": peak_rss_mib()}).to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+async fn role_live_reader(job: Job) -> anyhow::Result<()> {
+    let writer = peer_of(&job)?;
+    let addr = job.addr.ok_or_else(|| anyhow!("--addr is required"))?;
+    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    mq.add_peer(writer, Some(addr)).await?;
+    let mut events = mq.events();
+    mq.connect(writer).await?;
+    while !matches!(events.next().await, Some(MqEvent::Connected { .. }) | None) {}
+    let mut stream = mq.read_stream(Mailbox::Unread, true);
+    say("ready");
+    let total = job.n + job.warmup;
+    let mut lat = Vec::with_capacity(job.n as usize);
+    for i in 0..total {
+        let r = stream
+            .next()
+            .await
+            .ok_or_else(|| anyhow!("stream ended"))??;
+        let stamp = u64::from_le_bytes(r.data[..8].try_into()?);
+        let us = wall_ns().saturating_sub(stamp) as f64 / 1000.0;
+        if i >= job.warmup {
+            lat.push(us);
+        }
+        say(&format!("ack {i}"));
+    }
+    lat.sort_by(f64::total_cmp);
+    say(&json!({
+        "p50_us": r3(pct(&lat, 50.0)),
+        "p99_us": r3(pct(&lat, 99.0)),
+        "peak_rss_MiB": peak_rss_mib(),
+    })
+    .to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+/// Nearest-rank percentile, as the anchor computes it.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let k = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[k.clamp(1, sorted.len()) - 1]
+}
+
+// ------------------------------------------------- wire byte counting
+
+/// Tokio, with every byte through the connections it dials counted, as the
+/// anchor counts `socket.bytesRead + bytesWritten` on the reader.
+#[derive(Debug)]
+struct CountingRuntime {
+    inner: Arc<TokioRuntime>,
+    rx: Arc<AtomicU64>,
+    tx: Arc<AtomicU64>,
+}
+
+impl CountingRuntime {
+    fn new(inner: Arc<TokioRuntime>) -> Arc<Self> {
+        Arc::new(CountingRuntime {
+            inner,
+            rx: Arc::default(),
+            tx: Arc::default(),
+        })
+    }
+}
+
+struct Counted<T> {
+    inner: T,
+    count: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.count.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.count.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+impl Runtime for CountingRuntime {
+    fn spawn(&self, future: BoxFuture<'static, ()>) {
+        self.inner.spawn(future)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Transport>> {
+        let (rx, tx) = (self.rx.clone(), self.tx.clone());
+        let connect = self.inner.connect(addr);
+        Box::pin(async move {
+            let t = connect.await?;
+            Ok(Transport {
+                reader: Box::new(Counted {
+                    inner: t.reader,
+                    count: rx,
+                }),
+                writer: Box::new(Counted {
+                    inner: t.writer,
+                    count: tx,
+                }),
+            })
+        })
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn Listener>>> {
+        self.inner.bind(addr)
+    }
+}
+
+// ------------------------------------------------------- orchestrator
+
+/// One phase's figures, in the anchor's field names.
+#[derive(Clone, Debug, Default)]
+struct Row {
+    phase: String,
+    durability: String,
+    msgs_per_s: Option<f64>,
+    secs: Option<f64>,
+    wire_bytes_per_block: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    peak_rss_mib: Option<f64>,
+}
+
+impl Row {
+    fn to_json(&self, implementation: &str) -> Value {
+        json!({
+            "impl": implementation,
+            "phase": self.phase,
+            "durability": self.durability,
+            "msgs_per_s": self.msgs_per_s,
+            "secs": self.secs,
+            "wire_bytes_per_block": self.wire_bytes_per_block,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "peak_rss_MiB": self.peak_rss_mib,
+        })
+    }
+}
+
+struct Kid {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    what: String,
+}
+
+impl Kid {
+    fn spawn(role: &str, args: &[(&str, String)]) -> anyhow::Result<Kid> {
+        let exe = std::env::current_exe().context("finding our own executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("role").arg("--role").arg(role);
+        for (k, v) in args {
+            if v.is_empty() {
+                cmd.arg(format!("--{k}"));
+            } else {
+                cmd.arg(format!("--{k}")).arg(v);
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the {role} process"))?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+        Ok(Kid {
+            child,
+            stdin,
+            stdout,
+            what: role.to_string(),
+        })
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut s = String::new();
+        if self.stdout.read_line(&mut s)? == 0 {
+            bail!("the {} process exited early", self.what);
+        }
+        Ok(s.trim_end().to_string())
+    }
+
+    fn json(&mut self) -> anyhow::Result<Value> {
+        let l = self.line()?;
+        serde_json::from_str(&l).with_context(|| format!("{} said {l:?}", self.what))
+    }
+
+    fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    fn wait(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the {} process failed: {status}", self.what);
+        }
+        Ok(())
+    }
+}
+
+fn num(v: &Value, k: &str) -> Option<f64> {
+    match v.get(k)? {
+        Value::Number(n) => n.as_f64(),
+        // A summary field that varied between runs: [median, min, max].
+        Value::Array(a) => a.first().and_then(Value::as_f64),
+        _ => None,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        // LMDB's lock file belongs to whoever opens the copy.
+        if e.file_name() == "lock.mdb" {
+            continue;
+        }
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+fn listening(kid: &mut Kid) -> anyhow::Result<(String, String)> {
+    let l = kid.line()?;
+    let mut parts = l.split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("listening"), Some(addr), Some(id)) => Ok((addr.to_string(), id.to_string())),
+        _ => bail!("{} said {l:?}", kid.what),
+    }
+}
+
+fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
+    let dur = if sync { "fsync" } else { "nosync" };
+    let sync_arg: Vec<(&str, String)> = if sync {
+        vec![("sync", String::new())]
+    } else {
+        vec![]
+    };
+    let with = |mut v: Vec<(&'static str, String)>| {
+        v.extend(sync_arg.iter().cloned());
+        v
+    };
+    let mut rows = Vec::new();
+    let init = |name: &str| -> anyhow::Result<(PathBuf, String)> {
+        let dir = tmp.join(name);
+        let mut k = Kid::spawn("init", &[("dir", dir.display().to_string())])?;
+        let id = k.line()?;
+        k.wait()?;
+        Ok((dir, id))
+    };
+    let (reader_tpl, reader_id) = init("reader-template")?;
+    let (live_tpl, live_id) = init("live-reader-template")?;
+
+    for (phase, n, batch) in [("append_b1", cli.n_b1, 1u64), ("append_b100", cli.n, 100)] {
+        let dir = tmp.join(phase);
+        let mut k = Kid::spawn(
+            "append",
+            &with(vec![
+                ("dir", dir.display().to_string()),
+                ("peer", reader_id.clone()),
+                ("n", n.to_string()),
+                ("batch", batch.to_string()),
+                ("size", cli.size.to_string()),
+            ]),
+        )?;
+        let v = k.json()?;
+        k.wait()?;
+        rows.push(Row {
+            phase: phase.into(),
+            durability: dur.into(),
+            msgs_per_s: num(&v, "msgs_per_s"),
+            secs: num(&v, "secs"),
+            peak_rss_mib: num(&v, "peak_rss_MiB"),
+            ..Row::default()
+        });
+    }
+
+    let seed = tmp.join("append_b100");
+    for (phase, mode) in [("replicate_full", "full"), ("replicate_sparse", "sparse")] {
+        let mut w = Kid::spawn(
+            "serve",
+            &with(vec![
+                ("dir", seed.display().to_string()),
+                ("peer", reader_id.clone()),
+            ]),
+        )?;
+        let (addr, wid) = listening(&mut w)?;
+        let rdir = tmp.join(format!("{phase}-reader"));
+        copy_dir(&reader_tpl, &rdir)?;
+        let mut r = Kid::spawn(
+            "fetch",
+            &with(vec![
+                ("dir", rdir.display().to_string()),
+                ("peer", wid),
+                ("addr", addr),
+                ("n", cli.n.to_string()),
+                ("every", cli.sparse_every.to_string()),
+                ("mode", mode.into()),
+            ]),
+        )?;
+        let v = r.json()?;
+        r.wait()?;
+        w.tell("stats")?;
+        let ws = w.json()?;
+        w.wait()?;
+        rows.push(Row {
+            phase: phase.into(),
+            durability: dur.into(),
+            msgs_per_s: num(&v, "msgs_per_s"),
+            secs: num(&v, "secs"),
+            wire_bytes_per_block: num(&v, "wire_bytes_per_block"),
+            peak_rss_mib: max_opt(num(&v, "peak_rss_MiB"), num(&ws, "peak_rss_MiB")),
+            ..Row::default()
+        });
+        let _ = std::fs::remove_dir_all(&rdir);
+    }
+
+    {
+        let wdir = tmp.join("live-writer");
+        let mut w = Kid::spawn(
+            "live-writer",
+            &with(vec![
+                ("dir", wdir.display().to_string()),
+                ("peer", live_id.clone()),
+                ("size", cli.size.to_string()),
+            ]),
+        )?;
+        let (addr, wid) = listening(&mut w)?;
+        let rdir = tmp.join("live-reader");
+        copy_dir(&live_tpl, &rdir)?;
+        let mut r = Kid::spawn(
+            "live-reader",
+            &with(vec![
+                ("dir", rdir.display().to_string()),
+                ("peer", wid),
+                ("addr", addr),
+                ("n", cli.lat.to_string()),
+                ("warmup", cli.lat_warmup.to_string()),
+            ]),
+        )?;
+        let ready = r.line()?;
+        if ready != "ready" {
+            bail!("live-reader said {ready:?}");
+        }
+        let total = cli.lat + cli.lat_warmup;
+        let t0 = std::time::Instant::now();
+        w.tell("append 0")?;
+        let v = loop {
+            let l = r.line()?;
+            if let Some(i) = l.strip_prefix("ack ").and_then(|i| i.parse::<u64>().ok()) {
+                if i + 1 < total {
+                    w.tell(&format!("append {}", i + 1))?;
+                }
+                continue;
+            }
+            break serde_json::from_str::<Value>(&l).with_context(|| format!("{l:?}"))?;
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        r.wait()?;
+        w.tell("stats")?;
+        let ws = w.json()?;
+        w.wait()?;
+        rows.push(Row {
+            phase: "latency".into(),
+            durability: dur.into(),
+            msgs_per_s: Some((total as f64 / secs).round()),
+            secs: Some(r3(secs)),
+            p50_us: num(&v, "p50_us"),
+            p99_us: num(&v, "p99_us"),
+            peak_rss_mib: max_opt(num(&v, "peak_rss_MiB"), num(&ws, "peak_rss_MiB")),
+            ..Row::default()
+        });
+    }
+    Ok(rows)
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let (lo, hi) = ((v.len() - 1) / 2, v.len() / 2);
+    Some((v[lo] + v[hi]) / 2.0)
+}
+
+/// Per phase and mode, the median of each field over runs.
+fn summarize(rows: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        if out
+            .iter()
+            .any(|o| o.phase == r.phase && o.durability == r.durability)
+        {
+            continue;
+        }
+        let same: Vec<&Row> = rows
+            .iter()
+            .filter(|o| o.phase == r.phase && o.durability == r.durability)
+            .collect();
+        let m = |f: fn(&Row) -> Option<f64>| median(same.iter().filter_map(|r| f(r)).collect());
+        out.push(Row {
+            phase: r.phase.clone(),
+            durability: r.durability.clone(),
+            msgs_per_s: m(|r| r.msgs_per_s),
+            secs: m(|r| r.secs),
+            wire_bytes_per_block: m(|r| r.wire_bytes_per_block),
+            p50_us: m(|r| r.p50_us),
+            p99_us: m(|r| r.p99_us),
+            peak_rss_mib: m(|r| r.peak_rss_mib),
+        });
+    }
+    out
+}
+
+fn run_js(cli: &Cli, tmp: &Path) -> anyhow::Result<Vec<Row>> {
+    let src = &cli.js_dir;
+    if !src.join("bench.mjs").exists() {
+        bail!(
+            "no JS anchor at {}; pass --js-dir pointing at shared/anchors/hypercore-js",
+            src.display()
+        );
+    }
+    let work = tmp.join("js-anchor");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(src)
+        .arg(&work)
+        .status()
+        .context("copying the JS anchor")?;
+    if !status.success() {
+        bail!("copying the JS anchor failed");
+    }
+    if !work.join("node_modules").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&work)
+            .status()
+            .context("running npm ci for the JS anchor (is Node.js installed?)")?;
+        if !status.success() {
+            bail!("npm ci failed in the JS anchor");
+        }
+    }
+    let out = Command::new("node")
+        .arg("bench.mjs")
+        .args(["--runs", &cli.runs.to_string()])
+        .args(["--n", &cli.n.to_string()])
+        .args(["--n-b1", &cli.n_b1.to_string()])
+        .args(["--size", &cli.size.to_string()])
+        .args(["--sparse-every", &cli.sparse_every.to_string()])
+        .args(["--lat", &cli.lat.to_string()])
+        .args(["--lat-warmup", &cli.lat_warmup.to_string()])
+        .args(["--out", &work.join("anchor.jsonl").display().to_string()])
+        .current_dir(&work)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the JS anchor (is Node.js installed?)")?;
+    if !out.status.success() {
+        bail!("the JS anchor failed: {}", out.status);
+    }
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v.get("type").and_then(Value::as_str) != Some("summary") {
+            continue;
+        }
+        let phase = v
+            .get("phase")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let rss = num(&v, "peak_rss_MiB").or_else(|| {
+            max_opt(
+                num(&v, "reader_peak_rss_MiB"),
+                num(&v, "writer_peak_rss_MiB"),
+            )
+        });
+        let msgs = num(&v, "msgs_per_s").or_else(|| num(&v, "roundtrips_per_s"));
+        rows.push(Row {
+            phase,
+            durability: "no fsync per append".into(),
+            msgs_per_s: msgs,
+            secs: num(&v, "secs").or_else(|| num(&v, "secs_total")),
+            wire_bytes_per_block: num(&v, "wire_bytes_per_block"),
+            p50_us: num(&v, "p50_us"),
+            p99_us: num(&v, "p99_us"),
+            peak_rss_mib: rss,
+        });
+    }
+    Ok(rows)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x >= 100.0 => format!("{}", x.round()),
+        Some(x) => format!("{x:.1}"),
+    }
+}
+
+fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("peermq-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let modes: Vec<bool> = match cli.durability {
+        Modes::Both => vec![false, true],
+        Modes::Nosync => vec![false],
+        Modes::Fsync => vec![true],
+    };
+    let mut rows = Vec::new();
+    for &sync in &modes {
+        for run in 1..=cli.runs {
+            let dir = tmp.path().join(format!(
+                "{}-run{run}",
+                if sync { "fsync" } else { "nosync" }
+            ));
+            std::fs::create_dir_all(&dir)?;
+            for r in run_once(cli, sync, &dir)? {
+                let mut j = r.to_json("peermq");
+                j["run"] = json!(run);
+                println!("{j}");
+                rows.push(r);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let ours = summarize(&rows);
+    for r in &ours {
+        let mut j = r.to_json("peermq");
+        j["type"] = json!("summary");
+        println!("{j}");
+    }
+    let js = if cli.compare_js {
+        let js = run_js(cli, tmp.path())?;
+        for r in &js {
+            let mut j = r.to_json("hypercore-js");
+            j["type"] = json!("summary");
+            println!("{j}");
+        }
+        js
+    } else {
+        Vec::new()
+    };
+
+    // The table, for BENCHMARKS.md.
+    eprintln!();
+    eprintln!(
+        "| phase | durability | msgs/s | secs | wire B/block | p50 µs | p99 µs | peak RSS MiB |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for r in ours.iter().chain(js.iter()) {
+        let who = if js.iter().any(|j| std::ptr::eq(j, r)) {
+            "hypercore-js"
+        } else {
+            "peermq"
+        };
+        eprintln!(
+            "| {} ({who}) | {} | {} | {} | {} | {} | {} | {} |",
+            r.phase,
+            r.durability,
+            fmt(r.msgs_per_s),
+            fmt(r.secs),
+            fmt(r.wire_bytes_per_block),
+            fmt(r.p50_us),
+            fmt(r.p99_us),
+            fmt(r.peak_rss_mib)
+        );
+    }
+    if js.is_empty() {
+        return Ok(());
+    }
+    eprintln!();
+    eprintln!("| phase | ours (mode) vs JS | target | measured | met |");
+    eprintln!("|---|---|---|---|---|");
+    for mode in ["nosync", "fsync"] {
+        for j in &js {
+            let Some(o) = ours
+                .iter()
+                .find(|o| o.phase == j.phase && o.durability == mode)
+            else {
+                continue;
+            };
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            let mut checks: Vec<(String, Option<f64>, bool)> = Vec::new();
+            let throughput = ratio(o.msgs_per_s, j.msgs_per_s);
+            let rss = ratio(o.peak_rss_mib, j.peak_rss_mib);
+            match j.phase.as_str() {
+                "replicate_full" => {
+                    checks.push(("msgs/s ≥ 50×".into(), throughput, throughput >= Some(50.0)))
+                }
+                "append_b100" => {
+                    checks.push(("msgs/s ≥ 10×".into(), throughput, throughput >= Some(10.0)))
+                }
+                "replicate_sparse" => {
+                    checks.push(("msgs/s ≥ 10×".into(), throughput, throughput >= Some(10.0)));
+                    let w = ratio(o.wire_bytes_per_block, j.wire_bytes_per_block);
+                    checks.push((
+                        "wire B/block ≤ 2/3".into(),
+                        w,
+                        w.is_some_and(|w| w <= 2.0 / 3.0),
+                    ));
+                }
+                "latency" => {
+                    let p = ratio(o.p50_us, j.p50_us);
+                    checks.push(("p50 ≤ 1/10".into(), p, p.is_some_and(|p| p <= 0.1)));
+                }
+                _ => checks.push(("msgs/s (no target)".into(), throughput, true)),
+            }
+            checks.push(("peak RSS ≤ 1/4".into(), rss, rss.is_some_and(|r| r <= 0.25)));
+            for (what, v, ok) in checks {
+                let line = json!({"type": "ratio", "phase": j.phase, "durability": mode, "target": what, "ratio": v.map(r3), "met": ok});
+                println!("{line}");
+                eprintln!(
+                    "| {} | {mode} | {what} | {} | {} |",
+                    j.phase,
+                    v.map_or("–".into(), |v| format!("{v:.3}")),
+                    if ok { "yes" } else { "no" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
