@@ -16,6 +16,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "emitter")]
+pub mod emitter;
 pub mod feed;
 pub mod identity;
 pub mod merkle;

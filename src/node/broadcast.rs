@@ -374,6 +374,12 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
+    /// Whether this node replicates `author`'s broadcast feed (always in
+    /// open mode; otherwise only authorized peers' and our own).
+    pub fn replicates(&self, author: &PeerId) -> bool {
+        self.st.author_allowed(author)
+    }
+
     /// Loads a feed handle for inspection (tests, tools).
     pub fn feed_handle(&mut self, desc: FeedDescriptor) -> Result<Feed, NodeError> {
         let txn = Txn::begin(&self.store)?;

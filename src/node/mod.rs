@@ -317,9 +317,9 @@ impl<S: Store> Node<S> {
 
     fn finish(&mut self, r: Result<(), NodeError>, now: Instant) -> Result<(), NodeError> {
         if r.is_err() {
-            self.st.storage_failed(now);
+            self.st.storage_failed(&self.store, now);
         } else if let Err(e) = self.st.serve_all(&self.store, now) {
-            self.st.storage_failed(now);
+            self.st.storage_failed(&self.store, now);
             self.st.flush_all(now);
             return Err(e);
         }
@@ -442,14 +442,34 @@ impl State {
 
     /// After a failed commit nothing in memory can be trusted to match the
     /// store: close every connection (peers will resend) and reload lazily.
-    fn storage_failed(&mut self, now: Instant) {
+    /// Blocks asked for with `get` are the application's request, not a
+    /// copy of stored state, so they are carried over (else their `Fetched`
+    /// would never come).
+    fn storage_failed<S: Store>(&mut self, store: &S, now: Instant) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             self.drop_conn(id, CloseReason::Storage("commit failed".into()), true, now);
         }
+        let wanted: Vec<(PeerId, crate::ranges::RangeSet)> = self
+            .inboxes
+            .iter()
+            .filter(|(_, i)| !i.wanted.is_empty())
+            .map(|(p, i)| (*p, i.wanted.clone()))
+            .collect();
         self.feeds.clear();
         self.inboxes.clear();
         self.outboxes.clear();
+        if wanted.is_empty() {
+            return;
+        }
+        let Ok(txn) = Txn::begin(store) else {
+            return;
+        };
+        for (from, w) in wanted {
+            if let Ok(inbox) = self.inbox(&txn, from) {
+                inbox.wanted = w;
+            }
+        }
     }
 
     fn handle_timeout<S: Store>(&mut self, store: &S, now: Instant) -> Result<(), NodeError> {

@@ -49,6 +49,9 @@ struct AfterCommit {
     broadcast_schedule: BTreeSet<FeedId>,
     /// Broadcast arrival events, emitted after the commit.
     broadcast_events: Vec<Event>,
+    /// Connections whose requests completed: their freed capacity may serve
+    /// any feed, not only the one that completed.
+    freed: BTreeSet<ConnId>,
 }
 
 fn feed_fault(e: FeedError) -> Fault {
@@ -75,7 +78,10 @@ impl State {
         if bytes.is_empty() {
             return Ok(());
         }
-        conn.last_rx = now;
+        // Liveness is judged by frames that decrypt, not raw bytes: bytes
+        // that only extend a frame whose length prefix was corrupted would
+        // otherwise keep a dead connection open for hours of keepalives.
+        let rx_before = conn.rx.len();
         let peers = &self.peers;
         let open = self.config.open;
         let authorized = |p: &PeerId| open || peers.contains(p);
@@ -94,6 +100,9 @@ impl State {
         let Some(conn) = self.conns.get_mut(&id) else {
             return Ok(());
         };
+        if conn.rx.len() > rx_before || !conn.is_open() {
+            conn.last_rx = now;
+        }
         if conn.rx.is_empty() {
             return Ok(());
         }
@@ -239,6 +248,7 @@ impl State {
                     )));
                 };
                 let (_, s, e) = conn.inflight.swap_remove(i);
+                after.freed.insert(id);
                 if let Some(r) = self.replicas.get_mut(&feed) {
                     // This peer cannot serve past `start` after all; others may.
                     let can = conn.remote_heads.entry(feed).or_insert(0);
@@ -284,6 +294,7 @@ impl State {
                 "blocks {start}..{end} were not requested"
             ))));
         };
+        after.freed.insert(id);
         if let Some(desc) = self.replicas.get(&d.head.feed).map(|r| r.desc) {
             let conn = self
                 .conns
@@ -326,10 +337,11 @@ impl State {
         inbox.requested.remove(start, req_end);
         inbox.remote_length = inbox.remote_length.max(d.head.length);
         inbox.held.insert(start, end);
+        // They leave `wanted` only once committed (in `after_commit`): if the
+        // commit fails they must be fetched again, or `Fetched` never comes.
         for seq in inbox.wanted.iter_within(start, end).collect::<Vec<_>>() {
             after.fetched.push((peer, seq));
         }
-        inbox.wanted.remove(start, end);
         after.arrived.insert(peer);
         after.schedule.insert(peer);
         Ok(())
@@ -493,6 +505,9 @@ impl State {
             }
         }
         for (from, seq) in after.fetched {
+            if let Some(inbox) = self.inboxes.get_mut(&from) {
+                inbox.wanted.remove(seq, seq + 1);
+            }
             self.out
                 .push_back(Output::Event(Event::Fetched { from, seq }));
         }
@@ -510,7 +525,16 @@ impl State {
         for feed in &after.broadcast_arrived {
             self.gossip(*feed);
         }
-        for feed in after.broadcast_schedule {
+        let mut feeds = after.broadcast_schedule;
+        for id in &after.freed {
+            if let Some(conn) = self.conns.get(id) {
+                feeds.extend(conn.remote_heads.keys().copied());
+                if let Some(peer) = conn.peer {
+                    self.schedule_requests(peer);
+                }
+            }
+        }
+        for feed in feeds {
             self.schedule_broadcast(feed);
         }
     }
