@@ -547,11 +547,19 @@ impl State {
         let Some(inbox) = self.inboxes.get(&from) else {
             return;
         };
-        let receipt = Receipt::sign(
-            &self.key,
-            FeedDescriptor::queue(from, self.me).id(),
-            inbox.acknowledged(),
-        );
+        let mut held = inbox.acknowledged();
+        if held.ranges().len() > crate::wire::MAX_RECEIPT_RANGES {
+            // A sparse reader can hold more disjoint ranges than a receipt
+            // may carry, and the sender refuses such a receipt as malformed
+            // (closing the connection, at every reconnect). Acknowledging a
+            // prefix is still true; the rest is acknowledged as gaps fill.
+            let mut prefix = RangeSet::new();
+            for &(a, b) in &held.ranges()[..crate::wire::MAX_RECEIPT_RANGES] {
+                prefix.insert(a, b);
+            }
+            held = prefix;
+        }
+        let receipt = Receipt::sign(&self.key, FeedDescriptor::queue(from, self.me).id(), held);
         if let Some(conn) = self.conns.get_mut(&cid) {
             conn.send(&Message::Ack(receipt));
         }

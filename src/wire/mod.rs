@@ -10,6 +10,7 @@ pub mod frame;
 mod message;
 pub mod receipt;
 
+pub(crate) use message::MAX_RECEIPT_RANGES;
 pub use message::{CloseCode, DataMsg, HandshakePayload, Message, MessageError, MSG_HEADER_LEN};
 pub use receipt::Receipt;
 

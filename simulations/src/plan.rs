@@ -1,0 +1,1003 @@
+//! Plans: everything a run does, generated up front from one seed.
+//!
+//! A run is a pure function of its [`Plan`], so shrinking a failing run is
+//! just removing entries from the plan and running it again.
+
+use std::fmt;
+use std::str::FromStr;
+
+use peermq::{Prefetch, RandomSource, SeededRng};
+
+/// One second of virtual time, in microseconds.
+pub const SEC: u64 = 1_000_000;
+/// One millisecond of virtual time, in microseconds.
+pub const MS: u64 = 1_000;
+
+/// A named shape of run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    /// The default: a random small network, random workload, random faults.
+    Mix,
+    /// Every node dials every other at once, and the whole network loses its
+    /// connections again and again.
+    ReconnectStorm,
+    /// One reader of a 1,000,000-message feed reads 1% of it.
+    SparseDownload,
+    /// At least 100 nodes in a sparse random mesh.
+    Mesh,
+}
+
+impl Scenario {
+    /// Every scenario, in the order the help text lists them.
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Mix,
+        Scenario::ReconnectStorm,
+        Scenario::SparseDownload,
+        Scenario::Mesh,
+    ];
+
+    /// The scenario's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Mix => "mix",
+            Scenario::ReconnectStorm => "reconnect-storm",
+            Scenario::SparseDownload => "sparse-download",
+            Scenario::Mesh => "mesh",
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|x| x.name()).collect();
+                format!(
+                    "unknown scenario {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// How hard the network and the nodes are hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultLevel {
+    /// A perfect network (latency only) and nodes that never fail.
+    None,
+    /// A few faults per simulated minute.
+    Light,
+    /// Several faults per simulated minute.
+    Medium,
+    /// Faults every few seconds.
+    Heavy,
+}
+
+impl FaultLevel {
+    /// Every level, mildest first.
+    pub const ALL: [FaultLevel; 4] = [
+        FaultLevel::None,
+        FaultLevel::Light,
+        FaultLevel::Medium,
+        FaultLevel::Heavy,
+    ];
+
+    /// The level's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultLevel::None => "none",
+            FaultLevel::Light => "light",
+            FaultLevel::Medium => "medium",
+            FaultLevel::Heavy => "heavy",
+        }
+    }
+
+    /// Faults per simulated minute.
+    fn per_minute(self) -> u64 {
+        match self {
+            FaultLevel::None => 0,
+            FaultLevel::Light => 3,
+            FaultLevel::Medium => 8,
+            FaultLevel::Heavy => 20,
+        }
+    }
+}
+
+impl fmt::Display for FaultLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FaultLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultLevel::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown fault level {s:?}; expected none, light, medium or heavy")
+            })
+    }
+}
+
+/// What the caller fixes; the seed chooses everything left open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// The scenario (`None`: the default mix).
+    pub scenario: Option<Scenario>,
+    /// Number of nodes.
+    pub nodes: Option<usize>,
+    /// Length of the chaos phase, in seconds.
+    pub duration: Option<u64>,
+    /// Fault level.
+    pub faults: Option<FaultLevel>,
+}
+
+impl Params {
+    /// The command-line flags that reproduce these parameters (empty for the
+    /// defaults), to append to a replay command.
+    pub fn flags(&self) -> String {
+        let mut s = String::new();
+        if let Some(x) = self.scenario {
+            s += &format!(" --scenario {x}");
+        }
+        if let Some(x) = self.nodes {
+            s += &format!(" --nodes {x}");
+        }
+        if let Some(x) = self.duration {
+            s += &format!(" --duration {x}");
+        }
+        if let Some(x) = self.faults {
+            s += &format!(" --faults {x}");
+        }
+        s
+    }
+}
+
+/// Per-node configuration the seed chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// Download window of the node's readers.
+    pub prefetch: Prefetch,
+    /// A sparse reader: `Window(0)`, reads with `get` only, never sends.
+    pub sparse: bool,
+    /// Blocks per request.
+    pub max_request_blocks: u64,
+    /// Requests in flight per connection.
+    pub max_inflight: usize,
+    /// Bytes of blocks per data message.
+    pub max_data_bytes: usize,
+    /// First reconnect delay, in milliseconds.
+    pub backoff_base_ms: u64,
+    /// Longest reconnect delay, in milliseconds.
+    pub backoff_cap_ms: u64,
+    /// Whether acknowledged blocks are pruned at the sender.
+    pub prune_acked: bool,
+}
+
+/// An authorized pair: both add each other; `dialer` keeps a connection to
+/// `listener` (and, with `both`, the listener dials too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Edge {
+    /// The node that dials.
+    pub dialer: usize,
+    /// The node dialed.
+    pub listener: usize,
+    /// Whether the listener dials as well (simultaneous dials).
+    pub both: bool,
+}
+
+/// Everything about a run that is not a timed operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Length of the chaos phase, in microseconds.
+    pub chaos: u64,
+    /// After the heal, every message to a live authorized recipient must
+    /// arrive within this bound (microseconds).
+    pub heal_bound: u64,
+    /// Fault level.
+    pub faults: FaultLevel,
+    /// One-way link latency range, microseconds.
+    pub latency: (u64, u64),
+    /// Extra random delay per chunk, microseconds (order is kept).
+    pub jitter: u64,
+    /// Bytes per second per link direction (0: unlimited).
+    pub bandwidth: u64,
+    /// Largest chunk the transport delivers at once.
+    pub max_chunk: usize,
+    /// Largest random padding of a message (its size is 16 to 16 + this).
+    pub msg_extra: usize,
+    /// Per-node configuration.
+    pub node: Vec<NodeOptions>,
+    /// The authorized pairs.
+    pub edges: Vec<Edge>,
+}
+
+impl Options {
+    /// Whether `a` and `b` form an authorized pair.
+    pub fn edge(&self, a: usize, b: usize) -> Option<&Edge> {
+        self.edges
+            .iter()
+            .find(|e| (e.dialer == a && e.listener == b) || (e.dialer == b && e.listener == a))
+    }
+
+    /// Whether node `i` dials `j` (as the edge's dialer, or both dial).
+    pub fn dials(&self, i: usize, j: usize) -> bool {
+        self.edge(i, j)
+            .is_some_and(|e| e.dialer == i || (e.both && e.listener == i))
+    }
+
+    /// The one-line summary printed at the start of a run.
+    pub fn summary(&self) -> String {
+        let sparse = self.node.iter().filter(|n| n.sparse).count();
+        format!(
+            "scenario={} nodes={} edges={} sparse-readers={} chaos={}s heal-bound={}s faults={} latency={}..{}ms jitter={}ms bandwidth={} max-chunk={} msg-size=16..{}",
+            self.scenario,
+            self.nodes,
+            self.edges.len(),
+            sparse,
+            self.chaos / SEC,
+            self.heal_bound / SEC,
+            self.faults,
+            self.latency.0 / MS,
+            self.latency.1 / MS,
+            self.jitter / MS,
+            if self.bandwidth == 0 {
+                "unlimited".to_string()
+            } else {
+                format!("{}B/s", self.bandwidth)
+            },
+            self.max_chunk,
+            16 + self.msg_extra,
+        )
+    }
+}
+
+/// A workload operation or a fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `from` sends `count` messages to `to` (one `send`, or a batch).
+    Send {
+        /// Sender.
+        from: usize,
+        /// Recipient.
+        to: usize,
+        /// How many.
+        count: u32,
+    },
+    /// `node`'s consumer reads up to `limit` unread messages and archives
+    /// (`archive`%) or clears (`clear`%) each, the rest left unread.
+    Read {
+        /// Reader.
+        node: usize,
+        /// Most messages read.
+        limit: u32,
+        /// Percent archived.
+        archive: u8,
+        /// Percent cleared.
+        clear: u8,
+        /// Seed of the per-message choices.
+        seed: u64,
+    },
+    /// Sparse reader `node` asks for `count` random messages of `from`'s feed
+    /// with `Node::get`.
+    Get {
+        /// Reader.
+        node: usize,
+        /// Sender.
+        from: usize,
+        /// How many blocks.
+        count: u32,
+        /// Seed of the choice of blocks.
+        seed: u64,
+    },
+    /// `node` revokes `peer`, and authorizes it again after `for_`.
+    RemovePeer {
+        /// The node revoking.
+        node: usize,
+        /// The peer revoked.
+        peer: usize,
+        /// For how long (microseconds).
+        for_: u64,
+    },
+    /// `from` dials `to`, which never authorized it, and sends it a message,
+    /// for `for_`.
+    Intrude {
+        /// The intruder.
+        from: usize,
+        /// Its target.
+        to: usize,
+        /// How long it keeps dialing.
+        for_: u64,
+    },
+    /// Traffic from `a` to `b` (and back unless `oneway`) is lost for `for_`.
+    Partition {
+        /// One side.
+        a: usize,
+        /// The other side.
+        b: usize,
+        /// Only `a` to `b` is cut.
+        oneway: bool,
+        /// For how long.
+        for_: u64,
+    },
+    /// `node` can reach nobody, and nobody it, for `for_`.
+    Isolate {
+        /// The node.
+        node: usize,
+        /// For how long.
+        for_: u64,
+    },
+    /// The link between `a` and `b` goes down and up `times` times, `period`
+    /// each.
+    Flap {
+        /// One side.
+        a: usize,
+        /// The other side.
+        b: usize,
+        /// Half period.
+        period: u64,
+        /// Down/up cycles.
+        times: u32,
+    },
+    /// A connection (chosen by `pick` among the open ones) is reset: each
+    /// direction delivers a prefix of what is in flight, cut mid-frame, then
+    /// both ends see the transport close.
+    Reset {
+        /// Which connection.
+        pick: u64,
+    },
+    /// Every open connection is reset at once.
+    ResetAll,
+    /// One direction of a connection stops moving for `for_`.
+    Stall {
+        /// Which connection and direction.
+        pick: u64,
+        /// For how long.
+        for_: u64,
+    },
+    /// One byte on one connection is flipped on the wire.
+    Corrupt {
+        /// Which connection, direction and byte.
+        pick: u64,
+    },
+    /// `node` crashes (uncommitted work lost) and restarts after `down`.
+    /// `silent`: its peers see no close (a machine crash), only silence.
+    Crash {
+        /// The node.
+        node: usize,
+        /// Downtime.
+        down: u64,
+        /// Whether peers see the transport close.
+        silent: bool,
+    },
+    /// `node` stops (no input, no timers, no application) for `for_`.
+    Pause {
+        /// The node.
+        node: usize,
+        /// For how long.
+        for_: u64,
+    },
+    /// The next `n` commits of `node`'s store fail.
+    FailCommits {
+        /// The node.
+        node: usize,
+        /// How many.
+        n: u32,
+    },
+    /// Test-only sabotage, never generated: destroys the stored bytes of
+    /// one received message at `node` behind the core's back, which the
+    /// oracles must report.
+    Sabotage {
+        /// The node.
+        node: usize,
+    },
+}
+
+impl Op {
+    /// Whether the op is a fault (as opposed to workload).
+    pub fn is_fault(&self) -> bool {
+        !matches!(
+            self,
+            Op::Send { .. }
+                | Op::Read { .. }
+                | Op::Get { .. }
+                | Op::RemovePeer { .. }
+                | Op::Intrude { .. }
+        )
+    }
+}
+
+fn secs(us: u64) -> String {
+    format!("{}.{:03}s", us / SEC, (us % SEC) / MS)
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Send { from, to, count } => write!(f, "send n{from} -> n{to} x{count}"),
+            Op::Read {
+                node,
+                limit,
+                archive,
+                clear,
+                seed,
+            } => write!(
+                f,
+                "read n{node} limit={limit} archive={archive}% clear={clear}% seed={seed}"
+            ),
+            Op::Get {
+                node,
+                from,
+                count,
+                seed,
+            } => write!(f, "get n{node} <- n{from} x{count} seed={seed}"),
+            Op::RemovePeer { node, peer, for_ } => {
+                write!(f, "remove-peer n{node} n{peer} for {}", secs(*for_))
+            }
+            Op::Intrude { from, to, for_ } => {
+                write!(f, "intrude n{from} -> n{to} for {}", secs(*for_))
+            }
+            Op::Partition { a, b, oneway, for_ } => write!(
+                f,
+                "partition n{a} {} n{b} for {}",
+                if *oneway { "-/->" } else { "<-/->" },
+                secs(*for_)
+            ),
+            Op::Isolate { node, for_ } => write!(f, "isolate n{node} for {}", secs(*for_)),
+            Op::Flap {
+                a,
+                b,
+                period,
+                times,
+            } => write!(f, "flap n{a} <-> n{b} period {} x{times}", secs(*period)),
+            Op::Reset { pick } => write!(f, "reset link pick={pick}"),
+            Op::ResetAll => f.write_str("reset all links"),
+            Op::Stall { pick, for_ } => write!(f, "stall link pick={pick} for {}", secs(*for_)),
+            Op::Corrupt { pick } => write!(f, "corrupt link pick={pick}"),
+            Op::Crash { node, down, silent } => write!(
+                f,
+                "crash n{node} down {}{}",
+                secs(*down),
+                if *silent { " silent" } else { "" }
+            ),
+            Op::Pause { node, for_ } => write!(f, "pause n{node} for {}", secs(*for_)),
+            Op::FailCommits { node, n } => write!(f, "fail-commits n{node} x{n}"),
+            Op::Sabotage { node } => write!(f, "sabotage n{node}"),
+        }
+    }
+}
+
+/// An operation at a point of virtual time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedOp {
+    /// When, in microseconds from the start.
+    pub at: u64,
+    /// What.
+    pub op: Op,
+}
+
+/// A whole run: options and timed operations, from one seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The seed it came from (also seeds the network's randomness).
+    pub seed: u64,
+    /// The options.
+    pub options: Options,
+    /// Operations, sorted by time.
+    pub ops: Vec<TimedOp>,
+}
+
+impl Plan {
+    /// The plan as text: options, edges, then one line per operation.
+    pub fn render(&self) -> String {
+        let mut s = format!("plan for seed {}: {}\n", self.seed, self.options.summary());
+        for (i, n) in self.options.node.iter().enumerate() {
+            s += &format!(
+                "  n{i}: prefetch={:?}{} request-blocks={} inflight={} data-bytes={} backoff={}..{}ms prune={}\n",
+                n.prefetch,
+                if n.sparse { " (sparse reader)" } else { "" },
+                n.max_request_blocks,
+                n.max_inflight,
+                n.max_data_bytes,
+                n.backoff_base_ms,
+                n.backoff_cap_ms,
+                n.prune_acked
+            );
+        }
+        for e in &self.options.edges {
+            s += &format!(
+                "  edge n{} {} n{}\n",
+                e.dialer,
+                if e.both { "<=>" } else { "=>" },
+                e.listener
+            );
+        }
+        for op in &self.ops {
+            s += &format!("  at {}: {}\n", secs(op.at), op.op);
+        }
+        s
+    }
+}
+
+/// A small helper over the seeded generator.
+pub(crate) struct Dice(pub SeededRng);
+
+impl Dice {
+    pub fn new(seed: u64, stream: &str) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("peermq-sim v1 dice");
+        h.update(&seed.to_le_bytes());
+        h.update(stream.as_bytes());
+        Dice(SeededRng::from_seed(*h.finalize().as_bytes()))
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.u64() % (hi - lo + 1)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.u64() % n as u64) as usize
+        }
+    }
+
+    /// True with probability `pct`%.
+    pub fn chance(&mut self, pct: u64) -> bool {
+        self.u64() % 100 < pct
+    }
+
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+}
+
+/// Generates the plan of `seed` under `params`.
+pub fn generate(seed: u64, params: &Params) -> Plan {
+    let mut d = Dice::new(seed, "plan");
+    let scenario = params.scenario.unwrap_or(Scenario::Mix);
+    let faults = params.faults.unwrap_or_else(|| match scenario {
+        Scenario::Mix => d.pick(&[
+            FaultLevel::None,
+            FaultLevel::Light,
+            FaultLevel::Light,
+            FaultLevel::Medium,
+            FaultLevel::Medium,
+            FaultLevel::Heavy,
+            FaultLevel::Heavy,
+        ]),
+        Scenario::ReconnectStorm => FaultLevel::Heavy,
+        Scenario::SparseDownload | Scenario::Mesh => FaultLevel::Light,
+    });
+    let nodes = params
+        .nodes
+        .unwrap_or(match scenario {
+            Scenario::Mix => d.range(3, 8) as usize,
+            Scenario::ReconnectStorm => 10,
+            Scenario::SparseDownload => 2,
+            Scenario::Mesh => 100,
+        })
+        .max(2);
+    let nodes = match scenario {
+        Scenario::Mesh => nodes.max(100),
+        Scenario::SparseDownload => 2,
+        _ => nodes,
+    };
+    let chaos = params.duration.map(|s| s * SEC).unwrap_or(match scenario {
+        Scenario::Mix => d.range(15, 45) * SEC,
+        Scenario::ReconnectStorm => 40 * SEC,
+        Scenario::SparseDownload => 30 * SEC,
+        Scenario::Mesh => 20 * SEC,
+    });
+    let lat_lo = d.range(1, 20) * MS;
+    let latency = (lat_lo, lat_lo + d.range(0, 60) * MS);
+    let jitter = d.range(0, 15) * MS;
+    let bandwidth = if d.chance(50) {
+        0
+    } else {
+        d.pick(&[256 << 10, 1 << 20, 10 << 20])
+    };
+    let max_chunk = if d.chance(15) {
+        d.range(7, 64) as usize
+    } else {
+        d.range(256, 65_536) as usize
+    };
+    let msg_extra = match scenario {
+        Scenario::SparseDownload => 48,
+        _ => d.pick(&[0, 100, 1000, 5000]),
+    };
+    let mut node: Vec<NodeOptions> = (0..nodes)
+        .map(|_| NodeOptions {
+            prefetch: if d.chance(60) {
+                Prefetch::All
+            } else {
+                Prefetch::Window(d.range(1, 64))
+            },
+            sparse: false,
+            max_request_blocks: d.pick(&[1, 3, 16, 64, 1024]),
+            max_inflight: d.range(1, 8) as usize,
+            max_data_bytes: d.pick(&[256, 4096, 65_536, 256 << 10]),
+            backoff_base_ms: d.range(50, 500),
+            backoff_cap_ms: d.range(2, 20) * 1000,
+            prune_acked: d.chance(30),
+        })
+        .collect();
+    let mut edges = Vec::new();
+    match scenario {
+        Scenario::Mix => {
+            // A sparse reader is a pure consumer, so its bytes are easy to
+            // account for.
+            for n in node.iter_mut() {
+                if d.chance(12) {
+                    n.sparse = true;
+                    n.prefetch = Prefetch::Window(0);
+                }
+            }
+            if node.iter().all(|n| n.sparse) {
+                node[0].sparse = false;
+                node[0].prefetch = Prefetch::All;
+            }
+            let density = d.range(30, 100);
+            for a in 0..nodes {
+                for b in a + 1..nodes {
+                    if node[a].sparse && node[b].sparse {
+                        continue;
+                    }
+                    if d.chance(density) {
+                        edges.push(random_edge(&mut d, a, b));
+                    }
+                }
+            }
+            // Nobody is left alone.
+            for a in 0..nodes {
+                if !edges.iter().any(|e| e.dialer == a || e.listener == a) {
+                    let b = (0..nodes).find(|&b| b != a && !node[b].sparse).unwrap_or(0);
+                    if b != a {
+                        edges.push(random_edge(&mut d, a, b));
+                    }
+                }
+            }
+        }
+        Scenario::ReconnectStorm => {
+            for a in 0..nodes {
+                for b in a + 1..nodes {
+                    edges.push(Edge {
+                        dialer: a,
+                        listener: b,
+                        both: true,
+                    });
+                }
+            }
+        }
+        Scenario::SparseDownload => {
+            node[1].sparse = true;
+            node[1].prefetch = Prefetch::Window(0);
+            // Random single-block gets cannot be merged into ranges: keep
+            // the core's default pipeline depth so they do not go one per
+            // round trip.
+            node[1].max_inflight = 32;
+            node[0].prune_acked = false;
+            edges.push(Edge {
+                dialer: 1,
+                listener: 0,
+                both: false,
+            });
+        }
+        Scenario::Mesh => {
+            // A ring keeps it connected; chords make it a mesh.
+            for a in 0..nodes {
+                edges.push(random_edge(&mut d, a, (a + 1) % nodes));
+            }
+            for a in 0..nodes {
+                for _ in 0..2 {
+                    let b = d.below(nodes);
+                    let known = edges.iter().any(|e| {
+                        (e.dialer == a && e.listener == b) || (e.dialer == b && e.listener == a)
+                    });
+                    if b != a && !known {
+                        edges.push(random_edge(&mut d, a, b));
+                    }
+                }
+            }
+        }
+    }
+    edges.sort();
+    let mut options = Options {
+        scenario,
+        nodes,
+        chaos,
+        heal_bound: 0,
+        faults,
+        latency,
+        jitter,
+        bandwidth,
+        max_chunk,
+        msg_extra,
+        node,
+        edges,
+    };
+    let mut ops = Vec::new();
+    workload(&mut d, &options, &mut ops);
+    fault_ops(&mut d, &options, &mut ops);
+    ops.sort_by_key(|o| o.at);
+    options.heal_bound = heal_bound(&options, &ops);
+    Plan { seed, options, ops }
+}
+
+fn random_edge(d: &mut Dice, a: usize, b: usize) -> Edge {
+    let (dialer, listener) = if d.chance(50) { (a, b) } else { (b, a) };
+    Edge {
+        dialer,
+        listener,
+        both: d.chance(15),
+    }
+}
+
+/// The liveness bound: time to notice dead links and redial at the slowest
+/// backoff, plus time to move everything sent at the link's bandwidth.
+fn heal_bound(o: &Options, ops: &[TimedOp]) -> u64 {
+    let cap = o.node.iter().map(|n| n.backoff_cap_ms).max().unwrap_or(0) * MS;
+    let mut bytes_per_pair = std::collections::BTreeMap::<(usize, usize), u64>::new();
+    let block = 16 + o.msg_extra as u64 + 200;
+    for op in ops {
+        match op.op {
+            // A sparse reader downloads only what it asks for.
+            Op::Send { from, to, count } if !o.node[to].sparse => {
+                *bytes_per_pair.entry((from, to)).or_default() += u64::from(count) * block;
+            }
+            Op::Get {
+                node, from, count, ..
+            } => {
+                *bytes_per_pair.entry((from, node)).or_default() +=
+                    u64::from(count) * (block + 2048);
+            }
+            _ => {}
+        }
+    }
+    let most = bytes_per_pair.values().copied().max().unwrap_or(0);
+    // Bandwidth 0 means unlimited: no transfer time.
+    let transfer = (most * SEC).checked_div(o.bandwidth).unwrap_or(0);
+    // Idle timeout (20 s) plus a handshake timeout (10 s) to drop a dead
+    // link, two capped backoffs to get back, and a generous margin.
+    30 * SEC + 2 * cap + 30 * SEC + 2 * transfer
+}
+
+fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
+    let n = o.nodes;
+    let senders: Vec<(usize, usize)> = o
+        .edges
+        .iter()
+        .flat_map(|e| [(e.dialer, e.listener), (e.listener, e.dialer)])
+        .filter(|&(from, _)| !o.node[from].sparse)
+        .collect();
+    match o.scenario {
+        Scenario::SparseDownload => {
+            // The writer fills the feed in batches before the reader starts.
+            let total: u32 = 1_000_000;
+            let batch: u32 = 20_000;
+            for k in 0..total / batch {
+                ops.push(TimedOp {
+                    at: u64::from(k) * 10 * MS,
+                    op: Op::Send {
+                        from: 0,
+                        to: 1,
+                        count: batch,
+                    },
+                });
+            }
+            // Then it reads 1% of it, in bursts.
+            let reads: u32 = 10_000;
+            let burst: u32 = 100;
+            let start = 2 * SEC;
+            let span = o.chaos.saturating_sub(start).max(SEC);
+            for k in 0..reads / burst {
+                ops.push(TimedOp {
+                    at: start + span * u64::from(k) / u64::from(reads / burst),
+                    op: Op::Get {
+                        node: 1,
+                        from: 0,
+                        count: burst,
+                        seed: d.u64(),
+                    },
+                });
+            }
+            return;
+        }
+        Scenario::Mix | Scenario::ReconnectStorm | Scenario::Mesh => {}
+    }
+    // Sends: a rate per run, each to a random authorized peer.
+    let per_sec = match o.scenario {
+        Scenario::Mesh => 20,
+        _ => d.range(1, 4 * n as u64),
+    };
+    let count = o.chaos / SEC * per_sec;
+    let big = d.pick(&[1, 5, 50]);
+    for _ in 0..count {
+        if senders.is_empty() {
+            break;
+        }
+        let (from, to) = d.pick(&senders);
+        let c = if d.chance(80) {
+            1
+        } else {
+            d.range(2, big) as u32
+        };
+        ops.push(TimedOp {
+            at: d.range(0, o.chaos),
+            op: Op::Send { from, to, count: c },
+        });
+    }
+    // Readers, each at its own pace.
+    for node in 0..n {
+        if o.node[node].sparse {
+            let froms: Vec<usize> = senders
+                .iter()
+                .filter(|&&(_, to)| to == node)
+                .map(|&(f, _)| f)
+                .collect();
+            if froms.is_empty() {
+                continue;
+            }
+            let every = d.range(100, 2000) * MS;
+            let mut t = d.range(0, every);
+            while t < o.chaos {
+                ops.push(TimedOp {
+                    at: t,
+                    op: Op::Get {
+                        node,
+                        from: d.pick(&froms),
+                        count: d.range(1, 5) as u32,
+                        seed: d.u64(),
+                    },
+                });
+                t += every;
+            }
+            continue;
+        }
+        let every = d.range(100, 5000) * MS;
+        let archive = d.range(40, 100) as u8;
+        let clear = d.range(0, (100 - u64::from(archive)).min(20)) as u8;
+        let mut t = d.range(0, every);
+        while t < o.chaos {
+            ops.push(TimedOp {
+                at: t,
+                op: Op::Read {
+                    node,
+                    limit: d.range(1, 200) as u32,
+                    archive,
+                    clear,
+                    seed: d.u64(),
+                },
+            });
+            t += every;
+        }
+    }
+    if o.scenario == Scenario::Mesh || o.faults == FaultLevel::None {
+        return;
+    }
+    // Authorization churn and intruders.
+    for _ in 0..d.range(0, 3) {
+        let e = d.pick(&o.edges);
+        let (node, peer) = if d.chance(50) {
+            (e.dialer, e.listener)
+        } else {
+            (e.listener, e.dialer)
+        };
+        ops.push(TimedOp {
+            at: d.range(0, o.chaos),
+            op: Op::RemovePeer {
+                node,
+                peer,
+                for_: d.range(1, 15) * SEC,
+            },
+        });
+    }
+    for _ in 0..d.range(0, 2) {
+        let from = d.below(n);
+        let to = d.below(n);
+        if from != to && o.edge(from, to).is_none() && !o.node[from].sparse {
+            ops.push(TimedOp {
+                at: d.range(0, o.chaos),
+                op: Op::Intrude {
+                    from,
+                    to,
+                    for_: d.range(1, 20) * SEC,
+                },
+            });
+        }
+    }
+}
+
+fn fault_ops(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
+    let n = o.nodes;
+    let count = o.faults.per_minute() * o.chaos / (60 * SEC).max(1)
+        + u64::from(o.faults != FaultLevel::None);
+    let node_faults = o.scenario != Scenario::SparseDownload;
+    for _ in 0..count {
+        let at = d.range(0, o.chaos);
+        let e = d.pick(&o.edges);
+        let op = match d.below(if node_faults { 12 } else { 6 }) {
+            0 => Op::Reset { pick: d.u64() },
+            1 => Op::Stall {
+                pick: d.u64(),
+                for_: d.range(100, 8000) * MS,
+            },
+            2 => Op::Corrupt { pick: d.u64() },
+            3 => Op::Partition {
+                a: e.dialer,
+                b: e.listener,
+                oneway: d.chance(50),
+                for_: d.range(1, 30) * SEC,
+            },
+            4 => Op::Flap {
+                a: e.dialer,
+                b: e.listener,
+                period: d.range(200, 5000) * MS,
+                times: d.range(2, 6) as u32,
+            },
+            5 => Op::Reset { pick: d.u64() },
+            6 => Op::Isolate {
+                node: d.below(n),
+                for_: d.range(1, 25) * SEC,
+            },
+            7 | 8 => Op::Crash {
+                node: d.below(n),
+                down: d.range(0, 15_000) * MS,
+                silent: d.chance(30),
+            },
+            9 => Op::Pause {
+                node: d.below(n),
+                for_: d.range(100, 30_000) * MS,
+            },
+            10 => Op::FailCommits {
+                node: d.below(n),
+                n: d.range(1, 3) as u32,
+            },
+            _ => Op::Corrupt { pick: d.u64() },
+        };
+        ops.push(TimedOp { at, op });
+    }
+    if o.scenario == Scenario::ReconnectStorm {
+        // Waves that take the whole network down at once.
+        let mut t = 2 * SEC;
+        while t < o.chaos {
+            let op = match d.below(3) {
+                0 => Op::ResetAll,
+                1 => Op::Crash {
+                    node: d.below(n),
+                    down: d.range(0, 3000) * MS,
+                    silent: false,
+                },
+                _ => Op::Isolate {
+                    node: d.below(n),
+                    for_: d.range(500, 5000) * MS,
+                },
+            };
+            ops.push(TimedOp { at: t, op });
+            t += d.range(1000, 5000) * MS;
+        }
+    }
+}

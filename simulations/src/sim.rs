@@ -1,0 +1,1633 @@
+//! The executor: runs a [`Plan`] as a discrete-event simulation.
+//!
+//! One virtual clock, one event queue ordered by (time, insertion), and a
+//! timer table fed by each node's `poll_timeout`. Links behave like TCP:
+//! the bytes of one connection arrive in order, split into arbitrary chunks,
+//! after latency, jitter and bandwidth delays. Nothing reads the wall clock
+//! or OS randomness, and every map is ordered, so a plan always produces the
+//! same trace.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use peermq::store::{keys, Table};
+use peermq::{
+    Config, ConnId, Event, FeedDescriptor, FeedError, Fetch, Instant, Mailbox, MemStore, Node,
+    NodeError, Output, PeerId, StoreError,
+};
+
+use crate::oracle::{message, Failure, Oracle};
+use crate::plan::{Dice, Op, Plan, MS, SEC};
+
+/// Keepalive interval the nodes use (the core's default).
+const KEEPALIVE: u64 = 5 * SEC;
+/// Idle timeout the nodes use (the core's default).
+const IDLE: u64 = 20 * SEC;
+/// A corrupted connection must be closed by one of its ends within this.
+const CORRUPTION_DEADLINE: u64 = IDLE + KEEPALIVE + 10 * SEC;
+/// Events at one instant beyond which a run is declared stuck.
+const LIVELOCK_EVENTS: u64 = 1_000_000;
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// BLAKE3 of the canonical text of every output of every node.
+    pub trace: String,
+    /// The first broken property, if any.
+    pub failure: Option<Failure>,
+    /// Simulated time, microseconds.
+    pub sim_micros: u64,
+    /// Sum over nodes of the simulated time each was up, microseconds.
+    pub node_micros: u64,
+    /// Messages durably sent.
+    pub sent: u64,
+    /// `Event::Message`s delivered.
+    pub delivered: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Bytes put on the wire.
+    pub wire_bytes: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Bytes sparse readers received from the feeds' authors.
+    pub sparse_bytes: u64,
+    /// Blocks sparse readers asked for with `get`.
+    pub sparse_blocks: u64,
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    Fin,
+}
+
+#[derive(Default)]
+struct Pipe {
+    q: VecDeque<(u64, Chunk)>,
+    /// Arrival time of the last chunk, so order is kept.
+    last: u64,
+    /// When the sender's side of the link is free again (bandwidth).
+    busy: u64,
+    /// Lost (partition) or closed: nothing more goes through.
+    dead: bool,
+    fin_sent: bool,
+    cut_next: bool,
+    corrupt_next: Option<u64>,
+}
+
+struct Link {
+    /// (node, conn) of the dialer (side 0) and the listener (side 1).
+    ends: [(usize, ConnId); 2],
+    /// Whether each node still has its connection.
+    open: [bool; 2],
+    pipes: [Pipe; 2],
+    latency: u64,
+    /// When a corrupted byte was put on it.
+    corrupted_at: Option<u64>,
+    resetting: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    Op(usize),
+    Deliver { link: u64, dir: usize },
+    DialFailed { node: usize, inc: u32, peer: usize },
+    Restart { node: usize },
+    Resume { node: usize },
+    Block { a: usize, b: usize },
+    Unblock { a: usize, b: usize },
+    ReAdd { node: usize, peer: usize },
+    HangUp { node: usize, inc: u32, peer: usize },
+    ResetDeadline { link: u64 },
+    Heal,
+    Drain,
+    DrainNode { node: usize },
+    Check,
+}
+
+struct Slot {
+    node: Option<Node<MemStore>>,
+    store: MemStore,
+    config: Config,
+    id: PeerId,
+    /// Incremented at each crash.
+    inc: u32,
+    paused_until: Option<u64>,
+    /// The application's dial intents (authorized peers it dials).
+    dials: BTreeSet<usize>,
+    up_since: u64,
+}
+
+/// A running simulation.
+pub struct Sim<'p> {
+    plan: &'p Plan,
+    now: u64,
+    end: u64,
+    healed: bool,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    timers: BTreeSet<(u64, usize)>,
+    wake: Vec<Option<u64>>,
+    slots: Vec<Slot>,
+    index: BTreeMap<PeerId, usize>,
+    links: BTreeMap<u64, Link>,
+    conn_link: BTreeMap<(usize, ConnId), (u64, usize)>,
+    next_link: u64,
+    blocked: BTreeMap<(usize, usize), u32>,
+    dice: Dice,
+    trace: blake3::Hasher,
+    line: String,
+    oracle: Oracle,
+    dirty: BTreeSet<usize>,
+    failure: Option<Failure>,
+    /// Bytes each sparse reader received from each sender, per (reader,
+    /// sender), and the connections that carried them.
+    sparse_bytes: BTreeMap<(usize, usize), u64>,
+    sparse_conns: BTreeMap<(usize, usize), u64>,
+    /// Successful `send` calls per (from, to): each announces a head.
+    send_calls: BTreeMap<(usize, usize), u64>,
+    same_instant: u64,
+    /// Nodes with a consumer drain scheduled.
+    drain_soon: BTreeSet<usize>,
+    /// Echo the trace text to stderr, for debugging.
+    verbose: bool,
+    last_instant: u64,
+    stats: Report,
+}
+
+impl<'p> Sim<'p> {
+    /// Sets up the nodes of `plan`, all authorizing their edges.
+    pub fn new(plan: &'p Plan) -> Self {
+        let o = &plan.options;
+        let mut oracle = Oracle::new(o.nodes, o.msg_extra);
+        let mut slots = Vec::with_capacity(o.nodes);
+        let mut index = BTreeMap::new();
+        for (i, no) in o.node.iter().enumerate() {
+            let config = Config {
+                rng_seed: node_seed(plan.seed, i, 0),
+                prefetch: no.prefetch,
+                max_request_blocks: no.max_request_blocks,
+                max_inflight_requests: no.max_inflight,
+                max_data_bytes: no.max_data_bytes,
+                backoff_base: Duration::from_millis(no.backoff_base_ms),
+                backoff_cap: Duration::from_millis(no.backoff_cap_ms),
+                prune_acked: no.prune_acked,
+                store_poll_interval: None,
+                open: false,
+                ..Config::default()
+            };
+            let store = MemStore::new();
+            // A fresh MemStore cannot fail to open.
+            let node = Node::open(store.clone(), config.clone(), Instant::ZERO)
+                .unwrap_or_else(|e| panic!("opening a fresh in-memory node failed: {e}"));
+            let id = node.id();
+            index.insert(id, i);
+            slots.push(Slot {
+                node: Some(node),
+                store,
+                config,
+                id,
+                inc: 0,
+                paused_until: None,
+                dials: BTreeSet::new(),
+                up_since: 0,
+            });
+        }
+        for e in &o.edges {
+            for (a, b) in [(e.dialer, e.listener), (e.listener, e.dialer)] {
+                let peer = slots[b].id;
+                if let Some(n) = slots[a].node.as_mut() {
+                    // Fresh stores do not fail.
+                    n.add_peer(peer)
+                        .unwrap_or_else(|e| panic!("add_peer on a fresh node failed: {e}"));
+                }
+                oracle.auth[a].insert(b);
+                if o.dials(a, b) {
+                    slots[a].dials.insert(b);
+                }
+            }
+        }
+        let heal_at = o.chaos;
+        let end = heal_at + o.heal_bound;
+        let mut sim = Sim {
+            plan,
+            now: 0,
+            end,
+            healed: false,
+            seq: 0,
+            queue: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            wake: vec![None; o.nodes],
+            slots,
+            index,
+            links: BTreeMap::new(),
+            conn_link: BTreeMap::new(),
+            next_link: 0,
+            blocked: BTreeMap::new(),
+            dice: Dice::new(plan.seed, "network"),
+            trace: blake3::Hasher::new(),
+            line: String::new(),
+            oracle,
+            dirty: BTreeSet::new(),
+            failure: None,
+            sparse_bytes: BTreeMap::new(),
+            sparse_conns: BTreeMap::new(),
+            send_calls: BTreeMap::new(),
+            same_instant: 0,
+            verbose: false,
+            drain_soon: BTreeSet::new(),
+            last_instant: 0,
+            stats: Report {
+                trace: String::new(),
+                failure: None,
+                sim_micros: 0,
+                node_micros: 0,
+                sent: 0,
+                delivered: 0,
+                connections: 0,
+                wire_bytes: 0,
+                faults: 0,
+                sparse_bytes: 0,
+                sparse_blocks: 0,
+            },
+        };
+        for (k, op) in plan.ops.iter().enumerate() {
+            sim.at(op.at, Ev::Op(k));
+        }
+        sim.at(heal_at, Ev::Heal);
+        sim.at(5 * SEC, Ev::Check);
+        for i in 0..o.nodes {
+            let dials: Vec<usize> = sim.slots[i].dials.iter().copied().collect();
+            for j in dials {
+                let peer = sim.slots[j].id;
+                if let Some(n) = sim.slots[i].node.as_mut() {
+                    n.dial(peer, Instant::ZERO);
+                }
+            }
+            sim.dirty.insert(i);
+        }
+        sim
+    }
+
+    /// Echoes the trace text to stderr as the run goes.
+    pub fn echo(mut self, on: bool) -> Self {
+        self.verbose = on;
+        self
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t.max(self.now), self.seq), ev);
+    }
+
+    fn fail(&mut self, f: Failure) {
+        if self.failure.is_none() {
+            let _ = write!(self.line, "{} FAILED {f}", self.now);
+            self.flush_line();
+            self.failure = Some(f);
+        }
+    }
+
+    fn flush_line(&mut self) {
+        self.line.push('\n');
+        if self.verbose {
+            eprint!("{}", self.line);
+        }
+        self.trace.update(self.line.as_bytes());
+        self.line.clear();
+    }
+
+    fn note(&mut self, s: std::fmt::Arguments<'_>) {
+        let _ = write!(self.line, "{} ", self.now);
+        let _ = self.line.write_fmt(s);
+        self.flush_line();
+    }
+
+    /// Runs the plan to its end (or first failure) and reports.
+    pub fn run(mut self) -> Report {
+        self.drain();
+        while self.failure.is_none() {
+            let q = self.queue.first_key_value().map(|(k, _)| k.0);
+            let t = self.timers.first().map(|x| x.0);
+            let next = match (q, t) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if next > self.end {
+                break;
+            }
+            self.now = next;
+            if self.now == self.last_instant {
+                self.same_instant += 1;
+                if self.same_instant > LIVELOCK_EVENTS {
+                    self.fail(Failure::new(
+                        "livelock",
+                        format!("over {LIVELOCK_EVENTS} events at one instant without time moving"),
+                    ));
+                    break;
+                }
+            } else {
+                self.last_instant = self.now;
+                self.same_instant = 0;
+            }
+            if q == Some(next) {
+                if let Some((_, ev)) = self.queue.pop_first() {
+                    self.event(ev);
+                }
+            } else if let Some((_, i)) = self.timers.pop_first() {
+                self.wake[i] = None;
+                self.timeout(i);
+            }
+            self.drain();
+        }
+        self.now = self.now.max(self.end);
+        if self.failure.is_none() {
+            self.final_checks();
+        }
+        for s in &self.slots {
+            if s.node.is_some() {
+                self.stats.node_micros += self.now.saturating_sub(s.up_since);
+            }
+        }
+        let mut r = self.stats;
+        r.sim_micros = self.now;
+        r.trace = self.trace.finalize().to_hex().to_string();
+        r.failure = self.failure;
+        r.sent = self.oracle.sent.values().sum();
+        r.sparse_bytes = self.sparse_bytes.values().sum();
+        r.sparse_blocks = self.oracle.asked.values().map(|s| s.len() as u64).sum();
+        r
+    }
+
+    fn live(&self, i: usize) -> bool {
+        self.slots[i].node.is_some() && self.slots[i].paused_until.is_none()
+    }
+
+    fn is_blocked(&self, a: usize, b: usize) -> bool {
+        self.blocked.get(&(a, b)).is_some_and(|&n| n > 0)
+    }
+
+    fn timeout(&mut self, i: usize) {
+        if !self.live(i) {
+            return;
+        }
+        let now = Instant::from_micros(self.now);
+        let r = match self.slots[i].node.as_mut() {
+            Some(n) => n.handle_timeout(now),
+            None => return,
+        };
+        self.node_result(i, "handle_timeout", r);
+        self.dirty.insert(i);
+    }
+
+    /// Checks a node call's result: injected storage faults are expected,
+    /// anything else is a bug.
+    fn node_result<T>(&mut self, i: usize, what: &str, r: Result<T, NodeError>) -> Option<T> {
+        match r {
+            Ok(x) => Some(x),
+            Err(
+                NodeError::Store(StoreError::Injected)
+                | NodeError::Feed(FeedError::Store(StoreError::Injected)),
+            ) => {
+                self.note(format_args!("n{i} {what}: injected store failure"));
+                None
+            }
+            Err(e) => {
+                self.fail(Failure::new(
+                    "store-error",
+                    format!("n{i} {what} failed: {e}"),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Handles every output of every node touched, until all are quiet,
+    /// then re-arms their timers.
+    fn drain(&mut self) {
+        while let Some(i) = self.dirty.pop_first() {
+            loop {
+                let out = match self.slots[i].node.as_mut() {
+                    Some(n) => n.poll_output(),
+                    None => None,
+                };
+                let Some(out) = out else { break };
+                self.output(i, out);
+            }
+            let when = self.slots[i]
+                .node
+                .as_ref()
+                .and_then(|n| n.poll_timeout())
+                .map(|t| t.as_micros().max(self.now));
+            if let Some(old) = self.wake[i].take() {
+                self.timers.remove(&(old, i));
+            }
+            if self.slots[i].paused_until.is_none() {
+                if let Some(t) = when {
+                    self.timers.insert((t, i));
+                    self.wake[i] = Some(t);
+                }
+            }
+        }
+    }
+
+    fn output(&mut self, i: usize, out: Output) {
+        match out {
+            Output::Transmit { conn, bytes } => {
+                self.trace.update(&bytes);
+                self.note(format_args!("n{i} tx {} {}", conn.0, bytes.len()));
+                self.stats.wire_bytes += bytes.len() as u64;
+                self.transmit(i, conn, bytes);
+            }
+            Output::Dial { peer } => {
+                let j = self.index.get(&peer).copied();
+                self.note(format_args!("n{i} dial n{}", j.map_or(-1, |j| j as i64)));
+                self.dial(i, peer, j);
+            }
+            Output::Close { conn, reason } => {
+                self.note(format_args!("n{i} close {} {reason}", conn.0));
+                self.local_close(i, conn);
+            }
+            Output::Event(e) => {
+                self.note(format_args!("n{i} event {e:?}"));
+                self.on_event(i, e);
+            }
+        }
+    }
+
+    fn peer_index(&self, p: &PeerId) -> usize {
+        self.index.get(p).copied().unwrap_or(usize::MAX)
+    }
+
+    fn on_event(&mut self, i: usize, e: Event) {
+        let r = match e {
+            Event::Connected { conn, peer } => {
+                let p = self.peer_index(&peer);
+                let inbound = self
+                    .conn_link
+                    .get(&(i, conn))
+                    .is_some_and(|&(_, side)| side == 1);
+                if inbound {
+                    if let Some(&(l, _)) = self.conn_link.get(&(i, conn)) {
+                        let dialer = self.links.get(&l).map(|l| l.ends[0].0);
+                        if dialer != Some(p) {
+                            self.fail(Failure::new(
+                                "unauthorized",
+                                format!("n{i} says n{p} connected, but n{dialer:?} dialed"),
+                            ));
+                        }
+                    }
+                }
+                self.stats.connections += 1;
+                self.oracle.on_connected(i, p, inbound)
+            }
+            Event::Message { from, seq } => {
+                self.stats.delivered += 1;
+                // After the heal the consumer keeps up, so a small prefetch
+                // window does not throttle convergence.
+                if self.healed && !self.plan.options.node[i].sparse && self.drain_soon.insert(i) {
+                    self.at(self.now + MS, Ev::DrainNode { node: i });
+                }
+                let f = self.peer_index(&from);
+                self.oracle.on_message(i, f, seq)
+            }
+            Event::Acked { to, start, end } => {
+                let t = self.peer_index(&to);
+                self.oracle.on_acked(i, t, start, end)
+            }
+            Event::Fetched { from, seq } => {
+                let f = self.peer_index(&from);
+                self.oracle.pending_gets.remove(&(i, f, seq));
+                Ok(())
+            }
+            // Broadcast feeds are the emitter's; the queue workload
+            // never writes one.
+            _ => Ok(()),
+        };
+        if let Err(f) = r {
+            self.fail(f);
+        }
+    }
+
+    fn pair_latency(&self, a: usize, b: usize) -> u64 {
+        let (lo, hi) = self.plan.options.latency;
+        let (x, y) = (a.min(b) as u64, a.max(b) as u64);
+        let h = blake3::hash(&[self.plan.seed, x, y].map(u64::to_le_bytes).concat());
+        let v = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        lo + v % (hi - lo + 1)
+    }
+
+    fn dial(&mut self, i: usize, peer: PeerId, j: Option<usize>) {
+        let inc = self.slots[i].inc;
+        let Some(j) = j else {
+            self.at(
+                self.now + SEC,
+                Ev::DialFailed {
+                    node: i,
+                    inc,
+                    peer: usize::MAX,
+                },
+            );
+            return;
+        };
+        let lat = self.pair_latency(i, j);
+        if self.slots[j].node.is_none() {
+            // Refused at once by the machine's kernel.
+            self.at(
+                self.now + 2 * lat,
+                Ev::DialFailed {
+                    node: i,
+                    inc,
+                    peer: j,
+                },
+            );
+            return;
+        }
+        if self.is_blocked(i, j) || self.is_blocked(j, i) || self.slots[j].paused_until.is_some() {
+            // No answer: the connect times out.
+            self.at(
+                self.now + 3 * SEC,
+                Ev::DialFailed {
+                    node: i,
+                    inc,
+                    peer: j,
+                },
+            );
+            return;
+        }
+        let now = Instant::from_micros(self.now);
+        let (Some(ci), Some(cj)) = (
+            self.slots[i].node.as_mut().map(|n| n.connect(peer, now)),
+            self.slots[j].node.as_mut().map(|n| n.accept(now)),
+        ) else {
+            return;
+        };
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(
+            id,
+            Link {
+                ends: [(i, ci), (j, cj)],
+                open: [true, true],
+                pipes: [Pipe::default(), Pipe::default()],
+                latency: lat,
+                corrupted_at: None,
+                resetting: false,
+            },
+        );
+        self.conn_link.insert((i, ci), (id, 0));
+        self.conn_link.insert((j, cj), (id, 1));
+        if self.plan.options.node[i].sparse {
+            *self.sparse_conns.entry((i, j)).or_default() += 1;
+        }
+        if self.plan.options.node[j].sparse {
+            *self.sparse_conns.entry((j, i)).or_default() += 1;
+        }
+        self.note(format_args!("link {id} n{i}/{} -> n{j}/{}", ci.0, cj.0));
+        self.dirty.insert(i);
+        self.dirty.insert(j);
+    }
+
+    fn transmit(&mut self, i: usize, conn: ConnId, mut bytes: Vec<u8>) {
+        let Some(&(lid, dir)) = self.conn_link.get(&(i, conn)) else {
+            return;
+        };
+        let to = match self.links.get(&lid) {
+            Some(l) => l.ends[1 - dir].0,
+            None => return,
+        };
+        if self.is_blocked(i, to) {
+            if let Some(l) = self.links.get_mut(&lid) {
+                let p = &mut l.pipes[dir];
+                p.dead = true;
+                p.q.clear();
+            }
+            return;
+        }
+        if self.plan.options.node[to].sparse {
+            *self.sparse_bytes.entry((to, i)).or_default() += bytes.len() as u64;
+        }
+        let o = &self.plan.options;
+        let (bw, jitter, max_chunk) = (o.bandwidth, o.jitter, o.max_chunk.max(1));
+        let now = self.now;
+        let cut = self.dice.u64();
+        let flip = self.dice.u64();
+        let Some(link) = self.links.get_mut(&lid) else {
+            return;
+        };
+        let latency = link.latency;
+        let pipe = &mut link.pipes[dir];
+        if pipe.dead || pipe.fin_sent || bytes.is_empty() {
+            return;
+        }
+        let mut fin = false;
+        if pipe.cut_next {
+            // The reset lands inside this write: a prefix gets through.
+            let keep = if bytes.len() > 1 {
+                1 + (cut % (bytes.len() as u64 - 1)) as usize
+            } else {
+                0
+            };
+            bytes.truncate(keep);
+            pipe.cut_next = false;
+            fin = true;
+        }
+        if let Some(pick) = pipe.corrupt_next.take() {
+            if !bytes.is_empty() {
+                let at = (pick % bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << (flip % 8);
+                link.corrupted_at = Some(now);
+            }
+        }
+        let pipe = &mut link.pipes[dir];
+        // Split into chunks, in order, each with its own delay.
+        let mut pieces = Vec::new();
+        let mut rest = bytes.as_slice();
+        let mut r = cut;
+        while !rest.is_empty() {
+            r = r.rotate_left(13) ^ 0x9E37_79B9_7F4A_7C15;
+            let n = 1 + (r % max_chunk as u64) as usize;
+            let n = n.min(rest.len());
+            pieces.push(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        let mut arrivals = Vec::new();
+        for p in pieces {
+            // Bandwidth 0 means unlimited: the chunk leaves at once.
+            let send = match (p.len() as u64 * SEC).checked_div(bw) {
+                Some(t) => pipe.busy.max(now) + t,
+                None => now,
+            };
+            pipe.busy = pipe.busy.max(send);
+            r = r.rotate_left(7) ^ 0xD1B5_4A32_D192_ED03;
+            let j = if jitter == 0 { 0 } else { r % jitter };
+            let arrive = (send + latency + j).max(pipe.last);
+            pipe.last = arrive;
+            pipe.q.push_back((arrive, Chunk::Data(p)));
+            arrivals.push(arrive);
+        }
+        if fin {
+            pipe.fin_sent = true;
+            pipe.q.push_back((pipe.last, Chunk::Fin));
+            arrivals.push(pipe.last);
+        }
+        for t in arrivals {
+            self.at(t, Ev::Deliver { link: lid, dir });
+        }
+    }
+
+    /// Node `i` closed `conn`: what it wrote still travels, then the peer
+    /// sees the transport close; what travels towards it is discarded.
+    fn local_close(&mut self, i: usize, conn: ConnId) {
+        let Some((lid, side)) = self.conn_link.remove(&(i, conn)) else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(&lid) else {
+            return;
+        };
+        link.open[side] = false;
+        link.pipes[1 - side].q.clear();
+        link.pipes[1 - side].dead = true;
+        let p = &mut link.pipes[side];
+        if !p.dead && !p.fin_sent {
+            p.fin_sent = true;
+            let t = p.last.max(self.now + link.latency);
+            p.last = t;
+            p.q.push_back((t, Chunk::Fin));
+            self.at(
+                t,
+                Ev::Deliver {
+                    link: lid,
+                    dir: side,
+                },
+            );
+        }
+        self.maybe_remove_link(lid);
+    }
+
+    fn maybe_remove_link(&mut self, lid: u64) {
+        if let Some(l) = self.links.get(&lid) {
+            if !l.open[0] && !l.open[1] {
+                self.links.remove(&lid);
+            }
+        }
+    }
+
+    fn deliver(&mut self, lid: u64, dir: usize) {
+        let Some(link) = self.links.get(&lid) else {
+            return;
+        };
+        let (to, conn) = link.ends[1 - dir];
+        if !link.open[1 - dir] {
+            return;
+        }
+        if let Some(until) = self.slots[to].paused_until {
+            self.at(until, Ev::Deliver { link: lid, dir });
+            return;
+        }
+        let now = Instant::from_micros(self.now);
+        loop {
+            let Some(link) = self.links.get_mut(&lid) else {
+                return;
+            };
+            let due = link.pipes[dir]
+                .q
+                .front()
+                .is_some_and(|(t, _)| *t <= self.now);
+            if !due || !link.open[1 - dir] {
+                break;
+            }
+            let Some((_, chunk)) = link.pipes[dir].q.pop_front() else {
+                break;
+            };
+            match chunk {
+                Chunk::Data(bytes) => {
+                    let r = match self.slots[to].node.as_mut() {
+                        Some(n) => n.handle_input(conn, &bytes, now),
+                        None => return,
+                    };
+                    self.node_result(to, "handle_input", r);
+                }
+                Chunk::Fin => {
+                    link.open[1 - dir] = false;
+                    self.conn_link.remove(&(to, conn));
+                    self.note(format_args!("n{to} transport closed {}", conn.0));
+                    if let Some(n) = self.slots[to].node.as_mut() {
+                        n.handle_closed(conn, now);
+                    }
+                    self.maybe_remove_link(lid);
+                }
+            }
+            self.dirty.insert(to);
+        }
+    }
+
+    fn event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Op(k) => {
+                let op = self.plan.ops[k].op.clone();
+                self.note(format_args!("op {op}"));
+                if op.is_fault() {
+                    self.stats.faults += 1;
+                }
+                self.op(op);
+            }
+            Ev::Deliver { link, dir } => self.deliver(link, dir),
+            Ev::DialFailed { node, inc, peer } => {
+                if self.slots[node].inc != inc || self.slots[node].node.is_none() {
+                    return;
+                }
+                if let Some(until) = self.slots[node].paused_until {
+                    self.at(until, ev);
+                    return;
+                }
+                let id = if peer == usize::MAX {
+                    return;
+                } else {
+                    self.slots[peer].id
+                };
+                let now = Instant::from_micros(self.now);
+                if let Some(n) = self.slots[node].node.as_mut() {
+                    n.dial_failed(id, now);
+                }
+                self.dirty.insert(node);
+            }
+            Ev::Restart { node } => self.restart(node),
+            Ev::Resume { node } => {
+                if self.slots[node].paused_until.is_some_and(|t| t <= self.now) {
+                    self.slots[node].paused_until = None;
+                    self.note(format_args!("n{node} resumes"));
+                    self.dirty.insert(node);
+                }
+            }
+            Ev::Block { a, b } => self.block(a, b),
+            Ev::Unblock { a, b } => {
+                if let Some(n) = self.blocked.get_mut(&(a, b)) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            Ev::ReAdd { node, peer } => self.add_peer(node, peer),
+            Ev::HangUp { node, inc, peer } => {
+                if self.slots[node].inc == inc {
+                    let id = self.slots[peer].id;
+                    if let Some(n) = self.slots[node].node.as_mut() {
+                        n.hang_up(&id);
+                    }
+                }
+            }
+            Ev::ResetDeadline { link } => {
+                let now = self.now;
+                let mut fins = Vec::new();
+                if let Some(l) = self.links.get_mut(&link) {
+                    for (dir, p) in l.pipes.iter_mut().enumerate() {
+                        if p.cut_next && !p.dead && !p.fin_sent {
+                            p.cut_next = false;
+                            p.fin_sent = true;
+                            let t = p.last.max(now + l.latency);
+                            p.last = t;
+                            p.q.push_back((t, Chunk::Fin));
+                            fins.push((t, dir));
+                        }
+                    }
+                }
+                for (t, dir) in fins {
+                    self.at(t, Ev::Deliver { link, dir });
+                }
+            }
+            Ev::Heal => self.heal(),
+            Ev::Drain => {
+                self.drain_readers();
+                if self.now + SEC <= self.end {
+                    self.at(self.now + SEC, Ev::Drain);
+                }
+            }
+            Ev::DrainNode { node } => {
+                self.drain_soon.remove(&node);
+                if self.live(node) {
+                    self.read(node, 100_000, 100, 0, 0);
+                }
+            }
+            Ev::Check => {
+                self.check_corruption();
+                self.at(self.now + 5 * SEC, Ev::Check);
+            }
+        }
+    }
+
+    fn check_corruption(&mut self) {
+        let late = self.links.iter().find(|(_, l)| {
+            l.open[0]
+                && l.open[1]
+                && l.corrupted_at
+                    .is_some_and(|t| t + CORRUPTION_DEADLINE < self.now)
+        });
+        if let Some((id, l)) = late {
+            let f = Failure::new(
+                "corruption-undetected",
+                format!(
+                    "link {id} (n{} -> n{}) carried a corrupted byte at {}s and is still open {}s later",
+                    l.ends[0].0,
+                    l.ends[1].0,
+                    l.corrupted_at.unwrap_or(0) / SEC,
+                    (self.now - l.corrupted_at.unwrap_or(0)) / SEC
+                ),
+            );
+            self.fail(f);
+        }
+    }
+
+    fn block(&mut self, a: usize, b: usize) {
+        *self.blocked.entry((a, b)).or_default() += 1;
+        // What is in flight from a to b is lost, and so is the link's
+        // future in that direction (TCP cannot skip a gap).
+        for l in self.links.values_mut() {
+            for dir in 0..2 {
+                if l.ends[dir].0 == a && l.ends[1 - dir].0 == b {
+                    l.pipes[dir].dead = true;
+                    l.pipes[dir].q.clear();
+                }
+            }
+        }
+    }
+
+    fn op(&mut self, op: Op) {
+        let n = self.plan.options.nodes;
+        let now = Instant::from_micros(self.now);
+        match op {
+            Op::Send { from, to, count } => {
+                if !self.live(from) || from >= n || to >= n {
+                    return;
+                }
+                let start = self.oracle.sent(from, to);
+                let extra = self.plan.options.msg_extra;
+                let to_id = self.slots[to].id;
+                let msgs: Vec<Vec<u8>> = (0..u64::from(count))
+                    .map(|k| message(from, to, start + k, extra))
+                    .collect();
+                let r = match self.slots[from].node.as_mut() {
+                    Some(node) if count == 1 => node.send(to_id, &msgs[0], now).map(|s| s..s + 1),
+                    Some(node) => node.send_batch(to_id, &msgs, now),
+                    None => return,
+                };
+                if let Some(range) = self.node_result(from, "send", r) {
+                    *self.send_calls.entry((from, to)).or_default() += 1;
+                    if let Err(f) =
+                        self.oracle
+                            .on_sent(from, to, range.start, range.end - range.start)
+                    {
+                        self.fail(f);
+                    }
+                }
+                self.dirty.insert(from);
+            }
+            Op::Read {
+                node,
+                limit,
+                archive,
+                clear,
+                seed,
+            } => {
+                if !self.live(node) {
+                    return;
+                }
+                self.read(node, limit as usize, archive, clear, seed);
+            }
+            Op::Get {
+                node,
+                from,
+                count,
+                seed,
+            } => {
+                if !self.live(node) {
+                    return;
+                }
+                let sent = self.oracle.sent(from, node);
+                if sent == 0 {
+                    return;
+                }
+                let mut d = Dice::new(seed, "get");
+                for _ in 0..count {
+                    let seq = d.u64() % sent;
+                    self.get(node, from, seq);
+                }
+                self.dirty.insert(node);
+            }
+            Op::RemovePeer { node, peer, for_ } => {
+                if !self.live(node) {
+                    return;
+                }
+                let id = self.slots[peer].id;
+                let r = match self.slots[node].node.as_mut() {
+                    Some(x) => x.remove_peer(&id, now),
+                    None => return,
+                };
+                if self.node_result(node, "remove_peer", r).is_some() {
+                    self.oracle.auth[node].remove(&peer);
+                    self.slots[node].dials.remove(&peer);
+                }
+                self.dirty.insert(node);
+                self.at(self.now + for_, Ev::ReAdd { node, peer });
+            }
+            Op::Intrude { from, to, for_ } => {
+                if !self.live(from) || self.oracle.auth[to].contains(&from) {
+                    return;
+                }
+                let id = self.slots[to].id;
+                let msg = message(
+                    from,
+                    to,
+                    self.oracle.sent(from, to),
+                    self.plan.options.msg_extra,
+                );
+                let r = match self.slots[from].node.as_mut() {
+                    Some(x) => {
+                        x.dial(id, now);
+                        x.send(id, &msg, now)
+                    }
+                    None => return,
+                };
+                if let Some(seq) = self.node_result(from, "send", r) {
+                    if let Err(f) = self.oracle.on_sent(from, to, seq, 1) {
+                        self.fail(f);
+                    }
+                }
+                let inc = self.slots[from].inc;
+                self.at(
+                    self.now + for_,
+                    Ev::HangUp {
+                        node: from,
+                        inc,
+                        peer: to,
+                    },
+                );
+                self.dirty.insert(from);
+            }
+            Op::Partition { a, b, oneway, for_ } => {
+                self.block(a, b);
+                self.at(self.now + for_, Ev::Unblock { a, b });
+                if !oneway {
+                    self.block(b, a);
+                    self.at(self.now + for_, Ev::Unblock { a: b, b: a });
+                }
+            }
+            Op::Isolate { node, for_ } => {
+                for x in 0..n {
+                    if x != node {
+                        self.block(node, x);
+                        self.block(x, node);
+                        self.at(self.now + for_, Ev::Unblock { a: node, b: x });
+                        self.at(self.now + for_, Ev::Unblock { a: x, b: node });
+                    }
+                }
+            }
+            Op::Flap {
+                a,
+                b,
+                period,
+                times,
+            } => {
+                for k in 0..u64::from(times) {
+                    let down = self.now + 2 * k * period;
+                    for (x, y) in [(a, b), (b, a)] {
+                        self.at(down, Ev::Block { a: x, b: y });
+                        self.at(down + period, Ev::Unblock { a: x, b: y });
+                    }
+                }
+            }
+            Op::Reset { pick } => {
+                let open: Vec<u64> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| l.open[0] && l.open[1] && !l.resetting)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !open.is_empty() {
+                    let lid = open[(pick % open.len() as u64) as usize];
+                    self.reset(lid, pick);
+                }
+            }
+            Op::ResetAll => {
+                let open: Vec<u64> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| !l.resetting)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for (k, lid) in open.into_iter().enumerate() {
+                    self.reset(lid, k as u64);
+                }
+            }
+            Op::Stall { pick, for_ } => {
+                let ids: Vec<u64> = self.links.keys().copied().collect();
+                if ids.is_empty() {
+                    return;
+                }
+                let lid = ids[(pick % ids.len() as u64) as usize];
+                let dir = ((pick >> 32) % 2) as usize;
+                let until = self.now + for_;
+                if let Some(l) = self.links.get_mut(&lid) {
+                    let p = &mut l.pipes[dir];
+                    p.busy = p.busy.max(until);
+                    for (t, _) in p.q.iter_mut() {
+                        *t = (*t).max(until);
+                    }
+                    p.last = p.last.max(until);
+                }
+                self.at(until, Ev::Deliver { link: lid, dir });
+            }
+            Op::Corrupt { pick } => {
+                let ids: Vec<u64> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| l.open[0] && l.open[1])
+                    .map(|(id, _)| *id)
+                    .collect();
+                if ids.is_empty() {
+                    return;
+                }
+                let lid = ids[(pick % ids.len() as u64) as usize];
+                let dir = ((pick >> 32) % 2) as usize;
+                let now = self.now;
+                if let Some(l) = self.links.get_mut(&lid) {
+                    let p = &mut l.pipes[dir];
+                    let total: usize =
+                        p.q.iter()
+                            .map(|(_, c)| match c {
+                                Chunk::Data(b) => b.len(),
+                                Chunk::Fin => 0,
+                            })
+                            .sum();
+                    if total == 0 {
+                        p.corrupt_next = Some(pick >> 8);
+                    } else {
+                        let mut at = ((pick >> 8) % total as u64) as usize;
+                        for (_, c) in p.q.iter_mut() {
+                            if let Chunk::Data(b) = c {
+                                if at < b.len() {
+                                    b[at] ^= 1 << (pick % 8);
+                                    break;
+                                }
+                                at -= b.len();
+                            }
+                        }
+                        l.corrupted_at = Some(now);
+                    }
+                }
+            }
+            Op::Crash { node, down, silent } => {
+                if self.slots[node].node.is_none() {
+                    return;
+                }
+                self.crash(node, silent);
+                self.at(self.now + down, Ev::Restart { node });
+            }
+            Op::Pause { node, for_ } => {
+                if !self.live(node) {
+                    return;
+                }
+                let until = self.now + for_;
+                self.slots[node].paused_until = Some(until);
+                if let Some(old) = self.wake[node].take() {
+                    self.timers.remove(&(old, node));
+                }
+                self.at(until, Ev::Resume { node });
+            }
+            Op::FailCommits { node, n } => {
+                self.slots[node].store.fail_commits(n);
+            }
+            Op::Sabotage { node } => self.sabotage(node),
+        }
+    }
+
+    fn reset(&mut self, lid: u64, pick: u64) {
+        let now = self.now;
+        let mut fins = Vec::new();
+        if let Some(l) = self.links.get_mut(&lid) {
+            l.resetting = true;
+            for (dir, p) in l.pipes.iter_mut().enumerate() {
+                if p.dead || p.fin_sent {
+                    continue;
+                }
+                let total: usize =
+                    p.q.iter()
+                        .map(|(_, c)| match c {
+                            Chunk::Data(b) => b.len(),
+                            Chunk::Fin => 0,
+                        })
+                        .sum();
+                if total == 0 {
+                    // Cut the next write instead, so the reset lands inside a frame.
+                    p.cut_next = true;
+                    continue;
+                }
+                let mut keep = ((pick >> (dir * 16)) % total as u64) as usize;
+                let mut q = VecDeque::new();
+                let mut last = now;
+                while let Some((t, c)) = p.q.pop_front() {
+                    if let Chunk::Data(mut b) = c {
+                        if keep == 0 {
+                            break;
+                        }
+                        if b.len() > keep {
+                            b.truncate(keep);
+                        }
+                        keep -= b.len();
+                        last = t;
+                        q.push_back((t, Chunk::Data(b)));
+                    }
+                }
+                q.push_back((last, Chunk::Fin));
+                p.q = q;
+                p.last = last;
+                p.fin_sent = true;
+                fins.push((last, dir));
+            }
+        }
+        for (t, dir) in fins {
+            self.at(t, Ev::Deliver { link: lid, dir });
+        }
+        self.at(self.now + 2 * KEEPALIVE, Ev::ResetDeadline { link: lid });
+    }
+
+    fn crash(&mut self, node: usize, silent: bool) {
+        self.note(format_args!(
+            "n{node} crashes{}",
+            if silent { " silently" } else { "" }
+        ));
+        let s = &mut self.slots[node];
+        s.node = None;
+        s.inc += 1;
+        s.paused_until = None;
+        self.stats.node_micros += self.now.saturating_sub(s.up_since);
+        if let Some(old) = self.wake[node].take() {
+            self.timers.remove(&(old, node));
+        }
+        let mine: Vec<(ConnId, u64, usize)> = self
+            .conn_link
+            .range((node, ConnId(0))..=(node, ConnId(u64::MAX)))
+            .map(|(&(_, c), &(l, side))| (c, l, side))
+            .collect();
+        let now = self.now;
+        for (c, lid, side) in mine {
+            self.conn_link.remove(&(node, c));
+            let mut fin_at = None;
+            if let Some(l) = self.links.get_mut(&lid) {
+                l.open[side] = false;
+                l.pipes[1 - side].q.clear();
+                l.pipes[1 - side].dead = true;
+                let p = &mut l.pipes[side];
+                if silent {
+                    p.dead = true;
+                } else if !p.dead && !p.fin_sent {
+                    p.fin_sent = true;
+                    let t = p.last.max(now + l.latency);
+                    p.last = t;
+                    p.q.push_back((t, Chunk::Fin));
+                    fin_at = Some(t);
+                }
+            }
+            if let Some(t) = fin_at {
+                self.at(
+                    t,
+                    Ev::Deliver {
+                        link: lid,
+                        dir: side,
+                    },
+                );
+            }
+            self.maybe_remove_link(lid);
+        }
+    }
+
+    fn restart(&mut self, node: usize) {
+        if self.slots[node].node.is_some() {
+            return;
+        }
+        let inc = self.slots[node].inc;
+        let mut config = self.slots[node].config.clone();
+        config.rng_seed = node_seed(self.plan.seed, node, inc);
+        let now = Instant::from_micros(self.now);
+        match Node::open(self.slots[node].store.clone(), config, now) {
+            Ok(mut n) => {
+                if n.id() != self.slots[node].id {
+                    self.fail(Failure::new(
+                        "lost",
+                        format!("n{node} came back from a crash with another identity"),
+                    ));
+                    return;
+                }
+                self.note(format_args!("n{node} restarts"));
+                self.oracle.on_restart(node);
+                let dials: Vec<PeerId> = self.slots[node]
+                    .dials
+                    .iter()
+                    .map(|&j| self.slots[j].id)
+                    .collect();
+                for p in dials {
+                    n.dial(p, now);
+                }
+                self.slots[node].node = Some(n);
+                self.slots[node].up_since = self.now;
+                // The application asks again for what it was waiting for.
+                let pending: Vec<(usize, usize, u64)> = self
+                    .oracle
+                    .pending_gets
+                    .iter()
+                    .filter(|g| g.0 == node)
+                    .copied()
+                    .collect();
+                for (_, from, seq) in pending {
+                    self.get(node, from, seq);
+                }
+                self.dirty.insert(node);
+            }
+            Err(e) => {
+                let r: Result<(), NodeError> = Err(e);
+                self.node_result(node, "open", r);
+                self.at(self.now + SEC, Ev::Restart { node });
+            }
+        }
+    }
+
+    fn add_peer(&mut self, node: usize, peer: usize) {
+        if !self.live(node) {
+            return;
+        }
+        let id = self.slots[peer].id;
+        let now = Instant::from_micros(self.now);
+        let r = match self.slots[node].node.as_mut() {
+            Some(x) => x.add_peer(id),
+            None => return,
+        };
+        if self.node_result(node, "add_peer", r).is_some() {
+            self.oracle.auth[node].insert(peer);
+            if self.plan.options.dials(node, peer) {
+                self.slots[node].dials.insert(peer);
+                if let Some(x) = self.slots[node].node.as_mut() {
+                    x.dial(id, now);
+                }
+            }
+        }
+        self.dirty.insert(node);
+    }
+
+    fn get(&mut self, node: usize, from: usize, seq: u64) {
+        let now = Instant::from_micros(self.now);
+        let id = self.slots[from].id;
+        self.oracle
+            .asked
+            .entry((node, from))
+            .or_default()
+            .insert(seq);
+        let r = match self.slots[node].node.as_mut() {
+            Some(x) => x.get(id, seq, now),
+            None => return,
+        };
+        match self.node_result(node, "get", r) {
+            Some(Fetch::Ready(data)) => {
+                self.oracle.pending_gets.remove(&(node, from, seq));
+                if let Err(f) = self.oracle.on_record(node, from, seq, &data, false) {
+                    self.fail(f);
+                }
+            }
+            Some(Fetch::Pending) => {
+                self.oracle.pending_gets.insert((node, from, seq));
+            }
+            Some(Fetch::Cleared) | None => {
+                self.oracle.pending_gets.remove(&(node, from, seq));
+            }
+        }
+        self.dirty.insert(node);
+    }
+
+    fn read(&mut self, node: usize, limit: usize, archive: u8, clear: u8, seed: u64) {
+        let now = Instant::from_micros(self.now);
+        let r = match self.slots[node].node.as_mut() {
+            Some(x) => x.read(Mailbox::Unread, None, limit),
+            None => return,
+        };
+        let Some(records) = self.node_result(node, "read", r) else {
+            return;
+        };
+        let mut d = Dice::new(seed, "read");
+        for rec in records {
+            let from = self.peer_index(&rec.from);
+            if from == usize::MAX {
+                self.fail(Failure::new(
+                    "phantom",
+                    format!("n{node} read a message from unknown peer {}", rec.from),
+                ));
+                return;
+            }
+            if let Err(f) = self.oracle.on_record(node, from, rec.seq, &rec.data, true) {
+                self.fail(f);
+                return;
+            }
+            let roll = d.range(0, 99) as u8;
+            if roll < archive {
+                let r = match self.slots[node].node.as_mut() {
+                    Some(x) => x.archive(rec.from, rec.seq, now),
+                    None => return,
+                };
+                match self.node_result(node, "archive", r) {
+                    Some(true) => self.oracle.on_archived(node, from, rec.seq),
+                    Some(false) => {
+                        self.fail(Failure::new(
+                            "archived-redelivered",
+                            format!("n{node} read message {} from n{from} as unread, but archive says it was archived", rec.seq),
+                        ));
+                        return;
+                    }
+                    None => {}
+                }
+            } else if roll < archive.saturating_add(clear) {
+                let r = match self.slots[node].node.as_mut() {
+                    Some(x) => x.clear(rec.from, rec.seq, now),
+                    None => return,
+                };
+                match r {
+                    Ok(_) => self.oracle.on_cleared(node, from, rec.seq, true),
+                    Err(e) => {
+                        self.oracle.on_cleared(node, from, rec.seq, false);
+                        self.node_result::<()>(node, "clear", Err(e));
+                    }
+                }
+            }
+        }
+        self.dirty.insert(node);
+    }
+
+    /// After the heal, consumers read and archive everything they have, so
+    /// windowed prefetch keeps moving.
+    fn drain_readers(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.plan.options.node[i].sparse || !self.live(i) {
+                continue;
+            }
+            self.read(i, 100_000, 100, 0, 0);
+        }
+    }
+
+    /// The end of the chaos: the network is whole again, every node is up,
+    /// every authorization is restored, and storage works.
+    fn heal(&mut self) {
+        self.healed = true;
+        self.note(format_args!("heal"));
+        self.blocked.clear();
+        for i in 0..self.slots.len() {
+            self.slots[i].store.fail_commits(0);
+            if self.slots[i].paused_until.is_some() {
+                self.slots[i].paused_until = Some(self.now);
+                self.at(self.now, Ev::Resume { node: i });
+            }
+            if self.slots[i].node.is_none() {
+                self.at(self.now, Ev::Restart { node: i });
+            }
+        }
+        let edges = self.plan.options.edges.clone();
+        for e in edges {
+            self.at(
+                self.now,
+                Ev::ReAdd {
+                    node: e.dialer,
+                    peer: e.listener,
+                },
+            );
+            self.at(
+                self.now,
+                Ev::ReAdd {
+                    node: e.listener,
+                    peer: e.dialer,
+                },
+            );
+        }
+        self.at(self.now + SEC, Ev::Drain);
+    }
+
+    fn sabotage(&mut self, node: usize) {
+        let Some(n) = self.slots[node].node.as_mut() else {
+            return;
+        };
+        let Ok(recs) = n.read(Mailbox::Unread, None, 1) else {
+            return;
+        };
+        let me = self.slots[node].id;
+        if let Some(r) = recs.first() {
+            let key = keys::feed_seq(&FeedDescriptor::queue(r.from, me).id(), r.seq);
+            self.slots[node].store.tamper(Table::Blocks, &key, |v| {
+                if let Some(b) = v.last_mut() {
+                    *b ^= 1;
+                }
+            });
+        }
+    }
+
+    fn final_checks(&mut self) {
+        self.check_corruption();
+        if self.failure.is_some() {
+            return;
+        }
+        let n = self.slots.len();
+        let bound = self.plan.options.heal_bound / SEC;
+        // What each node holds, per sender, and its status counts.
+        let mut held: BTreeMap<(usize, usize), BTreeSet<u64>> = BTreeMap::new();
+        let mut received: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        let mut sender: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
+        for i in 0..n {
+            if self.slots[i].node.is_none() {
+                self.fail(Failure::new(
+                    "liveness",
+                    format!("n{i} is still down after the heal"),
+                ));
+                return;
+            }
+            for mailbox in [Mailbox::Unread, Mailbox::Archived] {
+                let r = match self.slots[i].node.as_mut() {
+                    Some(x) => x.read(mailbox, None, usize::MAX),
+                    None => return,
+                };
+                let Some(recs) = self.node_result(i, "read", r) else {
+                    return;
+                };
+                for rec in recs {
+                    let from = self.peer_index(&rec.from);
+                    if from == usize::MAX {
+                        self.fail(Failure::new(
+                            "phantom",
+                            format!("n{i} holds a message from an unknown peer"),
+                        ));
+                        return;
+                    }
+                    let unread = mailbox == Mailbox::Unread;
+                    if let Err(f) = self.oracle.on_record(i, from, rec.seq, &rec.data, unread) {
+                        self.fail(f);
+                        return;
+                    }
+                    held.entry((i, from)).or_default().insert(rec.seq);
+                }
+            }
+            let r = match self.slots[i].node.as_mut() {
+                Some(x) => x.status(),
+                None => return,
+            };
+            let Some(status) = self.node_result(i, "status", r) else {
+                return;
+            };
+            for s in status {
+                let p = self.peer_index(&s.peer);
+                received.insert((p, i), s.received);
+                sender.insert((i, p), (s.sent, s.acked));
+            }
+        }
+        let mut pairs: BTreeSet<(usize, usize)> = self.oracle.sent.keys().copied().collect();
+        pairs.extend(received.keys().copied());
+        for (from, to) in pairs {
+            if from == usize::MAX || to == usize::MAX {
+                continue;
+            }
+            let authorized = self.plan.options.edge(from, to).is_some();
+            let rec = received.get(&(from, to)).copied().unwrap_or(0);
+            if !authorized && rec > 0 {
+                self.fail(Failure::new(
+                    "unauthorized",
+                    format!("n{to} holds {rec} messages from n{from}, which it never authorized"),
+                ));
+                return;
+            }
+            let (len, acked) = sender.get(&(from, to)).copied().unwrap_or((0, 0));
+            let empty = BTreeSet::new();
+            let h = held.get(&(to, from)).unwrap_or(&empty);
+            let expect_all = authorized && !self.plan.options.node[to].sparse;
+            if let Err(f) = self
+                .oracle
+                .check_pair(from, to, h, len, rec, acked, expect_all, bound)
+            {
+                self.fail(f);
+                return;
+            }
+        }
+        // Sparse readers: every `get` answered, and nothing downloaded that
+        // was not asked for.
+        if let Some(&(node, from, seq)) = self.oracle.pending_gets.iter().next() {
+            self.fail(Failure::new(
+                "liveness",
+                format!("{bound}s after the heal n{node} still waits for message {seq} from n{from} it asked for with get"),
+            ));
+            return;
+        }
+        for i in 0..n {
+            if !self.plan.options.node[i].sparse {
+                continue;
+            }
+            for (&(node, from), asked) in self.oracle.asked.range((i, 0)..=(i, usize::MAX)) {
+                let rec = received.get(&(from, node)).copied().unwrap_or(0);
+                if rec > asked.len() as u64 {
+                    self.fail(Failure::new(
+                        "sparse-bytes",
+                        format!("sparse reader n{node} holds {rec} messages from n{from} but asked for {}", asked.len()),
+                    ));
+                    return;
+                }
+            }
+            let from_list: Vec<usize> = (0..n).filter(|&f| f != i).collect();
+            for from in from_list {
+                let got = self.sparse_bytes.get(&(i, from)).copied().unwrap_or(0);
+                let asked = self
+                    .oracle
+                    .asked
+                    .get(&(i, from))
+                    .map_or(0, |s| s.len() as u64);
+                let conns = self.sparse_conns.get(&(i, from)).copied().unwrap_or(0);
+                let limit = sparse_budget(
+                    asked,
+                    self.oracle.sent(from, i),
+                    16 + self.plan.options.msg_extra as u64,
+                    conns,
+                    self.send_calls.get(&(from, i)).copied().unwrap_or(0),
+                    self.now,
+                );
+                if got > limit {
+                    self.fail(Failure::new(
+                        "sparse-bytes",
+                        format!("sparse reader n{i} downloaded {got} bytes from n{from} for {asked} blocks read; the bound is {limit}"),
+                    ));
+                    return;
+                }
+            }
+        }
+        self.note(format_args!("final checks passed"));
+    }
+}
+
+/// Most bytes a sparse reader may download from one sender: per block read,
+/// its bytes, a proof (two hashes per tree level), a signed head and
+/// framing; per connection, a handshake, a head and a keepalive every
+/// interval; per append, the new head announced. Prefetch is zero, so
+/// nothing else may come.
+pub fn sparse_budget(
+    blocks: u64,
+    feed_len: u64,
+    block_max: u64,
+    conns: u64,
+    appends: u64,
+    micros: u64,
+) -> u64 {
+    let levels = 64 - feed_len.max(1).leading_zeros() as u64;
+    let per_block = block_max + 2 * levels * 48 + 256;
+    let per_conn = 4096 + (micros / KEEPALIVE + 1) * 64;
+    blocks * per_block + conns.max(1) * per_conn + appends * HEAD_BYTES
+}
+
+/// A head announcement on the wire, with framing and its AEAD tag.
+const HEAD_BYTES: u64 = 256;
+
+fn node_seed(seed: u64, node: usize, inc: u32) -> u64 {
+    let h = blake3::hash(
+        &[seed, node as u64, u64::from(inc)]
+            .map(u64::to_le_bytes)
+            .concat(),
+    );
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
