@@ -1,7 +1,7 @@
 //! An in-memory store for tests and simulations, with a crash model.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,8 +11,39 @@ use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 /// Hash maps, not B-trees: point reads and writes dominate, and comparing
 /// 40-byte keys that share a 32-byte feed prefix all the way down a big
 /// B-tree costs more than one hash. Scans, which are rare and over small
-/// tables, sort. The hasher has fixed keys: the core draws no OS randomness.
-type Map = HashMap<Key, Vec<u8>, BuildHasherDefault<DefaultHasher>>;
+/// tables, sort. The hasher is fixed (the core draws no OS randomness) and
+/// cheap: keys are our own, so there is no flooding to defend against.
+type Map = HashMap<Key, Vec<u8>, BuildHasherDefault<KeyHasher>>;
+
+/// A multiply-rotate hash over 8-byte words (in the style of FxHash), with
+/// a splitmix64 finish.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // The multiply only carries low bits upwards; keys differ in their
+        // last bytes (big-endian seqs), so mix high bits back down before
+        // the table takes its bucket index from the low ones.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
 
 #[derive(Clone, Default)]
 struct Tables {
