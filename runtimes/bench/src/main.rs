@@ -208,6 +208,20 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| r1(kb / 1024.0))
 }
 
+/// Resident anonymous and file-backed memory now (LMDB's map pages count as
+/// file-backed), in MiB: tells what a peak is made of.
+fn rss_split_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| r1(kb / 1024.0))
+    };
+    (get("RssAnon:"), get("RssFile:"))
+}
+
 fn r1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -298,8 +312,9 @@ async fn role_append(job: Job) -> anyhow::Result<()> {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (anon, file) = rss_split_mib();
     mq.shutdown().await?;
-    say(&json!({"secs": r3(secs), "msgs_per_s": (job.n as f64 / secs).round(), "peak_rss_MiB": peak_rss_mib()}).to_string());
+    say(&json!({"secs": r3(secs), "msgs_per_s": (job.n as f64 / secs).round(), "peak_rss_MiB": peak_rss_mib(), "rss_anon_MiB": anon, "rss_file_MiB": file}).to_string());
     Ok(())
 }
 
