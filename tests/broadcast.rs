@@ -112,3 +112,36 @@ fn a_closed_node_relays_only_allowed_authors() {
     let stranger = Net::with_configs(vec![open_config(9)]).ids[0];
     assert!(!net.node(1).is_authorized(&stranger));
 }
+
+#[test]
+fn reconnecting_in_sync_costs_the_same_however_many_feeds() {
+    // Thirty authors publish through a hub (node 0); node 1 syncs from it.
+    let n = 32;
+    let mut net = Net::with_configs((1..=n as u64).map(open_config).collect());
+    let hub = net.ids[0];
+    for i in 2..n {
+        let now = net.now;
+        net.node(i)
+            .broadcast(format!("event from {i}").as_bytes(), now)
+            .unwrap();
+        net.node(i).dial(hub, now);
+    }
+    net.run_for(Duration::from_secs(2));
+    let now = net.now;
+    net.node(1).dial(hub, now);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.node(1).broadcast_feeds().len(), n - 2);
+    // Reconnect: only the summaries (and the handshake) cross.
+    net.node(1).hang_up(&hub);
+    let link_before = net.sent_bytes.clone();
+    let now = net.now;
+    net.node(1).dial(hub, now);
+    net.run_for(Duration::from_millis(100));
+    let sent_by_1 = net.sent_bytes[1] - link_before[1];
+    // Handshake (~250 B) plus one summary; no per-feed traffic.
+    assert!(
+        sent_by_1 < 600,
+        "node 1 sent {sent_by_1} bytes to reconnect with {} feeds",
+        n - 2
+    );
+}

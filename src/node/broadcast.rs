@@ -81,6 +81,16 @@ impl Replica {
     }
 }
 
+/// BLAKE3 over a sorted `(feed, length)` list.
+fn digest(list: &[(FeedId, u64)]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("peermq v1 broadcast summary");
+    for (f, len) in list {
+        h.update(&f.0);
+        h.update(&len.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Loads every replica record (one per author held).
 pub(crate) fn load_all<S: Store>(
     txn: &Txn<'_, S>,
@@ -221,28 +231,87 @@ impl State {
         }
     }
 
-    /// Tells a newly connected peer every broadcast head we can serve.
-    pub(super) fn announce_broadcasts<S: Store>(
+    /// The broadcast feeds we can serve in full, with their lengths, sorted.
+    fn servable<S: Store>(&mut self, txn: &Txn<'_, S>) -> Result<Vec<(FeedId, u64)>, NodeError> {
+        let feeds: Vec<(FeedDescriptor, u64)> = self
+            .replicas
+            .values()
+            .filter(|r| r.contiguous() > 0)
+            .map(|r| (r.desc, r.contiguous()))
+            .collect();
+        let mut out = Vec::with_capacity(feeds.len());
+        for (desc, held) in feeds {
+            let len = self.feed(txn, desc)?.len();
+            if len > 0 && held >= len {
+                out.push((desc.id(), len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the broadcast exchange on a new connection with a digest of
+    /// what we can serve: one small message, however many feeds we hold.
+    pub(super) fn send_summary<S: Store>(
         &mut self,
         txn: &Txn<'_, S>,
         conn: super::ConnId,
     ) -> Result<(), NodeError> {
-        let feeds: Vec<FeedDescriptor> = self
-            .replicas
-            .values()
-            .filter(|r| r.contiguous() > 0)
-            .map(|r| r.desc)
-            .collect();
-        for desc in feeds {
-            let held = self.replicas.get(&desc.id()).map_or(0, |r| r.contiguous());
+        let list = self.servable(txn)?;
+        let msg = Message::Summary {
+            count: list.len() as u32,
+            digest: digest(&list),
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.send(&msg);
+        }
+        Ok(())
+    }
+
+    /// The peer's digest: if it differs from ours, send our list.
+    pub(super) fn on_summary<S: Store>(
+        &mut self,
+        txn: &Txn<'_, S>,
+        conn: super::ConnId,
+        count: u32,
+        their: [u8; 32],
+    ) -> Result<(), NodeError> {
+        let list = self.servable(txn)?;
+        if list.len() as u32 == count && digest(&list) == their {
+            return Ok(());
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.send(&Message::Have { feeds: list });
+        }
+        Ok(())
+    }
+
+    /// The peer's list: send heads of the feeds we can serve more of.
+    pub(super) fn on_have<S: Store>(
+        &mut self,
+        txn: &Txn<'_, S>,
+        conn: super::ConnId,
+        theirs: &[(FeedId, u64)],
+    ) -> Result<(), NodeError> {
+        let theirs: std::collections::BTreeMap<FeedId, u64> = theirs.iter().copied().collect();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            for (f, len) in &theirs {
+                let known = c.remote_heads.entry(*f).or_insert(0);
+                *known = (*known).max(*len);
+            }
+        }
+        for (feed, len) in self.servable(txn)? {
+            if theirs.get(&feed).copied().unwrap_or(0) >= len {
+                continue;
+            }
+            let Some(desc) = self.replicas.get(&feed).map(|r| r.desc) else {
+                continue;
+            };
             let head = self.feed(txn, desc)?.head().copied();
             if let (Some(head), Some(c)) = (head, self.conns.get_mut(&conn)) {
-                if held >= head.length {
-                    c.send(&Message::Head { desc, head });
-                }
+                c.send(&Message::Head { desc, head });
             }
-            if let Some(r) = self.replicas.get_mut(&desc.id()) {
-                r.gossiped = r.gossiped.max(held);
+            if let Some(r) = self.replicas.get_mut(&feed) {
+                r.gossiped = r.gossiped.max(len);
             }
         }
         Ok(())

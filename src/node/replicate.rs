@@ -261,6 +261,8 @@ impl State {
                 }
             }
             Message::Ack(receipt) => self.on_ack(txn, after, peer, receipt)?,
+            Message::Summary { count, digest } => self.on_summary(txn, id, count, digest)?,
+            Message::Have { feeds } => self.on_have(txn, id, &feeds)?,
             Message::Keepalive | Message::Unknown { .. } => {}
             Message::Close { code, text } => {
                 return Err(Fault::Peer(CloseReason::Remote {
@@ -472,7 +474,7 @@ impl State {
             .copied();
         let inbox = self.inbox(&txn, peer)?;
         let has_receipt = !inbox.acknowledged().is_empty();
-        self.announce_broadcasts(&txn, id)?;
+        self.send_summary(&txn, id)?;
         drop(txn);
         if let Some(conn) = self.conns.get_mut(&id) {
             if let Some(head) = head {

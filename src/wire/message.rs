@@ -17,6 +17,11 @@ const T_NO_DATA: u8 = 4;
 const T_ACK: u8 = 5;
 const T_KEEPALIVE: u8 = 6;
 const T_CLOSE: u8 = 7;
+const T_SUMMARY: u8 = 8;
+const T_HAVE: u8 = 9;
+
+/// Most entries a have-list may carry.
+pub const MAX_HAVE_ENTRIES: usize = 1 << 16;
 
 /// Most proof nodes a data message may carry: two paths of a 2^64 tree.
 pub const MAX_PROOF_NODES: usize = 130;
@@ -69,6 +74,23 @@ pub enum Message<'a> {
         code: CloseCode,
         /// Detail for humans.
         text: &'a str,
+    },
+    /// A digest of the broadcast feeds the sender can serve: how many, and
+    /// BLAKE3 over the sorted `(feed id, length)` pairs. Equal digests mean
+    /// nothing to exchange, so a reconnect costs the same whatever the
+    /// number of feeds.
+    Summary {
+        /// Number of feeds.
+        count: u32,
+        /// The digest.
+        digest: [u8; 32],
+    },
+    /// The broadcast feeds the sender can serve, with their lengths, sent
+    /// when summaries differ; the receiver answers with heads of the feeds
+    /// it holds more of.
+    Have {
+        /// `(feed id, length)`, sorted by feed id.
+        feeds: Vec<(FeedId, u64)>,
     },
     /// A message type this version does not know; skipped.
     Unknown {
@@ -276,6 +298,21 @@ impl Message<'_> {
                 out.extend_from_slice(&text.as_bytes()[..end]);
                 finish(out, at);
             }
+            Message::Summary { count, digest } => {
+                let at = begin(out, T_SUMMARY);
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(digest);
+                finish(out, at);
+            }
+            Message::Have { feeds } => {
+                let at = begin(out, T_HAVE);
+                out.extend_from_slice(&(feeds.len() as u32).to_le_bytes());
+                for (f, len) in feeds {
+                    out.extend_from_slice(&f.0);
+                    out.extend_from_slice(&len.to_le_bytes());
+                }
+                finish(out, at);
+            }
             Message::Unknown { kind } => {
                 let at = begin(out, *kind);
                 finish(out, at);
@@ -351,6 +388,28 @@ impl Message<'_> {
                         what: "close text is not UTF-8",
                     })?;
                 Message::Close { code, text }
+            }
+            T_SUMMARY => {
+                let count = u32::from_le_bytes(r.array()?);
+                Message::Summary {
+                    count,
+                    digest: r.array()?,
+                }
+            }
+            T_HAVE => {
+                let n = u32::from_le_bytes(r.array()?) as usize;
+                if n > MAX_HAVE_ENTRIES || r.bytes.len() != n * 40 {
+                    return Err(MessageError::Invalid {
+                        kind,
+                        what: "have-list length does not match its count",
+                    });
+                }
+                let mut feeds = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let f = FeedId(r.array()?);
+                    feeds.push((f, r.u64()?));
+                }
+                Message::Have { feeds }
             }
             other => {
                 r.bytes = &[];
@@ -529,6 +588,13 @@ mod tests {
         roundtrip(Message::Close {
             code: CloseCode::Idle,
             text: "quiet",
+        });
+        roundtrip(Message::Summary {
+            count: 3,
+            digest: [7; 32],
+        });
+        roundtrip(Message::Have {
+            feeds: vec![(desc.id(), 4), (FeedId([1; 32]), 0)],
         });
         roundtrip(Message::Unknown { kind: 200 });
     }
