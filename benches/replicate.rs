@@ -20,7 +20,12 @@ struct Pair {
 /// A writer (B) holding `MESSAGES` for A, and a reader (A) that has never
 /// seen them.
 fn setup() -> Pair {
-    let cfg = |seed| Config { rng_seed: seed, prefetch: Prefetch::All, store_poll_interval: None, ..Config::default() };
+    let cfg = |seed| Config {
+        rng_seed: seed,
+        prefetch: Prefetch::All,
+        store_poll_interval: None,
+        ..Config::default()
+    };
     let mut a = Node::open(MemStore::new(), cfg(1), Instant::ZERO).unwrap();
     let mut b = Node::open(MemStore::new(), cfg(2), Instant::ZERO).unwrap();
     a.add_peer(b.id()).unwrap();
@@ -45,15 +50,16 @@ fn replicate(mut p: Pair) -> Pair {
     let mut to_a: VecDeque<Vec<u8>> = VecDeque::new();
     let mut to_b: VecDeque<Vec<u8>> = VecDeque::new();
     let mut received = 0usize;
-    let drain = |n: &mut Node<MemStore>, conn: ConnId, q: &mut VecDeque<Vec<u8>>, received: &mut usize| {
-        while let Some(out) = n.poll_output() {
-            match out {
-                Output::Transmit { conn: c, bytes } if c == conn => q.push_back(bytes),
-                Output::Event(peermq::Event::Message { .. }) => *received += 1,
-                _ => {}
+    let drain =
+        |n: &mut Node<MemStore>, conn: ConnId, q: &mut VecDeque<Vec<u8>>, received: &mut usize| {
+            while let Some(out) = n.poll_output() {
+                match out {
+                    Output::Transmit { conn: c, bytes } if c == conn => q.push_back(bytes),
+                    Output::Event(peermq::Event::Message { .. }) => *received += 1,
+                    _ => {}
+                }
             }
-        }
-    };
+        };
     loop {
         drain(&mut p.a, a_conn, &mut to_b, &mut received);
         drain(&mut p.b, b_conn, &mut to_a, &mut 0);
@@ -81,7 +87,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("replicate_mem_encrypted");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(MESSAGES as u64));
-    g.bench_function("100k_x_100B", |bench| bench.iter_batched(setup, replicate, BatchSize::PerIteration));
+    g.bench_function("100k_x_100B", |bench| {
+        bench.iter_batched(setup, replicate, BatchSize::PerIteration)
+    });
     g.finish();
 }
 
