@@ -1,23 +1,58 @@
 //! `peermq`: the peer-to-peer message queue on the command line.
+//!
+//! Every command opens the data directory, does its work through the async
+//! [`Mq`] handle on a tokio runtime, and shuts the node down cleanly. The
+//! data directory may be used by several `peermq` processes at once: a
+//! `send` while `connect` runs in another terminal goes out on the running
+//! connection.
 
-use std::path::PathBuf;
+mod addresses;
+mod demo;
+mod follow;
+mod output;
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use peermq::store::meta;
-use peermq::{Keypair, LmdbStore, SeededRng, Txn};
+use futures_lite::StreamExt;
+use peermq::{Config, PeerId};
+use peermq_tokio::{Mailbox, Mq, TokioRuntime};
 
-/// Peer-to-peer message queue.
+use crate::addresses::{parse_host_port, AddressBook};
+use crate::follow::Stop;
+use crate::output::{message_line, Printer};
+
+const EXAMPLES: &str = "\
+Walk-through, two nodes on one machine (they find each other by key):
+  peermq -d /tmp/a id                        # prints A's id
+  peermq -d /tmp/b id                        # prints B's id
+  peermq -d /tmp/a add-peer <B>              # A allows B to connect
+  peermq -d /tmp/b send --to <A> --message wow
+  peermq -d /tmp/b connect <A>               # keeps running; Ctrl-C stops it
+  peermq -d /tmp/a listen                    # in another terminal: MESSAGE <B>@0 wow
+
+Logs go to standard error when RUST_LOG is set (for example RUST_LOG=info).";
+
+/// Peer-to-peer message queue: send messages to a peer by its key; they are
+/// stored durably at once and travel whenever a connection exists.
 #[derive(Parser, Debug)]
-#[command(name = "peermq", version, about)]
+#[command(name = "peermq", version, after_help = EXAMPLES)]
 struct Cli {
-    /// Data directory; created if missing.
+    /// Data directory holding this node's identity, feeds and inbox; created
+    /// if missing.
     #[arg(
         short = 'd',
         long = "datadir",
         global = true,
-        default_value = "peermq-data"
+        env = "PEERMQ_DATADIR",
+        default_value = "peermq-data",
+        value_name = "DIR"
     )]
     datadir: PathBuf,
     #[command(subcommand)]
@@ -26,54 +61,441 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print this node's id (its public key), creating the identity if needed.
+    /// Print this node's id (its public key, 64 hex characters), creating
+    /// the identity if needed.
     Id,
+    /// Allow peer KEY to connect to this node.
+    ///
+    /// Only authorized peers may connect to a listening node. The node that
+    /// dials need not authorize the one it dials.
+    AddPeer {
+        /// The peer's id, as printed by `peermq id`.
+        #[arg(value_name = "KEY")]
+        key: PeerId,
+        /// Where `connect` reaches this peer, remembered in the data
+        /// directory. Not needed on one machine: peers find each other by
+        /// key.
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+        addr: Option<String>,
+    },
+    /// Revoke peer KEY: it may no longer connect, and its remembered
+    /// address is forgotten. Its messages stay.
+    RemovePeer {
+        /// The peer's id.
+        #[arg(value_name = "KEY")]
+        key: PeerId,
+    },
+    /// List the authorized peers, one per line, with remembered addresses.
+    Peers,
+    /// Queue a message for peer KEY.
+    ///
+    /// It is stored durably when this returns, even with no connection, and
+    /// travels when one exists (`connect` or `listen`, possibly already
+    /// running in another process on the same data directory).
+    Send {
+        /// The recipient's id.
+        #[arg(long, value_name = "KEY")]
+        to: PeerId,
+        /// The message. Without it, the message is read from standard input
+        /// (all of it, as bytes).
+        #[arg(short = 'm', long, value_name = "TEXT")]
+        message: Option<String>,
+    },
+    /// Connect to peer KEY and stay connected until Ctrl-C.
+    ///
+    /// Waits for the peer to appear, sends what is queued for it, prints
+    /// `ACK <KEY>@<seq>` as it acknowledges messages, reconnects when the
+    /// connection drops, and prints (then archives) `MESSAGE` lines for
+    /// messages the peer sends back on the same connection.
+    Connect {
+        /// The peer's id.
+        #[arg(value_name = "KEY")]
+        key: PeerId,
+        /// Where the peer listens, tried along with addresses remembered by
+        /// `add-peer --addr` and peers on this machine.
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+        addr: Option<String>,
+        /// Print ndjson: {"from","seq","data"} per message, {"to","seq","acked"} per ACK.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept connections from authorized peers until Ctrl-C.
+    ///
+    /// Prints `MESSAGE <from>@<seq> <data>` for each unread message, the
+    /// ones already here first, then new ones as they arrive, and archives
+    /// each after printing it, so that each message is printed once across
+    /// restarts. Peers on this machine find the listener by its key.
+    Listen {
+        /// Address to listen on; 0.0.0.0 accepts connections from other
+        /// machines.
+        #[arg(long, value_name = "H", default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on; 0 lets the system choose (run with
+        /// RUST_LOG=info to see which).
+        #[arg(long, value_name = "P", default_value_t = 0)]
+        port: u16,
+        /// Print ndjson: {"from","seq","data"} per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print received messages without archiving them.
+    Read {
+        /// Print the archived messages instead of the unread ones.
+        #[arg(long)]
+        archived: bool,
+        /// Print ndjson: {"from","seq","data"}; data that is not UTF-8 is
+        /// base64, marked "encoding":"base64".
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark message SEQ from FROM processed: it leaves the unread messages.
+    Archive {
+        /// The sender's id.
+        #[arg(value_name = "FROM")]
+        from: PeerId,
+        /// The message's seq, as printed after the `@`.
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+    },
+    /// Delete message SEQ from FROM here; it is never downloaded again.
+    Clear {
+        /// The sender's id.
+        #[arg(value_name = "FROM")]
+        from: PeerId,
+        /// The message's seq, as printed after the `@`.
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+    },
+    /// Show this node's id and, per peer, the feeds both ways: messages
+    /// sent and acknowledged, received and unread.
+    Status,
+    /// Run two nodes in this process, on temporary directories, and show
+    /// messages and acknowledgements flowing both ways.
+    Demo,
 }
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
-            let usage = e.use_stderr();
-            let _ = e.print();
-            return if usage {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            eprintln!(
+                "error: cannot start the async runtime: {e}; check the process limits (ulimit -n)"
+            );
+            return ExitCode::from(1);
         }
     };
-    match run(cli) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Reports a command-line mistake in one line (clap's own report spans
+/// several), with exit code 2; help and version go to stdout with 0.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `peermq` alone: the help is the most useful answer.
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    let rendered = e.render().to_string();
+    let mut lines = rendered.lines();
+    let mut message: Vec<&str> = Vec::new();
+    for line in lines.by_ref() {
+        if line.trim().is_empty() {
+            break;
+        }
+        message.push(line.trim());
+    }
+    let tips: Vec<&str> = lines
+        .filter_map(|l| l.trim().strip_prefix("tip:"))
+        .map(str::trim)
+        .collect();
+    let mut text = message.join(" ");
+    let text_body = text.strip_prefix("error: ").unwrap_or(&text).to_string();
+    text = text_body;
+    for tip in tips {
+        text.push_str("; ");
+        text.push_str(tip);
+    }
+    let help = match std::env::args().nth(1) {
+        Some(_) if e.kind() != ErrorKind::InvalidSubcommand => subcommand_help_hint(),
+        _ => "peermq --help".to_string(),
+    };
+    eprintln!("error: {text}; see `{help}`");
+    ExitCode::from(2)
+}
+
+/// `peermq <subcommand> --help` for the subcommand named on the command
+/// line, if one was.
+fn subcommand_help_hint() -> String {
+    let sub = std::env::args()
+        .skip(1)
+        .find(|a| Cli::command_names().iter().any(|name| name == a.as_str()));
+    match sub {
+        Some(s) => format!("peermq {s} --help"),
+        None => "peermq --help".to_string(),
+    }
+}
+
+impl Cli {
+    fn command_names() -> Vec<String> {
+        use clap::CommandFactory;
+        Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect()
+    }
+}
+
+/// Logs go to stderr and are off unless RUST_LOG asks for them, so that
+/// stdout carries exactly the lines the commands print.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The error and its causes on one line, without repeating a cause that an
+/// outer message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The core's configuration for command-line nodes.
+pub(crate) fn node_config() -> Config {
+    Config {
+        // A `connect` started before its peer listens retries at least
+        // this often, so the peer is found within seconds of appearing
+        // (the default cap of 30 s suits servers, not a person waiting).
+        backoff_cap: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// Opens the node of `datadir`, with `book` as a further way to find peers.
+fn open(datadir: &Path, book: Option<AddressBook>) -> anyhow::Result<Mq> {
+    let mut builder = Mq::builder(datadir).config(node_config());
+    if let Some(book) = book {
+        builder = builder.discovery(Arc::new(book));
+    }
+    Ok(builder.open(TokioRuntime::new())?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.datadir;
+    let mut printer = Printer::new();
+    if !matches!(cli.command, Command::Demo) && dir.exists() && !dir.is_dir() {
+        bail!(
+            "data directory {} is not a directory; give a directory with -d DIR (it is created if missing)",
+            dir.display()
+        );
+    }
     match cli.command {
-        Command::Id => {
-            let store = LmdbStore::open(&cli.datadir)?;
-            let mut txn = Txn::begin(&store)?;
-            meta::check_format(&mut txn)?;
-            let fresh = fresh_keypair()?;
-            let key = meta::identity_or_insert(&mut txn, || fresh)?;
-            txn.commit()
-                .with_context(|| format!("saving the identity in {}", cli.datadir.display()))?;
-            println!("{}", key.peer_id());
+        Command::Demo => demo::run(&mut printer).await,
+        Command::Connect { key, addr, json } => {
+            let mut stop = Stop::install()?;
+            let mut book = AddressBook::load(&dir)?;
+            if let Some(addr) = addr {
+                book.insert(key, addr);
+            }
+            let mq = open(&dir, Some(book))?;
+            // Subscribe first: no acknowledgement may slip by unprinted.
+            let events = mq.events();
+            let r = match mq.connect(key).await {
+                Ok(()) => follow::follow(&mq, events, &mut printer, &mut stop, json).await,
+                Err(e) => Err(e.into()),
+            };
+            follow::shutdown(&mq, &mut stop).await?;
+            r
+        }
+        Command::Listen { host, port, json } => {
+            let mut stop = Stop::install()?;
+            let addr = resolve_listen(&host, port).await?;
+            let mq = open(&dir, None)?;
+            let events = mq.events();
+            let r = match mq.listen(addr).await {
+                Ok(bound) => {
+                    tracing::info!(%bound, id = %mq.id().await, "listening");
+                    follow::follow(&mq, events, &mut printer, &mut stop, json).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            follow::shutdown(&mq, &mut stop).await?;
+            r
+        }
+        Command::Send { to, message } => {
+            let data = match message {
+                Some(m) => m.into_bytes(),
+                None => read_stdin()?,
+            };
+            let mq = open(&dir, None)?;
+            let r = mq.send(to, data).await;
+            mq.shutdown().await?;
+            let seq = r?;
+            tracing::info!(%to, seq, "queued");
+            Ok(())
+        }
+        command => {
+            let mq = open(&dir, None)?;
+            let r = one_shot(&mq, &dir, command, &mut printer).await;
+            mq.shutdown().await?;
+            r
+        }
+    }
+}
+
+/// The commands that do one thing and return.
+async fn one_shot(
+    mq: &Mq,
+    dir: &Path,
+    command: Command,
+    printer: &mut Printer,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Id => printer.line(&mq.id().await.to_string())?,
+        Command::AddPeer { key, addr } => {
+            mq.add_peer(key, None).await?;
+            if let Some(addr) = addr {
+                let mut book = AddressBook::load(dir)?;
+                book.insert(key, addr);
+                book.save()?;
+            }
+        }
+        Command::RemovePeer { key } => {
+            let was = mq.remove_peer(key).await?;
+            let mut book = AddressBook::load(dir)?;
+            if book.remove(&key) {
+                book.save()?;
+            }
+            if !was {
+                eprintln!("note: {key} was not an authorized peer; nothing changed");
+            }
+        }
+        Command::Peers => {
+            let book = AddressBook::load(dir)?;
+            for p in mq.peers().await?.iter().filter(|p| p.authorized) {
+                let mut line = p.peer.to_string();
+                for addr in book.get(&p.peer) {
+                    line.push(' ');
+                    line.push_str(addr);
+                }
+                printer.line(&line)?;
+            }
+        }
+        Command::Read { archived, json } => {
+            let mailbox = if archived {
+                Mailbox::Archived
+            } else {
+                Mailbox::Unread
+            };
+            let mut records = mq.read_stream(mailbox, false);
+            while let Some(r) = records.next().await {
+                printer.line(&message_line(&r?, json))?;
+            }
+        }
+        Command::Archive { from, seq } => {
+            if !mq.archive(from, seq).await? {
+                eprintln!("note: message {from}@{seq} was already archived");
+            }
+        }
+        Command::Clear { from, seq } => {
+            if !mq.clear(from, seq).await? {
+                eprintln!("note: message {from}@{seq} was already cleared");
+            }
+        }
+        Command::Status => {
+            printer.line(&format!("id {}", mq.id().await))?;
+            let peers = mq.peers().await?;
+            if peers.is_empty() {
+                printer.line("no peers yet: `peermq add-peer KEY` allows one to connect, `peermq send --to KEY` queues a message")?;
+            }
+            for p in peers {
+                let role = if p.authorized {
+                    "authorized"
+                } else {
+                    "not authorized"
+                };
+                printer.line(&format!("peer {} ({role})", p.peer))?;
+                printer.line(&format!(
+                    "  feed to peer:   {} sent, {} acknowledged",
+                    p.sent, p.acked
+                ))?;
+                printer.line(&format!(
+                    "  feed from peer: {} received, {} unread",
+                    p.received, p.unread
+                ))?;
+            }
+        }
+        Command::Demo | Command::Connect { .. } | Command::Listen { .. } | Command::Send { .. } => {
+            bail!("internal: long-running command dispatched as a one-shot one")
         }
     }
     Ok(())
 }
 
-/// A new identity from operating-system randomness: the core never draws
-/// randomness itself, so the binary seeds it.
-fn fresh_keypair() -> anyhow::Result<Keypair> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| {
-        anyhow::anyhow!("the operating system gave no randomness to create an identity: {e}")
-    })?;
-    Ok(Keypair::generate(&mut SeededRng::from_seed(seed)))
+/// The whole of standard input, the message of `send` without `--message`.
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!(
+            "reading the message from standard input; end it with Ctrl-D (or pass --message TEXT)"
+        );
+    }
+    let mut data = Vec::new();
+    stdin
+        .lock()
+        .read_to_end(&mut data)
+        .context("cannot read the message from standard input; pass it with --message TEXT")?;
+    Ok(data)
+}
+
+/// The address `listen --host H --port P` binds, resolving a host name.
+async fn resolve_listen(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| {
+            format!("cannot resolve --host {host}; give an IP address such as 127.0.0.1 or 0.0.0.0")
+        })?;
+    addrs.next().with_context(|| {
+        format!("--host {host} resolves to no address; give an IP address such as 127.0.0.1")
+    })
 }

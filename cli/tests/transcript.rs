@@ -1,0 +1,390 @@
+//! Drives the real `peermq` binary through the original README's
+//! walk-through: two data directories on one machine, no address given
+//! anywhere, Ctrl-C (SIGINT) on `connect` and a reconnect.
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long any one expected line may take. Generous: the machine may be
+/// busy with other builds; in practice lines come within a second or two.
+const LINE_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Temporary data directories and a private discovery directory, so that
+/// tests running in parallel never find each other's nodes.
+struct Sandbox {
+    tmp: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Sandbox {
+            tmp: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn command(&self, node: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peermq"));
+        cmd.arg("-d")
+            .arg(self.dir(node))
+            .args(args)
+            .env("PEERMQ_DISCOVERY_DIR", self.dir("discovery"))
+            .env_remove("RUST_LOG")
+            .env_remove("PEERMQ_DATADIR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn output(&self, node: &str, args: &[&str]) -> Output {
+        self.command(node, args)
+            .output()
+            .expect("run the peermq binary")
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.output(node, args);
+        assert!(
+            out.status.success(),
+            "peermq {args:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "peermq {args:?} wrote to stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    fn id(&self, node: &str) -> String {
+        let out = self.ok(node, &["id"]);
+        let id = out.trim_end_matches('\n').to_string();
+        assert_eq!(out, format!("{id}\n"), "id prints exactly one line");
+        assert_eq!(id.len(), 64, "an id is 64 hex characters: {id:?}");
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        id
+    }
+
+    fn send(&self, node: &str, to: &str, message: &str) {
+        assert_eq!(
+            self.ok(node, &["send", "--to", to, "--message", message]),
+            "",
+            "send prints nothing"
+        );
+    }
+
+    fn spawn(&self, node: &str, args: &[&str]) -> Running {
+        let mut child = self
+            .command(node, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the peermq binary");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+            text
+        });
+        Running {
+            what: format!("{node} {args:?}"),
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+}
+
+/// A long-running command, its stdout read line by line.
+struct Running {
+    what: String,
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// The next line it prints, waiting for it.
+    fn line(&mut self) -> String {
+        match self.lines.recv_timeout(LINE_TIMEOUT) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{} printed no line within {LINE_TIMEOUT:?}", self.what)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().ok();
+                let stderr = self.take_stderr();
+                panic!(
+                    "{} ended ({status:?}) instead of printing a line; stderr: {stderr}",
+                    self.what
+                )
+            }
+        }
+    }
+
+    fn take_stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// Ctrl-C: sends SIGINT, waits for the exit, and returns its status,
+    /// the lines it printed after the last one read, and its stderr.
+    fn interrupt(mut self) -> (ExitStatus, Vec<String>, String) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -INT failed");
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {LINE_TIMEOUT:?} of Ctrl-C",
+                self.what
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at end of file, which the exit caused.
+        let rest: Vec<String> = self.lines.iter().collect();
+        let stderr = self.take_stderr();
+        (status, rest, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed assertion must not leave processes behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_clean_stop(what: &str, (status, rest, stderr): &(ExitStatus, Vec<String>, String)) {
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{what} stopped by Ctrl-C exits 0 (stderr: {stderr})"
+    );
+    assert!(
+        rest.is_empty(),
+        "{what} printed more than expected: {rest:?}"
+    );
+    assert!(stderr.is_empty(), "{what} wrote to stderr: {stderr}");
+}
+
+#[test]
+fn the_original_walk_through_with_ctrl_c_and_reconnect() {
+    let s = Sandbox::new();
+    let a = s.id("a");
+    let b = s.id("b");
+    assert_ne!(a, b);
+    assert_eq!(s.id("a"), a, "the identity is kept");
+
+    // A allows B to connect; B queues three messages while offline.
+    assert_eq!(s.ok("a", &["add-peer", &b]), "");
+    for m in ["wow", "cool", "hiiiiiiii"] {
+        s.send("b", &a, m);
+    }
+
+    // B connects first: A is not listening yet, so it waits for A.
+    let mut connect = s.spawn("b", &["connect", &a]);
+    let mut listen = s.spawn("a", &["listen"]);
+    for (seq, m) in ["wow", "cool", "hiiiiiiii"].iter().enumerate() {
+        assert_eq!(listen.line(), format!("MESSAGE {b}@{seq} {m}"));
+    }
+    for seq in 0..3 {
+        assert_eq!(connect.line(), format!("ACK {a}@{seq}"));
+    }
+
+    // 1. Ctrl-C on B's connect: a clean exit.
+    assert_clean_stop("connect", &connect.interrupt());
+
+    // 2. More messages while disconnected.
+    s.send("b", &a, "beep");
+    s.send("b", &a, "boop");
+
+    // 3. Reconnect; 4. A's still-running listen prints the new ones only.
+    let mut connect = s.spawn("b", &["connect", &a]);
+    assert_eq!(listen.line(), format!("MESSAGE {b}@3 beep"));
+    assert_eq!(listen.line(), format!("MESSAGE {b}@4 boop"));
+    assert_eq!(connect.line(), format!("ACK {a}@3"));
+    assert_eq!(connect.line(), format!("ACK {a}@4"));
+    assert_clean_stop("connect", &connect.interrupt());
+    assert_clean_stop("listen", &listen.interrupt());
+
+    // Everything was archived as it was printed.
+    assert_eq!(s.ok("a", &["read"]), "");
+    let archived = s.ok("a", &["read", "--archived"]);
+    let expected: String = ["wow", "cool", "hiiiiiiii", "beep", "boop"]
+        .iter()
+        .enumerate()
+        .map(|(seq, m)| format!("MESSAGE {b}@{seq} {m}\n"))
+        .collect();
+    assert_eq!(archived, expected);
+
+    // Started again, listen prints nothing old: the first line it prints is
+    // a message sent after the restart.
+    let mut listen = s.spawn("a", &["listen"]);
+    s.send("b", &a, "fresh");
+    let mut connect = s.spawn("b", &["connect", &a]);
+    assert_eq!(listen.line(), format!("MESSAGE {b}@5 fresh"));
+    assert_eq!(connect.line(), format!("ACK {a}@5"));
+    assert_clean_stop("connect", &connect.interrupt());
+    assert_clean_stop("listen", &listen.interrupt());
+
+    let status = s.ok("b", &["status"]);
+    assert!(
+        status.contains("6 sent, 6 acknowledged"),
+        "B's status shows every message acknowledged: {status}"
+    );
+}
+
+#[test]
+fn messages_flow_both_ways_on_the_connection_b_dialed() {
+    let s = Sandbox::new();
+    let a = s.id("a");
+    let b = s.id("b");
+    s.ok("a", &["add-peer", &b]);
+    let mut listen = s.spawn("a", &["listen", "--json"]);
+    let mut connect = s.spawn("b", &["connect", &a, "--json"]);
+
+    // `send` runs in another process on a data directory a running node
+    // holds open; the running node sends it.
+    s.send("b", &a, "ping");
+    let got: serde_json::Value = serde_json::from_str(&listen.line()).expect("ndjson");
+    assert_eq!(
+        got,
+        serde_json::json!({"from": b, "seq": 0, "data": "ping"})
+    );
+    let ack: serde_json::Value = serde_json::from_str(&connect.line()).expect("ndjson");
+    assert_eq!(ack, serde_json::json!({"to": a, "seq": 0, "acked": true}));
+
+    // A answers B, which never authorized A: B dialed, so it accepts.
+    let mut send = s
+        .command("a", &["send", "--to", &b])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start send");
+    std::io::Write::write_all(
+        &mut send.stdin.take().expect("piped stdin"),
+        &[b'p', 0xff, b'g'],
+    )
+    .expect("write the message");
+    assert!(send.wait().expect("send ends").success());
+    let got: serde_json::Value = serde_json::from_str(&connect.line()).expect("ndjson");
+    assert_eq!(
+        got,
+        serde_json::json!({"from": a, "seq": 0, "data": "cP9n", "encoding": "base64"})
+    );
+    let ack: serde_json::Value = serde_json::from_str(&listen.line()).expect("ndjson");
+    assert_eq!(ack, serde_json::json!({"to": b, "seq": 0, "acked": true}));
+
+    assert_clean_stop("connect", &connect.interrupt());
+    assert_clean_stop("listen", &listen.interrupt());
+    // B's connect archived what it printed.
+    assert_eq!(s.ok("b", &["read"]), "");
+    assert_eq!(
+        s.ok("b", &["read", "--archived", "--json"]),
+        format!("{{\"from\":\"{a}\",\"seq\":0,\"data\":\"cP9n\",\"encoding\":\"base64\"}}\n")
+    );
+}
+
+/// The one line a failing command writes, checked to be exactly one line
+/// with no panic or backtrace.
+fn one_error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn mistakes_get_one_line_and_the_right_exit_code() {
+    let s = Sandbox::new();
+    let usage = |args: &[&str]| {
+        let out = s.output("a", args);
+        assert_eq!(out.status.code(), Some(2), "usage error for {args:?}");
+        one_error_line(&out)
+    };
+    let e = usage(&["add-peer", "1f2e"]);
+    assert!(e.contains("a peer id is 64 hex characters"), "{e}");
+    let e = usage(&["send", "--to", &"z".repeat(64), "-m", "x"]);
+    assert!(e.contains("not a hex digit"), "{e}");
+    let e = usage(&["frobnicate"]);
+    assert!(e.contains("unrecognized subcommand 'frobnicate'"), "{e}");
+    let e = usage(&["connect", &"ab".repeat(32), "--addr", "nowhere"]);
+    assert!(e.contains("HOST:PORT"), "{e}");
+
+    let runtime = |dir: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_peermq"))
+            .arg("-d")
+            .arg(dir)
+            .args(args)
+            .env("PEERMQ_DISCOVERY_DIR", s.dir("discovery"))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run peermq");
+        assert_eq!(out.status.code(), Some(1), "runtime error for {args:?}");
+        one_error_line(&out)
+    };
+    let file = s.dir("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let e = runtime(&file, &["id"]);
+    assert!(e.contains("is not a directory"), "{e}");
+
+    let corrupt = s.dir("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join("data.mdb"), vec![0x5a; 64 << 10]).unwrap();
+    let e = runtime(&corrupt, &["status"]);
+    assert!(e.contains("corrupted"), "{e}");
+
+    let a = s.id("a");
+    let e = runtime(&s.dir("a"), &["send", "--to", &a, "-m", "me"]);
+    assert!(e.contains("own id"), "{e}");
+}
+
+#[test]
+fn the_demo_shows_messages_and_acks_both_ways() {
+    let out = Command::new(env!("CARGO_BIN_EXE_peermq"))
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}");
+    let count = |prefix: &str| stdout.lines().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("A: MESSAGE "), 3, "{stdout}");
+    assert_eq!(count("B: ACK "), 3, "{stdout}");
+    assert_eq!(count("B: MESSAGE "), 2, "{stdout}");
+    assert_eq!(count("A: ACK "), 2, "{stdout}");
+    assert!(stdout.contains("@2 hiiiiiiii\n"), "{stdout}");
+}
