@@ -280,6 +280,19 @@ fn sparse_reading_moves_only_what_is_read() {
     let per_block = moved / 10;
     assert!(per_block < 1200, "moved {moved} bytes for 10 blocks");
     assert!(net.node(A).status().unwrap()[0].received == 10);
+    // The sender learned exactly those ten, through small signed receipts
+    // whose union is the proof of delivery.
+    let acked = net.node(B).acknowledged(a).unwrap();
+    assert_eq!(acked.count(), 10);
+    assert!(wanted.iter().all(|s| acked.contains(*s)));
+    let receipts = net.node(B).receipts(a).unwrap();
+    let mut union = peermq::ranges::RangeSet::new();
+    for r in &receipts {
+        assert!(r.verify() && r.signer == a);
+        assert!(r.ranges.ranges().len() <= 32, "receipts stay small");
+        union.union(&r.ranges);
+    }
+    assert_eq!(union, acked);
 }
 
 #[test]

@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     pub serve: VecDeque<Wanted>,
     /// Broadcast feeds the peer announced, with the length it can serve.
     pub remote_heads: BTreeMap<FeedId, u64>,
+    /// Per feed, what our receipts on this connection acknowledged so far.
+    pub acks_sent: BTreeMap<FeedId, crate::ranges::RangeSet>,
 }
 
 impl Conn {
@@ -86,6 +88,7 @@ impl Conn {
             inflight: Vec::new(),
             serve: VecDeque::new(),
             remote_heads: BTreeMap::new(),
+            acks_sent: BTreeMap::new(),
         }
     }
 

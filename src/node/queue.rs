@@ -353,11 +353,26 @@ impl<S: Store> Node<S> {
         Err(StoreError::Conflict.into())
     }
 
-    /// The latest receipt `to` signed for our messages to it: exportable
-    /// proof of delivery, checkable with [`Receipt::verify`].
+    /// The latest receipt `to` signed for our messages to it, checkable by
+    /// anyone with [`Receipt::verify`]. See [`Node::receipts`] for a proof
+    /// covering every acknowledged message.
     pub fn receipt(&mut self, to: PeerId) -> Result<Option<Receipt>, NodeError> {
+        Ok(self.receipts(to)?.pop())
+    }
+
+    /// Exportable proof of delivery: the receipts `to` signed whose union is
+    /// every message it acknowledged, oldest first (usually just one).
+    pub fn receipts(&mut self, to: PeerId) -> Result<Vec<Receipt>, NodeError> {
         let txn = Txn::begin(&self.store)?;
-        Ok(self.st.outbox(&txn, to)?.receipt.clone())
+        let feed = FeedDescriptor::queue(self.st.me, to).id();
+        let outbox = self.st.outbox(&txn, to)?.clone();
+        Ok(outbox.receipts(&txn, &feed)?)
+    }
+
+    /// The messages to `to` it acknowledged.
+    pub fn acknowledged(&mut self, to: PeerId) -> Result<RangeSet, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        Ok(self.st.outbox(&txn, to)?.acked.clone())
     }
 
     /// Drops the bytes of every message `to` acknowledged (their hashes stay,
@@ -410,7 +425,7 @@ impl<S: Store> Node<S> {
         let mut out = Vec::new();
         for peer in peers {
             let sent = self.st.feed(&txn, FeedDescriptor::queue(me, peer))?.len();
-            let acked = self.st.outbox(&txn, peer)?.acked().count_within(0, sent);
+            let acked = self.st.outbox(&txn, peer)?.acked.count_within(0, sent);
             let inbox = self.st.inbox(&txn, peer)?;
             let received = inbox.acknowledged().count();
             let unread = inbox.unread();

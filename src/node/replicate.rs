@@ -370,18 +370,8 @@ impl State {
         let length = self.feed(txn, desc)?.len();
         let prune = self.config.prune_acked;
         let outbox = self.outbox(txn, peer)?;
-        let old = outbox.acked();
-        let mut lost = old.clone();
-        lost.subtract(&receipt.ranges);
-        if !lost.is_empty() {
-            // An older receipt overtaken by a newer one; keep the newer.
-            return Ok(());
-        }
-        let mut newly = receipt.ranges.clone();
-        newly.subtract(&old);
+        let mut newly = outbox.add(txn, &desc.id(), receipt);
         newly.remove(length, u64::MAX);
-        outbox.receipt = Some(receipt);
-        outbox.save(txn, &desc.id());
         for &(start, end) in newly.ranges() {
             after.acked.push(Event::Acked {
                 to: peer,
@@ -408,7 +398,7 @@ impl State {
         let outbox = self.outbox(txn, to)?;
         let mut todo = match only {
             Some(r) => r.clone(),
-            None => outbox.acked(),
+            None => outbox.acked.clone(),
         };
         todo.subtract(&outbox.pruned);
         todo.remove(length, u64::MAX);
@@ -541,30 +531,47 @@ impl State {
         }
     }
 
-    /// Signs and sends a receipt for everything we hold of `from`'s feed.
+    /// Signs and sends a receipt for what we newly hold of `from`'s feed.
+    ///
+    /// While the held set is a few ranges (a queue read in order), each
+    /// receipt covers all of it, so one receipt proves everything. A sparse
+    /// reader's set can be fragmented into thousands of ranges; then each
+    /// receipt carries only what the peer has not been told on this
+    /// connection, so receipts stay small however long the session.
     pub(super) fn send_ack(&mut self, from: PeerId) {
+        const CUMULATIVE_UP_TO: usize = 32;
         let Some(cid) = self.conn_to(&from) else {
             return;
         };
         let Some(inbox) = self.inboxes.get(&from) else {
             return;
         };
-        let mut held = inbox.acknowledged();
-        if held.ranges().len() > crate::wire::MAX_RECEIPT_RANGES {
-            // A sparse reader can hold more disjoint ranges than a receipt
-            // may carry, and the sender refuses such a receipt as malformed
-            // (closing the connection, at every reconnect). Acknowledging a
-            // prefix is still true; the rest is acknowledged as gaps fill.
+        let feed = FeedDescriptor::queue(from, self.me).id();
+        let held = inbox.acknowledged();
+        let Some(conn) = self.conns.get_mut(&cid) else {
+            return;
+        };
+        let told = conn.acks_sent.entry(feed).or_default();
+        let mut delta = held.clone();
+        delta.subtract(told);
+        if delta.is_empty() {
+            return;
+        }
+        let mut ranges = if held.ranges().len() <= CUMULATIVE_UP_TO {
+            held
+        } else {
+            delta
+        };
+        if ranges.ranges().len() > crate::wire::MAX_RECEIPT_RANGES {
+            // More than one receipt may carry: the rest follows next time.
             let mut prefix = RangeSet::new();
-            for &(a, b) in &held.ranges()[..crate::wire::MAX_RECEIPT_RANGES] {
+            for &(a, b) in &ranges.ranges()[..crate::wire::MAX_RECEIPT_RANGES] {
                 prefix.insert(a, b);
             }
-            held = prefix;
+            ranges = prefix;
         }
-        let receipt = Receipt::sign(&self.key, FeedDescriptor::queue(from, self.me).id(), held);
-        if let Some(conn) = self.conns.get_mut(&cid) {
-            conn.send(&Message::Ack(receipt));
-        }
+        told.union(&ranges);
+        conn.send(&Message::Ack(Receipt::sign(&self.key, feed, ranges)));
     }
 
     /// Asks `from` for the blocks its inbox wants: the prefetch window past
