@@ -132,10 +132,14 @@ impl SyncProgress {
         }
         self.slow_ticks = self.slow_ticks.saturating_add(1);
         if self.bar.is_none() && self.slow_ticks >= SHOW_AFTER_TICKS {
-            let bar = ProgressBar::with_draw_target(Some(sent), ProgressDrawTarget::stdout());
-            if let Ok(style) = ProgressStyle::with_template(
-                "syncing [{bar:40}] {pos}/{len} acknowledged ({per_sec}, {eta} left)",
-            ) {
+            let target = ProgressDrawTarget::term_like_with_hz(
+                Box::new(ShortOfTheEdge(console::Term::buffered_stdout())),
+                20,
+            );
+            let bar = ProgressBar::with_draw_target(Some(sent), target);
+            if let Ok(style) =
+                ProgressStyle::with_template("syncing [{bar:30}] {pos}/{len} acknowledged")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             self.bar = Some(bar);
@@ -151,6 +155,52 @@ impl SyncProgress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Columns left free at the right edge of the terminal.
+const EDGE_MARGIN: u16 = 3;
+
+/// Stdout as indicatif sees it, a few columns narrower than it is.
+///
+/// indicatif pads the bar to the full width, which leaves the cursor past
+/// the last column; the `^C` the terminal echoes for Ctrl-C then wraps to
+/// the next line, so clearing the bar on exit cleared that line instead and
+/// left a stale bar on screen. With a margin the echo stays on the bar's
+/// line and is cleared with it.
+#[derive(Debug)]
+struct ShortOfTheEdge(console::Term);
+
+impl indicatif::TermLike for ShortOfTheEdge {
+    fn width(&self) -> u16 {
+        self.0.size().1.saturating_sub(EDGE_MARGIN).max(20)
+    }
+    fn height(&self) -> u16 {
+        self.0.size().0
+    }
+    fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_up(n)
+    }
+    fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_down(n)
+    }
+    fn move_cursor_right(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_right(n)
+    }
+    fn move_cursor_left(&self, n: usize) -> io::Result<()> {
+        self.0.move_cursor_left(n)
+    }
+    fn write_line(&self, s: &str) -> io::Result<()> {
+        self.0.write_line(s)
+    }
+    fn write_str(&self, s: &str) -> io::Result<()> {
+        self.0.write_str(s)
+    }
+    fn clear_line(&self) -> io::Result<()> {
+        self.0.clear_line()
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -171,6 +221,11 @@ mod tests {
         let from = "ab".repeat(32);
         assert_eq!(
             message_line(&record(b"wow"), false),
+            format!("MESSAGE {from}@7 wow")
+        );
+        // `echo wow | peermq send` adds a newline; the line does not show it.
+        assert_eq!(
+            message_line(&record(b"wow\n"), false),
             format!("MESSAGE {from}@7 wow")
         );
         assert_eq!(

@@ -388,3 +388,37 @@ fn the_demo_shows_messages_and_acks_both_ways() {
     assert_eq!(count("A: ACK "), 2, "{stdout}");
     assert!(stdout.contains("@2 hiiiiiiii\n"), "{stdout}");
 }
+
+#[test]
+fn an_address_given_to_add_peer_is_used_by_a_later_connect() {
+    let s = Sandbox::new();
+    let a = s.id("a");
+    let b = s.id("b");
+    s.ok("a", &["add-peer", &b]);
+    // A port that was free a moment ago; `listen` fails loudly if it is not.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut listen = s.spawn("a", &["listen", "--port", &port.to_string()]);
+    let addr = format!("127.0.0.1:{port}");
+    s.ok("b", &["add-peer", &a, "--addr", &addr]);
+    assert_eq!(s.ok("b", &["peers"]), format!("{a} {addr}\n"));
+    s.send("b", &a, "over tcp");
+    // B looks in another discovery directory, where A is not: only the
+    // remembered address can lead it to A.
+    let mut connect = s
+        .command("b", &["connect", &a])
+        .env("PEERMQ_DISCOVERY_DIR", s.dir("elsewhere"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start connect");
+    assert_eq!(listen.line(), format!("MESSAGE {b}@0 over tcp"));
+    let _ = connect.kill();
+    let _ = connect.wait();
+    assert_clean_stop("listen", &listen.interrupt());
+
+    s.ok("b", &["remove-peer", &a]);
+    assert_eq!(s.ok("b", &["peers"]), "");
+}
