@@ -33,7 +33,9 @@ mod adapter {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use peermq_driver::{BoxFuture, Listener, Mq, MqError, Runtime, Transport};
+    use peermq_driver::{
+        BoxFuture, Emitter, EmitterError, Listener, Mq, MqError, Runtime, Schema, Transport,
+    };
 
     /// The async-std [`Runtime`]: spawns onto async-std's global executor.
     #[derive(Debug, Clone, Default)]
@@ -92,7 +94,13 @@ mod adapter {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Mq, MqError> {
         Mq::builder(dir).open(AsyncStdRuntime::new())
     }
+
+    /// Opens the event emitter whose data lives in `dir` on async-std, open
+    /// to any peer (see [`Emitter::builder`] for the other settings).
+    pub fn open_emitter(dir: impl Into<PathBuf>, schema: Schema) -> Result<Emitter, EmitterError> {
+        Emitter::builder(dir).open(AsyncStdRuntime::new(), schema)
+    }
 }
 
 #[cfg(feature = "async-std")]
-pub use adapter::{open, AsyncStdRuntime};
+pub use adapter::{open, open_emitter, AsyncStdRuntime};

@@ -26,6 +26,10 @@ use crate::discovery::{Discovery, StaticDiscovery};
 use crate::mq::{publish, MqError, MqEvent, Subscribers};
 use crate::{Listener, ReadHalf, Runtime, Transport, WriteHalf};
 
+mod emit;
+
+pub(crate) use emit::EmitState;
+
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = Sender<Result<T, MqError>>;
 
@@ -98,6 +102,8 @@ pub(crate) enum Command {
     Shutdown {
         reply: Sender<()>,
     },
+    /// An [`crate::Emitter`]'s request.
+    Emitter(crate::emitter::EmitCommand),
 }
 
 /// What the I/O tasks tell the driver.
@@ -107,6 +113,10 @@ enum Io {
     Accepted(Transport),
     Dialed(PeerId, Transport),
     DialFailed(PeerId),
+    /// A TCP connection to an emitter peer's address is open.
+    AddrDialed(SocketAddr, Transport),
+    /// Connecting to an emitter peer's address failed, saying why.
+    AddrDialFailed(SocketAddr, String),
 }
 
 /// Bytes read from a socket per read call.
@@ -137,6 +147,9 @@ struct ConnIo {
     tx: Sender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     peer: Option<PeerId>,
+    /// The address we dialed without knowing the key, if that is how the
+    /// connection came about (the emitter reconnects to it).
+    addr: Option<SocketAddr>,
     /// Dropping it stops the reader.
     _stop: Sender<()>,
 }
@@ -170,6 +183,8 @@ pub(crate) struct Driver<S: Store> {
     /// the channel to close, which is when every socket has drained.
     writers_alive: Option<Sender<()>>,
     writers_done: Receiver<()>,
+    /// The event emitter, when the node runs one.
+    em: Option<EmitState>,
 }
 
 enum Wake {
@@ -179,6 +194,9 @@ enum Wake {
 }
 
 impl<S: Store + Send + 'static> Driver<S> {
+    // Each argument is a distinct piece the builder already holds; a struct
+    // for them would only be built to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         node: Node<S>,
         rt: Arc<dyn Runtime>,
@@ -187,6 +205,7 @@ impl<S: Store + Send + 'static> Driver<S> {
         discoveries: Vec<Arc<dyn Discovery>>,
         statics: Arc<StaticDiscovery>,
         subscribers: Subscribers,
+        em: Option<EmitState>,
     ) -> Self {
         let (io_tx, io_rx) = async_channel::bounded(IO_BUFFER);
         let (alive, done) = async_channel::bounded(1);
@@ -210,6 +229,7 @@ impl<S: Store + Send + 'static> Driver<S> {
             fetches: HashMap::new(),
             writers_alive: Some(alive),
             writers_done: done,
+            em,
         }
     }
 
@@ -220,6 +240,7 @@ impl<S: Store + Send + 'static> Driver<S> {
 
     pub(crate) async fn run(mut self) {
         let shutdown_reply = loop {
+            self.em_redial();
             self.pump();
             let now = self.now();
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
@@ -256,7 +277,11 @@ impl<S: Store + Send + 'static> Driver<S> {
             }
             self.pump();
             let now = self.now();
-            let wait = self.node.poll_timeout().map(|t| t.saturating_since(now));
+            let due = match (self.node.poll_timeout(), self.em_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = due.map(|t| t.saturating_since(now));
             let wake = {
                 let cmd = async { Wake::Cmd(self.cmd_rx.recv().await.ok()) };
                 // The driver holds a sender, so this channel never closes.
@@ -348,21 +373,26 @@ impl<S: Store + Send + 'static> Driver<S> {
                     Output::Dial { peer } => self.start_dial(peer),
                     Output::Close { conn, reason } => {
                         debug!(%conn, %reason, "peermq: closing connection");
-                        self.conns.remove(&conn);
+                        if let Some(addr) = self.conns.remove(&conn).and_then(|c| c.addr) {
+                            self.em_conn_gone(conn, addr, &reason.to_string());
+                        }
                     }
                     Output::Event(e) => self.on_event(e),
                 }
             }
             if stuck.is_empty() {
-                return;
+                break;
             }
             let now = self.now();
             for conn in stuck {
                 warn!(%conn, "peermq: peer stopped reading; closing the connection");
-                self.conns.remove(&conn);
+                if let Some(addr) = self.conns.remove(&conn).and_then(|c| c.addr) {
+                    self.em_conn_gone(conn, addr, "the peer stopped reading");
+                }
                 self.node.handle_closed(conn, now);
             }
         }
+        self.em_deliver();
     }
 
     fn on_event(&mut self, e: Event) {
@@ -371,9 +401,17 @@ impl<S: Store + Send + 'static> Driver<S> {
                 if let Some(io) = self.conns.get_mut(&conn) {
                     io.peer = Some(peer);
                 }
+                self.em_connected(conn, peer);
                 MqEvent::Connected { peer }
             }
-            Event::Disconnected { peer, reason, .. } => MqEvent::Disconnected { peer, reason },
+            Event::Disconnected { conn, peer, reason } => {
+                self.em_disconnected(conn, peer, &reason);
+                MqEvent::Disconnected { peer, reason }
+            }
+            Event::Broadcast { .. } => {
+                self.em_broadcast();
+                return;
+            }
             Event::Acked { to, start, end } => MqEvent::Acked { to, start, end },
             Event::Message { from, seq } => {
                 self.arrived(from, seq);
@@ -491,10 +529,15 @@ impl<S: Store + Send + 'static> Driver<S> {
                 self.input(conn, &bytes, now);
             }
             Io::Closed(conn) => {
-                if self.conns.remove(&conn).is_some() {
+                if let Some(c) = self.conns.remove(&conn) {
                     self.node.handle_closed(conn, now);
+                    if let Some(addr) = c.addr {
+                        self.em_conn_gone(conn, addr, "the connection closed");
+                    }
                 }
             }
+            Io::AddrDialed(addr, t) => self.em_addr_dialed(addr, t),
+            Io::AddrDialFailed(addr, reason) => self.em_addr_failed(addr, reason),
             Io::Accepted(t) => {
                 if self.conns.len() >= MAX_CONNS {
                     warn!("peermq: too many connections; refusing an inbound one");
@@ -555,6 +598,7 @@ impl<S: Store + Send + 'static> Driver<S> {
                 tx,
                 queued,
                 peer: None,
+                addr: None,
                 _stop: stop_tx,
             },
         );
@@ -686,6 +730,7 @@ impl<S: Store + Send + 'static> Driver<S> {
                 answer(reply, Ok(()));
             }
             Command::Shutdown { reply } => return Some(reply),
+            Command::Emitter(cmd) => self.on_emit_command(cmd),
         }
         None
     }
@@ -726,6 +771,10 @@ impl<S: Store + Send + 'static> Driver<S> {
 
 fn answer<T>(reply: Reply<T>, r: Result<T, MqError>) {
     // The asker may have given up (dropped its future); that is fine.
+    let _ = reply.try_send(r);
+}
+
+fn answer_with<T, E>(reply: Sender<Result<T, E>>, r: Result<T, E>) {
     let _ = reply.try_send(r);
 }
 

@@ -20,10 +20,13 @@
 
 mod discovery;
 mod driver;
+pub mod emitter;
 mod mq;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod emitter_conformance;
 
 use std::future::Future;
 use std::io;
@@ -32,10 +35,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use discovery::{Discovery, LocalDiscovery, StaticDiscovery};
+pub use emitter::{
+    Consumer, Delivered, DeliveryStream, Emitter, EmitterBuilder, EmitterError, HandlerError,
+    HandlerErrors, ListenerId, Schema,
+};
 pub use futures_lite::io::{AsyncRead, AsyncWrite};
 pub use futures_lite::Stream;
 pub use mq::{Builder, EventStream, Mq, MqError, MqEvent, RecordStream};
 pub use peermq::{CloseReason, Config, Mailbox, PeerId, PeerStatus, Prefetch, Record, StoreError};
+pub use serde_json;
 
 /// A boxed, sendable future: what [`Runtime`] methods return, so the trait
 /// stays object-safe and one driver serves every runtime.

@@ -228,14 +228,49 @@ impl Builder {
         store: S,
         runtime: Arc<dyn Runtime>,
     ) -> Result<Mq, MqError> {
+        self.start(store, runtime, None).map_err(|e| match e {
+            crate::emitter::EmitterError::Mq(e) => e,
+            // Without a schema no emitter error can arise; keep the
+            // message rather than inventing a variant.
+            other => MqError::Store(StoreError::Backend(other.to_string())),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub(crate) fn lmdb_opts(&self) -> &LmdbOptions {
+        &self.lmdb
+    }
+
+    /// Opens the node and, given a schema (and the keys an emitter is
+    /// restricted to), runs the event emitter in its driver task too.
+    pub(crate) fn start<S: Store + Send + 'static>(
+        self,
+        store: S,
+        runtime: Arc<dyn Runtime>,
+        emitter: Option<(peermq::emitter::Schema, Vec<PeerId>)>,
+    ) -> Result<Mq, crate::emitter::EmitterError> {
         ensure_identity(&store)?;
         let mut config = self.config;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| MqError::Randomness(e.to_string()))?;
         config.rng_seed = u64::from_le_bytes(seed);
         let start = runtime.now();
-        let node = Node::open(store, config, peermq::Instant::ZERO)?;
+        let mut node = Node::open(store, config, peermq::Instant::ZERO).map_err(MqError::from)?;
         let id = node.id();
+        let em = match emitter {
+            Some((schema, allow)) => {
+                // Before the driver starts, so that no connection is ever
+                // admitted under a looser rule than asked for.
+                for key in allow {
+                    node.add_peer(key).map_err(MqError::from)?;
+                }
+                Some(crate::driver::EmitState::open(&node, schema)?)
+            }
+            None => None,
+        };
         let statics = Arc::new(StaticDiscovery::new());
         let mut discoveries: Vec<Arc<dyn Discovery>> = vec![statics.clone()];
         if self.local {
@@ -256,6 +291,7 @@ impl Builder {
             discoveries,
             statics,
             subscribers.clone(),
+            em,
         );
         runtime.spawn(Box::pin(driver.run()));
         Ok(Mq {
@@ -315,6 +351,11 @@ impl Mq {
     /// Starts configuring a node whose data lives in `dir`.
     pub fn builder(dir: impl Into<PathBuf>) -> Builder {
         Builder::new(dir)
+    }
+
+    /// Hands `cmd` to the driver task.
+    pub(crate) async fn command(&self, cmd: Command) -> Result<(), MqError> {
+        self.inner.cmd.send(cmd).await.map_err(|_| MqError::Closed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, MqError> {

@@ -84,3 +84,9 @@ fn transport(stream: smol::net::TcpStream) -> io::Result<Transport> {
 pub fn open(dir: impl Into<PathBuf>) -> Result<Mq, MqError> {
     Mq::builder(dir).open(SmolRuntime::new())
 }
+
+/// Opens the event emitter whose data lives in `dir` on smol, open to any
+/// peer (see [`Emitter::builder`] for the other settings).
+pub fn open_emitter(dir: impl Into<PathBuf>, schema: Schema) -> Result<Emitter, EmitterError> {
+    Emitter::builder(dir).open(SmolRuntime::new(), schema)
+}

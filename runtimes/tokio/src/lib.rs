@@ -140,3 +140,21 @@ impl<T: tokio::io::AsyncWrite + Unpin> AsyncWrite for Compat<T> {
 pub fn open(dir: impl Into<PathBuf>) -> Result<Mq, MqError> {
     Mq::builder(dir).open(TokioRuntime::new())
 }
+
+/// Opens the event emitter whose data lives in `dir` on the current tokio
+/// runtime, open to any peer (see [`Emitter::builder`] for the other
+/// settings).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), peermq_tokio::EmitterError> {
+/// let schema = peermq_tokio::Schema::load("examples/example.proto".as_ref())
+///     .expect("a valid schema");
+/// let em = peermq_tokio::open_emitter("emitter-data", schema)?;
+/// em.listen("127.0.0.1:0".parse().unwrap()).await?;
+/// em.emit("Hello", peermq_tokio::serde_json::json!({"from": "Matteo"})).await?;
+/// em.close().await
+/// # }
+/// ```
+pub fn open_emitter(dir: impl Into<PathBuf>, schema: Schema) -> Result<Emitter, EmitterError> {
+    Emitter::builder(dir).open(TokioRuntime::new(), schema)
+}
