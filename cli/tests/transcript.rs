@@ -306,6 +306,19 @@ fn messages_flow_both_ways_on_the_connection_b_dialed() {
     let ack: serde_json::Value = serde_json::from_str(&listen.line()).expect("ndjson");
     assert_eq!(ack, serde_json::json!({"to": b, "seq": 0, "acked": true}));
 
+    // The connection is lost when A stops; B's running connect dials again
+    // once A listens anew.
+    assert_clean_stop("listen", &listen.interrupt());
+    s.send("b", &a, "after the restart");
+    let mut listen = s.spawn("a", &["listen", "--json"]);
+    let got: serde_json::Value = serde_json::from_str(&listen.line()).expect("ndjson");
+    assert_eq!(
+        got,
+        serde_json::json!({"from": b, "seq": 1, "data": "after the restart"})
+    );
+    let ack: serde_json::Value = serde_json::from_str(&connect.line()).expect("ndjson");
+    assert_eq!(ack, serde_json::json!({"to": a, "seq": 1, "acked": true}));
+
     assert_clean_stop("connect", &connect.interrupt());
     assert_clean_stop("listen", &listen.interrupt());
     // B's connect archived what it printed.
