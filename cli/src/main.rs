@@ -228,16 +228,19 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         .filter_map(|l| l.trim().strip_prefix("tip:"))
         .map(str::trim)
         .collect();
-    let mut text = message.join(" ");
-    let text_body = text.strip_prefix("error: ").unwrap_or(&text).to_string();
-    text = text_body;
+    let joined = message.join(" ");
+    let mut text = joined
+        .strip_prefix("error: ")
+        .unwrap_or(&joined)
+        .to_string();
     for tip in tips {
         text.push_str("; ");
         text.push_str(tip);
     }
-    let help = match std::env::args().nth(1) {
-        Some(_) if e.kind() != ErrorKind::InvalidSubcommand => subcommand_help_hint(),
-        _ => "peermq --help".to_string(),
+    let help = if e.kind() == ErrorKind::InvalidSubcommand {
+        "peermq --help".to_string()
+    } else {
+        subcommand_help_hint()
     };
     eprintln!("error: {text}; see `{help}`");
     ExitCode::from(2)
