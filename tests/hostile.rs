@@ -200,7 +200,8 @@ fn unrequested_data_is_unexpected() {
         let proof = feed.prove(&txn, 0, 1, 0).unwrap();
         let block = feed.get(&txn, 0).unwrap().unwrap();
         raw.send(&Message::Data(DataMsg {
-            head: *feed.head().unwrap(),
+            feed: feed.id(),
+            head: Some(*feed.head().unwrap()),
             proof,
             blocks: vec![&block],
         }));
@@ -262,7 +263,8 @@ fn a_tampered_block_is_rejected_and_not_stored() {
     blocks[0][0] ^= 1;
     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
     raw.send(&Message::Data(DataMsg {
-        head: *feed.head().unwrap(),
+        feed: feed.id(),
+        head: Some(*feed.head().unwrap()),
         proof,
         blocks: refs,
     }));
@@ -343,8 +345,10 @@ fn a_data_message_claiming_huge_block_counts_is_refused() {
         let head = *feed.head().unwrap();
         // A data header claiming 3 blocks but carrying no bytes for them.
         let mut body = Vec::new();
-        body.extend_from_slice(&head.encode());
-        for v in [0u64, 3, 0] {
+        body.extend_from_slice(&head.feed.0);
+        body.push(1);
+        body.extend_from_slice(&head.encode()[32..]);
+        for v in [0u64, 3, 0, u64::MAX] {
             body.extend_from_slice(&v.to_le_bytes());
         }
         body.extend_from_slice(&0u16.to_le_bytes());

@@ -57,16 +57,43 @@ fn vectors() -> BTreeMap<&'static str, String> {
             start: 1,
             end: 2,
             base: 0,
+            trusted: None,
         }),
     );
     let proof = feed.prove(&txn, 1, 2, 0).unwrap();
     v.insert(
         "msg_data_1_2_base_0",
         encode(&Message::Data(DataMsg {
-            head,
+            feed: desc.id(),
+            head: Some(head),
             proof,
             blocks: vec![b"world"],
         })),
+    );
+    // The same block for a verifier holding node 1 (blocks 0..2): the proof
+    // stops there, with no head.
+    let below = feed.prove_below(&txn, 1, 2, 1).unwrap();
+    v.insert(
+        "msg_data_1_2_below_node_1",
+        encode(&Message::Data(DataMsg {
+            feed: desc.id(),
+            head: None,
+            proof: below,
+            blocks: vec![b"world"],
+        })),
+    );
+    v.insert(
+        "msg_summary",
+        encode(&Message::Summary {
+            count: 1,
+            digest: [5; 32],
+        }),
+    );
+    v.insert(
+        "msg_have",
+        encode(&Message::Have {
+            feeds: vec![(desc.id(), 3)],
+        }),
     );
     v.insert(
         "msg_no_data",

@@ -293,6 +293,27 @@ fn sparse_reading_moves_only_what_is_read() {
         union.union(&r.ranges);
     }
     assert_eq!(union, acked);
+    // Later reads reuse the nodes already held: the proofs stop at them and
+    // carry no signed head.
+    let before = net.sent_bytes[B];
+    let more = [5u64, 780, 1240, 2510, 4100, 5003, 6010, 7790, 8880, 9990];
+    for &seq in &more {
+        let now = net.now;
+        net.node(A).get(b, seq, now).unwrap();
+    }
+    net.run_for(Duration::from_secs(1));
+    for &seq in &more {
+        let now = net.now;
+        assert_eq!(
+            net.node(A).get(b, seq, now).unwrap(),
+            Fetch::Ready(msgs[seq as usize].clone())
+        );
+    }
+    let later = (net.sent_bytes[B] - before) / 10;
+    assert!(
+        later * 2 < per_block,
+        "{later} bytes per later block vs {per_block} for the first"
+    );
 }
 
 #[test]

@@ -358,12 +358,136 @@ impl Feed {
                 length,
             });
         }
-        merkle::prove(start, end, length, base, |index| {
+        merkle::prove(start, end, length, base, None, |index| {
             self.stored_node(txn, index)?.ok_or(FeedError::MissingNode {
                 feed: self.id,
                 index,
             })
         })
+    }
+
+    /// Proves blocks `[start, end)` up to node `trusted` only, for a verifier
+    /// that already holds that node (see [`Feed::trusted_node`]). Such a proof
+    /// needs no signed head and is as short as the distance to that node.
+    pub fn prove_below<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        start: u64,
+        end: u64,
+        trusted: u64,
+    ) -> Result<RangeProof, FeedError> {
+        let length = self.len();
+        if !merkle::fits(start, end, length, 0, Some(trusted)) {
+            return Err(FeedError::OutOfRange {
+                feed: self.id,
+                start,
+                end,
+                length,
+            });
+        }
+        merkle::prove(start, end, length, 0, Some(trusted), |index| {
+            self.stored_node(txn, index)?.ok_or(FeedError::MissingNode {
+                feed: self.id,
+                index,
+            })
+        })
+    }
+
+    /// The lowest node this feed holds that covers `[start, end)` within its
+    /// verified length: a requester names it so the proof it gets back stops
+    /// there. `None` if no such node is held (the proof then goes up to the
+    /// roots of a signed head).
+    pub fn trusted_node<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<u64>, FeedError> {
+        if start >= end || end > self.len() {
+            return Ok(None);
+        }
+        let mut i = flat::leaf(start);
+        while flat::blocks(i).1 < end {
+            i = flat::parent(i);
+        }
+        while flat::blocks(i).1 <= self.len() {
+            if self.stored_node(txn, i)?.is_some() {
+                return Ok(Some(i));
+            }
+            i = flat::parent(i);
+        }
+        Ok(None)
+    }
+
+    /// Checks blocks against a proof rooted at a node this feed holds
+    /// ([`RangeProof::trusted`]), then stores them and the nodes learned.
+    /// Nothing is written unless everything verifies.
+    pub fn verify_below_and_store<S: Store, B: AsRef<[u8]>>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        proof: &RangeProof,
+        blocks: &[B],
+    ) -> Result<(), FeedError> {
+        let (start, end) = (proof.start, proof.end);
+        let bad = |source| FeedError::Proof {
+            feed: self.id,
+            start,
+            end,
+            source,
+        };
+        let Some(t) = proof.trusted else {
+            return Err(bad(ProofError::MissingBase(0)));
+        };
+        if flat::blocks(t).1 > self.len() {
+            return Err(bad(ProofError::MissingBase(t)));
+        }
+        let learned = self.check(txn, proof, blocks)?.learned;
+        self.store_learned(txn, proof, blocks, &learned)
+    }
+
+    /// Runs the proof walk against this feed's stored nodes.
+    fn check<S: Store, B: AsRef<[u8]>>(
+        &self,
+        txn: &Txn<'_, S>,
+        proof: &RangeProof,
+        blocks: &[B],
+    ) -> Result<merkle::Verified, FeedError> {
+        let mut store_err = None;
+        let verified = merkle::verify(proof, blocks, |index| match self.stored_node(txn, index) {
+            Ok(n) => n,
+            Err(e) => {
+                store_err = Some(e);
+                None
+            }
+        });
+        if let Some(e) = store_err {
+            return Err(e);
+        }
+        verified.map_err(|source| FeedError::Proof {
+            feed: self.id,
+            start: proof.start,
+            end: proof.end,
+            source,
+        })
+    }
+
+    fn store_learned<S: Store, B: AsRef<[u8]>>(
+        &self,
+        txn: &mut Txn<'_, S>,
+        proof: &RangeProof,
+        blocks: &[B],
+        learned: &[Node],
+    ) -> Result<(), FeedError> {
+        let in_range =
+            |n: &Node| n.index % 2 == 0 && (proof.start..proof.end).contains(&(n.index / 2));
+        for node in learned.iter().filter(|n| !in_range(n)) {
+            records::write_learned(txn, &self.id, node)?;
+        }
+        for node in learned.iter().filter(|n| in_range(n)) {
+            let data = blocks[(node.index / 2 - proof.start) as usize].as_ref();
+            records::write_block(txn, &self.id, node, data);
+        }
+        Ok(())
     }
 
     /// Checks `blocks` (blocks `proof.start..proof.end`) against `head`
@@ -380,15 +504,7 @@ impl Feed {
         blocks: &[B],
     ) -> Result<(), FeedError> {
         let learned = self.verify(txn, head, proof, blocks)?;
-        let in_range =
-            |n: &Node| n.index % 2 == 0 && (proof.start..proof.end).contains(&(n.index / 2));
-        for node in learned.iter().filter(|n| !in_range(n)) {
-            records::write_learned(txn, &self.id, node)?;
-        }
-        for node in learned.iter().filter(|n| in_range(n)) {
-            let data = blocks[(node.index / 2 - proof.start) as usize].as_ref();
-            records::write_block(txn, &self.id, node, data);
-        }
+        self.store_learned(txn, proof, blocks, &learned)?;
         if head.length > self.len() {
             let before = self.record();
             self.roots = flat::full_roots(head.length)
@@ -422,7 +538,7 @@ impl Feed {
                 got: head.feed,
             });
         }
-        if proof.length != head.length || proof.base > self.len() {
+        if proof.length != head.length || proof.base > self.len() || proof.trusted.is_some() {
             return Err(FeedError::Proof {
                 feed: self.id,
                 start,
@@ -435,23 +551,7 @@ impl Feed {
                 },
             });
         }
-        let mut store_err = None;
-        let verified = merkle::verify(proof, blocks, |index| match self.stored_node(txn, index) {
-            Ok(n) => n,
-            Err(e) => {
-                store_err = Some(e);
-                None
-            }
-        });
-        if let Some(e) = store_err {
-            return Err(e);
-        }
-        let verified = verified.map_err(|source| FeedError::Proof {
-            feed: self.id,
-            start,
-            end,
-            source,
-        })?;
+        let verified = self.check(txn, proof, blocks)?;
         if merkle::tree_hash(&verified.roots) != head.root {
             return Err(FeedError::RootMismatch {
                 feed: self.id,

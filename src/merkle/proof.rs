@@ -24,6 +24,10 @@ pub struct RangeProof {
     pub length: u64,
     /// The verifier is assumed to hold the full roots of this length.
     pub base: u64,
+    /// A node the verifier already holds that covers the range: the walk
+    /// starts there instead of at the roots of `length`, so the proof stops
+    /// where the verifier's own tree takes over (and needs no signed head).
+    pub trusted: Option<u64>,
     /// Sibling nodes, in walk order.
     pub nodes: Vec<Node>,
 }
@@ -77,29 +81,52 @@ pub enum ProofError {
 }
 
 /// Builds a proof for blocks `[start, end)` of the tree of `length` blocks,
-/// for a verifier holding the roots of `base` blocks.
+/// for a verifier holding the roots of `base` blocks, or holding node
+/// `trusted` (see [`RangeProof::trusted`]).
 ///
 /// `node` fetches a stored node by flat-tree index. The caller guarantees
-/// `start <= end <= length` and `base <= length`.
+/// `start <= end <= length`, `base <= length`, and that `trusted` covers the
+/// range within `length` ([`fits`]).
 pub fn prove<E>(
     start: u64,
     end: u64,
     length: u64,
     base: u64,
+    trusted: Option<u64>,
     mut node: impl FnMut(u64) -> Result<Node, E>,
 ) -> Result<RangeProof, E> {
-    let walk = Walk::new(start, end, base);
+    let walk = Walk::new(start, end, base, trusted);
     let mut nodes = Vec::new();
-    for root in flat::full_roots(length) {
-        walk.prove(root, &mut node, &mut nodes)?;
+    for top in walk.tops(length) {
+        walk.prove(top, &mut node, &mut nodes)?;
     }
     Ok(RangeProof {
         start,
         end,
         length,
         base,
+        trusted,
         nodes,
     })
+}
+
+/// Whether a proof's shape is consistent: the range within the length, the
+/// base no longer than it, and a trusted node, if any, covering a non-empty
+/// range inside the tree.
+pub fn fits(start: u64, end: u64, length: u64, base: u64, trusted: Option<u64>) -> bool {
+    let shape = start <= end && end <= length && base <= length && length <= flat::MAX_LENGTH;
+    match trusted {
+        None => shape,
+        Some(t) => {
+            let (lo, hi) = flat::blocks(t);
+            shape
+                && start < end
+                && lo <= start
+                && end <= hi
+                && hi <= length
+                && t < 2 * flat::MAX_LENGTH
+        }
+    }
 }
 
 /// Checks `proof` against the blocks it covers (`blocks[i]` is block
@@ -117,9 +144,10 @@ pub fn verify<B: AsRef<[u8]>>(
         end,
         length,
         base,
+        trusted: top,
         ..
     } = *proof;
-    if start > end || end > length || base > length {
+    if !fits(start, end, length, base, top) {
         return Err(ProofError::Range {
             start,
             end,
@@ -133,7 +161,7 @@ pub fn verify<B: AsRef<[u8]>>(
             got: blocks.len(),
         });
     }
-    let walk = Walk::new(start, end, base);
+    let walk = Walk::new(start, end, base, top);
     let mut state = VerifyState {
         blocks,
         proof: proof.nodes.iter(),
@@ -143,7 +171,7 @@ pub fn verify<B: AsRef<[u8]>>(
             learned: Vec::with_capacity(2 * blocks.len() + proof.nodes.len()),
         },
     };
-    for root in flat::full_roots(length) {
+    for root in walk.tops(length) {
         let n = walk.verify(root, &mut state)?;
         state.out.roots.push(n);
     }
@@ -161,6 +189,7 @@ struct Walk {
     end: u64,
     base: u64,
     base_roots: Vec<u64>,
+    top: Option<u64>,
 }
 
 enum Step {
@@ -173,12 +202,32 @@ enum Step {
 }
 
 impl Walk {
-    fn new(start: u64, end: u64, base: u64) -> Self {
-        Walk {
-            start,
-            end,
-            base,
-            base_roots: flat::full_roots(base),
+    fn new(start: u64, end: u64, base: u64, top: Option<u64>) -> Self {
+        match top {
+            // Below a trusted node the verifier's base plays no part; the
+            // trusted node itself is what the walk must reproduce.
+            Some(t) => Walk {
+                start,
+                end,
+                base: 0,
+                base_roots: vec![t],
+                top,
+            },
+            None => Walk {
+                start,
+                end,
+                base,
+                base_roots: flat::full_roots(base),
+                top,
+            },
+        }
+    }
+
+    /// Where the walk starts: the trusted node, or the full roots.
+    fn tops(&self, length: u64) -> Vec<u64> {
+        match self.top {
+            Some(t) => vec![t],
+            None => flat::full_roots(length),
         }
     }
 
@@ -230,26 +279,31 @@ impl Walk {
         st: &mut VerifyState<'_, B, T>,
     ) -> Result<Node, ProofError> {
         let node = match self.step(i) {
-            Step::Split => match flat::children(i) {
-                None => {
-                    let seq = i / 2;
-                    let data = st.blocks[(seq - self.start) as usize].as_ref();
-                    Node::leaf(seq, data)
-                }
-                Some((l, r)) => {
-                    let left = self.verify(l, st)?;
-                    let right = self.verify(r, st)?;
-                    let n = Node::parent(&left, &right);
-                    if self.is_base_root(i) {
-                        let t = (st.trusted)(i).ok_or(ProofError::MissingBase(i))?;
-                        if t != n {
-                            return Err(ProofError::Mismatch(i));
-                        }
+            Step::Split => {
+                let n = match flat::children(i) {
+                    None => {
+                        let seq = i / 2;
+                        let data = st.blocks[(seq - self.start) as usize].as_ref();
+                        Node::leaf(seq, data)
+                    }
+                    Some((l, r)) => {
+                        let left = self.verify(l, st)?;
+                        let right = self.verify(r, st)?;
+                        Node::parent(&left, &right)
+                    }
+                };
+                if self.is_base_root(i) {
+                    let t = (st.trusted)(i).ok_or(ProofError::MissingBase(i))?;
+                    if t != n {
+                        return Err(ProofError::Mismatch(i));
+                    }
+                    if flat::depth(i) > 0 {
+                        // A held node: nothing new to learn about it.
                         return Ok(n);
                     }
-                    n
                 }
-            },
+                n
+            }
             Step::Trusted => return (st.trusted)(i).ok_or(ProofError::MissingBase(i)),
             Step::Carried => {
                 let p = st.proof.next().ok_or(ProofError::Truncated)?;
@@ -295,7 +349,8 @@ mod tests {
             for base in 0..=len {
                 for start in 0..=len {
                     for end in start..=len {
-                        let p = prove(start, end, len, base, |i| Ok::<_, ()>(map[&i])).unwrap();
+                        let p =
+                            prove(start, end, len, base, None, |i| Ok::<_, ()>(map[&i])).unwrap();
                         let base_roots = roots_of(&map, base);
                         let v = verify(&p, &data[start as usize..end as usize], |i| {
                             base_roots.iter().find(|n| n.index == i).copied()
@@ -311,8 +366,8 @@ mod tests {
     #[test]
     fn range_proof_is_logarithmic_and_shared() {
         let (_, map, _) = tree(4096);
-        let single = prove(1000, 1001, 4096, 0, |i| Ok::<_, ()>(map[&i])).unwrap();
-        let range = prove(1000, 2000, 4096, 0, |i| Ok::<_, ()>(map[&i])).unwrap();
+        let single = prove(1000, 1001, 4096, 0, None, |i| Ok::<_, ()>(map[&i])).unwrap();
+        let range = prove(1000, 2000, 4096, 0, None, |i| Ok::<_, ()>(map[&i])).unwrap();
         assert!(single.nodes.len() <= 12, "{}", single.nodes.len());
         assert!(range.nodes.len() <= 24, "{}", range.nodes.len());
     }
@@ -320,7 +375,7 @@ mod tests {
     #[test]
     fn upgrade_needs_old_roots_and_rejects_a_forked_prefix() {
         let (_, map, roots) = tree(100);
-        let p = prove(100, 100, 100, 37, |i| Ok::<_, ()>(map[&i])).unwrap();
+        let p = prove(100, 100, 100, 37, None, |i| Ok::<_, ()>(map[&i])).unwrap();
         let base = roots_of(&map, 37);
         let v = verify::<&[u8]>(&p, &[], |i| base.iter().find(|n| n.index == i).copied()).unwrap();
         assert_eq!(tree_hash(&v.roots), tree_hash(&roots));
@@ -335,5 +390,51 @@ mod tests {
             verify::<&[u8]>(&p, &[], |_| None),
             Err(ProofError::MissingBase(flat::full_roots(37)[0]))
         );
+    }
+}
+
+#[cfg(test)]
+mod trusted_tests {
+    use super::super::append_leaves;
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_proof_below_a_trusted_node_is_short_and_checked_against_it() {
+        let data: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+        let (mut roots, mut created) = (Vec::new(), Vec::new());
+        append_leaves(&mut roots, 0, &refs, &mut created);
+        let map: HashMap<u64, Node> = created.into_iter().map(|n| (n.index, n)).collect();
+        // Every node covering block 300 inside the tree, from the leaf up.
+        let mut t = flat::leaf(300);
+        while flat::blocks(t).1 <= 1000 {
+            let p = prove(300, 301, 1000, 0, Some(t), |i| Ok::<_, ()>(map[&i])).unwrap();
+            assert_eq!(
+                p.nodes.len() as u32,
+                flat::depth(t),
+                "one sibling per level below {t}"
+            );
+            let v = verify(&p, &data[300..301], |i| map.get(&i).copied()).unwrap();
+            assert_eq!(v.roots, vec![map[&t]]);
+            assert!(v.learned.iter().any(|n| n.index == flat::leaf(300)));
+            let mut bad = data[300].clone();
+            bad[0] ^= 1;
+            assert_eq!(
+                verify(&p, &[bad], |i| map.get(&i).copied()),
+                Err(ProofError::Mismatch(t))
+            );
+            t = flat::parent(t);
+        }
+        // A trusted node that does not cover the range is refused.
+        assert!(!fits(300, 301, 1000, 0, Some(flat::leaf(301))));
+        assert!(!fits(300, 300, 1000, 0, Some(flat::leaf(300))));
+        assert!(!fits(
+            990,
+            991,
+            1000,
+            0,
+            Some(flat::parent(flat::parent(flat::leaf(1000))))
+        ));
     }
 }

@@ -161,15 +161,23 @@ impl State {
 
     /// Asks connections that announced `feed` for the blocks we lack.
     pub(super) fn schedule_broadcast(&mut self, feed: FeedId) {
+        self.to_schedule.insert(super::Target::Broadcast(feed));
+    }
+
+    /// Plans the requests [`State::schedule_broadcast`] asked for, marking
+    /// them in flight; the caller sends them.
+    pub(super) fn plan_broadcast(&mut self, feed: FeedId) -> Vec<super::Planned> {
+        let mut planned = Vec::new();
         let Some(r) = self.replicas.get_mut(&feed) else {
-            return;
+            return planned;
         };
+        let desc = r.desc;
         let base = self.feeds.get(&feed).map_or(0, |f| f.len());
         let mut want = RangeSet::from_range(0, r.announced);
         want.subtract(&r.held);
         want.subtract(&r.requested);
         if want.is_empty() {
-            return;
+            return planned;
         }
         let per = self
             .config
@@ -187,8 +195,9 @@ impl State {
                 let mut s = a;
                 while s < b && conn.inflight.len() < max_inflight {
                     let e = b.min(s + per);
-                    conn.send(&Message::Request {
-                        feed,
+                    planned.push(super::Planned {
+                        conn: conn.id,
+                        desc,
                         start: s,
                         end: e,
                         base,
@@ -200,9 +209,10 @@ impl State {
             }
             want.subtract(&r.requested);
             if want.is_empty() {
-                return;
+                break;
             }
         }
+        planned
     }
 
     /// Announces our head of `feed` on every open connection once we hold
@@ -390,7 +400,7 @@ impl<S: Store> Node<S> {
                     }
                     self.st.out.extend(evs.into_iter().map(Output::Event));
                     self.st.gossip(id);
-                    self.st.flush_all(now);
+                    self.pump(now);
                     return Ok(start..head.length);
                 }
                 Err(e) => {

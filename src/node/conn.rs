@@ -27,6 +27,7 @@ pub(crate) struct Wanted {
     pub start: u64,
     pub end: u64,
     pub base: u64,
+    pub trusted: Option<u64>,
 }
 
 /// What the handshake needs from the node.

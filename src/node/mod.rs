@@ -129,6 +129,27 @@ struct State {
     now: Instant,
     /// When to next look for other processes' writes.
     next_store_poll: Instant,
+    /// Feeds whose downloads may proceed; requests go out at the end of the
+    /// current call, when the store can be read (see `issue_requests`).
+    to_schedule: BTreeSet<Target>,
+}
+
+/// A feed whose downloads may proceed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// The queue feed from this peer to us.
+    Queue(PeerId),
+    /// A broadcast feed.
+    Broadcast(FeedId),
+}
+
+/// A request planned on a connection, to be sent by `issue_requests`.
+struct Planned {
+    conn: ConnId,
+    desc: FeedDescriptor,
+    start: u64,
+    end: u64,
+    base: u64,
 }
 
 impl<S: Store> Node<S> {
@@ -183,6 +204,7 @@ impl<S: Store> Node<S> {
                 next_conn: 0,
                 now,
                 next_store_poll: now,
+                to_schedule: BTreeSet::new(),
             },
         })
     }
@@ -243,7 +265,7 @@ impl<S: Store> Node<S> {
     pub fn connect(&mut self, peer: PeerId, now: Instant) -> ConnId {
         self.st.now = now;
         let id = self.st.new_conn(Some(peer), true, now);
-        self.st.flush_all(now);
+        self.pump(now);
         id
     }
 
@@ -253,7 +275,7 @@ impl<S: Store> Node<S> {
     pub fn connect_any(&mut self, now: Instant) -> ConnId {
         self.st.now = now;
         let id = self.st.new_conn(None, true, now);
-        self.st.flush_all(now);
+        self.pump(now);
         id
     }
 
@@ -262,7 +284,7 @@ impl<S: Store> Node<S> {
     pub fn accept(&mut self, now: Instant) -> ConnId {
         self.st.now = now;
         let id = self.st.new_conn(None, false, now);
-        self.st.flush_all(now);
+        self.pump(now);
         id
     }
 
@@ -285,14 +307,14 @@ impl<S: Store> Node<S> {
         self.st.now = now;
         self.st
             .drop_conn(conn, CloseReason::TransportClosed, false, now);
-        self.st.flush_all(now);
+        self.pump(now);
     }
 
     /// Closes `conn` at the application's request, telling the peer.
     pub fn close(&mut self, conn: ConnId, now: Instant) {
         self.st.now = now;
         self.st.drop_conn(conn, CloseReason::Local, true, now);
-        self.st.flush_all(now);
+        self.pump(now);
     }
 
     /// Time passed: runs keepalives, idle and handshake timeouts, redials,
@@ -316,15 +338,25 @@ impl<S: Store> Node<S> {
     }
 
     fn finish(&mut self, r: Result<(), NodeError>, now: Instant) -> Result<(), NodeError> {
+        let r = r
+            .and_then(|()| self.st.issue_requests(&self.store))
+            .and_then(|()| self.st.serve_all(&self.store, now));
         if r.is_err() {
             self.st.storage_failed(&self.store, now);
-        } else if let Err(e) = self.st.serve_all(&self.store, now) {
-            self.st.storage_failed(&self.store, now);
-            self.st.flush_all(now);
-            return Err(e);
         }
         self.st.flush_all(now);
         r
+    }
+
+    /// Ends a command: sends the requests it made possible and hands every
+    /// connection's bytes to the driver. A store failure while planning
+    /// requests is handled like any other (connections reset, state
+    /// reloaded); the command itself already succeeded.
+    fn pump(&mut self, now: Instant) {
+        if self.st.issue_requests(&self.store).is_err() {
+            self.st.storage_failed(&self.store, now);
+        }
+        self.st.flush_all(now);
     }
 }
 
@@ -531,6 +563,9 @@ impl State {
             if let Some(t) = d.next_at {
                 consider(t);
             }
+        }
+        if !self.to_schedule.is_empty() {
+            consider(self.now);
         }
         if self.config.store_poll_interval.is_some() && self.conns.values().any(|c| c.is_open()) {
             consider(self.next_store_poll);

@@ -99,7 +99,7 @@ impl<S: Store> Node<S> {
         for id in ids {
             self.st.drop_conn(id, CloseReason::PeerRemoved, true, now);
         }
-        self.st.flush_all(now);
+        self.pump(now);
         Ok(was)
     }
 
@@ -180,7 +180,7 @@ impl<S: Store> Node<S> {
                 conn.send(&Message::Head { desc, head });
             }
         }
-        self.st.flush_all(now);
+        self.pump(now);
         Ok(start..head.length)
     }
 
@@ -261,7 +261,7 @@ impl<S: Store> Node<S> {
         }
         drop(txn);
         self.st.schedule_requests(from);
-        self.st.flush_all(now);
+        self.pump(now);
         Ok(Fetch::Pending)
     }
 
@@ -286,7 +286,7 @@ impl<S: Store> Node<S> {
         })?;
         if changed {
             self.st.schedule_requests(from);
-            self.st.flush_all(now);
+            self.pump(now);
         }
         Ok(changed)
     }
@@ -315,7 +315,7 @@ impl<S: Store> Node<S> {
             }
             self.st.send_ack(from);
             self.st.schedule_requests(from);
-            self.st.flush_all(now);
+            self.pump(now);
         }
         Ok(changed)
     }

@@ -16,7 +16,7 @@ use crate::wire::{DataMsg, Message, Receipt};
 
 use super::config::{limits, Prefetch};
 use super::conn::{next_message, HandshakeCtx, Wanted};
-use super::{CloseReason, ConnId, Event, NodeError, Output, State};
+use super::{CloseReason, ConnId, Event, NodeError, Output, Planned, State, Target};
 
 /// Why handling a message stopped.
 enum Fault {
@@ -52,6 +52,19 @@ struct AfterCommit {
     /// Connections whose requests completed: their freed capacity may serve
     /// any feed, not only the one that completed.
     freed: BTreeSet<ConnId>,
+}
+
+/// Verifies and stores a data message: against its head, or, for a proof
+/// that stops at a node we hold, against that node.
+fn store_data<S: Store>(
+    feed: &mut crate::feed::Feed,
+    txn: &mut Txn<'_, S>,
+    d: &DataMsg<'_>,
+) -> Result<(), FeedError> {
+    match &d.head {
+        Some(head) => feed.verify_and_store(txn, head, &d.proof, &d.blocks),
+        None => feed.verify_below_and_store(txn, &d.proof, &d.blocks),
+    }
 }
 
 fn feed_fault(e: FeedError) -> Fault {
@@ -211,6 +224,7 @@ impl State {
                 start,
                 end,
                 base,
+                trusted,
             } => {
                 let conn = self
                     .conns
@@ -230,6 +244,7 @@ impl State {
                     start,
                     end,
                     base,
+                    trusted,
                 });
             }
             Message::Data(d) => self.on_data(txn, after, id, peer, d)?,
@@ -290,25 +305,25 @@ impl State {
         let Some(i) = conn
             .inflight
             .iter()
-            .position(|&(f, s, e)| f == d.head.feed && s == start && end <= e)
+            .position(|&(f, s, e)| f == d.feed && s == start && end <= e)
         else {
             return Err(Fault::Peer(CloseReason::Unexpected(format!(
                 "blocks {start}..{end} were not requested"
             ))));
         };
         after.freed.insert(id);
-        if let Some(desc) = self.replicas.get(&d.head.feed).map(|r| r.desc) {
+        let head_len = d.head.map_or(0, |h| h.length);
+        if let Some(desc) = self.replicas.get(&d.feed).map(|r| r.desc) {
             let conn = self
                 .conns
                 .get_mut(&id)
                 .ok_or(Fault::Peer(CloseReason::Local))?;
             let (_, _, req_end) = conn.inflight.swap_remove(i);
             let feed = self.feed(txn, desc)?;
-            feed.verify_and_store(txn, &d.head, &d.proof, &d.blocks)
-                .map_err(feed_fault)?;
+            store_data(feed, txn, &d).map_err(feed_fault)?;
             if let Some(r) = self.replicas.get_mut(&desc.id()) {
                 r.requested.remove(end, req_end);
-                r.announced = r.announced.max(d.head.length);
+                r.announced = r.announced.max(head_len);
             }
             self.broadcast_arrived(desc.id(), start, end, &mut after.broadcast_events);
             after.broadcast_arrived.insert(desc.id());
@@ -316,7 +331,7 @@ impl State {
             return Ok(());
         }
         let desc = FeedDescriptor::queue(peer, self.me);
-        if d.head.feed != desc.id() {
+        if d.feed != desc.id() {
             return Err(Fault::Peer(CloseReason::Unexpected(
                 "data for a feed we did not ask for".into(),
             )));
@@ -327,8 +342,7 @@ impl State {
             .ok_or(Fault::Peer(CloseReason::Local))?;
         let (_, _, req_end) = conn.inflight.swap_remove(i);
         let feed = self.feed(txn, desc)?;
-        feed.verify_and_store(txn, &d.head, &d.proof, &d.blocks)
-            .map_err(feed_fault)?;
+        store_data(feed, txn, &d).map_err(feed_fault)?;
         let inbox = self.inboxes.get(&peer).cloned().unwrap_or_default();
         // A block cleared while its request was in flight keeps only its hash.
         let feed = self.feed(txn, desc)?;
@@ -337,7 +351,7 @@ impl State {
         }
         let inbox = self.inbox(txn, peer)?;
         inbox.requested.remove(start, req_end);
-        inbox.remote_length = inbox.remote_length.max(d.head.length);
+        inbox.remote_length = inbox.remote_length.max(head_len);
         inbox.held.insert(start, end);
         // They leave `wanted` only once committed (in `after_commit`): if the
         // commit fails they must be fetched again, or `Fetched` never comes.
@@ -578,11 +592,18 @@ impl State {
     /// the reader's cursor and anything `get` asked for, minus what is held,
     /// cleared, refused or already asked, within the in-flight limit.
     pub(super) fn schedule_requests(&mut self, from: PeerId) {
+        self.to_schedule.insert(Target::Queue(from));
+    }
+
+    /// Plans the requests [`State::schedule_requests`] asked for, marking
+    /// them in flight; the caller sends them.
+    fn plan_queue(&mut self, from: PeerId) -> Vec<Planned> {
+        let mut planned = Vec::new();
         let Some(cid) = self.conn_to(&from) else {
-            return;
+            return planned;
         };
         let Some(inbox) = self.inboxes.get_mut(&from) else {
-            return;
+            return planned;
         };
         let fid = FeedDescriptor::queue(from, self.me).id();
         let base = self.feeds.get(&fid).map_or(0, |f| f.len());
@@ -607,7 +628,7 @@ impl State {
             want.subtract(done);
         }
         let Some(conn) = self.conns.get_mut(&cid) else {
-            return;
+            return planned;
         };
         let per = self
             .config
@@ -621,8 +642,9 @@ impl State {
             let mut s = a;
             while s < b && conn.inflight.len() < max_inflight {
                 let e = b.min(s + per);
-                conn.send(&Message::Request {
-                    feed: fid,
+                planned.push(Planned {
+                    conn: cid,
+                    desc: FeedDescriptor::queue(from, self.me),
                     start: s,
                     end: e,
                     base,
@@ -632,6 +654,43 @@ impl State {
                 s = e;
             }
         }
+        planned
+    }
+
+    /// Sends every request scheduled since the last call. Each names the
+    /// lowest node we already hold above the blocks, when there is one, so
+    /// the proof that comes back stops there: a sparse reader's later
+    /// fetches carry a few hashes instead of a path to the roots, and no
+    /// signed head.
+    pub(super) fn issue_requests<S: Store>(&mut self, store: &S) -> Result<(), NodeError> {
+        if self.to_schedule.is_empty() {
+            return Ok(());
+        }
+        let txn = Txn::begin(store)?;
+        for target in std::mem::take(&mut self.to_schedule) {
+            let planned = match target {
+                Target::Queue(from) => self.plan_queue(from),
+                Target::Broadcast(feed) => self.plan_broadcast(feed),
+            };
+            for p in planned {
+                let trusted = if p.end <= p.base {
+                    self.feed(&txn, p.desc)?
+                        .trusted_node(&txn, p.start, p.end)?
+                } else {
+                    None
+                };
+                if let Some(conn) = self.conns.get_mut(&p.conn) {
+                    conn.send(&Message::Request {
+                        feed: p.desc.id(),
+                        start: p.start,
+                        end: p.end,
+                        base: p.base,
+                        trusted,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Serves queued requests on every connection, up to a byte budget per
@@ -729,11 +788,27 @@ fn serve_one<S: Store>(
     if blocks.is_empty() {
         return Ok(None);
     }
-    let proof = match feed.prove(txn, w.start, e, w.base) {
+    // Stop at the requester's trusted node when it is a real one of ours;
+    // otherwise prove up to our signed head.
+    let below = w
+        .trusted
+        .filter(|&t| crate::merkle::fits(w.start, e, len, 0, Some(t)));
+    let proof = match below {
+        Some(t) => feed.prove_below(txn, w.start, e, t),
+        None => feed.prove(txn, w.start, e, w.base),
+    };
+    let proof = match proof {
         Ok(p) => p,
         Err(FeedError::MissingNode { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    DataMsg::encode_parts(&head, &proof, blocks.iter().copied(), &mut conn.tx_plain);
+    let head = if below.is_some() { None } else { Some(&head) };
+    DataMsg::encode_parts(
+        &feed.id(),
+        head,
+        &proof,
+        blocks.iter().copied(),
+        &mut conn.tx_plain,
+    );
     Ok(Some(bytes))
 }

@@ -2,8 +2,8 @@
 
 use crate::feed::{FeedDescriptor, FeedId, SignedHead, SIGNED_HEAD_LEN};
 use crate::identity::{PeerId, Signature, SIGNATURE_LEN};
-use crate::merkle::flat::MAX_LENGTH;
-use crate::merkle::{Node, RangeProof, NODE_LEN};
+use crate::merkle::flat::{self, MAX_LENGTH};
+use crate::merkle::{fits, Node, RangeProof, NODE_LEN};
 
 use super::Receipt;
 
@@ -18,6 +18,8 @@ const T_ACK: u8 = 5;
 const T_KEEPALIVE: u8 = 6;
 const T_CLOSE: u8 = 7;
 const T_SUMMARY: u8 = 8;
+/// "No node" in a trusted-node field.
+const NO_NODE: u64 = u64::MAX;
 const T_HAVE: u8 = 9;
 
 /// Most entries a have-list may carry.
@@ -52,6 +54,9 @@ pub enum Message<'a> {
         end: u64,
         /// The requester's verified length.
         base: u64,
+        /// A node the requester holds that covers the range; the proof may
+        /// stop there (and then carries no head).
+        trusted: Option<u64>,
     },
     /// Blocks with their proof.
     Data(DataMsg<'a>),
@@ -102,9 +107,12 @@ pub enum Message<'a> {
 /// Blocks `proof.start..proof.end` of a feed, proven against `head`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DataMsg<'a> {
-    /// The head the proof ends in.
-    pub head: SignedHead,
-    /// The proof (its `length` equals `head.length`).
+    /// The feed.
+    pub feed: FeedId,
+    /// The head the proof ends in; absent when the proof stops at a node
+    /// the requester trusts.
+    pub head: Option<SignedHead>,
+    /// The proof (with a head, its `length` equals the head's).
     pub proof: RangeProof,
     /// The blocks.
     pub blocks: Vec<&'a [u8]>,
@@ -261,17 +269,22 @@ impl Message<'_> {
                 start,
                 end,
                 base,
+                trusted,
             } => {
                 let at = begin(out, T_REQUEST);
                 out.extend_from_slice(&feed.0);
-                for v in [start, end, base] {
+                for v in [*start, *end, *base, trusted.unwrap_or(NO_NODE)] {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
                 finish(out, at);
             }
-            Message::Data(d) => {
-                DataMsg::encode_parts(&d.head, &d.proof, d.blocks.iter().copied(), out)
-            }
+            Message::Data(d) => DataMsg::encode_parts(
+                &d.feed,
+                d.head.as_ref(),
+                &d.proof,
+                d.blocks.iter().copied(),
+                out,
+            ),
             Message::NoData { feed, start, end } => {
                 let at = begin(out, T_NO_DATA);
                 out.extend_from_slice(&feed.0);
@@ -354,11 +367,13 @@ impl Message<'_> {
                         what: "request range is inverted",
                     });
                 }
+                let trusted = Some(r.u64()?).filter(|&t| t != NO_NODE);
                 Message::Request {
                     feed,
                     start,
                     end,
                     base,
+                    trusted,
                 }
             }
             T_DATA => Message::Data(DataMsg::decode(&mut r, max_blocks)?),
@@ -425,16 +440,30 @@ impl Message<'_> {
 
 impl<'a> DataMsg<'a> {
     /// Encodes a data message from parts, so a sender need not collect its
-    /// blocks into a `DataMsg` first.
+    /// blocks into a `DataMsg` first. A proof rooted at a trusted node needs
+    /// no head; pass `None`.
     pub fn encode_parts<'b>(
-        head: &SignedHead,
+        feed: &FeedId,
+        head: Option<&SignedHead>,
         proof: &RangeProof,
         blocks: impl Iterator<Item = &'b [u8]>,
         out: &mut Vec<u8>,
     ) {
         let at = begin(out, T_DATA);
-        out.extend_from_slice(&head.encode());
-        for v in [proof.start, proof.end, proof.base] {
+        out.extend_from_slice(&feed.0);
+        match head {
+            Some(h) => {
+                out.push(1);
+                out.extend_from_slice(&h.encode()[32..]);
+            }
+            None => out.push(0),
+        }
+        for v in [
+            proof.start,
+            proof.end,
+            proof.base,
+            proof.trusted.unwrap_or(NO_NODE),
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&(proof.nodes.len() as u16).to_le_bytes());
@@ -450,10 +479,36 @@ impl<'a> DataMsg<'a> {
 
     fn decode(r: &mut Reader<'a>, max_blocks: u64) -> Result<Self, MessageError> {
         let kind = r.kind;
-        let head =
-            SignedHead::decode(r.take(SIGNED_HEAD_LEN)?).ok_or(MessageError::Truncated(kind))?;
+        let feed = FeedId(r.array()?);
+        let head = match r.array::<1>()?[0] {
+            0 => None,
+            1 => {
+                let mut bytes = feed.0.to_vec();
+                bytes.extend_from_slice(r.take(SIGNED_HEAD_LEN - 32)?);
+                Some(SignedHead::decode(&bytes).ok_or(MessageError::Truncated(kind))?)
+            }
+            _ => {
+                return Err(MessageError::Invalid {
+                    kind,
+                    what: "bad head flag",
+                })
+            }
+        };
         let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
-        if start > end || end > head.length || base > head.length || head.length > MAX_LENGTH {
+        let trusted = Some(r.u64()?).filter(|&t| t != NO_NODE);
+        // Without a head, the proof reaches only its trusted node; the
+        // shortest tree holding that node stands in for the length.
+        let length = match (&head, trusted) {
+            (Some(h), _) => h.length,
+            (None, Some(t)) => flat::blocks(t).1,
+            (None, None) => {
+                return Err(MessageError::Invalid {
+                    kind,
+                    what: "data without a head or a trusted node",
+                })
+            }
+        };
+        if !fits(start, end, length, base, trusted) {
             return Err(MessageError::Invalid {
                 kind,
                 what: "data range does not fit its head",
@@ -489,12 +544,14 @@ impl<'a> DataMsg<'a> {
             blocks.push(r.take(len)?);
         }
         Ok(DataMsg {
+            feed,
             head,
             proof: RangeProof {
                 start,
                 end,
-                length: head.length,
+                length,
                 base,
+                trusted,
                 nodes,
             },
             blocks,
@@ -556,6 +613,14 @@ mod tests {
             start: 1,
             end: 4,
             base: 2,
+            trusted: None,
+        });
+        roundtrip(Message::Request {
+            feed: desc.id(),
+            start: 1,
+            end: 4,
+            base: 2,
+            trusted: Some(7),
         });
         let node = Node {
             index: 0,
@@ -567,12 +632,29 @@ mod tests {
             end: 3,
             length: 5,
             base: 0,
+            trusted: None,
             nodes: vec![node, node],
         };
         roundtrip(Message::Data(DataMsg {
-            head,
+            feed: desc.id(),
+            head: Some(head),
             proof,
             blocks: vec![b"ab", b""],
+        }));
+        // Below a trusted node: no head, and the length is the node's end.
+        let proof = RangeProof {
+            start: 2,
+            end: 3,
+            length: 4,
+            base: 0,
+            trusted: Some(3),
+            nodes: vec![node],
+        };
+        roundtrip(Message::Data(DataMsg {
+            feed: desc.id(),
+            head: None,
+            proof,
+            blocks: vec![b"c"],
         }));
         roundtrip(Message::NoData {
             feed: desc.id(),
@@ -603,8 +685,10 @@ mod tests {
     fn bounds_are_enforced_before_allocation() {
         let key = Keypair::generate(&mut SeededRng::from_u64(1));
         let head = SignedHead::sign(&key, FeedId([0; 32]), MAX_LENGTH, Hash([0; 32]));
-        let mut body = head.encode().to_vec();
-        for v in [0u64, MAX_LENGTH, 0] {
+        let mut body = head.feed.0.to_vec();
+        body.push(1);
+        body.extend_from_slice(&head.encode()[32..]);
+        for v in [0u64, MAX_LENGTH, 0, NO_NODE] {
             body.extend_from_slice(&v.to_le_bytes());
         }
         body.extend_from_slice(&0u16.to_le_bytes());
