@@ -125,19 +125,26 @@ impl Conn {
             expected,
             ..
         } = self;
-        let mut scratch = [0u8; MAX_NOISE_MESSAGE];
         frames.push(input, |frame| {
             match session {
                 Session::Open(t) => {
-                    let n = t
-                        .read_message(frame, &mut scratch)
-                        .map_err(|_| CloseReason::Decrypt)?;
-                    rx.extend_from_slice(&scratch[..n]);
+                    // Decrypt straight into the message buffer: plaintext is
+                    // never longer than its frame.
+                    let at = rx.len();
+                    rx.resize(at + frame.len(), 0);
+                    match t.read_message(frame, &mut rx[at..]) {
+                        Ok(n) => rx.truncate(at + n),
+                        Err(_) => {
+                            rx.truncate(at);
+                            return Err(CloseReason::Decrypt);
+                        }
+                    }
                 }
                 Session::Broken => {
                     return Err(CloseReason::Handshake("connection is broken".into()))
                 }
                 Session::Handshake(state) => {
+                    let mut scratch = vec![0u8; frame.len()];
                     let n = state
                         .read_message(frame, &mut scratch)
                         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
