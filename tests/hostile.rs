@@ -197,8 +197,10 @@ fn unrequested_data_is_unexpected() {
     let reason = run(|w, raw| {
         let (feed, store) = hostile_feed(w);
         let txn = Txn::begin(&store).unwrap();
-        let proof = feed.prove(&txn, 0, 1, 0).unwrap();
-        let block = feed.get(&txn, 0).unwrap().unwrap();
+        // A asks H for what H has not written yet (from block 0); block 1 on
+        // its own was never asked for.
+        let proof = feed.prove(&txn, 1, 2, 0).unwrap();
+        let block = feed.get(&txn, 1).unwrap().unwrap();
         raw.send(&Message::Data(DataMsg {
             feed: feed.id(),
             head: Some(*feed.head().unwrap()),
@@ -215,7 +217,7 @@ fn a_refusal_of_nothing_is_unexpected() {
         let desc = FeedDescriptor::queue(w.h.peer_id(), w.a.id());
         raw.send(&Message::NoData {
             feed: desc.id(),
-            start: 0,
+            start: 3,
             end: 5,
         });
     });
@@ -256,6 +258,7 @@ fn a_tampered_block_is_rejected_and_not_stored() {
         panic!()
     };
     let txn = Txn::begin(&store).unwrap();
+    let end = end.min(feed.len());
     let proof = feed.prove(&txn, start, end, base).unwrap();
     let mut blocks: Vec<Vec<u8>> = (start..end)
         .map(|s| feed.get(&txn, s).unwrap().unwrap())

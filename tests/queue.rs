@@ -605,3 +605,24 @@ fn a_live_reader_sees_every_message_appended_after_it_caught_up() {
     }
     assert_eq!(net.messages(A).len(), 20);
 }
+
+#[test]
+fn a_caught_up_reader_gets_new_messages_in_one_trip() {
+    let mut net = Net::new(2);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let now = net.now;
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    for i in 0..5u64 {
+        net.take_events(A);
+        let now = net.now;
+        net.node(B).send(a, b"pushed", now).unwrap();
+        // One delivery B to A (the second step only collects A's output):
+        // the reader's standing request was answered as the message was
+        // written, with no head-then-request exchange.
+        net.step(2);
+        assert_eq!(net.messages(A), vec![(b, i)]);
+        net.settle();
+    }
+}

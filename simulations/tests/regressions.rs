@@ -40,3 +40,14 @@ fn seed_802_corrupted_length_prefix_times_out() {
 // acknowledging a prefix of at most 4,096 ranges. Kept by
 // `sparse_download_reads_one_percent_of_a_million` in tests/scenarios.rs
 // (seed 1 of the `sparse-download` scenario).
+
+/// Liveness: a reader that restarted asked for "what comes next" from the
+/// length it had just been re-told, which began at a block it already held
+/// and the sender had pruned; the sender refused the whole request, and the
+/// reader never asked for the new block again. Fixed: the standing request
+/// starts past everything held, and a refusal covers only the blocks that
+/// cannot be served.
+#[test]
+fn seed_209_standing_request_after_restart() {
+    passes(209);
+}

@@ -193,7 +193,7 @@ impl State {
             };
             for (a, b) in want.ranges_within(0, can) {
                 let mut s = a;
-                while s < b && conn.inflight.len() < max_inflight {
+                while s < b && conn.busy() < max_inflight {
                     let e = b.min(s + per);
                     planned.push(super::Planned {
                         conn: conn.id,

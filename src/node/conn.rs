@@ -64,6 +64,13 @@ pub(crate) struct Conn {
     pub remote_heads: BTreeMap<FeedId, u64>,
     /// Per feed, what our receipts on this connection acknowledged so far.
     pub acks_sent: BTreeMap<FeedId, crate::ranges::RangeSet>,
+    /// The peer's requests for blocks of ours not yet written, answered as
+    /// soon as they are.
+    pub parked: Vec<Wanted>,
+    /// Our request for blocks the peer has not written yet (feed, start):
+    /// it waits at the peer, so it does not count against our in-flight
+    /// limit.
+    pub tail: Option<(FeedId, u64)>,
 }
 
 impl Conn {
@@ -90,6 +97,20 @@ impl Conn {
             serve: VecDeque::new(),
             remote_heads: BTreeMap::new(),
             acks_sent: BTreeMap::new(),
+            parked: Vec::new(),
+            tail: None,
+        }
+    }
+
+    /// Requests in flight that count against the limit.
+    pub fn busy(&self) -> usize {
+        self.inflight.len() - usize::from(self.tail.is_some())
+    }
+
+    /// Forgets request (`feed`, `start`) once answered.
+    pub fn answered(&mut self, feed: FeedId, start: u64) {
+        if self.tail == Some((feed, start)) {
+            self.tail = None;
         }
     }
 

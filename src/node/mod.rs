@@ -353,7 +353,11 @@ impl<S: Store> Node<S> {
     /// requests is handled like any other (connections reset, state
     /// reloaded); the command itself already succeeded.
     fn pump(&mut self, now: Instant) {
-        if self.st.issue_requests(&self.store).is_err() {
+        let r = self
+            .st
+            .issue_requests(&self.store)
+            .and_then(|()| self.st.serve_all(&self.store, now));
+        if r.is_err() {
             self.st.storage_failed(&self.store, now);
         }
         self.st.flush_all(now);
@@ -599,6 +603,8 @@ impl State {
                 if head.length > before {
                     if let Some(conn) = self.conns.get_mut(&cid) {
                         conn.send(&Message::Head { desc, head });
+                        let parked: Vec<_> = conn.parked.drain(..).collect();
+                        conn.serve.extend(parked);
                     }
                 }
             }

@@ -178,6 +178,9 @@ impl<S: Store> Node<S> {
         if let Some(c) = self.st.conn_to(&to) {
             if let Some(conn) = self.st.conns.get_mut(&c) {
                 conn.send(&Message::Head { desc, head });
+                // Answer a parked request for what was just written.
+                let parked: Vec<_> = conn.parked.drain(..).collect();
+                conn.serve.extend(parked);
             }
         }
         self.pump(now);

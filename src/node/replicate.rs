@@ -263,6 +263,7 @@ impl State {
                     )));
                 };
                 let (_, s, e) = conn.inflight.swap_remove(i);
+                conn.answered(feed, s);
                 after.freed.insert(id);
                 if let Some(r) = self.replicas.get_mut(&feed) {
                     // This peer cannot serve past `start` after all; others may.
@@ -319,6 +320,7 @@ impl State {
                 .get_mut(&id)
                 .ok_or(Fault::Peer(CloseReason::Local))?;
             let (_, _, req_end) = conn.inflight.swap_remove(i);
+            conn.answered(d.feed, start);
             let feed = self.feed(txn, desc)?;
             store_data(feed, txn, &d).map_err(feed_fault)?;
             if let Some(r) = self.replicas.get_mut(&desc.id()) {
@@ -341,6 +343,7 @@ impl State {
             .get_mut(&id)
             .ok_or(Fault::Peer(CloseReason::Local))?;
         let (_, _, req_end) = conn.inflight.swap_remove(i);
+        conn.answered(d.feed, start);
         let feed = self.feed(txn, desc)?;
         store_data(feed, txn, &d).map_err(feed_fault)?;
         let inbox = self.inboxes.get(&peer).cloned().unwrap_or_default();
@@ -640,7 +643,7 @@ impl State {
             .clamp(1, limits::MAX_INFLIGHT_REQUESTS);
         for &(a, b) in want.ranges() {
             let mut s = a;
-            while s < b && conn.inflight.len() < max_inflight {
+            while s < b && conn.busy() < max_inflight {
                 let e = b.min(s + per);
                 planned.push(Planned {
                     conn: cid,
@@ -652,6 +655,41 @@ impl State {
                 conn.inflight.push((fid, s, e));
                 inbox.requested.insert(s, e);
                 s = e;
+            }
+        }
+        // Ask ahead for what the sender has not written yet: it holds the
+        // request and answers as soon as it appends, a round trip sooner than
+        // announcing and waiting to be asked.
+        let reach = match self.config.prefetch {
+            Prefetch::All => u64::MAX,
+            Prefetch::Window(w) => inbox.cursor().saturating_add(w),
+        };
+        // Past everything the sender announced and everything we hold or
+        // cleared (after a restart we may hold more than it re-announced).
+        let mut tail = limit;
+        loop {
+            let next = inbox.cleared.next_gap(inbox.held.next_gap(tail));
+            if next == tail {
+                break;
+            }
+            tail = next;
+        }
+        if reach > tail && conn.tail.is_none() && !inbox.requested.contains(tail) {
+            let e = tail
+                .saturating_add(per)
+                .min(reach)
+                .min(crate::merkle::flat::MAX_LENGTH);
+            if e > tail {
+                planned.push(Planned {
+                    conn: cid,
+                    desc: FeedDescriptor::queue(from, self.me),
+                    start: tail,
+                    end: e,
+                    base,
+                });
+                conn.inflight.push((fid, tail, e));
+                conn.tail = Some((fid, tail));
+                inbox.requested.insert(tail, e);
             }
         }
         planned
@@ -731,20 +769,31 @@ impl State {
                         self.feed(&txn, desc)?;
                         match (self.feeds.get(&w.feed), self.conns.get_mut(&cid)) {
                             (Some(feed), Some(conn)) => serve_one(&txn, feed, conn, w, max_data)?,
-                            _ => None,
+                            _ => Err(w.end),
                         }
                     }
-                    None => None,
+                    None => Err(w.end),
                 };
                 let Some(conn) = self.conns.get_mut(&cid) else {
                     break;
                 };
                 match served {
-                    Some(bytes) => budget = budget.saturating_sub(bytes.max(1)),
-                    None => conn.send(&Message::NoData {
+                    Ok(bytes) => budget = budget.saturating_sub(bytes.max(1)),
+                    Err(_)
+                        if w.feed == own_queue.id()
+                            && w.start >= self.feeds.get(&w.feed).map_or(0, |f| f.len())
+                            && conn.parked.len() < MAX_PARKED =>
+                    {
+                        // A reader that has everything asks for what comes
+                        // next; hold that request and answer it the moment
+                        // we append, which saves announcing a head and
+                        // waiting for the request.
+                        conn.parked.push(w);
+                    }
+                    Err(until) => conn.send(&Message::NoData {
                         feed: w.feed,
                         start: w.start,
-                        end: w.end,
+                        end: until,
                     }),
                 }
             }
@@ -753,22 +802,26 @@ impl State {
     }
 }
 
+/// Requests for blocks not yet written that one connection may park.
+const MAX_PARKED: usize = 4;
+
 /// Encodes one data message answering `w` from `feed`, as much of the range
-/// as fits `max_data` bytes (at least one block). `None` if nothing of it
-/// can be served: beyond our length, pruned, or held only sparsely.
+/// as fits `max_data` bytes (at least one block), returning the bytes
+/// served; or `Err(k)`: blocks `[w.start, k)` cannot be served (beyond our
+/// length, pruned, or held only sparsely).
 fn serve_one<S: Store>(
     txn: &Txn<'_, S>,
     feed: &crate::feed::Feed,
     conn: &mut super::conn::Conn,
     w: Wanted,
     max_data: usize,
-) -> Result<Option<usize>, NodeError> {
+) -> Result<Result<usize, u64>, NodeError> {
     let len = feed.len();
     let Some(head) = feed.head().copied() else {
-        return Ok(None);
+        return Ok(Err(w.end));
     };
     if w.start >= len || w.base > len {
-        return Ok(None);
+        return Ok(Err(w.end));
     }
     let end = w.end.min(len);
     let mut blocks: Vec<&[u8]> = Vec::new();
@@ -786,7 +839,13 @@ fn serve_one<S: Store>(
         e += 1;
     }
     if blocks.is_empty() {
-        return Ok(None);
+        // The first blocks are pruned: refuse just those, so the reader asks
+        // again for the rest.
+        let mut k = w.start + 1;
+        while k < end && feed.get_ref(txn, k)?.is_none() {
+            k += 1;
+        }
+        return Ok(Err(k));
     }
     // Stop at the requester's trusted node when it is a real one of ours;
     // otherwise prove up to our signed head.
@@ -799,7 +858,7 @@ fn serve_one<S: Store>(
     };
     let proof = match proof {
         Ok(p) => p,
-        Err(FeedError::MissingNode { .. }) => return Ok(None),
+        Err(FeedError::MissingNode { .. }) => return Ok(Err(w.end)),
         Err(e) => return Err(e.into()),
     };
     let head = if below.is_some() { None } else { Some(&head) };
@@ -810,5 +869,5 @@ fn serve_one<S: Store>(
         blocks.iter().copied(),
         &mut conn.tx_plain,
     );
-    Ok(Some(bytes))
+    Ok(Ok(bytes))
 }
