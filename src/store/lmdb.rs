@@ -80,13 +80,18 @@ impl LmdbStore {
         let initial = round_up(options.initial_map_size.max(page), page);
         let mut builder = EnvOpenOptions::new().read_txn_without_tls();
         builder.max_dbs(Table::ALL.len() as u32).map_size(initial);
+        // Reads are point lookups, mostly: read-ahead would pull whole runs
+        // of the file into memory (and into our RSS) for a sparse reader.
+        let mut flags = heed::EnvFlags::NO_READ_AHEAD;
         if !options.sync {
-            // SAFETY: NO_SYNC only weakens durability against power loss,
-            // which `LmdbOptions::sync` documents; it cannot corrupt the
-            // environment on a process crash.
-            unsafe {
-                builder.flags(heed::EnvFlags::NO_SYNC);
-            }
+            flags |= heed::EnvFlags::NO_SYNC;
+        }
+        // SAFETY: NO_READ_AHEAD only changes the kernel's paging advice;
+        // NO_SYNC only weakens durability against power loss, which
+        // `LmdbOptions::sync` documents, and cannot corrupt the environment
+        // on a process crash.
+        unsafe {
+            builder.flags(flags);
         }
         // SAFETY: heed requires that this process does not open the same
         // environment twice, which heed itself checks (EnvAlreadyOpened), and
