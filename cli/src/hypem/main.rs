@@ -133,29 +133,14 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("host `{host}` has no address"))
 }
 
-/// Where lines for the user go: plain stdout, or through the REPL so that
-/// the prompt stays intact.
-enum Out {
-    Stdout,
-    Repl(Box<dyn rustyline::ExternalPrinter + Send>),
-}
-
-impl Out {
-    fn line(&mut self, text: String) {
-        match self {
-            Out::Stdout => {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
-            }
-            Out::Repl(p) => {
-                if p.print(format!("{text}\n")).is_err() {
-                    println!("{text}");
-                }
-            }
-        }
-    }
+/// Writes one line to stdout at once. In the REPL the line may land after
+/// the prompt; rustyline's external printer was tried and it holds back
+/// pasted input until the next keystroke, which is worse.
+fn out_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }
 
 fn raw(d: &Delivered) -> String {
@@ -235,16 +220,12 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
     }
 
     let (done_tx, done_rx) = async_channel::bounded::<Result<()>>(1);
-    let mut out = if args.no_repl {
+    if args.no_repl {
         let em = em.clone();
         let handle = handle.clone();
         std::thread::spawn(move || ndjson_input(em, handle));
-        Out::Stdout
     } else {
         let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
-        let printer = editor
-            .create_external_printer()
-            .context("cannot start the line editor")?;
         let em = em.clone();
         let handle = handle.clone();
         let done = done_tx.clone();
@@ -252,14 +233,13 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
             let r = repl(&mut editor, &em, &handle);
             let _ = done.send_blocking(r);
         });
-        Out::Repl(Box::new(printer))
-    };
+    }
 
     let printing = async {
         let mut consumer = consumer;
         while let Some(d) = consumer.next().await {
             let d = d?;
-            out.line(if args.no_repl { ndjson(&d) } else { human(&d) });
+            out_line(&if args.no_repl { ndjson(&d) } else { human(&d) });
             // Committed after printing: at least once across crashes.
             consumer.commit(&d).await?;
         }
