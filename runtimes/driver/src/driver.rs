@@ -316,6 +316,14 @@ impl<S: Store + Send + 'static> Driver<S> {
     }
 
     async fn shutdown(mut self, reply: Option<Sender<()>>) {
+        // Refuse new commands now, and drop the ones already queued (their
+        // callers get `Closed`): a command sent after the reply below must
+        // fail at once, not sit in the channel waiting for an answer that
+        // would never come.
+        self.cmd_rx.close();
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            drop(cmd);
+        }
         for l in std::mem::take(&mut self.listeners) {
             for d in self.discoveries.iter() {
                 d.withdraw(&self.me, l.addr);
@@ -699,6 +707,7 @@ impl<S: Store + Send + 'static> Driver<S> {
                     self.io_tx.clone(),
                     stop_rx,
                     self.rt.clone(),
+                    self.writers_alive.clone(),
                 )));
                 self.listeners.push(ListenerIo {
                     addr,
@@ -839,11 +848,26 @@ async fn write_loop(
     let _ = writer.close().await;
 }
 
+/// Accepts connections until `stop` closes. `alive` is held until the
+/// listening socket is closed, so a shutdown that waits for it returns only
+/// once the address can be bound again.
 async fn accept_loop(
     listener: Box<dyn Listener>,
     tx: Sender<Io>,
     stop: Receiver<()>,
     rt: Arc<dyn Runtime>,
+    alive: Option<Sender<()>>,
+) {
+    accept_until_stopped(&*listener, &tx, &stop, &rt).await;
+    drop(listener);
+    drop(alive);
+}
+
+async fn accept_until_stopped(
+    listener: &dyn Listener,
+    tx: &Sender<Io>,
+    stop: &Receiver<()>,
+    rt: &Arc<dyn Runtime>,
 ) {
     loop {
         let got = future::or(async { Some(listener.accept().await) }, async {
