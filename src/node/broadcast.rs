@@ -16,7 +16,6 @@ use crate::store::{Store, StoreError, Table, Txn};
 use crate::time::Instant;
 use crate::wire::Message;
 
-use super::config::limits;
 use super::{Event, Node, NodeError, Output, State};
 
 const REPLICA_VERSION: u8 = 1;
@@ -179,14 +178,7 @@ impl State {
         if want.is_empty() {
             return planned;
         }
-        let per = self
-            .config
-            .max_request_blocks
-            .clamp(1, limits::MAX_REQUEST_BLOCKS);
-        let max_inflight = self
-            .config
-            .max_inflight_requests
-            .clamp(1, limits::MAX_INFLIGHT_REQUESTS);
+        let (per, max_inflight) = self.config.request_limits();
         for conn in self.conns.values_mut().filter(|c| c.is_open()) {
             let Some(&can) = conn.remote_heads.get(&feed) else {
                 continue;

@@ -82,6 +82,17 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Blocks per request and requests in flight, within what the protocol
+    /// lets a peer ask of us.
+    pub(crate) fn request_limits(&self) -> (u64, usize) {
+        (
+            self.max_request_blocks.clamp(1, limits::MAX_REQUEST_BLOCKS),
+            self.max_inflight_requests.clamp(1, limits::MAX_INFLIGHT_REQUESTS),
+        )
+    }
+}
+
 /// Protocol limits every node enforces on what a peer sends, whatever its
 /// own configuration (so nodes with different configs interoperate).
 pub mod limits {

@@ -633,14 +633,7 @@ impl State {
         let Some(conn) = self.conns.get_mut(&cid) else {
             return planned;
         };
-        let per = self
-            .config
-            .max_request_blocks
-            .clamp(1, limits::MAX_REQUEST_BLOCKS);
-        let max_inflight = self
-            .config
-            .max_inflight_requests
-            .clamp(1, limits::MAX_INFLIGHT_REQUESTS);
+        let (per, max_inflight) = self.config.request_limits();
         for &(a, b) in want.ranges() {
             let mut s = a;
             while s < b && conn.busy() < max_inflight {
