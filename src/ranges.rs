@@ -3,10 +3,15 @@
 //! Feeds are mostly read, held and acknowledged in runs, so a set of a
 //! million blocks is typically a handful of ranges, not a million bits.
 
-/// A set of `u64`s stored as sorted, disjoint, non-adjacent ranges.
+use std::collections::BTreeMap;
+
+/// A set of `u64`s stored as sorted, disjoint, non-adjacent ranges, in a
+/// B-tree keyed by range start: every operation is logarithmic in the number
+/// of ranges, so a sparse reader's thousands of fragments stay cheap.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RangeSet {
-    ranges: Vec<(u64, u64)>,
+    /// start → end (exclusive).
+    map: BTreeMap<u64, u64>,
 }
 
 impl RangeSet {
@@ -24,47 +29,49 @@ impl RangeSet {
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.map.is_empty()
     }
 
     /// The ranges, in order.
-    pub fn ranges(&self) -> &[(u64, u64)] {
-        &self.ranges
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(&a, &b)| (a, b))
+    }
+
+    /// Number of ranges.
+    pub fn range_count(&self) -> usize {
+        self.map.len()
     }
 
     /// Number of members.
     pub fn count(&self) -> u64 {
-        self.ranges.iter().map(|(a, b)| b - a).sum()
+        self.map.iter().map(|(a, b)| b - a).sum()
     }
 
     /// Number of members in `[start, end)`.
     pub fn count_within(&self, start: u64, end: u64) -> u64 {
-        self.ranges
+        self.ranges_within(start, end)
             .iter()
-            .map(|&(a, b)| b.min(end).saturating_sub(a.max(start)))
+            .map(|(a, b)| b - a)
             .sum()
     }
 
-    /// Index of the first range that ends at or after `x`.
-    fn first_ending_at_or_after(&self, x: u64) -> usize {
-        self.ranges.partition_point(|&(_, end)| end < x)
+    /// The range holding `x`, if any.
+    fn holding(&self, x: u64) -> Option<(u64, u64)> {
+        self.map
+            .range(..=x)
+            .next_back()
+            .filter(|(_, &e)| x < e)
+            .map(|(&s, &e)| (s, e))
     }
 
     /// Whether `x` is a member.
     pub fn contains(&self, x: u64) -> bool {
-        let i = self.ranges.partition_point(|&(_, end)| end <= x);
-        self.ranges.get(i).is_some_and(|&(s, _)| s <= x)
+        self.holding(x).is_some()
     }
 
     /// Whether every member of `[start, end)` is in the set.
     pub fn contains_range(&self, start: u64, end: u64) -> bool {
-        if start >= end {
-            return true;
-        }
-        let i = self.ranges.partition_point(|&(_, e)| e <= start);
-        self.ranges
-            .get(i)
-            .is_some_and(|&(s, e)| s <= start && end <= e)
+        start >= end || self.holding(start).is_some_and(|(_, e)| end <= e)
     }
 
     /// Adds `[start, end)`.
@@ -72,15 +79,22 @@ impl RangeSet {
         if start >= end {
             return;
         }
-        // Ranges touching [start, end), adjacent ones included, merge into it.
-        let lo = self.first_ending_at_or_after(start);
-        let hi = self.ranges.partition_point(|&(s, _)| s <= end);
-        if lo < hi {
-            let new = (start.min(self.ranges[lo].0), end.max(self.ranges[hi - 1].1));
-            self.ranges.splice(lo..hi, [new]);
-        } else {
-            self.ranges.insert(lo, (start, end));
+        let (mut lo, mut hi) = (start, end);
+        // A range ending at or after `start` (adjacent included) merges.
+        if let Some((&s, &e)) = self.map.range(..=start).next_back() {
+            if e >= start {
+                lo = s;
+                hi = hi.max(e);
+            }
         }
+        // So do ranges starting inside `[lo, hi]`, adjacency included.
+        let inside: Vec<u64> = self.map.range(lo..=hi).map(|(&s, _)| s).collect();
+        for s in inside {
+            if let Some(e) = self.map.remove(&s) {
+                hi = hi.max(e);
+            }
+        }
+        self.map.insert(lo, hi);
     }
 
     /// Removes `[start, end)`.
@@ -88,65 +102,64 @@ impl RangeSet {
         if start >= end {
             return;
         }
-        let lo = self.ranges.partition_point(|&(_, e)| e <= start);
-        let hi = self.ranges.partition_point(|&(s, _)| s < end);
-        if lo >= hi {
-            return;
+        // A range starting before `start` keeps its head, and its tail if it
+        // runs past `end`.
+        if let Some((&s, &e)) = self.map.range(..start).next_back() {
+            if e > start {
+                self.map.insert(s, start);
+                if e > end {
+                    self.map.insert(end, e);
+                    return;
+                }
+            }
         }
-        let mut keep = Vec::with_capacity(2);
-        let (first_start, _) = self.ranges[lo];
-        let (_, last_end) = self.ranges[hi - 1];
-        if first_start < start {
-            keep.push((first_start, start));
+        let inside: Vec<u64> = self.map.range(start..end).map(|(&s, _)| s).collect();
+        for s in inside {
+            if let Some(e) = self.map.remove(&s) {
+                if e > end {
+                    self.map.insert(end, e);
+                }
+            }
         }
-        if end < last_end {
-            keep.push((end, last_end));
-        }
-        self.ranges.splice(lo..hi, keep);
     }
 
     /// Adds every member of `other`.
     pub fn union(&mut self, other: &RangeSet) {
-        for &(a, b) in &other.ranges {
+        for (a, b) in other.ranges() {
             self.insert(a, b);
         }
     }
 
     /// Removes every member of `other`.
     pub fn subtract(&mut self, other: &RangeSet) {
-        for &(a, b) in &other.ranges {
+        for (a, b) in other.ranges() {
             self.remove(a, b);
         }
     }
 
     /// The smallest member at or after `x`.
     pub fn next_member(&self, x: u64) -> Option<u64> {
-        let i = self.ranges.partition_point(|&(_, e)| e <= x);
-        self.ranges.get(i).map(|&(s, _)| s.max(x))
+        if self.contains(x) {
+            return Some(x);
+        }
+        self.map.range(x..).next().map(|(&s, _)| s)
     }
 
     /// The smallest non-member at or after `x`.
     pub fn next_gap(&self, x: u64) -> u64 {
-        let i = self.ranges.partition_point(|&(_, e)| e <= x);
-        match self.ranges.get(i) {
-            Some(&(s, e)) if s <= x => e,
-            _ => x,
-        }
+        // Ranges never touch, so the end of the one holding `x` is a gap.
+        self.holding(x).map_or(x, |(_, e)| e)
     }
 
     /// The sub-ranges of `[start, end)` that are not in the set.
     pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut at = start;
-        let i = self.ranges.partition_point(|&(_, e)| e <= start);
-        for &(s, e) in &self.ranges[i..] {
-            if at >= end {
-                break;
-            }
+        for (s, e) in self.ranges_within(start, end) {
             if s > at {
-                out.push((at, s.min(end)));
+                out.push((at, s));
             }
-            at = at.max(e);
+            at = e;
         }
         if at < end {
             out.push((at, end));
@@ -154,30 +167,39 @@ impl RangeSet {
         out
     }
 
-    /// The set's ranges clipped to `[start, end)`.
-    pub fn ranges_within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        let i = self.ranges.partition_point(|&(_, e)| e <= start);
-        self.ranges[i..]
-            .iter()
-            .take_while(|&&(s, _)| s < end)
-            .map(|&(s, e)| (s.max(start), e.min(end)))
-            .filter(|(s, e)| s < e)
-            .collect()
-    }
-
     /// Members in `[start, end)`, in order.
     pub fn iter_within(&self, start: u64, end: u64) -> impl Iterator<Item = u64> + '_ {
-        let i = self.ranges.partition_point(|&(_, e)| e <= start);
-        self.ranges[i..]
-            .iter()
-            .take_while(move |&&(s, _)| s < end)
-            .flat_map(move |&(s, e)| s.max(start)..e.min(end))
+        self.ranges_within(start, end)
+            .into_iter()
+            .flat_map(|(a, b)| a..b)
+    }
+
+    /// The set's ranges clipped to `[start, end)`.
+    pub fn ranges_within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        if let Some((_, &e)) = self.map.range(..start).next_back() {
+            if e > start {
+                out.push((start, e.min(end)));
+            }
+        }
+        out.extend(self.map.range(start..end).map(|(&s, &e)| (s, e.min(end))));
+        out
+    }
+
+    /// The first `n` ranges, as a set.
+    pub fn first_ranges(&self, n: usize) -> RangeSet {
+        RangeSet {
+            map: self.map.iter().take(n).map(|(&a, &b)| (a, b)).collect(),
+        }
     }
 
     /// Encodes as a count then `(start, end)` pairs, all little-endian.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
-        for &(a, b) in &self.ranges {
+        out.extend_from_slice(&(self.map.len() as u32).to_le_bytes());
+        for (&a, &b) in &self.map {
             out.extend_from_slice(&a.to_le_bytes());
             out.extend_from_slice(&b.to_le_bytes());
         }
@@ -192,7 +214,7 @@ impl RangeSet {
         if n > max_ranges || bytes.len() < 4 + n * 16 {
             return None;
         }
-        let mut ranges = Vec::with_capacity(n);
+        let mut map = BTreeMap::new();
         let mut prev_end = None;
         for i in 0..n {
             let at = 4 + i * 16;
@@ -202,9 +224,9 @@ impl RangeSet {
                 return None;
             }
             prev_end = Some(b);
-            ranges.push((a, b));
+            map.insert(a, b);
         }
-        Some((RangeSet { ranges }, &bytes[4 + n * 16..]))
+        Some((RangeSet { map }, &bytes[4 + n * 16..]))
     }
 }
 
@@ -232,7 +254,8 @@ mod tests {
                     set.insert(a, b);
                     model.extend(a..b);
                 }
-                for w in set.ranges().windows(2) {
+                let rs: Vec<(u64, u64)> = set.ranges().collect();
+                for w in rs.windows(2) {
                     assert!(w[0].1 < w[1].0, "disjoint, non-adjacent: {:?}", set);
                 }
                 for x in 0..80 {

@@ -326,7 +326,7 @@ impl Oracle {
             ));
         }
         if let Some(acked_set) = self.acked.get(&(from, to)) {
-            for &(a, b) in acked_set.ranges() {
+            for (a, b) in acked_set.ranges() {
                 for seq in a..b {
                     if !held.contains(&seq) && !self.may_be_gone(to, from, seq) {
                         return Err(Failure::new(

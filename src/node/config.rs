@@ -88,7 +88,8 @@ impl Config {
     pub(crate) fn request_limits(&self) -> (u64, usize) {
         (
             self.max_request_blocks.clamp(1, limits::MAX_REQUEST_BLOCKS),
-            self.max_inflight_requests.clamp(1, limits::MAX_INFLIGHT_REQUESTS),
+            self.max_inflight_requests
+                .clamp(1, limits::MAX_INFLIGHT_REQUESTS),
         )
     }
 }

@@ -389,7 +389,7 @@ impl State {
         let outbox = self.outbox(txn, peer)?;
         let mut newly = outbox.add(txn, &desc.id(), receipt);
         newly.remove(length, u64::MAX);
-        for &(start, end) in newly.ranges() {
+        for (start, end) in newly.ranges() {
             after.acked.push(Event::Acked {
                 to: peer,
                 start,
@@ -426,7 +426,7 @@ impl State {
         outbox.save(txn, &desc.id());
         let feed = self.feed(txn, desc)?;
         let mut n = 0;
-        for &(a, b) in todo.ranges() {
+        for (a, b) in todo.ranges() {
             for seq in a..b {
                 n += u64::from(feed.drop_block(txn, seq)?);
             }
@@ -574,18 +574,14 @@ impl State {
         if delta.is_empty() {
             return;
         }
-        let mut ranges = if held.ranges().len() <= CUMULATIVE_UP_TO {
+        let mut ranges = if held.range_count() <= CUMULATIVE_UP_TO {
             held
         } else {
             delta
         };
-        if ranges.ranges().len() > crate::wire::MAX_RECEIPT_RANGES {
+        if ranges.range_count() > crate::wire::MAX_RECEIPT_RANGES {
             // More than one receipt may carry: the rest follows next time.
-            let mut prefix = RangeSet::new();
-            for &(a, b) in &ranges.ranges()[..crate::wire::MAX_RECEIPT_RANGES] {
-                prefix.insert(a, b);
-            }
-            ranges = prefix;
+            ranges = ranges.first_ranges(crate::wire::MAX_RECEIPT_RANGES);
         }
         told.union(&ranges);
         conn.send(&Message::Ack(Receipt::sign(&self.key, feed, ranges)));
@@ -619,7 +615,7 @@ impl State {
                 want.insert(c, c.saturating_add(w).min(limit));
             }
         }
-        for &(a, b) in inbox.wanted.ranges() {
+        for (a, b) in inbox.wanted.ranges() {
             want.insert(a, b.min(limit));
         }
         for done in [
@@ -634,7 +630,7 @@ impl State {
             return planned;
         };
         let (per, max_inflight) = self.config.request_limits();
-        for &(a, b) in want.ranges() {
+        for (a, b) in want.ranges() {
             let mut s = a;
             while s < b && conn.busy() < max_inflight {
                 let e = b.min(s + per);

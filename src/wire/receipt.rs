@@ -27,7 +27,7 @@ pub struct Receipt {
 impl Receipt {
     fn signing_bytes(feed: &FeedId, signer: &PeerId, ranges: &RangeSet) -> Vec<u8> {
         let mut out =
-            Vec::with_capacity(RECEIPT_CONTEXT.len() + 64 + 4 + 16 * ranges.ranges().len());
+            Vec::with_capacity(RECEIPT_CONTEXT.len() + 64 + 4 + 16 * ranges.range_count());
         out.extend_from_slice(RECEIPT_CONTEXT);
         out.extend_from_slice(&feed.0);
         out.extend_from_slice(&signer.0);
