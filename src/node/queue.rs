@@ -245,6 +245,7 @@ impl<S: Store> Node<S> {
     /// Message `seq` from `from`: here, being fetched, or cleared. Asking
     /// for one not yet downloaded fetches it (with its proof) even outside
     /// the prefetch window; [`super::Event::Fetched`] tells when it arrives.
+    /// The request lives in memory: after a restart, ask again.
     pub fn get(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<Fetch, NodeError> {
         self.st.now = now;
         let txn = Txn::begin(&self.store)?;
