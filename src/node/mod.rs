@@ -162,17 +162,7 @@ impl<S: Store> Node<S> {
         meta::check_format(&mut txn)?;
         let mut id_rng = rng.fork();
         let key = meta::identity_or_insert(&mut txn, || Keypair::generate(&mut id_rng))?;
-        let mut peers = BTreeSet::new();
-        txn.scan(
-            Table::Peers,
-            (Bound::Unbounded, Bound::Unbounded),
-            &mut |k, _| {
-                if let Ok(id) = <[u8; 32]>::try_from(k) {
-                    peers.insert(PeerId(id));
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
+        let peers: BTreeSet<PeerId> = peer_keys(&txn, Table::Peers, None)?.into_iter().collect();
         let replicas = broadcast::load_all(&txn)?;
         txn.commit()?;
         let noise_key =
@@ -362,6 +352,24 @@ impl<S: Store> Node<S> {
         }
         self.st.flush_all(now);
     }
+}
+
+/// The keys of `table` that are peer ids (32 bytes), in order, from `from`
+/// on: authorized peers, or the senders we hold messages from.
+fn peer_keys<S: Store>(
+    txn: &Txn<'_, S>,
+    table: Table,
+    from: Option<&PeerId>,
+) -> Result<Vec<PeerId>, StoreError> {
+    let lower = from.map_or(Bound::Unbounded, |p| Bound::Included(&p.0[..]));
+    let mut out = Vec::new();
+    txn.scan(table, (lower, Bound::Unbounded), &mut |k, _| {
+        if let Ok(id) = <[u8; 32]>::try_from(k) {
+            out.push(PeerId(id));
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
 }
 
 impl State {

@@ -198,17 +198,7 @@ impl<S: Store> Node<S> {
         limit: usize,
     ) -> Result<Vec<Record>, NodeError> {
         let txn = Txn::begin(&self.store)?;
-        let mut senders = Vec::new();
-        let lo = after.map(|(p, _)| p.0);
-        let lower = lo
-            .as_ref()
-            .map_or(Bound::Unbounded, |k| Bound::Included(&k[..]));
-        txn.scan(Table::Inbox, (lower, Bound::Unbounded), &mut |k, _| {
-            if let Ok(id) = <[u8; 32]>::try_from(k) {
-                senders.push(PeerId(id));
-            }
-            ControlFlow::Continue(())
-        })?;
+        let senders = super::peer_keys(&txn, Table::Inbox, after.as_ref().map(|(p, _)| p))?;
         let mut out = Vec::new();
         for from in senders {
             if out.len() >= limit {
@@ -409,16 +399,7 @@ impl<S: Store> Node<S> {
                 ControlFlow::Continue(())
             },
         )?;
-        txn.scan(
-            Table::Inbox,
-            (Bound::Unbounded, Bound::Unbounded),
-            &mut |k, _| {
-                if let Ok(id) = <[u8; 32]>::try_from(k) {
-                    peers.insert(PeerId(id));
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
+        peers.extend(super::peer_keys(&txn, Table::Inbox, None)?);
         for d in &feeds {
             if let crate::feed::FeedKind::Queue { recipient } = d.kind {
                 if d.author == me {
