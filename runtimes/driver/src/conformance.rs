@@ -91,17 +91,17 @@ fn config() -> Config {
     }
 }
 
-fn loopback() -> std::net::SocketAddr {
+pub(crate) fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("a socket address")
 }
 
-async fn limited(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = ()>) {
+pub(crate) async fn limited(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = ()>) {
     if crate::timeout(&**rt, TEST_LIMIT, f).await.is_none() {
         panic!("{what} did not finish within {TEST_LIMIT:?}");
     }
 }
 
-async fn within<T>(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = T>) -> T {
     match crate::timeout(&**rt, WAIT, f).await {
         Some(v) => v,
         None => panic!("timed out waiting for {what}"),

@@ -5,8 +5,6 @@
 //! fresh temporary directories and short backoff, and fails instead of
 //! hanging. Tests assert behaviour, never speed.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,9 +51,6 @@ macro_rules! emitter_conformance_suite {
     };
 }
 
-const TEST_LIMIT: Duration = Duration::from_secs(60);
-const WAIT: Duration = Duration::from_secs(20);
-
 /// The example schema of the original project.
 pub const PROTO: &str = r#"
 syntax = "proto3";
@@ -96,22 +91,8 @@ impl Env {
     }
 }
 
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().expect("a socket address")
-}
-
-async fn limited(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = ()>) {
-    if crate::timeout(&**rt, TEST_LIMIT, f).await.is_none() {
-        panic!("{what} did not finish within {TEST_LIMIT:?}");
-    }
-}
-
-async fn within<T>(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = T>) -> T {
-    match crate::timeout(&**rt, WAIT, f).await {
-        Some(v) => v,
-        None => panic!("timed out waiting for {what}"),
-    }
-}
+// The time limits and waiting helpers are the queue suite's.
+use crate::conformance::{limited, loopback, within};
 
 /// The next `n` events of a stream, skipping `EventPeer` announcements.
 async fn take(rt: &Arc<dyn Runtime>, s: &mut DeliveryStream, n: usize) -> Vec<Delivered> {
