@@ -28,43 +28,38 @@ fn author() -> (Keypair, FeedDescriptor) {
     (key, desc)
 }
 
-fn append(c: &mut Criterion) {
-    let mut g = c.benchmark_group("append_lmdb_durable");
-    g.measurement_time(Duration::from_secs(4)).sample_size(20);
+/// Appends batches of 100-byte blocks to a fresh feed in `store`.
+fn bench_append<S: Store>(c: &mut Criterion, group: &str, secs: u64, store: impl Fn() -> S) {
+    let mut g = c.benchmark_group(group);
+    g.measurement_time(Duration::from_secs(secs))
+        .sample_size(20);
     for batch in [1usize, 100, 1000] {
+        let store = store();
+        let (key, desc) = author();
+        let mut feed = Feed::new(desc);
+        let data = blocks(batch, 0);
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("batch_{batch}"), |b| {
+            b.iter(|| {
+                let mut t = Txn::begin(&store).unwrap();
+                feed.append_batch(&mut t, &key, &data).unwrap();
+                t.commit().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+fn append(c: &mut Criterion) {
+    // The temporary directories live until the benchmark ends.
+    let dirs = std::cell::RefCell::new(Vec::new());
+    bench_append(c, "append_lmdb_durable", 4, || {
         let dir = tempfile::tempdir().unwrap();
         let store = LmdbStore::open(dir.path()).unwrap();
-        let (key, desc) = author();
-        let mut feed = Feed::new(desc);
-        let data = blocks(batch, 0);
-        g.throughput(Throughput::Elements(batch as u64));
-        g.bench_function(format!("batch_{batch}"), |b| {
-            b.iter(|| {
-                let mut t = Txn::begin(&store).unwrap();
-                feed.append_batch(&mut t, &key, &data).unwrap();
-                t.commit().unwrap();
-            })
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("append_mem");
-    g.measurement_time(Duration::from_secs(3)).sample_size(20);
-    for batch in [1usize, 100, 1000] {
-        let store = MemStore::new();
-        let (key, desc) = author();
-        let mut feed = Feed::new(desc);
-        let data = blocks(batch, 0);
-        g.throughput(Throughput::Elements(batch as u64));
-        g.bench_function(format!("batch_{batch}"), |b| {
-            b.iter(|| {
-                let mut t = Txn::begin(&store).unwrap();
-                feed.append_batch(&mut t, &key, &data).unwrap();
-                t.commit().unwrap();
-            })
-        });
-    }
-    g.finish();
+        dirs.borrow_mut().push(dir);
+        store
+    });
+    bench_append(c, "append_mem", 3, MemStore::new);
 }
 
 /// A 100,000-block feed in LMDB, and a reader that knows nothing yet.

@@ -316,8 +316,9 @@ fn sparse_reading_moves_only_what_is_read() {
     );
 }
 
-#[test]
-fn a_receiver_restarting_mid_transfer_gets_everything_exactly_once() {
+/// B sends `n` small messages to A and dials it; A fetches them slowly (16
+/// blocks per request, two in flight), so a transfer can be interrupted.
+fn slow_transfer(n: u32) -> (Net, peermq::PeerId, peermq::PeerId) {
     let configs = vec![
         Config {
             rng_seed: 1,
@@ -333,10 +334,16 @@ fn a_receiver_restarting_mid_transfer_gets_everything_exactly_once() {
     let mut net = Net::with_configs(configs);
     let (a, b) = (net.ids[A], net.ids[B]);
     net.node(A).add_peer(b).unwrap();
-    let msgs: Vec<Vec<u8>> = (0..2000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let msgs: Vec<Vec<u8>> = (0..n).map(|i| i.to_le_bytes().to_vec()).collect();
     let now = net.now;
     net.node(B).send_batch(a, &msgs, now).unwrap();
     net.node(B).dial(a, now);
+    (net, a, b)
+}
+
+#[test]
+fn a_receiver_restarting_mid_transfer_gets_everything_exactly_once() {
+    let (mut net, _, _) = slow_transfer(2000);
     // Let some of it through, then crash A.
     for _ in 0..10_000 {
         net.step(1);
@@ -379,25 +386,7 @@ fn a_receiver_restarting_mid_transfer_gets_everything_exactly_once() {
 
 #[test]
 fn a_sender_restarting_mid_transfer_resumes() {
-    let configs = vec![
-        Config {
-            rng_seed: 1,
-            max_request_blocks: 16,
-            max_inflight_requests: 2,
-            ..Config::default()
-        },
-        Config {
-            rng_seed: 2,
-            ..Config::default()
-        },
-    ];
-    let mut net = Net::with_configs(configs);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let msgs: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
-    let now = net.now;
-    net.node(B).send_batch(a, &msgs, now).unwrap();
-    net.node(B).dial(a, now);
+    let (mut net, a, _) = slow_transfer(1000);
     net.settle();
     net.crash(B);
     net.restart(B);
