@@ -346,10 +346,14 @@ impl State {
         conn.answered(d.feed, start);
         let feed = self.feed(txn, desc)?;
         store_data(feed, txn, &d).map_err(feed_fault)?;
-        let inbox = self.inboxes.get(&peer).cloned().unwrap_or_default();
         // A block cleared while its request was in flight keeps only its hash.
+        let cleared: Vec<u64> = self
+            .inboxes
+            .get(&peer)
+            .map(|i| i.cleared.iter_within(start, end).collect())
+            .unwrap_or_default();
         let feed = self.feed(txn, desc)?;
-        for seq in inbox.cleared.iter_within(start, end) {
+        for seq in cleared {
             feed.drop_block(txn, seq).map_err(feed_fault)?;
         }
         let inbox = self.inbox(txn, peer)?;
