@@ -241,16 +241,11 @@ impl Feed {
         let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_ref()).collect();
         let mut created = Vec::with_capacity(blocks.len() * 2);
         merkle::append_leaves(&mut self.roots, length, &refs, &mut created);
-        // `created` interleaves each leaf with the parents it completes.
-        let mut next_block = refs.iter();
-        for node in &created {
-            if flat::depth(node.index) == 0 {
-                let data = next_block.next().copied().unwrap_or_default();
-                records::write_block(txn, &self.id, node, data);
-            } else {
-                records::write_learned(txn, &self.id, node)?;
-            }
-        }
+        let new_blocks = |seq: u64| {
+            seq.checked_sub(length)
+                .and_then(|i| refs.get(i as usize).copied())
+        };
+        records::write_nodes(txn, &self.id, &created, new_blocks, length)?;
         let new_len = length + blocks.len() as u64;
         let head = SignedHead::sign(key, self.id, new_len, merkle::tree_hash(&self.roots));
         self.head = Some(head);
@@ -478,16 +473,13 @@ impl Feed {
         blocks: &[B],
         learned: &[Node],
     ) -> Result<(), FeedError> {
-        let in_range =
-            |n: &Node| n.index % 2 == 0 && (proof.start..proof.end).contains(&(n.index / 2));
-        for node in learned.iter().filter(|n| !in_range(n)) {
-            records::write_learned(txn, &self.id, node)?;
-        }
-        for node in learned.iter().filter(|n| in_range(n)) {
-            let data = blocks[(node.index / 2 - proof.start) as usize].as_ref();
-            records::write_block(txn, &self.id, node, data);
-        }
-        Ok(())
+        let data = |seq: u64| {
+            let i = seq.checked_sub(proof.start).filter(|_| seq < proof.end)?;
+            blocks.get(i as usize).map(AsRef::as_ref)
+        };
+        // Any record may exist already: sparse downloads leave hashes and
+        // parents behind.
+        records::write_nodes(txn, &self.id, learned, data, u64::MAX)
     }
 
     /// Checks `blocks` (blocks `proof.start..proof.end`) against `head`

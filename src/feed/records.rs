@@ -1,11 +1,23 @@
 //! How a feed lies in the store.
 //!
-//! A block's record holds its leaf node and then its bytes: `hash (32) |
-//! size (8, LE) | data`. The bytes are present exactly when the record is
-//! longer than 40 bytes or the block is empty; a record of just the leaf node
-//! keeps the tree provable after the bytes were cleared or pruned, or when
-//! only the hash was ever learned. Parent nodes live in [`Table::Nodes`].
-//! One put per block and about one per parent is the whole cost of an append.
+//! Every tree node lives in the record of the last block it covers: block
+//! `seq`'s record holds its leaf and the parents that `seq` completes (one
+//! per trailing one bit of `seq`, about one on average), then the block's
+//! bytes. An append or a download thus costs one put per block, however
+//! many nodes it creates, and the puts come in key order.
+//!
+//! Record of block `seq`, at key `feed id | seq (8, BE)`:
+//!
+//! ```text
+//! present (LEB128) | node* (hash 32 | size 8 LE) | data
+//! ```
+//!
+//! Bit 0 of `present` is the leaf, bit `d ≥ 1` the parent of depth `d` whose
+//! last block is `seq`; the nodes follow by increasing depth. A record may
+//! hold parents without its leaf (learned from proofs of other blocks). The
+//! bytes are present exactly when the leaf is and they are `size` bytes
+//! long; a leaf without its bytes keeps the tree provable after they were
+//! cleared or pruned, or when only the hash was ever learned.
 
 use crate::merkle::{flat, Node, NODE_LEN};
 use crate::store::{keys, Store, Table, Txn};
@@ -19,35 +31,94 @@ pub(super) struct Leaf<'a> {
     pub data: Option<&'a [u8]>,
 }
 
-fn corrupt(feed: &FeedId, index: u64, what: &'static str) -> FeedError {
+/// A parsed record of one block.
+struct Record<'a> {
+    seq: u64,
+    present: u64,
+    nodes: &'a [u8],
+    data: Option<&'a [u8]>,
+}
+
+impl<'a> Record<'a> {
+    fn parse(feed: &FeedId, seq: u64, bytes: &'a [u8]) -> Result<Record<'a>, FeedError> {
+        let bad = || corrupt(feed, seq, "block record");
+        let (present, used) = read_varint(bytes).ok_or_else(bad)?;
+        // Only parents that end at `seq` belong here.
+        let allowed = (1u64 << ((seq.trailing_ones() + 1).min(63))) - 1;
+        if present & !allowed != 0 {
+            return Err(bad());
+        }
+        let count = present.count_ones() as usize;
+        let rest = &bytes[used..];
+        let nodes = rest.get(..count * NODE_LEN).ok_or_else(bad)?;
+        let rest = &rest[nodes.len()..];
+        let mut record = Record {
+            seq,
+            present,
+            nodes,
+            data: None,
+        };
+        record.data = match record.node(0) {
+            Some(leaf) if rest.len() as u64 == leaf.size => Some(rest),
+            _ if rest.is_empty() => None,
+            _ => return Err(bad()),
+        };
+        Ok(record)
+    }
+
+    /// The node of `depth` ending at this block, if held.
+    fn node(&self, depth: u32) -> Option<Node> {
+        if depth > 62 || self.present & (1 << depth) == 0 {
+            return None;
+        }
+        let slot = (self.present & ((1 << depth) - 1)).count_ones() as usize;
+        let bytes = &self.nodes[slot * NODE_LEN..(slot + 1) * NODE_LEN];
+        Node::decode(index_ending_at(self.seq, depth), bytes)
+    }
+}
+
+/// The node of `depth` whose last block is `seq`.
+fn index_ending_at(seq: u64, depth: u32) -> u64 {
+    flat::index(depth, seq >> depth)
+}
+
+/// Where node `index` is kept: the seq of its last block, and its depth.
+fn position(index: u64) -> (u64, u32) {
+    (flat::blocks(index).1 - 1, flat::depth(index))
+}
+
+fn corrupt(feed: &FeedId, seq: u64, what: &'static str) -> FeedError {
     FeedError::Corrupt {
         feed: *feed,
-        seq: flat::blocks(index).0,
+        seq,
         what,
     }
 }
 
-/// Reads block `seq`'s record.
+fn read_record<'t, S: Store>(
+    txn: &'t Txn<'_, S>,
+    feed: &FeedId,
+    seq: u64,
+) -> Result<Option<Record<'t>>, FeedError> {
+    match txn.get(Table::Blocks, &keys::feed_seq(feed, seq))? {
+        None => Ok(None),
+        Some(bytes) => Record::parse(feed, seq, bytes).map(Some),
+    }
+}
+
+/// Reads block `seq`'s leaf and, if held, its bytes.
 pub(super) fn read_leaf<'t, S: Store>(
     txn: &'t Txn<'_, S>,
     feed: &FeedId,
     seq: u64,
 ) -> Result<Option<Leaf<'t>>, FeedError> {
-    let index = flat::leaf(seq);
-    let Some(rec) = txn.get(Table::Blocks, &keys::feed_seq(feed, seq))? else {
+    let Some(record) = read_record(txn, feed, seq)? else {
         return Ok(None);
     };
-    let node = rec
-        .get(..NODE_LEN)
-        .and_then(|b| Node::decode(index, b))
-        .ok_or(corrupt(feed, index, "block record"))?;
-    let rest = &rec[NODE_LEN..];
-    let data = match rest.len() as u64 {
-        n if n == node.size => Some(rest),
-        0 => None,
-        _ => return Err(corrupt(feed, index, "block record")),
-    };
-    Ok(Some(Leaf { node, data }))
+    Ok(record.node(0).map(|node| Leaf {
+        node,
+        data: record.data,
+    }))
 }
 
 /// Reads any tree node.
@@ -56,68 +127,203 @@ pub(super) fn read_node<S: Store>(
     feed: &FeedId,
     index: u64,
 ) -> Result<Option<Node>, FeedError> {
-    if flat::depth(index) == 0 {
-        return Ok(read_leaf(txn, feed, index / 2)?.map(|l| l.node));
-    }
-    match txn.get(Table::Nodes, &keys::feed_seq(feed, index))? {
-        None => Ok(None),
-        Some(bytes) => {
-            Node::decode(index, bytes)
-                .map(Some)
-                .ok_or(corrupt(feed, index, "tree node"))
-        }
-    }
+    let (seq, depth) = position(index);
+    Ok(read_record(txn, feed, seq)?.and_then(|r| r.node(depth)))
 }
 
-/// Writes a leaf together with its block bytes.
-pub(super) fn write_block<S: Store>(txn: &mut Txn<'_, S>, feed: &FeedId, node: &Node, data: &[u8]) {
-    let mut rec = Vec::with_capacity(NODE_LEN + data.len());
-    rec.extend_from_slice(&node.encode());
-    rec.extend_from_slice(data);
-    txn.put_owned(Table::Blocks, &keys::feed_seq(feed, node.index / 2), rec);
-}
-
-/// Writes a node learned from a proof. A leaf is written only where no
-/// record exists, so held bytes are never replaced by a bare hash; parents
-/// are immutable once verified, so rewriting one is harmless.
-pub(super) fn write_learned<S: Store>(
+/// Writes `nodes` (verified, or just created by an append) and the bytes of
+/// the blocks `data` returns, merged into what the records already hold:
+/// held bytes are never replaced by a bare hash, and a record that would not
+/// change is not rewritten.
+///
+/// Records of blocks from `fresh_from` on are known not to exist yet (an
+/// append past the end), which spares reading them.
+pub(super) fn write_nodes<'d, S: Store>(
     txn: &mut Txn<'_, S>,
     feed: &FeedId,
-    node: &Node,
+    nodes: &[Node],
+    data: impl Fn(u64) -> Option<&'d [u8]>,
+    fresh_from: u64,
 ) -> Result<(), FeedError> {
-    if flat::depth(node.index) == 0 {
-        let key = keys::feed_seq(feed, node.index / 2);
-        if txn.get(Table::Blocks, &key)?.is_none() {
-            txn.put_owned(Table::Blocks, &key, node.encode().to_vec());
-        }
+    let mut sorted;
+    let nodes = if nodes.is_sorted_by_key(|n| position(n.index)) {
+        nodes
     } else {
-        txn.put_owned(
-            Table::Nodes,
-            &keys::feed_seq(feed, node.index),
-            node.encode().to_vec(),
+        sorted = nodes.to_vec();
+        sorted.sort_unstable_by_key(|n| position(n.index));
+        &sorted[..]
+    };
+    for group in nodes.chunk_by(|a, b| position(a.index).0 == position(b.index).0) {
+        let seq = position(group[0].index).0;
+        let existing = if seq < fresh_from {
+            read_record(txn, feed, seq)?
+        } else {
+            None
+        };
+        let new_present = group
+            .iter()
+            .fold(0u64, |m, n| m | 1 << flat::depth(n.index));
+        let new_leaf = group.iter().find(|n| flat::depth(n.index) == 0);
+        let bytes = new_leaf.and_then(|_| data(seq));
+        let (old_present, kept_data) = match &existing {
+            Some(old) => {
+                let leaf_kept = match (old.node(0), new_leaf) {
+                    (Some(a), Some(b)) => a == *b,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                (old.present, if leaf_kept { old.data } else { None })
+            }
+            None => (0, None),
+        };
+        let present = old_present | new_present;
+        if existing.is_some() && present == old_present && (bytes.is_none() || kept_data.is_some())
+        {
+            continue;
+        }
+        let data = bytes.or(kept_data);
+        let mut record = Vec::with_capacity(
+            1 + present.count_ones() as usize * NODE_LEN + data.map_or(0, <[u8]>::len),
         );
+        write_varint(&mut record, present);
+        for depth in bits(present) {
+            // A node may be listed twice (a root both learned and kept).
+            let node = group
+                .iter()
+                .find(|n| flat::depth(n.index) == depth)
+                .copied()
+                .or_else(|| existing.as_ref().and_then(|old| old.node(depth)))
+                .ok_or_else(|| corrupt(feed, seq, "block record"))?;
+            record.extend_from_slice(&node.encode());
+        }
+        if let Some(d) = data {
+            record.extend_from_slice(d);
+        }
+        txn.put_owned(Table::Blocks, &keys::feed_seq(feed, seq), record);
     }
     Ok(())
 }
 
-/// Drops block `seq`'s bytes but keeps its leaf node, so the feed stays
+/// Drops block `seq`'s bytes but keeps its nodes, so the feed stays
 /// provable. Returns whether bytes were dropped.
 pub(super) fn drop_data<S: Store>(
     txn: &mut Txn<'_, S>,
     feed: &FeedId,
     seq: u64,
 ) -> Result<bool, FeedError> {
-    let node = match read_leaf(txn, feed, seq)? {
-        Some(Leaf {
-            node,
-            data: Some(d),
-        }) if !d.is_empty() => node,
-        _ => return Ok(false),
+    let Some(record) = read_record(txn, feed, seq)? else {
+        return Ok(false);
     };
-    txn.put_owned(
-        Table::Blocks,
-        &keys::feed_seq(feed, seq),
-        node.encode().to_vec(),
-    );
+    match record.data {
+        Some(d) if !d.is_empty() => {}
+        _ => return Ok(false),
+    }
+    let mut kept = Vec::with_capacity(10 + record.nodes.len());
+    write_varint(&mut kept, record.present);
+    kept.extend_from_slice(record.nodes);
+    txn.put_owned(Table::Blocks, &keys::feed_seq(feed, seq), kept);
     Ok(true)
+}
+
+/// The positions of the set bits of `mask`, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        let bit = (mask != 0).then(|| mask.trailing_zeros())?;
+        mask &= mask - 1;
+        Some(bit)
+    })
+}
+
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn feed() -> FeedId {
+        FeedId([7; 32])
+    }
+
+    fn leaf(seq: u64, data: &[u8]) -> Node {
+        Node::leaf(seq, data)
+    }
+
+    #[test]
+    fn a_block_and_the_parents_it_completes_are_one_record() {
+        let store = MemStore::new();
+        let mut txn = Txn::begin(&store).unwrap();
+        let (a, b) = (leaf(0, b"a"), leaf(1, b"b"));
+        let p = Node::parent(&a, &b);
+        let blocks: [&[u8]; 2] = [b"a", b"b"];
+        write_nodes(
+            &mut txn,
+            &feed(),
+            &[a, b, p],
+            |s| Some(blocks[s as usize]),
+            0,
+        )
+        .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(store.entry_count(), 2);
+        let txn = Txn::begin(&store).unwrap();
+        assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
+        let l = read_leaf(&txn, &feed(), 1).unwrap().unwrap();
+        assert_eq!((l.node, l.data), (b, Some(&b"b"[..])));
+    }
+
+    #[test]
+    fn merging_keeps_held_bytes_and_nodes() {
+        let store = MemStore::new();
+        let (a, b) = (leaf(0, b"a"), leaf(1, b"b"));
+        let p = Node::parent(&a, &b);
+        let mut txn = Txn::begin(&store).unwrap();
+        // First the parent alone (learned from a proof of another block)...
+        write_nodes(&mut txn, &feed(), &[p], |_| None, u64::MAX).unwrap();
+        // ...then block 1's bytes, then its bare hash again.
+        write_nodes(&mut txn, &feed(), &[b], |_| Some(&b"b"[..]), u64::MAX).unwrap();
+        write_nodes(&mut txn, &feed(), &[b], |_| None, u64::MAX).unwrap();
+        let l = read_leaf(&txn, &feed(), 1).unwrap().unwrap();
+        assert_eq!(l.data, Some(&b"b"[..]));
+        assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
+        assert!(drop_data(&mut txn, &feed(), 1).unwrap());
+        assert!(!drop_data(&mut txn, &feed(), 1).unwrap());
+        let l = read_leaf(&txn, &feed(), 1).unwrap().unwrap();
+        assert_eq!((l.node, l.data), (b, None));
+        assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
+        assert_eq!(read_leaf(&txn, &feed(), 0).unwrap().map(|l| l.node), None);
+    }
+
+    #[test]
+    fn a_record_claiming_foreign_parents_is_corrupt() {
+        let store = MemStore::new();
+        let mut txn = Txn::begin(&store).unwrap();
+        // Block 0 completes no parent; bit 1 cannot be set in its record.
+        let mut rec = vec![0b11];
+        rec.extend_from_slice(&[0; 2 * NODE_LEN]);
+        txn.put_owned(Table::Blocks, &keys::feed_seq(&feed(), 0), rec);
+        assert!(matches!(
+            read_node(&txn, &feed(), 0),
+            Err(FeedError::Corrupt { seq: 0, .. })
+        ));
+        txn.put_owned(Table::Blocks, &keys::feed_seq(&feed(), 2), vec![0x80; 11]);
+        assert!(read_leaf(&txn, &feed(), 2).is_err());
+    }
 }

@@ -36,10 +36,8 @@ pub enum Table {
     Peers,
     /// Feed descriptors and their latest signed heads, by feed id.
     Feeds,
-    /// Block bytes, by (feed id, seq).
+    /// Blocks and the Merkle tree nodes they complete, by (feed id, seq).
     Blocks,
-    /// Merkle tree nodes, by (feed id, flat-tree index).
-    Nodes,
     /// Inbox state per received message, by (feed id, seq).
     Inbox,
     /// Signed receipts (acks), by (feed id, signer).
@@ -52,12 +50,11 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Peers,
         Table::Feeds,
         Table::Blocks,
-        Table::Nodes,
         Table::Inbox,
         Table::Receipts,
         Table::Replicas,
@@ -71,7 +68,6 @@ impl Table {
             Table::Peers => "peers",
             Table::Feeds => "feeds",
             Table::Blocks => "blocks",
-            Table::Nodes => "nodes",
             Table::Inbox => "inbox",
             Table::Receipts => "receipts",
             Table::Replicas => "replicas",
