@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_lite::StreamExt;
 use peermq::{Config, PeerId};
-use peermq_tokio::{Mailbox, Mq, TokioRuntime};
+use peermq_tokio::{Mailbox, MdnsDiscovery, Mq, TokioRuntime};
 
 use crate::addresses::{parse_host_port, AddressBook};
 use crate::follow::Stop;
@@ -55,6 +55,11 @@ struct Cli {
         value_name = "DIR"
     )]
     datadir: PathBuf,
+    /// Also find peers on the local network with multicast DNS (`connect`),
+    /// and announce this node there (`listen`; give --host 0.0.0.0 so that
+    /// other machines can reach it).
+    #[arg(long, global = true)]
+    mdns: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -314,11 +319,16 @@ pub(crate) fn node_config() -> Config {
     }
 }
 
-/// Opens the node of `datadir`, with `book` as a further way to find peers.
-fn open(datadir: &Path, book: Option<AddressBook>) -> anyhow::Result<Mq> {
+/// Opens the node of `datadir`, with `book` as a further way to find peers,
+/// and mDNS if `mdns`.
+fn open(datadir: &Path, book: Option<AddressBook>, mdns: bool) -> anyhow::Result<Mq> {
     let mut builder = Mq::builder(datadir).config(node_config());
     if let Some(book) = book {
         builder = builder.discovery(Arc::new(book));
+    }
+    if mdns {
+        let mdns = MdnsDiscovery::new().context("--mdns: cannot start mDNS discovery")?;
+        builder = builder.discovery(Arc::new(mdns));
     }
     Ok(builder.open(TokioRuntime::new())?)
 }
@@ -340,7 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = addr {
                 book.insert(key, addr);
             }
-            let mq = open(&dir, Some(book))?;
+            let mq = open(&dir, Some(book), cli.mdns)?;
             // Subscribe first: no acknowledgement may slip by unprinted.
             let events = mq.events();
             let r = match mq.connect(key).await {
@@ -353,7 +363,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen { host, port, json } => {
             let mut stop = Stop::install()?;
             let addr = resolve_listen(&host, port).await?;
-            let mq = open(&dir, None)?;
+            if cli.mdns && addr.ip().is_loopback() {
+                eprintln!("note: --mdns announces the loopback address {host}, which only this machine can reach; give --host 0.0.0.0 to be reachable from the network");
+            }
+            let mq = open(&dir, None, cli.mdns)?;
             let events = mq.events();
             let r = match mq.listen(addr).await {
                 Ok(bound) => {
@@ -370,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(m) => m.into_bytes(),
                 None => read_stdin()?,
             };
-            let mq = open(&dir, None)?;
+            let mq = open(&dir, None, false)?;
             let r = mq.send(to, data).await;
             mq.shutdown().await?;
             let seq = r?;
@@ -378,7 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            let mq = open(&dir, None)?;
+            let mq = open(&dir, None, false)?;
             let r = one_shot(&mq, &dir, command, &mut printer).await;
             mq.shutdown().await?;
             r

@@ -13,7 +13,9 @@
 //!
 //! How [`Mq::connect`] finds a peer's address is up to a [`Discovery`]:
 //! addresses given to [`Mq::add_peer`], [`LocalDiscovery`] for processes on
-//! one machine (on by default), or any other implementation of the trait.
+//! one machine (on by default), `MdnsDiscovery` for peers on the local
+//! network (with the `mdns` feature), or any other implementation of the
+//! trait.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +23,8 @@
 mod discovery;
 mod driver;
 pub mod emitter;
+#[cfg(feature = "mdns")]
+mod mdns;
 mod mq;
 
 #[cfg(feature = "conformance")]
@@ -41,6 +45,8 @@ pub use emitter::{
 };
 pub use futures_lite::io::{AsyncRead, AsyncWrite};
 pub use futures_lite::Stream;
+#[cfg(feature = "mdns")]
+pub use mdns::MdnsDiscovery;
 pub use mq::{Builder, EventStream, Mq, MqError, MqEvent, RecordStream};
 pub use peermq::{CloseReason, Config, Mailbox, PeerId, PeerStatus, Prefetch, Record, StoreError};
 pub use serde_json;
