@@ -362,3 +362,125 @@ fn a_data_message_claiming_huge_block_counts_is_refused() {
     });
     assert!(matches!(reason, CloseReason::Malformed(_)), "{reason:?}");
 }
+
+/// A sparse reader names, in a request, a tree node that the answer to its
+/// previous request will bring, so the proof stops lower. When that answer
+/// does not come (the writer refused it), the later proof cannot be checked:
+/// the reader asks again with a node it holds, and keeps the connection.
+#[test]
+fn a_request_relying_on_a_refused_one_is_asked_again() {
+    let h = Keypair::generate(&mut SeededRng::from_u64(41));
+    let mut a = Node::open(
+        MemStore::new(),
+        peermq::Config {
+            prefetch: peermq::Prefetch::Window(0),
+            ..config(40)
+        },
+        Instant::ZERO,
+    )
+    .unwrap();
+    a.add_peer(h.peer_id()).unwrap();
+    let store = MemStore::new();
+    let mut feed = Feed::new(FeedDescriptor::queue(h.peer_id(), a.id()));
+    let blocks: Vec<Vec<u8>> = (0..4096u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let mut txn = Txn::begin(&store).unwrap();
+    feed.append_batch(&mut txn, &h, &blocks).unwrap();
+    txn.commit().unwrap();
+
+    let now = Instant::ZERO;
+    let mut raw = RawPeer::dial(&h, 42, a.id()).unwrap();
+    let conn = a.accept(now);
+    let mut events = Vec::new();
+    // Moves bytes until quiet; returns the requests A sent meanwhile.
+    let mut pump = |a: &mut Node<MemStore>, raw: &mut RawPeer| {
+        let mut requests = Vec::new();
+        loop {
+            let mut moved = false;
+            while let Some(out) = a.poll_output() {
+                moved = true;
+                match out {
+                    Output::Transmit { bytes, .. } => raw.input(&bytes).unwrap(),
+                    Output::Event(e) => events.push(e),
+                    _ => {}
+                }
+            }
+            for (kind, body) in raw.messages().unwrap() {
+                if let Ok(Message::Request { start, trusted, .. }) =
+                    Message::decode(kind, &body, 1 << 20)
+                {
+                    requests.push((start, trusted));
+                }
+            }
+            let bytes = raw.output().unwrap();
+            if !bytes.is_empty() {
+                moved = true;
+                a.handle_input(conn, &bytes, now).unwrap();
+            }
+            if !moved {
+                return (requests, events.clone());
+            }
+        }
+    };
+    pump(&mut a, &mut raw);
+    assert!(raw.is_open());
+    let txn = Txn::begin(&store).unwrap();
+    let data = |start: u64, trusted: Option<u64>, head: bool| {
+        let proof = match trusted {
+            Some(t) => feed.prove_below(&txn, start, start + 1, t).unwrap(),
+            None => feed.prove(&txn, start, start + 1, 0).unwrap(),
+        };
+        Message::Data(DataMsg {
+            feed: feed.id(),
+            head: head.then(|| *feed.head().unwrap()),
+            proof,
+            blocks: vec![&blocks[start as usize][..]],
+        })
+    };
+    raw.send(&Message::Head {
+        desc: *feed.descriptor(),
+        head: *feed.head().unwrap(),
+    });
+    pump(&mut a, &mut raw);
+
+    // Block 5 first, with a proof up to the roots: A now knows the tree.
+    a.get(h.peer_id(), 5, now).unwrap();
+    let (requests, _) = pump(&mut a, &mut raw);
+    assert_eq!(requests, vec![(5, None)]);
+    raw.send(&data(5, None, true));
+    pump(&mut a, &mut raw);
+
+    // 1000, then 1001: the second counts on the first answer's proof for
+    // block 1001's leaf (flat index 2002).
+    a.get(h.peer_id(), 1000, now).unwrap();
+    a.get(h.peer_id(), 1001, now).unwrap();
+    let (requests, _) = pump(&mut a, &mut raw);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1], (1001, Some(2002)));
+    raw.send(&Message::NoData {
+        feed: feed.id(),
+        start: 1000,
+        end: 1001,
+    });
+    raw.send(&data(1001, Some(2002), false));
+    let (requests, _) = pump(&mut a, &mut raw);
+    // Asked again, stopping at a node A really holds.
+    let [(1001, Some(held))] = requests[..] else {
+        panic!("expected one new request for 1001, got {requests:?}");
+    };
+    assert_ne!(held, 2002);
+    raw.send(&data(1001, Some(held), false));
+    let (_, events) = pump(&mut a, &mut raw);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Fetched { seq: 1001, .. })));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Disconnected { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        a.get(h.peer_id(), 1001, now).unwrap(),
+        peermq::Fetch::Ready(blocks[1001].clone())
+    );
+}

@@ -397,6 +397,7 @@ impl Feed {
         txn: &Txn<'_, S>,
         start: u64,
         end: u64,
+        mut coming: impl FnMut(u64) -> bool,
     ) -> Result<Option<u64>, FeedError> {
         if start >= end || end > self.len() {
             return Ok(None);
@@ -406,7 +407,7 @@ impl Feed {
             i = flat::parent(i);
         }
         while flat::blocks(i).1 <= self.len() {
-            if self.stored_node(txn, i)?.is_some() {
+            if coming(i) || self.stored_node(txn, i)?.is_some() {
                 return Ok(Some(i));
             }
             i = flat::parent(i);

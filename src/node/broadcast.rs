@@ -194,7 +194,7 @@ impl State {
                         end: e,
                         base,
                     });
-                    conn.inflight.push((feed, s, e));
+                    conn.inflight.push(super::conn::Inflight::new(feed, s, e));
                     r.requested.insert(s, e);
                     s = e;
                 }

@@ -56,8 +56,8 @@ pub(crate) struct Conn {
     pub opened_at: Instant,
     pub last_rx: Instant,
     pub last_tx: Instant,
-    /// Requests we sent, by (feed, start) → end.
-    pub inflight: Vec<(FeedId, u64, u64)>,
+    /// Requests we sent and the peer has not answered yet.
+    pub inflight: Vec<Inflight>,
     /// Requests from the peer waiting to be served.
     pub serve: VecDeque<Wanted>,
     /// Broadcast feeds the peer announced, with the length it can serve.
@@ -71,6 +71,30 @@ pub(crate) struct Conn {
     /// it waits at the peer, so it does not count against our in-flight
     /// limit.
     pub tail: Option<(FeedId, u64)>,
+}
+
+/// A request of ours awaiting its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    pub feed: FeedId,
+    pub start: u64,
+    pub end: u64,
+    /// The node we told the peer to stop its proof at.
+    pub trusted: Option<u64>,
+    /// Whether the request went out (it is planned first, then sent).
+    pub sent: bool,
+}
+
+impl Inflight {
+    pub fn new(feed: FeedId, start: u64, end: u64) -> Self {
+        Inflight {
+            feed,
+            start,
+            end,
+            trusted: None,
+            sent: false,
+        }
+    }
 }
 
 impl Conn {

@@ -441,7 +441,10 @@ impl State {
         }
         // Requests it carried must be asked again elsewhere.
         let mut feeds_to_reschedule = BTreeSet::new();
-        for (feed, start, end) in conn.inflight.drain(..) {
+        for conn::Inflight {
+            feed, start, end, ..
+        } in conn.inflight.drain(..)
+        {
             if let Some(r) = self.replicas.get_mut(&feed) {
                 r.requested.remove(start, end);
                 feeds_to_reschedule.insert(feed);

@@ -9,13 +9,14 @@ use std::collections::BTreeSet;
 
 use crate::feed::{FeedDescriptor, FeedError, FeedId, FeedKind};
 use crate::identity::PeerId;
+use crate::merkle::flat;
 use crate::ranges::RangeSet;
 use crate::store::{Store, Txn};
 use crate::time::Instant;
 use crate::wire::{DataMsg, Message, Receipt};
 
 use super::config::{limits, Prefetch};
-use super::conn::{next_message, HandshakeCtx, Wanted};
+use super::conn::{next_message, HandshakeCtx, Inflight, Wanted};
 use super::{CloseReason, ConnId, Event, NodeError, Output, Planned, State, Target};
 
 /// Why handling a message stopped.
@@ -64,6 +65,49 @@ fn store_data<S: Store>(
     match &d.head {
         Some(head) => feed.verify_and_store(txn, head, &d.proof, &d.blocks),
         None => feed.verify_below_and_store(txn, &d.proof, &d.blocks),
+    }
+}
+
+/// Whether the answer to `earlier` (a request sent before, on the same
+/// connection, so answered before) will bring tree node `i`: its proof
+/// carries the path from its blocks up to where it stops (its trusted node,
+/// or the roots of a tree at least `base` long) and the sibling of every
+/// node on that path.
+fn brings(earlier: &Inflight, i: u64, base: u64) -> bool {
+    if earlier.trusted.is_none() && earlier.end > base {
+        // A request past what we verified may be answered by a tail the
+        // writer has not written yet; do not count on it.
+        return false;
+    }
+    let p = flat::parent(i);
+    let (first, end) = flat::blocks(p);
+    first <= earlier.start
+        && earlier.end <= end
+        && end <= base
+        && earlier
+            .trusted
+            .is_none_or(|t| flat::depth(p) <= flat::depth(t))
+}
+
+/// Stores a data message, or returns `false` when its proof stops at a node
+/// we asked for in the expectation that an earlier answer would bring it,
+/// and that answer did not (it was refused or cut short): the blocks are
+/// then simply asked for again. Any other failure is the peer's fault.
+fn stored_or_retry<S: Store>(
+    feed: &mut crate::feed::Feed,
+    txn: &mut Txn<'_, S>,
+    d: &DataMsg<'_>,
+    asked: &Inflight,
+) -> Result<bool, Fault> {
+    match store_data(feed, txn, d) {
+        Ok(()) => Ok(true),
+        Err(FeedError::Proof {
+            source: crate::merkle::ProofError::MissingBase(t),
+            ..
+        }) if d.head.is_none() && asked.trusted == Some(t) && d.proof.trusted == Some(t) => {
+            Ok(false)
+        }
+        Err(e) => Err(feed_fault(e)),
     }
 }
 
@@ -256,13 +300,15 @@ impl State {
                 let Some(i) = conn
                     .inflight
                     .iter()
-                    .position(|&(f, s, _)| f == feed && s == start)
+                    .position(|r| r.feed == feed && r.start == start)
                 else {
                     return Err(Fault::Peer(CloseReason::Unexpected(
                         "refusal of a request we did not make".into(),
                     )));
                 };
-                let (_, s, e) = conn.inflight.swap_remove(i);
+                let Inflight {
+                    start: s, end: e, ..
+                } = conn.inflight.swap_remove(i);
                 conn.answered(feed, s);
                 after.freed.insert(id);
                 if let Some(r) = self.replicas.get_mut(&feed) {
@@ -306,7 +352,7 @@ impl State {
         let Some(i) = conn
             .inflight
             .iter()
-            .position(|&(f, s, e)| f == d.feed && s == start && end <= e)
+            .position(|r| r.feed == d.feed && r.start == start && end <= r.end)
         else {
             return Err(Fault::Peer(CloseReason::Unexpected(format!(
                 "blocks {start}..{end} were not requested"
@@ -319,12 +365,18 @@ impl State {
                 .conns
                 .get_mut(&id)
                 .ok_or(Fault::Peer(CloseReason::Local))?;
-            let (_, _, req_end) = conn.inflight.swap_remove(i);
+            let asked = conn.inflight.swap_remove(i);
             conn.answered(d.feed, start);
             let feed = self.feed(txn, desc)?;
-            store_data(feed, txn, &d).map_err(feed_fault)?;
+            if !stored_or_retry(feed, txn, &d, &asked)? {
+                if let Some(r) = self.replicas.get_mut(&desc.id()) {
+                    r.requested.remove(start, asked.end);
+                }
+                after.broadcast_schedule.insert(desc.id());
+                return Ok(());
+            }
             if let Some(r) = self.replicas.get_mut(&desc.id()) {
-                r.requested.remove(end, req_end);
+                r.requested.remove(end, asked.end);
                 r.announced = r.announced.max(head_len);
             }
             self.broadcast_arrived(desc.id(), start, end, &mut after.broadcast_events);
@@ -342,10 +394,16 @@ impl State {
             .conns
             .get_mut(&id)
             .ok_or(Fault::Peer(CloseReason::Local))?;
-        let (_, _, req_end) = conn.inflight.swap_remove(i);
+        let asked = conn.inflight.swap_remove(i);
         conn.answered(d.feed, start);
         let feed = self.feed(txn, desc)?;
-        store_data(feed, txn, &d).map_err(feed_fault)?;
+        if !stored_or_retry(feed, txn, &d, &asked)? {
+            if let Some(inbox) = self.inboxes.get_mut(&peer) {
+                inbox.requested.remove(start, asked.end);
+            }
+            self.schedule_requests(peer);
+            return Ok(());
+        }
         // A block cleared while its request was in flight keeps only its hash.
         let cleared: Vec<u64> = self
             .inboxes
@@ -357,7 +415,7 @@ impl State {
             feed.drop_block(txn, seq).map_err(feed_fault)?;
         }
         let inbox = self.inbox(txn, peer)?;
-        inbox.requested.remove(start, req_end);
+        inbox.requested.remove(start, asked.end);
         inbox.remote_length = inbox.remote_length.max(head_len);
         inbox.held.insert(start, end);
         // They leave `wanted` only once committed (in `after_commit`): if the
@@ -645,7 +703,7 @@ impl State {
                     end: e,
                     base,
                 });
-                conn.inflight.push((fid, s, e));
+                conn.inflight.push(Inflight::new(fid, s, e));
                 inbox.requested.insert(s, e);
                 s = e;
             }
@@ -680,7 +738,7 @@ impl State {
                     end: e,
                     base,
                 });
-                conn.inflight.push((fid, tail, e));
+                conn.inflight.push(Inflight::new(fid, tail, e));
                 conn.tail = Some((fid, tail));
                 inbox.requested.insert(tail, e);
             }
@@ -704,13 +762,30 @@ impl State {
                 Target::Broadcast(feed) => self.plan_broadcast(feed),
             };
             for p in planned {
+                let fid = p.desc.id();
                 let trusted = if p.end <= p.base {
-                    self.feed(&txn, p.desc)?
-                        .trusted_node(&txn, p.start, p.end)?
+                    self.feed(&txn, p.desc)?;
+                    let sent = self.conns.get(&p.conn).map_or(&[][..], |c| &c.inflight[..]);
+                    let coming = |i| {
+                        sent.iter()
+                            .any(|r| r.sent && r.feed == fid && brings(r, i, p.base))
+                    };
+                    match self.feeds.get(&fid) {
+                        Some(feed) => feed.trusted_node(&txn, p.start, p.end, coming)?,
+                        None => None,
+                    }
                 } else {
                     None
                 };
                 if let Some(conn) = self.conns.get_mut(&p.conn) {
+                    if let Some(r) = conn
+                        .inflight
+                        .iter_mut()
+                        .find(|r| r.feed == fid && r.start == p.start)
+                    {
+                        r.trusted = trusted;
+                        r.sent = true;
+                    }
                     conn.send(&Message::Request {
                         feed: p.desc.id(),
                         start: p.start,
