@@ -58,6 +58,9 @@ pub struct Config {
     /// from another process goes out promptly. `None` turns it off (a store
     /// only this node writes, as in simulations).
     pub store_poll_interval: Option<Duration>,
+    /// How long a receipt may wait after blocks arrive, so that it covers
+    /// whatever else arrives meanwhile. Zero sends one after every commit.
+    pub ack_delay: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             open: false,
             max_feeds: 10_000,
             store_poll_interval: Some(Duration::from_millis(250)),
+            ack_delay: Duration::from_millis(10),
         }
     }
 }

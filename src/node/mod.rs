@@ -132,6 +132,8 @@ struct State {
     /// Feeds whose downloads may proceed; requests go out at the end of the
     /// current call, when the store can be read (see `issue_requests`).
     to_schedule: BTreeSet<Target>,
+    /// Senders owed a receipt, and when it is due (see `Config::ack_delay`).
+    acks_due: BTreeMap<PeerId, Instant>,
 }
 
 /// A feed whose downloads may proceed.
@@ -194,6 +196,7 @@ impl<S: Store> Node<S> {
                 next_conn: 0,
                 now,
                 next_store_poll: now,
+                acks_due: BTreeMap::new(),
                 to_schedule: BTreeSet::new(),
             },
         })
@@ -520,6 +523,16 @@ impl State {
     }
 
     fn handle_timeout<S: Store>(&mut self, store: &S, now: Instant) -> Result<(), NodeError> {
+        let due: Vec<PeerId> = self
+            .acks_due
+            .iter()
+            .filter(|(_, &at)| at <= now)
+            .map(|(&from, _)| from)
+            .collect();
+        for from in due {
+            self.acks_due.remove(&from);
+            self.send_ack(from);
+        }
         if let Some(every) = self.config.store_poll_interval {
             if now >= self.next_store_poll {
                 self.next_store_poll = now + every;
@@ -581,6 +594,9 @@ impl State {
         }
         if !self.to_schedule.is_empty() {
             consider(self.now);
+        }
+        for &due in self.acks_due.values() {
+            consider(due);
         }
         if self.config.store_poll_interval.is_some() && self.conns.values().any(|c| c.is_open()) {
             consider(self.next_store_poll);

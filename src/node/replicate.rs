@@ -586,7 +586,7 @@ impl State {
             self.out.push_back(Output::Event(e));
         }
         for from in &after.arrived {
-            self.send_ack(*from);
+            self.ack_soon(*from);
         }
         for from in after.schedule {
             self.schedule_requests(from);
@@ -617,6 +617,19 @@ impl State {
     /// reader's set can be fragmented into thousands of ranges; then each
     /// receipt carries only what the peer has not been told on this
     /// connection, so receipts stay small however long the session.
+    /// Owes `from` a receipt for what just arrived. It goes out after
+    /// `Config::ack_delay`, covering everything that arrives meanwhile: one
+    /// signature and one message for many answers, where a sparse reader
+    /// would otherwise send one per block.
+    fn ack_soon(&mut self, from: PeerId) {
+        if self.config.ack_delay.is_zero() {
+            self.send_ack(from);
+        } else {
+            let due = self.now + self.config.ack_delay;
+            self.acks_due.entry(from).or_insert(due);
+        }
+    }
+
     pub(super) fn send_ack(&mut self, from: PeerId) {
         const CUMULATIVE_UP_TO: usize = 32;
         let Some(cid) = self.conn_to(&from) else {
