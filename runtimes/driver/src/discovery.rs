@@ -199,13 +199,26 @@ impl Discovery for LocalDiscovery {
     }
 
     fn announce(&self, me: &PeerId, addr: SocketAddr) -> io::Result<()> {
-        self.create_dir()?;
-        let addr = reachable_locally(addr);
-        let name = Self::entry_name(me, addr);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, format!("{addr}\n"))?;
-        // Readers must never see a half-written entry.
-        std::fs::rename(&tmp, self.dir.join(name))
+        let write = || {
+            self.create_dir()?;
+            let addr = reachable_locally(addr);
+            let name = Self::entry_name(me, addr);
+            let tmp = self.dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, format!("{addr}\n"))?;
+            // Readers must never see a half-written entry.
+            std::fs::rename(&tmp, self.dir.join(name))
+        };
+        write().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "writing to the discovery directory {}: {e}; check that it is writable \
+                     (set {} to move it)",
+                    self.dir.display(),
+                    Self::ENV
+                ),
+            )
+        })
     }
 
     fn withdraw(&self, me: &PeerId, addr: SocketAddr) {

@@ -45,7 +45,7 @@ pub enum MqError {
         source: std::io::Error,
     },
     /// Announcing a listener to a discovery mechanism failed.
-    #[error("cannot announce our address {addr} for discovery: {source}; check that the discovery directory is writable (set PEERMQ_DISCOVERY_DIR to move it)")]
+    #[error("cannot announce our address {addr} for discovery: {source}")]
     Announce {
         /// The address.
         addr: SocketAddr,
