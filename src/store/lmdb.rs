@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, WithoutTls};
 
 use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
@@ -148,12 +148,32 @@ impl LmdbStore {
                 return Ok(false);
             }
         }
-        for (table, key, value) in batch.iter() {
+        for table in Table::ALL {
             let db = self.db(table);
-            match value {
-                Some(v) => db.put(&mut wtxn, key, v)?,
-                None => {
-                    db.delete(&mut wtxn, key)?;
+            // Keys come sorted. Once one sorts after everything stored, so do
+            // the rest: they are appended, which fills pages instead of
+            // splitting each in half, so appends leave a file half as big.
+            let mut last: Option<Option<Vec<u8>>> = None;
+            let mut past_end = false;
+            for (key, value) in batch.table(table) {
+                match value {
+                    Some(v) => {
+                        if !past_end {
+                            let last = match &last {
+                                Some(l) => l,
+                                None => last.insert(db.last(&wtxn)?.map(|(k, _)| k.to_vec())),
+                            };
+                            past_end = last.as_deref().is_none_or(|l| key > l);
+                        }
+                        if past_end {
+                            db.put_with_flags(&mut wtxn, PutFlags::APPEND, key, v)?;
+                        } else {
+                            db.put(&mut wtxn, key, v)?;
+                        }
+                    }
+                    None => {
+                        db.delete(&mut wtxn, key)?;
+                    }
                 }
             }
         }
