@@ -1,19 +1,123 @@
 //! An in-memory store for tests and simulations, with a crash model.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::HashTable;
 
 use super::batch::Key;
 use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
-/// Hash maps, not B-trees: point reads and writes dominate, and comparing
+/// One table: a hash index over entries kept in insertion order.
+///
+/// Hashing, not a B-tree: point reads and writes dominate, and comparing
 /// 40-byte keys that share a 32-byte feed prefix all the way down a big
-/// B-tree costs more than one hash. Scans, which are rare and over small
-/// tables, sort. The hasher is fixed (the core draws no OS randomness) and
-/// cheap: keys are our own, so there is no flooding to defend against.
-type Map = HashMap<Key, Vec<u8>, BuildHasherDefault<KeyHasher>>;
+/// B-tree costs more than one hash. The index holds only positions, so it
+/// stays small enough to sit in cache, and new entries are written one
+/// after another instead of into random slots of a big table: an append of
+/// many blocks costs no cache miss per block. Scans, which are rare and over
+/// small tables, sort. The hasher is fixed (the core draws no OS randomness)
+/// and cheap: keys are our own, so there is no flooding to defend against.
+#[derive(Clone, Default)]
+struct Map {
+    entries: Vec<Option<(Key, Vec<u8>)>>,
+    index: HashTable<usize>,
+    /// Deleted entries not yet compacted away.
+    holes: usize,
+}
+
+fn hash_key(key: &[u8]) -> u64 {
+    let mut h = KeyHasher::default();
+    h.write(key);
+    h.finish()
+}
+
+impl Map {
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(hash_key(key), |&i| {
+                entries[i]
+                    .as_ref()
+                    .is_some_and(|(k, _)| k.as_slice() == key)
+            })
+            .copied()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        let i = self.position(key)?;
+        self.entries[i].as_ref().map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Vec<u8>> {
+        let i = self.position(key)?;
+        self.entries[i].as_mut().map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, key: Key, value: Vec<u8>) {
+        let entries = &self.entries;
+        let entry = self.index.entry(
+            hash_key(&key),
+            |&i| entries[i].as_ref().is_some_and(|(k, _)| *k == key),
+            |&i| entries[i].as_ref().map_or(0, |(k, _)| hash_key(k)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(e) => {
+                if let Some((_, v)) = &mut self.entries[*e.get()] {
+                    *v = value;
+                }
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(self.entries.len());
+                self.entries.push(Some((key, value)));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        let entries = &self.entries;
+        let found = self.index.find_entry(hash_key(key), |&i| {
+            entries[i]
+                .as_ref()
+                .is_some_and(|(k, _)| k.as_slice() == key)
+        });
+        if let Ok(found) = found {
+            let (i, _) = found.remove();
+            self.entries[i] = None;
+            self.holes += 1;
+            if self.holes > 1024 && self.holes > self.entries.len() / 2 {
+                self.compact();
+            }
+        }
+    }
+
+    /// Drops the holes deletes left, and rebuilds the index.
+    fn compact(&mut self) {
+        self.entries.retain(Option::is_some);
+        self.holes = 0;
+        self.index.clear();
+        for (at, e) in self.entries.iter().enumerate() {
+            if let Some((k, _)) = e {
+                let entries = &self.entries;
+                self.index.insert_unique(hash_key(k), at, |&i| {
+                    entries[i].as_ref().map_or(0, |(k, _)| hash_key(k))
+                });
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len() - self.holes
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+}
 
 /// A multiply-rotate hash over 8-byte words (in the style of FxHash), with
 /// a splitmix64 finish.
@@ -159,9 +263,7 @@ impl Store for MemStore {
                 Some(v) => {
                     map.insert(key, v);
                 }
-                None => {
-                    map.remove(key.as_slice());
-                }
+                None => map.remove(key.as_slice()),
             }
         }
         shared.commits += 1;
@@ -184,7 +286,6 @@ impl StoreRead for MemReader {
     ) -> Result<(), StoreError> {
         let mut hits: Vec<(&[u8], &[u8])> = self.tables.maps[table.position()]
             .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .filter(|(k, _)| RangeBounds::<[u8]>::contains(&range, *k))
             .collect();
         hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -194,5 +295,61 @@ impl StoreRead for MemReader {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletes_compact_and_everything_left_is_found() {
+        let store = MemStore::new();
+        let key = |i: u32| i.to_be_bytes();
+        let mut batch = WriteBatch::new();
+        for i in 0..5000u32 {
+            batch.put(Table::Blocks, &key(i), &key(i * 3));
+        }
+        store.commit(batch).unwrap();
+        let mut batch = WriteBatch::new();
+        for i in (0..5000u32).filter(|i| i % 5 != 0) {
+            batch.delete(Table::Blocks, &key(i));
+        }
+        // Overwrites land in place.
+        batch.put(Table::Blocks, &key(10), b"ten");
+        store.commit(batch).unwrap();
+        assert_eq!(store.entry_count(), 1000);
+        let r = store.reader().unwrap();
+        for i in 0..5000u32 {
+            let want = match i {
+                10 => Some(&b"ten"[..]),
+                i if i % 5 == 0 => Some(&key(i * 3)[..]),
+                _ => None,
+            };
+            assert_eq!(r.get(Table::Blocks, &key(i)).unwrap(), want, "key {i}");
+        }
+        let mut seen = Vec::new();
+        r.scan(
+            Table::Blocks,
+            (Bound::Unbounded, Bound::Unbounded),
+            &mut |k, _| {
+                seen.push(k.to_vec());
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        let want: Vec<Vec<u8>> = (0..5000u32)
+            .filter(|i| i % 5 == 0)
+            .map(|i| key(i).to_vec())
+            .collect();
+        assert_eq!(seen, want);
+        // The holes are gone, not merely skipped.
+        let shared = store.lock();
+        let map = &shared.committed.maps[Table::Blocks.position()];
+        assert!(
+            map.entries.len() < 2000,
+            "{} entries kept",
+            map.entries.len()
+        );
     }
 }
