@@ -22,7 +22,9 @@ use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 #[derive(Clone, Default)]
 struct Map {
     entries: Vec<Option<(Key, Vec<u8>)>>,
-    index: HashTable<usize>,
+    /// Each entry's hash and position: growing the index never touches the
+    /// entries.
+    index: HashTable<(u64, usize)>,
     /// Deleted entries not yet compacted away.
     holes: usize,
 }
@@ -35,14 +37,16 @@ fn hash_key(key: &[u8]) -> u64 {
 
 impl Map {
     fn position(&self, key: &[u8]) -> Option<usize> {
-        let entries = &self.entries;
+        let hash = hash_key(key);
         self.index
-            .find(hash_key(key), |&i| {
-                entries[i]
-                    .as_ref()
-                    .is_some_and(|(k, _)| k.as_slice() == key)
-            })
-            .copied()
+            .find(hash, |&(h, i)| h == hash && self.holds(i, key))
+            .map(|&(_, i)| i)
+    }
+
+    fn holds(&self, i: usize, key: &[u8]) -> bool {
+        self.entries[i]
+            .as_ref()
+            .is_some_and(|(k, _)| k.as_slice() == key)
     }
 
     fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
@@ -56,34 +60,37 @@ impl Map {
     }
 
     fn insert(&mut self, key: Key, value: Vec<u8>) {
+        let hash = hash_key(&key);
         let entries = &self.entries;
         let entry = self.index.entry(
-            hash_key(&key),
-            |&i| entries[i].as_ref().is_some_and(|(k, _)| *k == key),
-            |&i| entries[i].as_ref().map_or(0, |(k, _)| hash_key(k)),
+            hash,
+            |&(h, i)| h == hash && entries[i].as_ref().is_some_and(|(k, _)| *k == key),
+            |&(h, _)| h,
         );
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) => {
-                if let Some((_, v)) = &mut self.entries[*e.get()] {
+                if let Some((_, v)) = &mut self.entries[e.get().1] {
                     *v = value;
                 }
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(self.entries.len());
+                e.insert((hash, self.entries.len()));
                 self.entries.push(Some((key, value)));
             }
         }
     }
 
     fn remove(&mut self, key: &[u8]) {
+        let hash = hash_key(key);
         let entries = &self.entries;
-        let found = self.index.find_entry(hash_key(key), |&i| {
-            entries[i]
-                .as_ref()
-                .is_some_and(|(k, _)| k.as_slice() == key)
+        let found = self.index.find_entry(hash, |&(h, i)| {
+            h == hash
+                && entries[i]
+                    .as_ref()
+                    .is_some_and(|(k, _)| k.as_slice() == key)
         });
         if let Ok(found) = found {
-            let (i, _) = found.remove();
+            let ((_, i), _) = found.remove();
             self.entries[i] = None;
             self.holes += 1;
             if self.holes > 1024 && self.holes > self.entries.len() / 2 {
@@ -99,10 +106,8 @@ impl Map {
         self.index.clear();
         for (at, e) in self.entries.iter().enumerate() {
             if let Some((k, _)) = e {
-                let entries = &self.entries;
-                self.index.insert_unique(hash_key(k), at, |&i| {
-                    entries[i].as_ref().map_or(0, |(k, _)| hash_key(k))
-                });
+                let hash = hash_key(k);
+                self.index.insert_unique(hash, (hash, at), |&(h, _)| h);
             }
         }
     }
