@@ -21,6 +21,10 @@ const ID_KEY: &str = "id";
 /// when browsing by hand, short enough to leave room for the pid and port.
 const NAME_ID_CHARS: usize = 16;
 
+/// Most services remembered: anyone on the LAN can announce services, so
+/// what they can make us hold is bounded. Far above any real LAN's peers.
+const MAX_SERVICES: usize = 4096;
+
 /// Discovery of peers on the local network with multicast DNS: a listener
 /// registers a `_peermq._tcp.local.` service whose TXT record carries its
 /// full id, and a dialer looks the id up among the services it has seen.
@@ -88,7 +92,15 @@ impl Seen {
                 ServiceEvent::ServiceResolved(service) => match parse(&service) {
                     Some(entry) => {
                         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-                        services.insert(service.fullname.to_lowercase(), entry);
+                        let name = service.fullname.to_lowercase();
+                        if services.len() >= MAX_SERVICES && !services.contains_key(&name) {
+                            tracing::debug!(
+                                name = %service.fullname,
+                                "peermq: ignoring an mDNS service: {MAX_SERVICES} already known"
+                            );
+                            continue;
+                        }
+                        services.insert(name, entry);
                     }
                     None => tracing::debug!(
                         name = %service.fullname,
