@@ -56,17 +56,16 @@ pub(crate) enum Command {
         reply: Reply<Range<u64>>,
     },
     /// Up to `limit` records of `mailbox` not in `seen`, with the arrival
-    /// generation they were read at.
+    /// generation they were read at. With `after`, the read waits until the
+    /// generation moves past it (it runs at once if it already has), so that
+    /// a caught-up live stream gets what arrives in a single answer rather
+    /// than a wake-up followed by a second round trip.
     Read {
         mailbox: Mailbox,
         seen: BTreeMap<PeerId, RangeSet>,
         limit: usize,
+        after: Option<u64>,
         reply: Reply<(Vec<Record>, u64)>,
-    },
-    /// Answers once the arrival generation moves past `generation`.
-    Wait {
-        generation: u64,
-        reply: Reply<()>,
     },
     Get {
         from: PeerId,
@@ -154,6 +153,14 @@ struct ConnIo {
     _stop: Sender<()>,
 }
 
+/// A [`Command::Read`] waiting for the arrival generation to move.
+struct ParkedRead {
+    mailbox: Mailbox,
+    seen: BTreeMap<PeerId, RangeSet>,
+    limit: usize,
+    reply: Reply<(Vec<Record>, u64)>,
+}
+
 struct ListenerIo {
     addr: SocketAddr,
     _stop: Sender<()>,
@@ -177,7 +184,9 @@ pub(crate) struct Driver<S: Store> {
     subscribers: Subscribers,
     /// Bumped whenever a read could see something new.
     generation: u64,
-    waiters: Vec<Reply<()>>,
+    parked_reads: Vec<ParkedRead>,
+    /// The generation moved since the parked reads were last served.
+    reads_due: bool,
     fetches: HashMap<(PeerId, u64), Vec<FetchReply>>,
     /// Every writer task holds a clone; shutdown drops ours and waits for
     /// the channel to close, which is when every socket has drained.
@@ -225,7 +234,8 @@ impl<S: Store + Send + 'static> Driver<S> {
             statics,
             subscribers,
             generation: 0,
-            waiters: Vec::new(),
+            parked_reads: Vec::new(),
+            reads_due: false,
             fetches: HashMap::new(),
             writers_alive: Some(alive),
             writers_done: done,
@@ -400,6 +410,7 @@ impl<S: Store + Send + 'static> Driver<S> {
                 self.node.handle_closed(conn, now);
             }
         }
+        self.serve_parked_reads();
         self.em_deliver();
     }
 
@@ -443,8 +454,24 @@ impl<S: Store + Send + 'static> Driver<S> {
 
     fn wake_readers(&mut self) {
         self.generation += 1;
-        for w in self.waiters.drain(..) {
-            let _ = w.try_send(Ok(()));
+        self.reads_due = !self.parked_reads.is_empty();
+    }
+
+    /// Answers the parked reads once the generation has moved. Deferred to
+    /// the end of [`Driver::pump`] rather than done where the generation
+    /// moves, so that one input carrying many messages costs each stream a
+    /// single read, and so that no read runs while the node's outputs are
+    /// half drained.
+    fn serve_parked_reads(&mut self) {
+        if !std::mem::take(&mut self.reads_due) {
+            return;
+        }
+        for p in std::mem::take(&mut self.parked_reads) {
+            if p.reply.is_closed() {
+                continue;
+            }
+            let r = self.read_unseen(p.mailbox, &p.seen, p.limit);
+            answer(p.reply, r.map(|recs| (recs, self.generation)));
         }
     }
 
@@ -642,17 +669,20 @@ impl<S: Store + Send + 'static> Driver<S> {
                 mailbox,
                 seen,
                 limit,
+                after,
                 reply,
             } => {
-                let r = self.read_unseen(mailbox, &seen, limit);
-                answer(reply, r.map(|recs| (recs, self.generation)));
-            }
-            Command::Wait { generation, reply } => {
-                if generation != self.generation {
-                    let _ = reply.try_send(Ok(()));
+                if after == Some(self.generation) {
+                    self.parked_reads.retain(|p| !p.reply.is_closed());
+                    self.parked_reads.push(ParkedRead {
+                        mailbox,
+                        seen,
+                        limit,
+                        reply,
+                    });
                 } else {
-                    self.waiters.retain(|w| !w.is_closed());
-                    self.waiters.push(reply);
+                    let r = self.read_unseen(mailbox, &seen, limit);
+                    answer(reply, r.map(|recs| (recs, self.generation)));
                 }
             }
             Command::Get { from, seq, reply } => match self.node.get(from, seq, now) {
@@ -754,8 +784,14 @@ impl<S: Store + Send + 'static> Driver<S> {
     ) -> Result<Vec<Record>, MqError> {
         let mut out = Vec::new();
         let mut pos: Option<(PeerId, u64)> = None;
+        // Every record a page holds is loaded from the store, data and all,
+        // so right after a jump over seen records (where more seen ones are
+        // likely: a live stream has seen nearly the whole mailbox) look one
+        // record ahead before asking for a whole page.
+        let mut probing = !seen.is_empty();
         'pages: loop {
-            let page = self.node.read(mailbox, pos, limit)?;
+            let want = if probing { 1 } else { limit - out.len() };
+            let page = self.node.read(mailbox, pos, want)?;
             if page.is_empty() {
                 break;
             }
@@ -764,11 +800,13 @@ impl<S: Store + Send + 'static> Driver<S> {
                     if s.contains(r.seq) {
                         // Resume right before the next unseen seq.
                         pos = Some((r.from, s.next_gap(r.seq) - 1));
+                        probing = true;
                         continue 'pages;
                     }
                 }
                 pos = Some((r.from, r.seq));
                 out.push(r);
+                probing = false;
                 if out.len() >= limit {
                     break 'pages;
                 }

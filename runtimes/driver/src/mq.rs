@@ -441,6 +441,7 @@ impl Mq {
             live,
             seen: BTreeMap::new(),
             buf: VecDeque::new(),
+            wait_past: None,
             done: false,
         };
         RecordStream {
@@ -584,6 +585,9 @@ struct ReadState {
     /// What this stream yielded, per sender.
     seen: BTreeMap<PeerId, RangeSet>,
     buf: VecDeque<Record>,
+    /// The generation a live stream caught up at: its next read waits in
+    /// the driver until the generation moves past it.
+    wait_past: Option<u64>,
     done: bool,
 }
 
@@ -598,15 +602,25 @@ impl ReadState {
             }
             let seen = self.seen.clone();
             let mailbox = self.mailbox;
-            let got = self
-                .mq
-                .call(|reply| Command::Read {
-                    mailbox,
-                    seen,
-                    limit: READ_PAGE,
-                    reply,
-                })
-                .await;
+            let after = self.wait_past.take();
+            let read = self.mq.call(|reply| Command::Read {
+                mailbox,
+                seen,
+                limit: READ_PAGE,
+                after,
+                reply,
+            });
+            let got = if after.is_some() {
+                let rt = self.mq.inner.runtime.clone();
+                match crate::timeout(&*rt, LIVE_RECHECK, read).await {
+                    Some(got) => got,
+                    // Nothing woke us: read again now (`wait_past` is
+                    // cleared), for what other processes did.
+                    None => continue,
+                }
+            } else {
+                read.await
+            };
             let (records, generation) = match got {
                 Ok(x) => x,
                 Err(e) => {
@@ -622,17 +636,15 @@ impl ReadState {
                     self.buf.push_back(r);
                 }
             }
-            if !self.buf.is_empty() || full_page {
+            if full_page {
                 continue;
             }
-            if !self.live {
-                return None;
-            }
-            let wait = self.mq.call(|reply| Command::Wait { generation, reply });
-            let rt = self.mq.inner.runtime.clone();
-            if let Some(Err(e)) = crate::timeout(&*rt, LIVE_RECHECK, wait).await {
+            // A short page means the stream was caught up at `generation`:
+            // reading again before it moves would find nothing new.
+            if self.live {
+                self.wait_past = Some(generation);
+            } else {
                 self.done = true;
-                return Some((Err(e), self));
             }
         }
     }
