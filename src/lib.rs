@@ -30,7 +30,7 @@ pub mod time;
 pub mod wire;
 
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
-pub use identity::{Keypair, PeerId, PeerIdError};
+pub use identity::{Keypair, PeerId, PeerIdError, VerifyKey};
 pub use node::{
     CloseReason, Config, ConnId, Event, Fetch, Mailbox, Node, NodeError, Output, PeerStatus,
     Prefetch, RawPeer, Record,

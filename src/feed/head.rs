@@ -1,6 +1,6 @@
 //! Signed heads: an author's signature over a feed's length and tree hash.
 
-use crate::identity::{Keypair, PeerId, Signature, SIGNATURE_LEN};
+use crate::identity::{Keypair, PeerId, Signature, VerifyKey, SIGNATURE_LEN};
 use crate::merkle::Hash;
 
 use super::FeedId;
@@ -61,6 +61,11 @@ impl SignedHead {
 
     /// Checks the signature against `author`.
     pub fn verify(&self, author: &PeerId) -> bool {
+        self.verify_with(&author.verify_key())
+    }
+
+    /// Checks the signature against an author's parsed key.
+    pub fn verify_with(&self, author: &VerifyKey) -> bool {
         author
             .verify(
                 &Self::signing_bytes(&self.feed, self.length, &self.root),

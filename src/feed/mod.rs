@@ -12,7 +12,7 @@ mod records;
 pub use head::{SignedHead, SIGNED_HEAD_LEN};
 pub use id::{FeedDescriptor, FeedId, FeedKind};
 
-use crate::identity::{Keypair, PeerId};
+use crate::identity::{Keypair, PeerId, VerifyKey};
 use crate::merkle::{self, flat, Node, ProofError, RangeProof};
 use crate::store::{Store, StoreError, Table, Txn};
 
@@ -115,6 +115,12 @@ pub struct Feed {
     roots: Vec<Node>,
     /// Whether the store holds this feed's record as this handle knows it.
     persisted: bool,
+    /// The author's key, parsed once.
+    author_key: VerifyKey,
+    /// The last head whose signature was checked without being adopted (an
+    /// announcement): the data that follows it usually carries it again,
+    /// and one signature check is a good part of a message's cost.
+    checked: Option<SignedHead>,
 }
 
 const FEED_RECORD_VERSION: u8 = 1;
@@ -129,6 +135,8 @@ impl Feed {
             head: None,
             roots: Vec::new(),
             persisted: false,
+            author_key: desc.author.verify_key(),
+            checked: None,
         }
     }
 
@@ -195,6 +203,27 @@ impl Feed {
     /// The feed id.
     pub fn id(&self) -> FeedId {
         self.id
+    }
+
+    /// Checks that `head` is this feed's and signed by its author, and
+    /// remembers it, so that data carrying the same head again skips the
+    /// signature check.
+    pub fn check_head(&mut self, head: &SignedHead) -> bool {
+        if head.feed != self.id || !self.signed(head) {
+            return false;
+        }
+        if self.head.as_ref() != Some(head) {
+            self.checked = Some(*head);
+        }
+        true
+    }
+
+    /// Whether `head`'s signature is good: checked now, or already (it is
+    /// the adopted head or the last one checked).
+    fn signed(&self, head: &SignedHead) -> bool {
+        self.head.as_ref() == Some(head)
+            || self.checked.as_ref() == Some(head)
+            || head.verify_with(&self.author_key)
     }
 
     /// The feed's author and kind.
@@ -553,8 +582,7 @@ impl Feed {
                 length: head.length,
             });
         }
-        let already_verified = self.head.as_ref() == Some(head);
-        if !already_verified && !head.verify(&self.desc.author) {
+        if !self.signed(head) {
             return Err(FeedError::BadSignature {
                 feed: self.id,
                 length: head.length,
@@ -599,6 +627,49 @@ mod tests {
 
     fn author() -> Keypair {
         Keypair::generate(&mut SeededRng::from_u64(11))
+    }
+
+    #[test]
+    fn an_announced_head_is_checked_once_and_forgeries_are_not() {
+        let key = author();
+        let desc = FeedDescriptor::broadcast(key.peer_id());
+        let store = MemStore::new();
+        let mut txn = Txn::begin(&store).unwrap();
+        let mut writer = Feed::new(desc);
+        let head = writer
+            .append_batch(&mut txn, &key, &[b"a".as_slice(), b"b"])
+            .unwrap();
+        let proof = writer.prove(&txn, 0, 2, 0).unwrap();
+
+        let mut reader = Feed::new(desc);
+        let mut forged = head;
+        forged.length += 1;
+        assert!(!reader.check_head(&forged));
+        let other = Feed::new(FeedDescriptor::broadcast(
+            Keypair::generate(&mut SeededRng::from_u64(12)).peer_id(),
+        ));
+        assert!(!reader.check_head(&SignedHead {
+            feed: other.id(),
+            ..head
+        }));
+        assert!(reader.check_head(&head));
+        assert_eq!(reader.checked, Some(head));
+        // The data carrying that head is stored (its signature not checked
+        // again), and a forged head is still refused there.
+        let rstore = MemStore::new();
+        let mut rt = Txn::begin(&rstore).unwrap();
+        let blocks = [b"a".as_slice(), b"b"];
+        let mut bad_sig = head;
+        bad_sig.signature[0] ^= 1;
+        assert!(!reader.check_head(&bad_sig));
+        assert!(matches!(
+            reader.verify_and_store(&mut rt, &bad_sig, &proof, &blocks),
+            Err(FeedError::BadSignature { .. })
+        ));
+        reader
+            .verify_and_store(&mut rt, &head, &proof, &blocks)
+            .unwrap();
+        assert_eq!(reader.len(), 2);
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl State {
                     // (relaying other feeds is the emitter's business).
                     return Ok(());
                 }
-                if !head.verify(&desc.author) {
+                if !self.feed(txn, desc)?.check_head(&head) {
                     return Err(Fault::Peer(CloseReason::BadData(format!(
                         "head of feed {} has a bad signature",
                         head.feed
