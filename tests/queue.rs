@@ -237,6 +237,42 @@ fn receipts_are_signed_stored_and_reported() {
     assert_eq!(texts(&mut net, A, Mailbox::Unread).len(), 3);
 }
 
+/// A receipt waits `Config::ack_delay` after the first arrival and then
+/// covers everything that arrived meanwhile: one signature, not one per
+/// answer.
+#[test]
+fn a_receipt_waits_the_ack_delay_and_covers_what_arrived_meanwhile() {
+    let mut net = Net::new(2);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let now = net.now;
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    let acked = |net: &mut Net| -> Vec<(u64, u64)> {
+        net.take_events(B)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Acked { to, start, end } if to == a => Some((start, end)),
+                _ => None,
+            })
+            .collect()
+    };
+    acked(&mut net);
+    let delay = peermq::Config::default().ack_delay;
+    assert!(delay > Duration::from_millis(4));
+    let now = net.now;
+    net.node(B).send(a, b"first", now).unwrap();
+    net.run_for(delay / 4);
+    assert_eq!(net.messages(A).len(), 1, "delivered at once");
+    let now = net.now;
+    net.node(B).send(a, b"second", now).unwrap();
+    net.run_for(delay / 4);
+    assert_eq!(net.messages(A).len(), 2);
+    assert!(acked(&mut net).is_empty(), "no receipt before the delay");
+    net.run_for(delay);
+    assert_eq!(acked(&mut net), vec![(0, 2)], "one receipt for both");
+}
+
 #[test]
 fn sparse_reading_moves_only_what_is_read() {
     let configs = vec![
