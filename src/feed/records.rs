@@ -44,8 +44,7 @@ impl<'a> Record<'a> {
         let bad = || corrupt(feed, seq, "block record");
         let (present, used) = read_varint(bytes).ok_or_else(bad)?;
         // Only parents that end at `seq` belong here.
-        let allowed = (1u64 << ((seq.trailing_ones() + 1).min(63))) - 1;
-        if present & !allowed != 0 {
+        if present & !slots(seq) != 0 {
             return Err(bad());
         }
         let count = present.count_ones() as usize;
@@ -80,6 +79,12 @@ impl<'a> Record<'a> {
 /// The node of `depth` whose last block is `seq`.
 fn index_ending_at(seq: u64, depth: u32) -> u64 {
     flat::index(depth, seq >> depth)
+}
+
+/// The `present` mask of a record holding every node block `seq` can hold:
+/// its leaf and the parents it completes.
+fn slots(seq: u64) -> u64 {
+    (1u64 << (seq.trailing_ones() + 1).min(63)) - 1
 }
 
 /// Where node `index` is kept: the seq of its last block, and its depth.
@@ -155,16 +160,21 @@ pub(super) fn write_nodes<'d, S: Store>(
     };
     for group in nodes.chunk_by(|a, b| position(a.index).0 == position(b.index).0) {
         let seq = position(group[0].index).0;
-        let existing = if seq < fresh_from {
-            read_record(txn, feed, seq)?
-        } else {
-            None
-        };
         let new_present = group
             .iter()
             .fold(0u64, |m, n| m | 1 << flat::depth(n.index));
         let new_leaf = group.iter().find(|n| flat::depth(n.index) == 0);
         let bytes = new_leaf.and_then(|_| data(seq));
+        // A record written whole (every node this block can hold, and its
+        // bytes) owes nothing to what was there: the nodes are verified and
+        // the bytes are the leaf's. Downloads write most blocks so, and skip
+        // reading them first.
+        let whole = bytes.is_some() && new_present == slots(seq);
+        let existing = if seq < fresh_from && !whole {
+            read_record(txn, feed, seq)?
+        } else {
+            None
+        };
         let (old_present, kept_data) = match &existing {
             Some(old) => {
                 let leaf_kept = match (old.node(0), new_leaf) {
@@ -309,6 +319,20 @@ mod tests {
         assert_eq!((l.node, l.data), (b, None));
         assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
         assert_eq!(read_leaf(&txn, &feed(), 0).unwrap().map(|l| l.node), None);
+    }
+
+    #[test]
+    fn a_whole_record_replaces_a_partial_one() {
+        let store = MemStore::new();
+        let (a, b) = (leaf(0, b"a"), leaf(1, b"b"));
+        let p = Node::parent(&a, &b);
+        let mut txn = Txn::begin(&store).unwrap();
+        // Block 1's hash alone, then block 1 with everything it can hold.
+        write_nodes(&mut txn, &feed(), &[b], |_| None, u64::MAX).unwrap();
+        write_nodes(&mut txn, &feed(), &[b, p], |_| Some(&b"b"[..]), u64::MAX).unwrap();
+        let l = read_leaf(&txn, &feed(), 1).unwrap().unwrap();
+        assert_eq!((l.node, l.data), (b, Some(&b"b"[..])));
+        assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
     }
 
     #[test]
