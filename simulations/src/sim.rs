@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use peermq::store::{keys, Table};
+use peermq::store::Table;
 use peermq::{
     Config, ConnId, Event, FeedDescriptor, FeedError, Fetch, Instant, Mailbox, MemStore, Node,
     NodeError, Output, PeerId, StoreError,
@@ -1455,7 +1455,7 @@ impl<'p> Sim<'p> {
         };
         let me = self.slots[node].id;
         if let Some(r) = recs.first() {
-            let key = keys::feed_seq(&FeedDescriptor::queue(r.from, me).id(), r.seq);
+            let key = peermq::feed::block_key(&FeedDescriptor::queue(r.from, me).id(), r.seq);
             self.slots[node].store.tamper(Table::Blocks, &key, |v| {
                 if let Some(b) = v.last_mut() {
                     *b ^= 1;

@@ -11,6 +11,7 @@ mod records;
 
 pub use head::{SignedHead, SIGNED_HEAD_LEN};
 pub use id::{FeedDescriptor, FeedId, FeedKind};
+pub use records::block_key;
 
 use crate::identity::{Keypair, PeerId, VerifyKey};
 use crate::merkle::{self, flat, Node, ProofError, RangeProof};
@@ -600,7 +601,7 @@ impl Feed {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
-    use crate::store::{keys, MemStore};
+    use crate::store::MemStore;
 
     #[test]
     fn dropped_bytes_keep_the_feed_provable() {
@@ -712,7 +713,7 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
 
-        store.tamper(Table::Blocks, &keys::feed_seq(&desc.id(), 1), |v| {
+        store.tamper(Table::Blocks, &records::block_key(&desc.id(), 1), |v| {
             *v.last_mut().unwrap() ^= 1
         });
         let txn = Txn::begin(&store).unwrap();

@@ -6,21 +6,27 @@
 //! bytes. An append or a download thus costs one put per block, however
 //! many nodes it creates, and the puts come in key order.
 //!
-//! Record of block `seq`, at key `feed id | seq (8, BE)`:
+//! Record of block `seq`, at key `first 16 bytes of the feed id | seq (8,
+//! BE)` (128 bits tell feeds apart; the full id would make every record 16
+//! bytes bigger):
 //!
 //! ```text
-//! present (LEB128) | node* (hash 32 | size 8 LE) | data
+//! head (LEB128) | leaf? | parent* (hash 32 | size 8 LE) | data?
 //! ```
 //!
-//! Bit 0 of `present` is the leaf, bit `d ≥ 1` the parent of depth `d` whose
-//! last block is `seq`; the nodes follow by increasing depth. A record may
-//! hold parents without its leaf (learned from proofs of other blocks). The
-//! bytes are present exactly when the leaf is and they are `size` bytes
-//! long; a leaf without its bytes keeps the tree provable after they were
+//! `head` is `present << 1 | has_data`. Bit 0 of `present` is the leaf, bit
+//! `d ≥ 1` the parent of depth `d` whose last block is `seq`; the nodes
+//! follow by increasing depth. With the block's bytes (`has_data`, which
+//! needs the leaf), the leaf is its hash alone, its size being the length
+//! of the bytes that end the record; without them the leaf is a whole node.
+//! A record may hold parents without its leaf (learned from proofs of other
+//! blocks); a leaf without its bytes keeps the tree provable after they were
 //! cleared or pruned, or when only the hash was ever learned.
 
+use smallvec::SmallVec;
+
 use crate::merkle::{flat, Node, NODE_LEN};
-use crate::store::{keys, Store, Table, Txn};
+use crate::store::{Store, Table, Txn};
 
 use super::{FeedError, FeedId};
 
@@ -35,34 +41,44 @@ pub(super) struct Leaf<'a> {
 struct Record<'a> {
     seq: u64,
     present: u64,
-    nodes: &'a [u8],
+    /// The leaf's hash, or its whole node when the bytes are not held.
+    leaf: &'a [u8],
+    parents: &'a [u8],
     data: Option<&'a [u8]>,
 }
+
+/// Bytes of a leaf stored alongside its block's bytes: its hash alone.
+const HASH_LEN: usize = 32;
 
 impl<'a> Record<'a> {
     fn parse(feed: &FeedId, seq: u64, bytes: &'a [u8]) -> Result<Record<'a>, FeedError> {
         let bad = || corrupt(feed, seq, "block record");
-        let (present, used) = read_varint(bytes).ok_or_else(bad)?;
-        // Only parents that end at `seq` belong here.
-        if present & !slots(seq) != 0 {
+        let (head, used) = read_varint(bytes).ok_or_else(bad)?;
+        let (present, has_data) = (head >> 1, head & 1 == 1);
+        // Only parents that end at `seq` belong here, and bytes need a leaf.
+        if present & !slots(seq) != 0 || (has_data && present & 1 == 0) {
             return Err(bad());
         }
-        let count = present.count_ones() as usize;
+        let leaf_len = match (present & 1 == 1, has_data) {
+            (false, _) => 0,
+            (true, true) => HASH_LEN,
+            (true, false) => NODE_LEN,
+        };
+        let parents_len = (present >> 1).count_ones() as usize * NODE_LEN;
         let rest = &bytes[used..];
-        let nodes = rest.get(..count * NODE_LEN).ok_or_else(bad)?;
-        let rest = &rest[nodes.len()..];
-        let mut record = Record {
+        let leaf = rest.get(..leaf_len).ok_or_else(bad)?;
+        let parents = rest.get(leaf_len..leaf_len + parents_len).ok_or_else(bad)?;
+        let rest = &rest[leaf_len + parents_len..];
+        if !has_data && !rest.is_empty() {
+            return Err(bad());
+        }
+        Ok(Record {
             seq,
             present,
-            nodes,
-            data: None,
-        };
-        record.data = match record.node(0) {
-            Some(leaf) if rest.len() as u64 == leaf.size => Some(rest),
-            _ if rest.is_empty() => None,
-            _ => return Err(bad()),
-        };
-        Ok(record)
+            leaf,
+            parents,
+            data: has_data.then_some(rest),
+        })
     }
 
     /// The node of `depth` ending at this block, if held.
@@ -70,10 +86,43 @@ impl<'a> Record<'a> {
         if depth > 62 || self.present & (1 << depth) == 0 {
             return None;
         }
-        let slot = (self.present & ((1 << depth) - 1)).count_ones() as usize;
-        let bytes = &self.nodes[slot * NODE_LEN..(slot + 1) * NODE_LEN];
-        Node::decode(index_ending_at(self.seq, depth), bytes)
+        let index = index_ending_at(self.seq, depth);
+        if depth == 0 {
+            return match self.data {
+                Some(data) => {
+                    let mut node = [0u8; NODE_LEN];
+                    node[..HASH_LEN].copy_from_slice(self.leaf);
+                    node[HASH_LEN..].copy_from_slice(&(data.len() as u64).to_le_bytes());
+                    Node::decode(index, &node)
+                }
+                None => Node::decode(index, self.leaf),
+            };
+        }
+        let slot = (self.present & ((1 << depth) - 1) & !1).count_ones() as usize;
+        Node::decode(index, &self.parents[slot * NODE_LEN..(slot + 1) * NODE_LEN])
     }
+}
+
+/// Encodes a record holding `nodes` (by increasing depth, each one of
+/// `present`'s) and, with its leaf, the block's bytes.
+fn encode(present: u64, nodes: impl Iterator<Item = Node>, data: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        2 + present.count_ones() as usize * NODE_LEN + data.map_or(0, <[u8]>::len),
+    );
+    let has_data = data.is_some() && present & 1 == 1;
+    write_varint(&mut out, present << 1 | u64::from(has_data));
+    for node in nodes {
+        let bytes = node.encode();
+        if flat::depth(node.index) == 0 && has_data {
+            out.extend_from_slice(&bytes[..HASH_LEN]);
+        } else {
+            out.extend_from_slice(&bytes);
+        }
+    }
+    if let (true, Some(d)) = (has_data, data) {
+        out.extend_from_slice(d);
+    }
+    out
 }
 
 /// The node of `depth` whose last block is `seq`.
@@ -92,6 +141,15 @@ fn position(index: u64) -> (u64, u32) {
     (flat::blocks(index).1 - 1, flat::depth(index))
 }
 
+/// Key of block `seq`'s record in [`Table::Blocks`], for tools that inspect
+/// a store (or, in tests and simulations, damage one on purpose).
+pub fn block_key(feed: &FeedId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&feed.0[..16]);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn corrupt(feed: &FeedId, seq: u64, what: &'static str) -> FeedError {
     FeedError::Corrupt {
         feed: *feed,
@@ -105,7 +163,7 @@ fn read_record<'t, S: Store>(
     feed: &FeedId,
     seq: u64,
 ) -> Result<Option<Record<'t>>, FeedError> {
-    match txn.get(Table::Blocks, &keys::feed_seq(feed, seq))? {
+    match txn.get(Table::Blocks, &block_key(feed, seq))? {
         None => Ok(None),
         Some(bytes) => Record::parse(feed, seq, bytes).map(Some),
     }
@@ -192,10 +250,7 @@ pub(super) fn write_nodes<'d, S: Store>(
             continue;
         }
         let data = bytes.or(kept_data);
-        let mut record = Vec::with_capacity(
-            1 + present.count_ones() as usize * NODE_LEN + data.map_or(0, <[u8]>::len),
-        );
-        write_varint(&mut record, present);
+        let mut nodes: SmallVec<[Node; 4]> = SmallVec::new();
         for depth in bits(present) {
             // A node may be listed twice (a root both learned and kept).
             let node = group
@@ -204,12 +259,10 @@ pub(super) fn write_nodes<'d, S: Store>(
                 .copied()
                 .or_else(|| existing.as_ref().and_then(|old| old.node(depth)))
                 .ok_or_else(|| corrupt(feed, seq, "block record"))?;
-            record.extend_from_slice(&node.encode());
+            nodes.push(node);
         }
-        if let Some(d) = data {
-            record.extend_from_slice(d);
-        }
-        txn.put_owned(Table::Blocks, &keys::feed_seq(feed, seq), record);
+        let record = encode(present, nodes.into_iter(), data);
+        txn.put_owned(Table::Blocks, &block_key(feed, seq), record);
     }
     Ok(())
 }
@@ -228,10 +281,12 @@ pub(super) fn drop_data<S: Store>(
         Some(d) if !d.is_empty() => {}
         _ => return Ok(false),
     }
-    let mut kept = Vec::with_capacity(10 + record.nodes.len());
-    write_varint(&mut kept, record.present);
-    kept.extend_from_slice(record.nodes);
-    txn.put_owned(Table::Blocks, &keys::feed_seq(feed, seq), kept);
+    let nodes: SmallVec<[Node; 4]> = bits(record.present)
+        .map(|depth| record.node(depth))
+        .collect::<Option<_>>()
+        .ok_or_else(|| corrupt(feed, seq, "block record"))?;
+    let kept = encode(record.present, nodes.into_iter(), None);
+    txn.put_owned(Table::Blocks, &block_key(feed, seq), kept);
     Ok(true)
 }
 
@@ -340,14 +395,14 @@ mod tests {
         let store = MemStore::new();
         let mut txn = Txn::begin(&store).unwrap();
         // Block 0 completes no parent; bit 1 cannot be set in its record.
-        let mut rec = vec![0b11];
+        let mut rec = vec![0b110];
         rec.extend_from_slice(&[0; 2 * NODE_LEN]);
-        txn.put_owned(Table::Blocks, &keys::feed_seq(&feed(), 0), rec);
+        txn.put_owned(Table::Blocks, &block_key(&feed(), 0), rec);
         assert!(matches!(
             read_node(&txn, &feed(), 0),
             Err(FeedError::Corrupt { seq: 0, .. })
         ));
-        txn.put_owned(Table::Blocks, &keys::feed_seq(&feed(), 2), vec![0x80; 11]);
+        txn.put_owned(Table::Blocks, &block_key(&feed(), 2), vec![0x80; 11]);
         assert!(read_leaf(&txn, &feed(), 2).is_err());
     }
 }

@@ -5,7 +5,7 @@ use crate::identity::Keypair;
 use super::{keys, Store, StoreError, Table, Txn};
 
 /// The store layout this build reads and writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// Checks the store's format, stamping it into a fresh store.
 pub fn check_format<S: Store>(txn: &mut Txn<'_, S>) -> Result<(), StoreError> {
