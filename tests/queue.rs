@@ -151,12 +151,7 @@ fn dialing_the_wrong_key_is_detected() {
 
 #[test]
 fn removing_a_peer_closes_its_connection_and_keeps_it_out() {
-    let mut net = Net::new(2);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let now = net.now;
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, a, b) = Net::connected_pair();
     assert_eq!(net.link_count(), 1);
     let now = net.now;
     assert!(net.node(A).remove_peer(&b, now).unwrap());
@@ -182,12 +177,7 @@ fn removing_a_peer_closes_its_connection_and_keeps_it_out() {
 
 #[test]
 fn corrupted_bytes_on_the_wire_close_the_connection_and_nothing_bad_is_stored() {
-    let mut net = Net::new(2);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let now = net.now;
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, a, _) = Net::connected_pair();
     let mut flips = 0;
     net.tamper = Some(Box::new(move |from, bytes| {
         if from == B && flips < 3 && bytes.len() > 100 {
@@ -242,12 +232,7 @@ fn receipts_are_signed_stored_and_reported() {
 /// answer.
 #[test]
 fn a_receipt_waits_the_ack_delay_and_covers_what_arrived_meanwhile() {
-    let mut net = Net::new(2);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let now = net.now;
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, a, _) = Net::connected_pair();
     let acked = |net: &mut Net| -> Vec<(u64, u64)> {
         net.take_events(B)
             .into_iter()
@@ -612,12 +597,7 @@ fn a_cleared_message_is_never_downloaded_and_a_cleared_one_is_gone() {
 
 #[test]
 fn a_live_reader_sees_every_message_appended_after_it_caught_up() {
-    let mut net = Net::new(2);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let now = net.now;
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, a, b) = Net::connected_pair();
     for i in 0..20u64 {
         let now = net.now;
         net.node(B).send(a, format!("{i}").as_bytes(), now).unwrap();
@@ -633,12 +613,7 @@ fn a_live_reader_sees_every_message_appended_after_it_caught_up() {
 
 #[test]
 fn a_caught_up_reader_gets_new_messages_in_one_trip() {
-    let mut net = Net::new(2);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let now = net.now;
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, a, b) = Net::connected_pair();
     for i in 0..5u64 {
         net.take_events(A);
         let now = net.now;

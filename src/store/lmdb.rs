@@ -149,28 +149,21 @@ impl LmdbStore {
             }
         }
         for table in Table::ALL {
+            let mut writes = batch.table(table).peekable();
+            if writes.peek().is_none() {
+                continue;
+            }
             let db = self.db(table);
-            // Keys come sorted. Once one sorts after everything stored, so do
-            // the rest: they are appended, which fills pages instead of
-            // splitting each in half, so appends leave a file half as big.
-            let mut last: Option<Option<Vec<u8>>> = None;
-            let mut past_end = false;
-            for (key, value) in batch.table(table) {
+            // Keys come sorted, so those past the table's end are appended,
+            // which fills pages instead of splitting each in half: appends
+            // leave a file half as big.
+            let end = db.last(&wtxn)?.map(|(k, _)| k.to_vec());
+            for (key, value) in writes {
                 match value {
-                    Some(v) => {
-                        if !past_end {
-                            let last = match &last {
-                                Some(l) => l,
-                                None => last.insert(db.last(&wtxn)?.map(|(k, _)| k.to_vec())),
-                            };
-                            past_end = last.as_deref().is_none_or(|l| key > l);
-                        }
-                        if past_end {
-                            db.put_with_flags(&mut wtxn, PutFlags::APPEND, key, v)?;
-                        } else {
-                            db.put(&mut wtxn, key, v)?;
-                        }
+                    Some(v) if end.as_deref().is_none_or(|e| key > e) => {
+                        db.put_with_flags(&mut wtxn, PutFlags::APPEND, key, v)?
                     }
+                    Some(v) => db.put(&mut wtxn, key, v)?,
                     None => {
                         db.delete(&mut wtxn, key)?;
                     }

@@ -35,18 +35,20 @@ fn hash_key(key: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Whether index slot `(h, i)` is the entry of `key` (whose hash is `hash`).
+fn holds(entries: &[Option<(Key, Vec<u8>)>], (h, i): (u64, usize), hash: u64, key: &[u8]) -> bool {
+    h == hash
+        && entries[i]
+            .as_ref()
+            .is_some_and(|(k, _)| k.as_slice() == key)
+}
+
 impl Map {
     fn position(&self, key: &[u8]) -> Option<usize> {
         let hash = hash_key(key);
         self.index
-            .find(hash, |&(h, i)| h == hash && self.holds(i, key))
+            .find(hash, |&slot| holds(&self.entries, slot, hash, key))
             .map(|&(_, i)| i)
-    }
-
-    fn holds(&self, i: usize, key: &[u8]) -> bool {
-        self.entries[i]
-            .as_ref()
-            .is_some_and(|(k, _)| k.as_slice() == key)
     }
 
     fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
@@ -62,11 +64,9 @@ impl Map {
     fn insert(&mut self, key: Key, value: Vec<u8>) {
         let hash = hash_key(&key);
         let entries = &self.entries;
-        let entry = self.index.entry(
-            hash,
-            |&(h, i)| h == hash && entries[i].as_ref().is_some_and(|(k, _)| *k == key),
-            |&(h, _)| h,
-        );
+        let entry = self
+            .index
+            .entry(hash, |&slot| holds(entries, slot, hash, &key), |&(h, _)| h);
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) => {
                 if let Some((_, v)) = &mut self.entries[e.get().1] {
@@ -83,12 +83,9 @@ impl Map {
     fn remove(&mut self, key: &[u8]) {
         let hash = hash_key(key);
         let entries = &self.entries;
-        let found = self.index.find_entry(hash, |&(h, i)| {
-            h == hash
-                && entries[i]
-                    .as_ref()
-                    .is_some_and(|(k, _)| k.as_slice() == key)
-        });
+        let found = self
+            .index
+            .find_entry(hash, |&slot| holds(entries, slot, hash, key));
         if let Ok(found) = found {
             let ((_, i), _) = found.remove();
             self.entries[i] = None;

@@ -36,9 +36,11 @@ pub enum Table {
     Peers,
     /// Feed descriptors and their latest signed heads, by feed id.
     Feeds,
-    /// Blocks and the Merkle tree nodes they complete, by (feed id, seq).
+    /// Blocks and the Merkle tree nodes they complete, by (feed id prefix,
+    /// seq): see [`crate::feed::block_key`].
     Blocks,
-    /// Inbox state per received message, by (feed id, seq).
+    /// Inbox state per sender (what arrived; archive and clear marks), by
+    /// sender id.
     Inbox,
     /// Signed receipts (acks), by (feed id, signer).
     Receipts,

@@ -47,6 +47,18 @@ impl Net {
         )
     }
 
+    /// Two nodes, 0 authorizing 1, which dialed it; after the handshake and
+    /// the first exchanges. Returns the net and the two ids.
+    pub fn connected_pair() -> (Self, PeerId, PeerId) {
+        let mut net = Self::new(2);
+        let (a, b) = (net.ids[0], net.ids[1]);
+        net.node(0).add_peer(b).unwrap();
+        let now = net.now;
+        net.node(1).dial(a, now);
+        net.run_for(Duration::from_secs(1));
+        (net, a, b)
+    }
+
     pub fn with_configs(configs: Vec<Config>) -> Self {
         let n = configs.len();
         let stores: Vec<MemStore> = (0..n).map(|_| MemStore::new()).collect();
