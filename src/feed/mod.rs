@@ -275,7 +275,7 @@ impl Feed {
             seq.checked_sub(length)
                 .and_then(|i| refs.get(i as usize).copied())
         };
-        records::write_nodes(txn, &self.id, &created, new_blocks, length)?;
+        records::write_nodes(txn, &self.id, &mut created, new_blocks, length)?;
         let new_len = length + blocks.len() as u64;
         let head = SignedHead::sign(key, self.id, new_len, merkle::tree_hash(&self.roots));
         self.head = Some(head);
@@ -467,8 +467,8 @@ impl Feed {
         if flat::blocks(t).1 > self.len() {
             return Err(bad(ProofError::MissingBase(t)));
         }
-        let learned = self.check(txn, proof, blocks)?.learned;
-        self.store_learned(txn, proof, blocks, &learned)
+        let mut learned = self.check(txn, proof, blocks)?.learned;
+        self.store_learned(txn, proof, blocks, &mut learned)
     }
 
     /// Runs the proof walk against this feed's stored nodes.
@@ -502,7 +502,7 @@ impl Feed {
         txn: &mut Txn<'_, S>,
         proof: &RangeProof,
         blocks: &[B],
-        learned: &[Node],
+        learned: &mut [Node],
     ) -> Result<(), FeedError> {
         let data = |seq: u64| {
             let i = seq.checked_sub(proof.start).filter(|_| seq < proof.end)?;
@@ -526,8 +526,8 @@ impl Feed {
         proof: &RangeProof,
         blocks: &[B],
     ) -> Result<(), FeedError> {
-        let learned = self.verify(txn, head, proof, blocks)?;
-        self.store_learned(txn, proof, blocks, &learned)?;
+        let mut learned = self.verify(txn, head, proof, blocks)?;
+        self.store_learned(txn, proof, blocks, &mut learned)?;
         if head.length > self.len() {
             let before = self.record();
             self.roots = flat::full_roots(head.length)

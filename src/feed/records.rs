@@ -194,7 +194,8 @@ pub(super) fn read_node<S: Store>(
     Ok(read_record(txn, feed, seq)?.and_then(|r| r.node(depth)))
 }
 
-/// Writes `nodes` (verified, or just created by an append) and the bytes of
+/// Writes `nodes` (verified, or just created by an append; sorted here by
+/// where they are kept) and the bytes of
 /// the blocks `data` returns, merged into what the records already hold:
 /// held bytes are never replaced by a bare hash, and a record that would not
 /// change is not rewritten.
@@ -204,18 +205,13 @@ pub(super) fn read_node<S: Store>(
 pub(super) fn write_nodes<'d, S: Store>(
     txn: &mut Txn<'_, S>,
     feed: &FeedId,
-    nodes: &[Node],
+    nodes: &mut [Node],
     data: impl Fn(u64) -> Option<&'d [u8]>,
     fresh_from: u64,
 ) -> Result<(), FeedError> {
-    let mut sorted;
-    let nodes = if nodes.is_sorted_by_key(|n| position(n.index)) {
-        nodes
-    } else {
-        sorted = nodes.to_vec();
-        sorted.sort_unstable_by_key(|n| position(n.index));
-        &sorted[..]
-    };
+    if !nodes.is_sorted_by_key(|n| position(n.index)) {
+        nodes.sort_unstable_by_key(|n| position(n.index));
+    }
     for group in nodes.chunk_by(|a, b| position(a.index).0 == position(b.index).0) {
         let seq = position(group[0].index).0;
         let new_present = group
@@ -341,7 +337,7 @@ mod tests {
         write_nodes(
             &mut txn,
             &feed(),
-            &[a, b, p],
+            &mut [a, b, p],
             |s| Some(blocks[s as usize]),
             0,
         )
@@ -361,10 +357,10 @@ mod tests {
         let p = Node::parent(&a, &b);
         let mut txn = Txn::begin(&store).unwrap();
         // First the parent alone (learned from a proof of another block)...
-        write_nodes(&mut txn, &feed(), &[p], |_| None, u64::MAX).unwrap();
+        write_nodes(&mut txn, &feed(), &mut [p], |_| None, u64::MAX).unwrap();
         // ...then block 1's bytes, then its bare hash again.
-        write_nodes(&mut txn, &feed(), &[b], |_| Some(&b"b"[..]), u64::MAX).unwrap();
-        write_nodes(&mut txn, &feed(), &[b], |_| None, u64::MAX).unwrap();
+        write_nodes(&mut txn, &feed(), &mut [b], |_| Some(&b"b"[..]), u64::MAX).unwrap();
+        write_nodes(&mut txn, &feed(), &mut [b], |_| None, u64::MAX).unwrap();
         let l = read_leaf(&txn, &feed(), 1).unwrap().unwrap();
         assert_eq!(l.data, Some(&b"b"[..]));
         assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
@@ -383,8 +379,15 @@ mod tests {
         let p = Node::parent(&a, &b);
         let mut txn = Txn::begin(&store).unwrap();
         // Block 1's hash alone, then block 1 with everything it can hold.
-        write_nodes(&mut txn, &feed(), &[b], |_| None, u64::MAX).unwrap();
-        write_nodes(&mut txn, &feed(), &[b, p], |_| Some(&b"b"[..]), u64::MAX).unwrap();
+        write_nodes(&mut txn, &feed(), &mut [b], |_| None, u64::MAX).unwrap();
+        write_nodes(
+            &mut txn,
+            &feed(),
+            &mut [b, p],
+            |_| Some(&b"b"[..]),
+            u64::MAX,
+        )
+        .unwrap();
         let l = read_leaf(&txn, &feed(), 1).unwrap().unwrap();
         assert_eq!((l.node, l.data), (b, Some(&b"b"[..])));
         assert_eq!(read_node(&txn, &feed(), 1).unwrap(), Some(p));
