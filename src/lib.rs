@@ -27,6 +27,7 @@ pub mod ranges;
 pub mod rng;
 pub mod store;
 pub mod time;
+mod varint;
 pub mod wire;
 
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};

@@ -202,7 +202,7 @@ fn unrequested_data_is_unexpected() {
         let proof = feed.prove(&txn, 1, 2, 0).unwrap();
         let block = feed.get(&txn, 1).unwrap().unwrap();
         raw.send(&Message::Data(DataMsg {
-            feed: feed.id(),
+            request: 0,
             head: Some(*feed.head().unwrap()),
             proof,
             blocks: vec![&block],
@@ -213,11 +213,9 @@ fn unrequested_data_is_unexpected() {
 
 #[test]
 fn a_refusal_of_nothing_is_unexpected() {
-    let reason = run(|w, raw| {
-        let desc = FeedDescriptor::queue(w.h.peer_id(), w.a.id());
+    let reason = run(|_w, raw| {
         raw.send(&Message::NoData {
-            feed: desc.id(),
-            start: 3,
+            request: 1 << 40,
             end: 5,
         });
     });
@@ -252,11 +250,15 @@ fn a_tampered_block_is_rejected_and_not_stored() {
         .find(|(k, _)| *k == 2)
         .expect("A requested the blocks");
     let Message::Request {
-        start, end, base, ..
+        base,
+        first_id,
+        ranges,
+        ..
     } = Message::decode(*kind, body, 100).unwrap()
     else {
         panic!()
     };
+    let (start, end) = (ranges[0].start, ranges[0].end);
     let txn = Txn::begin(&store).unwrap();
     let end = end.min(feed.len());
     let proof = feed.prove(&txn, start, end, base).unwrap();
@@ -266,7 +268,7 @@ fn a_tampered_block_is_rejected_and_not_stored() {
     blocks[0][0] ^= 1;
     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
     raw.send(&Message::Data(DataMsg {
-        feed: feed.id(),
+        request: first_id,
         head: Some(*feed.head().unwrap()),
         proof,
         blocks: refs,
@@ -405,10 +407,13 @@ fn a_request_relying_on_a_refused_one_is_asked_again() {
                 }
             }
             for (kind, body) in raw.messages().unwrap() {
-                if let Ok(Message::Request { start, trusted, .. }) =
-                    Message::decode(kind, &body, 1 << 20)
+                if let Ok(Message::Request {
+                    first_id, ranges, ..
+                }) = Message::decode(kind, &body, 1 << 20)
                 {
-                    requests.push((start, trusted));
+                    for (r, id) in ranges.into_iter().zip(first_id..) {
+                        requests.push((r.start, r.trusted, id));
+                    }
                 }
             }
             let bytes = raw.output().unwrap();
@@ -424,13 +429,13 @@ fn a_request_relying_on_a_refused_one_is_asked_again() {
     pump(&mut a, &mut raw);
     assert!(raw.is_open());
     let txn = Txn::begin(&store).unwrap();
-    let data = |start: u64, trusted: Option<u64>, head: bool| {
+    let data = |request: u64, start: u64, trusted: Option<u64>, head: bool| {
         let proof = match trusted {
             Some(t) => feed.prove_below(&txn, start, start + 1, t).unwrap(),
             None => feed.prove(&txn, start, start + 1, 0).unwrap(),
         };
         Message::Data(DataMsg {
-            feed: feed.id(),
+            request,
             head: head.then(|| *feed.head().unwrap()),
             proof,
             blocks: vec![&blocks[start as usize][..]],
@@ -445,8 +450,10 @@ fn a_request_relying_on_a_refused_one_is_asked_again() {
     // Block 5 first, with a proof up to the roots: A now knows the tree.
     a.get(h.peer_id(), 5, now).unwrap();
     let (requests, _) = pump(&mut a, &mut raw);
-    assert_eq!(requests, vec![(5, None)]);
-    raw.send(&data(5, None, true));
+    let [(5, None, id)] = requests[..] else {
+        panic!("expected one request for block 5, got {requests:?}");
+    };
+    raw.send(&data(id, 5, None, true));
     pump(&mut a, &mut raw);
 
     // 1000, then 1001: the second counts on the first answer's proof for
@@ -454,21 +461,21 @@ fn a_request_relying_on_a_refused_one_is_asked_again() {
     a.get(h.peer_id(), 1000, now).unwrap();
     a.get(h.peer_id(), 1001, now).unwrap();
     let (requests, _) = pump(&mut a, &mut raw);
-    assert_eq!(requests.len(), 2, "{requests:?}");
-    assert_eq!(requests[1], (1001, Some(2002)));
+    let [(1000, _, first), (1001, Some(2002), second)] = requests[..] else {
+        panic!("expected requests for 1000 and 1001, got {requests:?}");
+    };
     raw.send(&Message::NoData {
-        feed: feed.id(),
-        start: 1000,
+        request: first,
         end: 1001,
     });
-    raw.send(&data(1001, Some(2002), false));
+    raw.send(&data(second, 1001, Some(2002), false));
     let (requests, _) = pump(&mut a, &mut raw);
     // Asked again, stopping at a node A really holds.
-    let [(1001, Some(held))] = requests[..] else {
+    let [(1001, Some(held), again)] = requests[..] else {
         panic!("expected one new request for 1001, got {requests:?}");
     };
     assert_ne!(held, 2002);
-    raw.send(&data(1001, Some(held), false));
+    raw.send(&data(again, 1001, Some(held), false));
     let (_, events) = pump(&mut a, &mut raw);
     assert!(events
         .iter()

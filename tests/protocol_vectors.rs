@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use peermq::feed::{Feed, FeedDescriptor};
 use peermq::merkle::{tree_hash, Node};
 use peermq::ranges::RangeSet;
-use peermq::wire::{CloseCode, DataMsg, HandshakePayload, Message, Receipt, PROTOCOL_VERSION};
+use peermq::wire::{
+    CloseCode, DataMsg, HandshakePayload, Message, RangeRequest, Receipt, PROTOCOL_VERSION,
+};
 use peermq::{Keypair, MemStore, Txn};
 
 fn encode(m: &Message<'_>) -> String {
@@ -54,17 +56,27 @@ fn vectors() -> BTreeMap<&'static str, String> {
         "msg_request",
         encode(&Message::Request {
             feed: desc.id(),
-            start: 1,
-            end: 2,
             base: 0,
-            trusted: None,
+            first_id: 7,
+            ranges: vec![
+                RangeRequest {
+                    start: 1,
+                    end: 2,
+                    trusted: None,
+                },
+                RangeRequest {
+                    start: 2,
+                    end: 3,
+                    trusted: Some(1),
+                },
+            ],
         }),
     );
     let proof = feed.prove(&txn, 1, 2, 0).unwrap();
     v.insert(
         "msg_data_1_2_base_0",
         encode(&Message::Data(DataMsg {
-            feed: desc.id(),
+            request: 7,
             head: Some(head),
             proof,
             blocks: vec![b"world"],
@@ -76,7 +88,7 @@ fn vectors() -> BTreeMap<&'static str, String> {
     v.insert(
         "msg_data_1_2_below_node_1",
         encode(&Message::Data(DataMsg {
-            feed: desc.id(),
+            request: 8,
             head: None,
             proof: below,
             blocks: vec![b"world"],
@@ -97,11 +109,7 @@ fn vectors() -> BTreeMap<&'static str, String> {
     );
     v.insert(
         "msg_no_data",
-        encode(&Message::NoData {
-            feed: desc.id(),
-            start: 5,
-            end: 9,
-        }),
+        encode(&Message::NoData { request: 7, end: 9 }),
     );
     let receipt = Receipt::sign(&recipient, desc.id(), RangeSet::from_range(0, 3));
     v.insert("msg_ack", encode(&Message::Ack(receipt)));

@@ -53,7 +53,7 @@ const HASH_LEN: usize = 32;
 impl<'a> Record<'a> {
     fn parse(feed: &FeedId, seq: u64, bytes: &'a [u8]) -> Result<Record<'a>, FeedError> {
         let bad = || corrupt(feed, seq, "block record");
-        let (head, used) = read_varint(bytes).ok_or_else(bad)?;
+        let (head, used) = crate::varint::read(bytes).ok_or_else(bad)?;
         let (present, has_data) = (head >> 1, head & 1 == 1);
         // Only parents that end at `seq` belong here, and bytes need a leaf.
         if present & !slots(seq) != 0 || (has_data && present & 1 == 0) {
@@ -110,7 +110,7 @@ fn encode(present: u64, nodes: impl Iterator<Item = Node>, data: Option<&[u8]>) 
         2 + present.count_ones() as usize * NODE_LEN + data.map_or(0, <[u8]>::len),
     );
     let has_data = data.is_some() && present & 1 == 1;
-    write_varint(&mut out, present << 1 | u64::from(has_data));
+    crate::varint::write(&mut out, present << 1 | u64::from(has_data));
     for node in nodes {
         let bytes = node.encode();
         if flat::depth(node.index) == 0 && has_data {
@@ -293,25 +293,6 @@ fn bits(mut mask: u64) -> impl Iterator<Item = u32> {
         mask &= mask - 1;
         Some(bit)
     })
-}
-
-fn write_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
-        if b & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -189,12 +189,12 @@ impl State {
                     let e = b.min(s + per);
                     planned.push(super::Planned {
                         conn: conn.id,
+                        id: conn.plan_request(feed, s, e),
                         desc,
                         start: s,
                         end: e,
                         base,
                     });
-                    conn.inflight.push(super::conn::Inflight::new(feed, s, e));
                     r.requested.insert(s, e);
                     s = e;
                 }

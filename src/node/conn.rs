@@ -23,6 +23,8 @@ enum Session {
 /// A request a peer asked us to serve.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wanted {
+    /// The id the peer gave it, named in our answer.
+    pub id: u64,
     pub feed: FeedId,
     pub start: u64,
     pub end: u64,
@@ -58,6 +60,8 @@ pub(crate) struct Conn {
     pub last_tx: Instant,
     /// Requests we sent and the peer has not answered yet.
     pub inflight: Vec<Inflight>,
+    /// Id of our next request on this connection.
+    next_request: u64,
     /// Requests from the peer waiting to be served.
     pub serve: VecDeque<Wanted>,
     /// Broadcast feeds the peer announced, with the length it can serve.
@@ -76,6 +80,8 @@ pub(crate) struct Conn {
 /// A request of ours awaiting its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inflight {
+    /// Its id on this connection, which the answer names.
+    pub id: u64,
     pub feed: FeedId,
     pub start: u64,
     pub end: u64,
@@ -83,18 +89,6 @@ pub struct Inflight {
     pub trusted: Option<u64>,
     /// Whether the request went out (it is planned first, then sent).
     pub sent: bool,
-}
-
-impl Inflight {
-    pub fn new(feed: FeedId, start: u64, end: u64) -> Self {
-        Inflight {
-            feed,
-            start,
-            end,
-            trusted: None,
-            sent: false,
-        }
-    }
 }
 
 impl Conn {
@@ -118,6 +112,7 @@ impl Conn {
             last_rx: now,
             last_tx: now,
             inflight: Vec::new(),
+            next_request: 0,
             serve: VecDeque::new(),
             remote_heads: BTreeMap::new(),
             acks_sent: BTreeMap::new(),
@@ -126,16 +121,35 @@ impl Conn {
         }
     }
 
+    /// Plans a request for blocks `[start, end)` of `feed`, in flight from
+    /// now on, and returns its id.
+    pub fn plan_request(&mut self, feed: FeedId, start: u64, end: u64) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.inflight.push(Inflight {
+            id,
+            feed,
+            start,
+            end,
+            trusted: None,
+            sent: false,
+        });
+        id
+    }
+
+    /// Takes our in-flight request `id` off the list, once it is answered.
+    pub fn take_request(&mut self, id: u64) -> Option<Inflight> {
+        let i = self.inflight.iter().position(|r| r.id == id)?;
+        let asked = self.inflight.swap_remove(i);
+        if self.tail == Some((asked.feed, asked.start)) {
+            self.tail = None;
+        }
+        Some(asked)
+    }
+
     /// Requests in flight that count against the limit.
     pub fn busy(&self) -> usize {
         self.inflight.len() - usize::from(self.tail.is_some())
-    }
-
-    /// Forgets request (`feed`, `start`) once answered.
-    pub fn answered(&mut self, feed: FeedId, start: u64) {
-        if self.tail == Some((feed, start)) {
-            self.tail = None;
-        }
     }
 
     pub fn is_open(&self) -> bool {

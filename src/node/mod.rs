@@ -148,6 +148,8 @@ enum Target {
 /// A request planned on a connection, to be sent by `issue_requests`.
 struct Planned {
     conn: ConnId,
+    /// The request's id on `conn`.
+    id: u64,
     desc: FeedDescriptor,
     start: u64,
     end: u64,

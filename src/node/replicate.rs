@@ -13,7 +13,7 @@ use crate::merkle::flat;
 use crate::ranges::RangeSet;
 use crate::store::{Store, Txn};
 use crate::time::Instant;
-use crate::wire::{DataMsg, Message, Receipt};
+use crate::wire::{DataMsg, Message, RangeRequest, Receipt, MAX_REQUEST_RANGES};
 
 use super::config::{limits, Prefetch};
 use super::conn::{next_message, HandshakeCtx, Inflight, Wanted};
@@ -265,60 +265,61 @@ impl State {
             }
             Message::Request {
                 feed,
-                start,
-                end,
                 base,
-                trusted,
+                first_id,
+                ranges,
             } => {
                 let conn = self
                     .conns
                     .get_mut(&id)
                     .ok_or(Fault::Peer(CloseReason::Local))?;
-                if conn.serve.len() >= limits::MAX_INFLIGHT_REQUESTS {
+                if conn.serve.len() + ranges.len() > limits::MAX_INFLIGHT_REQUESTS {
                     return Err(Fault::Peer(CloseReason::Overloaded));
                 }
-                if end - start > limits::MAX_REQUEST_BLOCKS {
-                    return Err(Fault::Peer(CloseReason::Malformed(format!(
-                        "request for {} blocks",
-                        end - start
-                    ))));
+                // The decoder checked that the ids do not overflow.
+                for (r, id) in ranges.into_iter().zip(first_id..) {
+                    if r.end - r.start > limits::MAX_REQUEST_BLOCKS {
+                        return Err(Fault::Peer(CloseReason::Malformed(format!(
+                            "request for {} blocks",
+                            r.end - r.start
+                        ))));
+                    }
+                    conn.serve.push_back(Wanted {
+                        id,
+                        feed,
+                        start: r.start,
+                        end: r.end,
+                        base,
+                        trusted: r.trusted,
+                    });
                 }
-                conn.serve.push_back(Wanted {
-                    feed,
-                    start,
-                    end,
-                    base,
-                    trusted,
-                });
             }
             Message::Data(d) => self.on_data(txn, after, id, peer, d)?,
-            Message::NoData { feed, start, end } => {
+            Message::NoData { request, end } => {
                 let conn = self
                     .conns
                     .get_mut(&id)
                     .ok_or(Fault::Peer(CloseReason::Local))?;
-                let Some(i) = conn
-                    .inflight
-                    .iter()
-                    .position(|r| r.feed == feed && r.start == start)
+                let Some(Inflight {
+                    feed,
+                    start,
+                    end: e,
+                    ..
+                }) = conn.take_request(request)
                 else {
-                    return Err(Fault::Peer(CloseReason::Unexpected(
-                        "refusal of a request we did not make".into(),
-                    )));
+                    return Err(Fault::Peer(CloseReason::Unexpected(format!(
+                        "refusal of request {request}, which we did not make"
+                    ))));
                 };
-                let Inflight {
-                    start: s, end: e, ..
-                } = conn.inflight.swap_remove(i);
-                conn.answered(feed, s);
                 after.freed.insert(id);
                 if let Some(r) = self.replicas.get_mut(&feed) {
                     // This peer cannot serve past `start` after all; others may.
                     let can = conn.remote_heads.entry(feed).or_insert(0);
                     *can = (*can).min(start);
-                    r.requested.remove(s, e);
+                    r.requested.remove(start, e);
                     after.broadcast_schedule.insert(feed);
                 } else if let Some(inbox) = self.inboxes.get_mut(&peer) {
-                    inbox.requested.remove(s, e);
+                    inbox.requested.remove(start, e);
                     inbox.refused.insert(start, end.min(e).max(start));
                 }
             }
@@ -349,24 +350,21 @@ impl State {
             .conns
             .get_mut(&id)
             .ok_or(Fault::Peer(CloseReason::Local))?;
-        let Some(i) = conn
-            .inflight
-            .iter()
-            .position(|r| r.feed == d.feed && r.start == start && end <= r.end)
-        else {
+        let Some(asked) = conn.take_request(d.request) else {
             return Err(Fault::Peer(CloseReason::Unexpected(format!(
-                "blocks {start}..{end} were not requested"
+                "data for request {}, which we did not make",
+                d.request
             ))));
         };
+        if start != asked.start || end > asked.end {
+            return Err(Fault::Peer(CloseReason::Unexpected(format!(
+                "blocks {start}..{end} answer request {} for {}..{}",
+                d.request, asked.start, asked.end
+            ))));
+        }
         after.freed.insert(id);
         let head_len = d.head.map_or(0, |h| h.length);
-        if let Some(desc) = self.replicas.get(&d.feed).map(|r| r.desc) {
-            let conn = self
-                .conns
-                .get_mut(&id)
-                .ok_or(Fault::Peer(CloseReason::Local))?;
-            let asked = conn.inflight.swap_remove(i);
-            conn.answered(d.feed, start);
+        if let Some(desc) = self.replicas.get(&asked.feed).map(|r| r.desc) {
             let feed = self.feed(txn, desc)?;
             if !stored_or_retry(feed, txn, &d, &asked)? {
                 if let Some(r) = self.replicas.get_mut(&desc.id()) {
@@ -385,17 +383,10 @@ impl State {
             return Ok(());
         }
         let desc = FeedDescriptor::queue(peer, self.me);
-        if d.feed != desc.id() {
-            return Err(Fault::Peer(CloseReason::Unexpected(
-                "data for a feed we did not ask for".into(),
-            )));
+        if asked.feed != desc.id() {
+            // Asked of a broadcast feed we have since let go.
+            return Ok(());
         }
-        let conn = self
-            .conns
-            .get_mut(&id)
-            .ok_or(Fault::Peer(CloseReason::Local))?;
-        let asked = conn.inflight.swap_remove(i);
-        conn.answered(d.feed, start);
         let feed = self.feed(txn, desc)?;
         if !stored_or_retry(feed, txn, &d, &asked)? {
             if let Some(inbox) = self.inboxes.get_mut(&peer) {
@@ -711,12 +702,12 @@ impl State {
                 let e = b.min(s + per);
                 planned.push(Planned {
                     conn: cid,
+                    id: conn.plan_request(fid, s, e),
                     desc: FeedDescriptor::queue(from, self.me),
                     start: s,
                     end: e,
                     base,
                 });
-                conn.inflight.push(Inflight::new(fid, s, e));
                 inbox.requested.insert(s, e);
                 s = e;
             }
@@ -746,12 +737,12 @@ impl State {
             if e > tail {
                 planned.push(Planned {
                     conn: cid,
+                    id: conn.plan_request(fid, tail, e),
                     desc: FeedDescriptor::queue(from, self.me),
                     start: tail,
                     end: e,
                     base,
                 });
-                conn.inflight.push(Inflight::new(fid, tail, e));
                 conn.tail = Some((fid, tail));
                 inbox.requested.insert(tail, e);
             }
@@ -774,6 +765,8 @@ impl State {
                 Target::Queue(from) => self.plan_queue(from),
                 Target::Broadcast(feed) => self.plan_broadcast(feed),
             };
+            // Consecutive ranges for one connection and feed share a message.
+            let mut batch: Option<(ConnId, Message<'static>)> = None;
             for p in planned {
                 let fid = p.desc.id();
                 let trusted = if p.end <= p.base {
@@ -790,26 +783,61 @@ impl State {
                 } else {
                     None
                 };
-                if let Some(conn) = self.conns.get_mut(&p.conn) {
-                    if let Some(r) = conn
-                        .inflight
-                        .iter_mut()
-                        .find(|r| r.feed == fid && r.start == p.start)
-                    {
-                        r.trusted = trusted;
-                        r.sent = true;
-                    }
-                    conn.send(&Message::Request {
-                        feed: p.desc.id(),
-                        start: p.start,
-                        end: p.end,
-                        base: p.base,
-                        trusted,
-                    });
+                if let Some(r) = self
+                    .conns
+                    .get_mut(&p.conn)
+                    .and_then(|c| c.inflight.iter_mut().find(|r| r.id == p.id))
+                {
+                    r.trusted = trusted;
+                    r.sent = true;
                 }
+                let range = RangeRequest {
+                    start: p.start,
+                    end: p.end,
+                    trusted,
+                };
+                if let Some((
+                    cid,
+                    Message::Request {
+                        feed,
+                        base,
+                        first_id,
+                        ranges,
+                    },
+                )) = &mut batch
+                {
+                    if *cid == p.conn
+                        && *feed == fid
+                        && *base == p.base
+                        && *first_id + ranges.len() as u64 == p.id
+                        && ranges.len() < MAX_REQUEST_RANGES
+                    {
+                        ranges.push(range);
+                        continue;
+                    }
+                }
+                self.send_request(batch.take());
+                batch = Some((
+                    p.conn,
+                    Message::Request {
+                        feed: fid,
+                        base: p.base,
+                        first_id: p.id,
+                        ranges: vec![range],
+                    },
+                ));
             }
+            self.send_request(batch);
         }
         Ok(())
+    }
+
+    fn send_request(&mut self, batch: Option<(ConnId, Message<'static>)>) {
+        if let Some((cid, msg)) = batch {
+            if let Some(conn) = self.conns.get_mut(&cid) {
+                conn.send(&msg);
+            }
+        }
     }
 
     /// Serves queued requests on every connection, up to a byte budget per
@@ -872,8 +900,7 @@ impl State {
                         conn.parked.push(w);
                     }
                     Err(until) => conn.send(&Message::NoData {
-                        feed: w.feed,
-                        start: w.start,
+                        request: w.id,
                         end: until,
                     }),
                 }
@@ -944,7 +971,7 @@ fn serve_one<S: Store>(
     };
     let head = if below.is_some() { None } else { Some(&head) };
     DataMsg::encode_parts(
-        &feed.id(),
+        w.id,
         head,
         &proof,
         blocks.iter().copied(),

@@ -3,7 +3,8 @@
 use crate::feed::{FeedDescriptor, FeedId, SignedHead, SIGNED_HEAD_LEN};
 use crate::identity::{PeerId, Signature, SIGNATURE_LEN};
 use crate::merkle::flat::{self, MAX_LENGTH};
-use crate::merkle::{fits, Node, RangeProof, NODE_LEN};
+use crate::merkle::{fits, Hash, Node, RangeProof};
+use crate::varint;
 
 use super::Receipt;
 
@@ -18,8 +19,6 @@ const T_ACK: u8 = 5;
 const T_KEEPALIVE: u8 = 6;
 const T_CLOSE: u8 = 7;
 const T_SUMMARY: u8 = 8;
-/// "No node" in a trusted-node field.
-const NO_NODE: u64 = u64::MAX;
 const T_HAVE: u8 = 9;
 
 /// Most entries a have-list may carry.
@@ -27,6 +26,9 @@ pub const MAX_HAVE_ENTRIES: usize = 1 << 16;
 
 /// Most proof nodes a data message may carry: two paths of a 2^64 tree.
 pub const MAX_PROOF_NODES: usize = 130;
+/// Most ranges one request message may carry (each is one request against
+/// the responder's limit of requests in flight).
+pub const MAX_REQUEST_RANGES: usize = 256;
 /// Most ranges a receipt may carry.
 pub const MAX_RECEIPT_RANGES: usize = 4096;
 /// Longest close text, in bytes.
@@ -42,31 +44,29 @@ pub enum Message<'a> {
         /// The head.
         head: SignedHead,
     },
-    /// Asks for blocks `[start, end)` of `feed`, proven for a verifier that
-    /// holds the roots of `base` blocks. `start == end` asks for the head
-    /// only (an upgrade proof).
+    /// Asks for ranges of blocks of `feed`, each its own request: range `i`
+    /// has id `first_id + i`, which the answer (a [`DataMsg`] or a
+    /// [`Message::NoData`]) names instead of the feed. Sparse readers ask for
+    /// many small ranges at once, so the feed id is sent once for all.
     Request {
         /// The feed.
         feed: FeedId,
-        /// First block wanted.
-        start: u64,
-        /// One past the last block wanted.
-        end: u64,
-        /// The requester's verified length.
+        /// The requester's verified length: proofs are made for a verifier
+        /// that holds the roots of `base` blocks.
         base: u64,
-        /// A node the requester holds that covers the range; the proof may
-        /// stop there (and then carries no head).
-        trusted: Option<u64>,
+        /// Id of the first range; the others follow in order.
+        first_id: u64,
+        /// The ranges (at most [`MAX_REQUEST_RANGES`]).
+        ranges: Vec<RangeRequest>,
     },
     /// Blocks with their proof.
     Data(DataMsg<'a>),
-    /// The sender cannot serve `[start, end)` of `feed`.
+    /// The sender cannot serve blocks `[start, end)` of request `request`,
+    /// where `start` is the request's first block.
     NoData {
-        /// The feed.
-        feed: FeedId,
-        /// First block refused.
-        start: u64,
-        /// End of the refused range.
+        /// The request's id.
+        request: u64,
+        /// End of the refused blocks.
         end: u64,
     },
     /// A signed receipt.
@@ -104,11 +104,25 @@ pub enum Message<'a> {
     },
 }
 
-/// Blocks `proof.start..proof.end` of a feed, proven against `head`.
+/// One range of a [`Message::Request`]: blocks `[start, end)`.
+/// `start == end` asks for the head only (an upgrade proof).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// First block wanted.
+    pub start: u64,
+    /// One past the last block wanted.
+    pub end: u64,
+    /// A node the requester holds (or will, see PROTOCOL.md) that covers
+    /// the range; the proof may stop there, and then carries no head.
+    pub trusted: Option<u64>,
+}
+
+/// Blocks `proof.start..proof.end` of the feed request `request` asked for,
+/// proven against `head`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DataMsg<'a> {
-    /// The feed.
-    pub feed: FeedId,
+    /// Id of the request this answers.
+    pub request: u64,
     /// The head the proof ends in; absent when the proof stops at a node
     /// the requester trusts.
     pub head: Option<SignedHead>,
@@ -266,30 +280,33 @@ impl Message<'_> {
             }
             Message::Request {
                 feed,
-                start,
-                end,
                 base,
-                trusted,
+                first_id,
+                ranges,
             } => {
                 let at = begin(out, T_REQUEST);
                 out.extend_from_slice(&feed.0);
-                for v in [*start, *end, *base, trusted.unwrap_or(NO_NODE)] {
-                    out.extend_from_slice(&v.to_le_bytes());
+                for v in [*base, *first_id, ranges.len() as u64] {
+                    varint::write(out, v);
+                }
+                for r in ranges {
+                    varint::write(out, r.start);
+                    varint::write(out, r.end - r.start);
+                    write_trusted(out, r.trusted);
                 }
                 finish(out, at);
             }
             Message::Data(d) => DataMsg::encode_parts(
-                &d.feed,
+                d.request,
                 d.head.as_ref(),
                 &d.proof,
                 d.blocks.iter().copied(),
                 out,
             ),
-            Message::NoData { feed, start, end } => {
+            Message::NoData { request, end } => {
                 let at = begin(out, T_NO_DATA);
-                out.extend_from_slice(&feed.0);
-                out.extend_from_slice(&start.to_le_bytes());
-                out.extend_from_slice(&end.to_le_bytes());
+                varint::write(out, *request);
+                varint::write(out, *end);
                 finish(out, at);
             }
             Message::Ack(r) => {
@@ -360,31 +377,47 @@ impl Message<'_> {
             }
             T_REQUEST => {
                 let feed = FeedId(r.array()?);
-                let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
-                if start > end {
+                let (base, first_id, count) = (r.varint()?, r.varint()?, r.varint()?);
+                if count == 0 || count > MAX_REQUEST_RANGES as u64 {
                     return Err(MessageError::Invalid {
                         kind,
-                        what: "request range is inverted",
+                        what: "a request carries 1 to 256 ranges",
                     });
                 }
-                let trusted = Some(r.u64()?).filter(|&t| t != NO_NODE);
+                if first_id.checked_add(count - 1).is_none() {
+                    return Err(MessageError::Invalid {
+                        kind,
+                        what: "request ids overflow",
+                    });
+                }
+                let mut ranges = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let start = r.varint()?;
+                    let end = start
+                        .checked_add(r.varint()?)
+                        .ok_or(MessageError::Invalid {
+                            kind,
+                            what: "request range overflows",
+                        })?;
+                    let trusted = r.trusted()?;
+                    ranges.push(RangeRequest {
+                        start,
+                        end,
+                        trusted,
+                    });
+                }
                 Message::Request {
                     feed,
-                    start,
-                    end,
                     base,
-                    trusted,
+                    first_id,
+                    ranges,
                 }
             }
             T_DATA => Message::Data(DataMsg::decode(&mut r, max_blocks)?),
-            T_NO_DATA => {
-                let feed = FeedId(r.array()?);
-                Message::NoData {
-                    feed,
-                    start: r.u64()?,
-                    end: r.u64()?,
-                }
-            }
+            T_NO_DATA => Message::NoData {
+                request: r.varint()?,
+                end: r.varint()?,
+            },
             T_ACK => {
                 let receipt =
                     Receipt::decode(body, MAX_RECEIPT_RANGES).ok_or(MessageError::Invalid {
@@ -443,35 +476,32 @@ impl<'a> DataMsg<'a> {
     /// blocks into a `DataMsg` first. A proof rooted at a trusted node needs
     /// no head; pass `None`.
     pub fn encode_parts<'b>(
-        feed: &FeedId,
+        request: u64,
         head: Option<&SignedHead>,
         proof: &RangeProof,
         blocks: impl Iterator<Item = &'b [u8]>,
         out: &mut Vec<u8>,
     ) {
         let at = begin(out, T_DATA);
-        out.extend_from_slice(&feed.0);
+        varint::write(out, request);
         match head {
             Some(h) => {
                 out.push(1);
-                out.extend_from_slice(&h.encode()[32..]);
+                out.extend_from_slice(&h.encode());
             }
             None => out.push(0),
         }
-        for v in [
-            proof.start,
-            proof.end,
-            proof.base,
-            proof.trusted.unwrap_or(NO_NODE),
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
+        for v in [proof.start, proof.end, proof.base] {
+            varint::write(out, v);
         }
-        out.extend_from_slice(&(proof.nodes.len() as u16).to_le_bytes());
+        write_trusted(out, proof.trusted);
+        varint::write(out, proof.nodes.len() as u64);
         for n in &proof.nodes {
-            out.extend_from_slice(&n.encode());
+            out.extend_from_slice(&n.hash.0);
+            varint::write(out, n.size);
         }
         for b in blocks {
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            varint::write(out, b.len() as u64);
             out.extend_from_slice(b);
         }
         finish(out, at);
@@ -479,14 +509,13 @@ impl<'a> DataMsg<'a> {
 
     fn decode(r: &mut Reader<'a>, max_blocks: u64) -> Result<Self, MessageError> {
         let kind = r.kind;
-        let feed = FeedId(r.array()?);
+        let request = r.varint()?;
         let head = match r.array::<1>()?[0] {
             0 => None,
-            1 => {
-                let mut bytes = feed.0.to_vec();
-                bytes.extend_from_slice(r.take(SIGNED_HEAD_LEN - 32)?);
-                Some(SignedHead::decode(&bytes).ok_or(MessageError::Truncated(kind))?)
-            }
+            1 => Some(
+                SignedHead::decode(r.take(SIGNED_HEAD_LEN)?)
+                    .ok_or(MessageError::Truncated(kind))?,
+            ),
             _ => {
                 return Err(MessageError::Invalid {
                     kind,
@@ -494,8 +523,8 @@ impl<'a> DataMsg<'a> {
                 })
             }
         };
-        let (start, end, base) = (r.u64()?, r.u64()?, r.u64()?);
-        let trusted = Some(r.u64()?).filter(|&t| t != NO_NODE);
+        let (start, end, base) = (r.varint()?, r.varint()?, r.varint()?);
+        let trusted = r.trusted()?;
         // Without a head, the proof reaches only its trusted node; the
         // shortest tree holding that node stands in for the length.
         let length = match (&head, trusted) {
@@ -520,31 +549,37 @@ impl<'a> DataMsg<'a> {
                 what: "too many blocks in one data message",
             });
         }
-        let n = u16::from_le_bytes(r.array()?) as usize;
-        if n > MAX_PROOF_NODES {
+        let n = r.varint()?;
+        if n > MAX_PROOF_NODES as u64 {
             return Err(MessageError::Invalid {
                 kind,
                 what: "too many proof nodes",
             });
         }
-        let mut nodes = Vec::with_capacity(n);
+        let mut nodes = Vec::with_capacity(n as usize);
         for _ in 0..n {
             // Indices are implied by the walk; 0 is a placeholder.
-            nodes.push(Node::decode(0, r.take(NODE_LEN)?).ok_or(MessageError::Truncated(kind))?);
+            let hash = Hash(r.array()?);
+            nodes.push(Node {
+                index: 0,
+                hash,
+                size: r.varint()?,
+            });
         }
         let count = (end - start) as usize;
-        // Each block costs at least its 4-byte length, so a count the body
+        // Each block costs at least its length byte, so a count the body
         // cannot hold is refused before anything is allocated for it.
-        if count > r.bytes.len() / 4 {
+        if count > r.bytes.len() {
             return Err(MessageError::Truncated(kind));
         }
         let mut blocks = Vec::with_capacity(count);
         for _ in 0..count {
-            let len = u32::from_le_bytes(r.array()?) as usize;
+            let len = r.varint()?;
+            let len = usize::try_from(len).map_err(|_| MessageError::Truncated(kind))?;
             blocks.push(r.take(len)?);
         }
         Ok(DataMsg {
-            feed,
+            request,
             head,
             proof: RangeProof {
                 start,
@@ -557,6 +592,11 @@ impl<'a> DataMsg<'a> {
             blocks,
         })
     }
+}
+
+/// A trusted-node field: 0 for none, else the node's index plus one.
+fn write_trusted(out: &mut Vec<u8>, trusted: Option<u64>) {
+    varint::write(out, trusted.map_or(0, |t| t + 1));
 }
 
 struct Reader<'a> {
@@ -582,6 +622,16 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Result<u64, MessageError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn varint(&mut self) -> Result<u64, MessageError> {
+        let (v, used) = varint::read(self.bytes).ok_or(MessageError::Truncated(self.kind))?;
+        self.bytes = &self.bytes[used..];
+        Ok(v)
+    }
+
+    fn trusted(&mut self) -> Result<Option<u64>, MessageError> {
+        Ok(self.varint()?.checked_sub(1))
     }
 }
 
@@ -610,17 +660,25 @@ mod tests {
         roundtrip(Message::Head { desc, head });
         roundtrip(Message::Request {
             feed: desc.id(),
-            start: 1,
-            end: 4,
             base: 2,
-            trusted: None,
-        });
-        roundtrip(Message::Request {
-            feed: desc.id(),
-            start: 1,
-            end: 4,
-            base: 2,
-            trusted: Some(7),
+            first_id: 300,
+            ranges: vec![
+                RangeRequest {
+                    start: 1,
+                    end: 4,
+                    trusted: None,
+                },
+                RangeRequest {
+                    start: 1 << 40,
+                    end: (1 << 40) + 1,
+                    trusted: Some(0),
+                },
+                RangeRequest {
+                    start: 9,
+                    end: 9,
+                    trusted: Some(7),
+                },
+            ],
         });
         let node = Node {
             index: 0,
@@ -636,7 +694,7 @@ mod tests {
             nodes: vec![node, node],
         };
         roundtrip(Message::Data(DataMsg {
-            feed: desc.id(),
+            request: 0,
             head: Some(head),
             proof,
             blocks: vec![b"ab", b""],
@@ -651,14 +709,13 @@ mod tests {
             nodes: vec![node],
         };
         roundtrip(Message::Data(DataMsg {
-            feed: desc.id(),
+            request: u64::MAX,
             head: None,
             proof,
             blocks: vec![b"c"],
         }));
         roundtrip(Message::NoData {
-            feed: desc.id(),
-            start: 0,
+            request: 12,
             end: 9,
         });
         roundtrip(Message::Ack(Receipt::sign(
@@ -685,13 +742,11 @@ mod tests {
     fn bounds_are_enforced_before_allocation() {
         let key = Keypair::generate(&mut SeededRng::from_u64(1));
         let head = SignedHead::sign(&key, FeedId([0; 32]), MAX_LENGTH, Hash([0; 32]));
-        let mut body = head.feed.0.to_vec();
-        body.push(1);
-        body.extend_from_slice(&head.encode()[32..]);
-        for v in [0u64, MAX_LENGTH, 0, NO_NODE] {
-            body.extend_from_slice(&v.to_le_bytes());
+        let mut body = vec![0, 1];
+        body.extend_from_slice(&head.encode());
+        for v in [0u64, MAX_LENGTH, 0, 0, 0] {
+            varint::write(&mut body, v);
         }
-        body.extend_from_slice(&0u16.to_le_bytes());
         let err = Message::decode(T_DATA, &body, 4096).unwrap_err();
         assert_eq!(
             err,
@@ -702,5 +757,65 @@ mod tests {
         );
         let err = Message::decode(T_DATA, &body, u64::MAX).unwrap_err();
         assert_eq!(err, MessageError::Truncated(T_DATA));
+    }
+
+    fn request_body(count: u64, first_id: u64) -> Vec<u8> {
+        let mut body = vec![5; 32];
+        for v in [0, first_id, count] {
+            varint::write(&mut body, v);
+        }
+        body
+    }
+
+    #[test]
+    fn request_range_counts_and_ids_are_bounded() {
+        let invalid = |what| MessageError::Invalid {
+            kind: T_REQUEST,
+            what,
+        };
+        // A count is refused before any range is read or allocated.
+        let err = Message::decode(T_REQUEST, &request_body(1 << 40, 0), 1).unwrap_err();
+        assert_eq!(err, invalid("a request carries 1 to 256 ranges"));
+        let err = Message::decode(T_REQUEST, &request_body(0, 0), 1).unwrap_err();
+        assert_eq!(err, invalid("a request carries 1 to 256 ranges"));
+        let err = Message::decode(T_REQUEST, &request_body(2, u64::MAX), 1).unwrap_err();
+        assert_eq!(err, invalid("request ids overflow"));
+        // A range whose end passes 2^64.
+        let mut body = request_body(1, 0);
+        for v in [u64::MAX, 1, 0] {
+            varint::write(&mut body, v);
+        }
+        let err = Message::decode(T_REQUEST, &body, 1).unwrap_err();
+        assert_eq!(err, invalid("request range overflows"));
+        // Fewer ranges than counted.
+        let err = Message::decode(T_REQUEST, &request_body(3, 0), 1).unwrap_err();
+        assert_eq!(err, MessageError::Truncated(T_REQUEST));
+    }
+
+    #[test]
+    fn proof_nodes_carry_sizes_as_varints() {
+        // One 100-byte block with two proof nodes: each node is its hash
+        // and one or two size bytes, not 40.
+        let node = |size| Node {
+            index: 0,
+            hash: Hash([4; 32]),
+            size,
+        };
+        let proof = RangeProof {
+            start: 2,
+            end: 3,
+            length: 4,
+            base: 0,
+            trusted: Some(3),
+            nodes: vec![node(100), node(200)],
+        };
+        let block = [7u8; 100];
+        let mut out = Vec::new();
+        DataMsg::encode_parts(1, None, &proof, [&block[..]].into_iter(), &mut out);
+        // header | id | no head | start end base trusted | n | 2 nodes | len | block
+        assert_eq!(
+            out.len(),
+            MSG_HEADER_LEN + 1 + 1 + 4 + 1 + (33 + 34) + 1 + 100
+        );
     }
 }

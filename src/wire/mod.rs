@@ -11,8 +11,11 @@ mod message;
 pub mod receipt;
 
 pub(crate) use message::MAX_RECEIPT_RANGES;
-pub use message::{CloseCode, DataMsg, HandshakePayload, Message, MessageError, MSG_HEADER_LEN};
+pub use message::{
+    CloseCode, DataMsg, HandshakePayload, Message, MessageError, RangeRequest, MAX_REQUEST_RANGES,
+    MSG_HEADER_LEN,
+};
 pub use receipt::Receipt;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
