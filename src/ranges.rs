@@ -205,6 +205,50 @@ impl RangeSet {
         }
     }
 
+    /// Encodes compactly, as the wire carries it: a count, then per range
+    /// its gap from the previous range's end (from 0 for the first) and its
+    /// length, all varints. A thousand scattered blocks take about 3 bytes
+    /// each instead of 16.
+    pub fn encode_compact(&self, out: &mut Vec<u8>) {
+        crate::varint::write(out, self.map.len() as u64);
+        let mut prev = 0;
+        for (&a, &b) in &self.map {
+            crate::varint::write(out, a - prev);
+            crate::varint::write(out, b - a);
+            prev = b;
+        }
+    }
+
+    /// Decodes [`RangeSet::encode_compact`]'s bytes from the front of
+    /// `bytes`, returning the rest. At most `max_ranges` ranges are accepted;
+    /// ranges must be non-empty, disjoint and non-adjacent (every gap but the
+    /// first at least 1), and end within `u64`.
+    pub fn decode_compact(bytes: &[u8], max_ranges: usize) -> Option<(Self, &[u8])> {
+        let mut rest = bytes;
+        let mut next = || {
+            let (v, used) = crate::varint::read(rest)?;
+            rest = &rest[used..];
+            Some(v)
+        };
+        let n = next()?;
+        if n > max_ranges as u64 {
+            return None;
+        }
+        let mut map = BTreeMap::new();
+        let mut prev = 0u64;
+        for i in 0..n {
+            let (gap, len) = (next()?, next()?);
+            if (i > 0 && gap == 0) || len == 0 {
+                return None;
+            }
+            let a = prev.checked_add(gap)?;
+            let b = a.checked_add(len)?;
+            map.insert(a, b);
+            prev = b;
+        }
+        Some((RangeSet { map }, rest))
+    }
+
     /// Decodes [`RangeSet::encode`]'s bytes from the front of `bytes`,
     /// returning the rest. At most `max_ranges` ranges are accepted, and the
     /// ranges must be sorted, disjoint and non-adjacent, as `encode` writes
@@ -304,5 +348,43 @@ mod tests {
         }
         assert!(RangeSet::decode(&bad, 10).is_none());
         assert!(RangeSet::decode(&[255, 255, 255, 255], usize::MAX).is_none());
+    }
+
+    #[test]
+    fn compact_encoding_roundtrips_and_refuses_what_a_set_cannot_be() {
+        let mut set = RangeSet::new();
+        for (a, b) in [(0, 1), (100, 101), (200, 260), (u64::MAX - 5, u64::MAX)] {
+            set.insert(a, b);
+        }
+        let mut buf = Vec::new();
+        set.encode_compact(&mut buf);
+        buf.push(9);
+        let (back, rest) = RangeSet::decode_compact(&buf, 4).unwrap();
+        assert_eq!((back, rest), (set.clone(), &[9u8][..]));
+        assert!(
+            RangeSet::decode_compact(&buf, 3).is_none(),
+            "over the limit"
+        );
+        let varints = |vs: &[u64]| {
+            let mut out = Vec::new();
+            for &v in vs {
+                crate::varint::write(&mut out, v);
+            }
+            out
+        };
+        // Empty range; adjacent ranges; an end past 2^64; truncated.
+        for bad in [
+            varints(&[1, 5, 0]),
+            varints(&[2, 0, 3, 0, 2]),
+            varints(&[1, u64::MAX, 2]),
+            varints(&[2, 0, 3]),
+        ] {
+            assert!(RangeSet::decode_compact(&bad, 10).is_none(), "{bad:?}");
+        }
+        let first_at_zero = varints(&[1, 0, 3]);
+        assert_eq!(
+            RangeSet::decode_compact(&first_at_zero, 10).unwrap().0,
+            RangeSet::from_range(0, 3)
+        );
     }
 }

@@ -349,14 +349,11 @@ fn a_data_message_claiming_huge_block_counts_is_refused() {
         let (feed, _) = hostile_feed(w);
         let head = *feed.head().unwrap();
         // A data header claiming 3 blocks but carrying no bytes for them.
-        let mut body = Vec::new();
-        body.extend_from_slice(&head.feed.0);
-        body.push(1);
-        body.extend_from_slice(&head.encode()[32..]);
-        for v in [0u64, 3, 0, u64::MAX] {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-        body.extend_from_slice(&0u16.to_le_bytes());
+        // Request id 0, a head, blocks 0..3, base 0, no trusted node, no
+        // proof nodes (every varint here is one byte).
+        let mut body = vec![0, 1];
+        body.extend_from_slice(&head.encode());
+        body.extend_from_slice(&[0, 3, 0, 0, 0]);
         let mut msg = ((body.len() + 1) as u32).to_le_bytes().to_vec();
         msg.push(3);
         msg.extend_from_slice(&body);
@@ -365,48 +362,75 @@ fn a_data_message_claiming_huge_block_counts_is_refused() {
     assert!(matches!(reason, CloseReason::Malformed(_)), "{reason:?}");
 }
 
-/// A sparse reader names, in a request, a tree node that the answer to its
-/// previous request will bring, so the proof stops lower. When that answer
-/// does not come (the writer refused it), the later proof cannot be checked:
-/// the reader asks again with a node it holds, and keeps the connection.
-#[test]
-fn a_request_relying_on_a_refused_one_is_asked_again() {
-    let h = Keypair::generate(&mut SeededRng::from_u64(41));
-    let mut a = Node::open(
-        MemStore::new(),
-        peermq::Config {
-            prefetch: peermq::Prefetch::Window(0),
-            ..config(40)
-        },
-        Instant::ZERO,
-    )
-    .unwrap();
-    a.add_peer(h.peer_id()).unwrap();
-    let store = MemStore::new();
-    let mut feed = Feed::new(FeedDescriptor::queue(h.peer_id(), a.id()));
-    let blocks: Vec<Vec<u8>> = (0..4096u32).map(|i| i.to_le_bytes().to_vec()).collect();
-    let mut txn = Txn::begin(&store).unwrap();
-    feed.append_batch(&mut txn, &h, &blocks).unwrap();
-    txn.commit().unwrap();
+/// A sparse reader (A, fetching only what it is asked for) and a raw
+/// writer H holding 4,096 blocks, connected, with H's head announced.
+struct SparseFetch {
+    a: Node<MemStore>,
+    h: Keypair,
+    raw: RawPeer,
+    conn: ConnId,
+    feed: Feed,
+    store: MemStore,
+    blocks: Vec<Vec<u8>>,
+    events: Vec<Event>,
+}
 
-    let now = Instant::ZERO;
-    let mut raw = RawPeer::dial(&h, 42, a.id()).unwrap();
-    let conn = a.accept(now);
-    let mut events = Vec::new();
-    // Moves bytes until quiet; returns the requests A sent meanwhile.
-    let mut pump = |a: &mut Node<MemStore>, raw: &mut RawPeer| {
+impl SparseFetch {
+    fn new() -> Self {
+        let h = Keypair::generate(&mut SeededRng::from_u64(41));
+        let mut a = Node::open(
+            MemStore::new(),
+            peermq::Config {
+                prefetch: peermq::Prefetch::Window(0),
+                ..config(40)
+            },
+            Instant::ZERO,
+        )
+        .unwrap();
+        a.add_peer(h.peer_id()).unwrap();
+        let store = MemStore::new();
+        let mut feed = Feed::new(FeedDescriptor::queue(h.peer_id(), a.id()));
+        let blocks: Vec<Vec<u8>> = (0..4096u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let mut txn = Txn::begin(&store).unwrap();
+        feed.append_batch(&mut txn, &h, &blocks).unwrap();
+        txn.commit().unwrap();
+        let raw = RawPeer::dial(&h, 42, a.id()).unwrap();
+        let conn = a.accept(Instant::ZERO);
+        let mut f = SparseFetch {
+            a,
+            h,
+            raw,
+            conn,
+            feed,
+            store,
+            blocks,
+            events: Vec::new(),
+        };
+        f.pump();
+        assert!(f.raw.is_open());
+        f.raw.send(&Message::Head {
+            desc: *f.feed.descriptor(),
+            head: *f.feed.head().unwrap(),
+        });
+        f.pump();
+        f
+    }
+
+    /// Moves bytes until quiet; returns the requests A sent meanwhile, as
+    /// `(start, trusted node, id)`.
+    fn pump(&mut self) -> Vec<(u64, Option<u64>, u64)> {
         let mut requests = Vec::new();
         loop {
             let mut moved = false;
-            while let Some(out) = a.poll_output() {
+            while let Some(out) = self.a.poll_output() {
                 moved = true;
                 match out {
-                    Output::Transmit { bytes, .. } => raw.input(&bytes).unwrap(),
-                    Output::Event(e) => events.push(e),
+                    Output::Transmit { bytes, .. } => self.raw.input(&bytes).unwrap(),
+                    Output::Event(e) => self.events.push(e),
                     _ => {}
                 }
             }
-            for (kind, body) in raw.messages().unwrap() {
+            for (kind, body) in self.raw.messages().unwrap() {
                 if let Ok(Message::Request {
                     first_id, ranges, ..
                 }) = Message::decode(kind, &body, 1 << 20)
@@ -416,78 +440,130 @@ fn a_request_relying_on_a_refused_one_is_asked_again() {
                     }
                 }
             }
-            let bytes = raw.output().unwrap();
+            let bytes = self.raw.output().unwrap();
             if !bytes.is_empty() {
                 moved = true;
-                a.handle_input(conn, &bytes, now).unwrap();
+                self.a
+                    .handle_input(self.conn, &bytes, Instant::ZERO)
+                    .unwrap();
             }
             if !moved {
-                return (requests, events.clone());
+                return requests;
             }
         }
-    };
-    pump(&mut a, &mut raw);
-    assert!(raw.is_open());
-    let txn = Txn::begin(&store).unwrap();
-    let data = |request: u64, start: u64, trusted: Option<u64>, head: bool| {
-        let proof = match trusted {
-            Some(t) => feed.prove_below(&txn, start, start + 1, t).unwrap(),
-            None => feed.prove(&txn, start, start + 1, 0).unwrap(),
-        };
-        Message::Data(DataMsg {
-            request,
-            head: head.then(|| *feed.head().unwrap()),
-            proof,
-            blocks: vec![&blocks[start as usize][..]],
-        })
-    };
-    raw.send(&Message::Head {
-        desc: *feed.descriptor(),
-        head: *feed.head().unwrap(),
-    });
-    pump(&mut a, &mut raw);
+    }
 
+    fn get(&mut self, seq: u64) -> peermq::Fetch {
+        self.a.get(self.h.peer_id(), seq, Instant::ZERO).unwrap()
+    }
+
+    /// Answers request `id` with block `start`, proven up to `trusted` or
+    /// (with `head`) to H's signed head.
+    fn answer(&mut self, id: u64, start: u64, trusted: Option<u64>, head: bool) {
+        let txn = Txn::begin(&self.store).unwrap();
+        let proof = match trusted {
+            Some(t) => self.feed.prove_below(&txn, start, start + 1, t).unwrap(),
+            None => self.feed.prove(&txn, start, start + 1, 0).unwrap(),
+        };
+        self.raw.send(&Message::Data(DataMsg {
+            request: id,
+            head: head.then(|| *self.feed.head().unwrap()),
+            proof,
+            blocks: vec![&self.blocks[start as usize][..]],
+        }));
+    }
+
+    fn fetched(&self, seq: u64) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::Fetched { seq: s, .. } if *s == seq))
+    }
+
+    fn disconnected(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, Event::Disconnected { .. }))
+    }
+}
+
+/// A sparse reader names, in a request, a tree node that the answer to its
+/// previous request will bring, so the proof stops lower. When that answer
+/// does not come (the writer refused it), the later proof cannot be checked:
+/// the reader asks again with a node it holds, and keeps the connection.
+#[test]
+fn a_request_relying_on_a_refused_one_is_asked_again() {
+    let mut f = SparseFetch::new();
     // Block 5 first, with a proof up to the roots: A now knows the tree.
-    a.get(h.peer_id(), 5, now).unwrap();
-    let (requests, _) = pump(&mut a, &mut raw);
-    let [(5, None, id)] = requests[..] else {
-        panic!("expected one request for block 5, got {requests:?}");
+    f.get(5);
+    let [(5, None, id)] = f.pump()[..] else {
+        panic!("expected one request for block 5");
     };
-    raw.send(&data(id, 5, None, true));
-    pump(&mut a, &mut raw);
+    f.answer(id, 5, None, true);
+    f.pump();
 
     // 1000, then 1001: the second counts on the first answer's proof for
     // block 1001's leaf (flat index 2002).
-    a.get(h.peer_id(), 1000, now).unwrap();
-    a.get(h.peer_id(), 1001, now).unwrap();
-    let (requests, _) = pump(&mut a, &mut raw);
+    f.get(1000);
+    f.get(1001);
+    let requests = f.pump();
     let [(1000, _, first), (1001, Some(2002), second)] = requests[..] else {
         panic!("expected requests for 1000 and 1001, got {requests:?}");
     };
-    raw.send(&Message::NoData {
+    f.raw.send(&Message::NoData {
         request: first,
         end: 1001,
     });
-    raw.send(&data(second, 1001, Some(2002), false));
-    let (requests, _) = pump(&mut a, &mut raw);
+    f.answer(second, 1001, Some(2002), false);
+    let requests = f.pump();
     // Asked again, stopping at a node A really holds.
     let [(1001, Some(held), again)] = requests[..] else {
         panic!("expected one new request for 1001, got {requests:?}");
     };
     assert_ne!(held, 2002);
-    raw.send(&data(again, 1001, Some(held), false));
-    let (_, events) = pump(&mut a, &mut raw);
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, Event::Fetched { seq: 1001, .. })));
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, Event::Disconnected { .. })),
-        "{events:?}"
-    );
-    assert_eq!(
-        a.get(h.peer_id(), 1001, now).unwrap(),
-        peermq::Fetch::Ready(blocks[1001].clone())
-    );
+    f.answer(again, 1001, Some(held), false);
+    f.pump();
+    assert!(f.fetched(1001));
+    assert!(!f.disconnected(), "{:?}", f.events);
+    assert_eq!(f.get(1001), peermq::Fetch::Ready(f.blocks[1001].clone()));
+}
+
+/// Before it has verified anything, a reader that was shown a signed head
+/// asks for one block with a proof up to that head, and for the others with
+/// proofs that stop at nodes the first answer brings: one signed head and
+/// one long proof for the lot, not one each.
+#[test]
+fn requests_before_the_first_proof_count_on_its_answer() {
+    let mut f = SparseFetch::new();
+    for seq in [100, 300, 2000] {
+        assert_eq!(f.get(seq), peermq::Fetch::Pending);
+    }
+    let requests = f.pump();
+    let [(100, None, r100), (300, Some(t300), r300), (2000, Some(t2000), r2000)] = requests[..]
+    else {
+        panic!("expected the first request alone to go to the head: {requests:?}");
+    };
+    // Each stops at the subtree holding its block that block 100's path to
+    // the root (0..4096) passes beside: the path goes through 0..512 and
+    // 0..2048, so 256..512 and 1024..2048 come as proof nodes.
+    assert_eq!(blocks_of(t300), (256, 512));
+    assert_eq!(blocks_of(t2000), (1024, 2048));
+    f.answer(r100, 100, None, true);
+    f.answer(r300, 300, Some(t300), false);
+    f.answer(r2000, 2000, Some(t2000), false);
+    f.pump();
+    for seq in [100, 300, 2000] {
+        assert!(f.fetched(seq), "{seq}: {:?}", f.events);
+        assert_eq!(
+            f.get(seq),
+            peermq::Fetch::Ready(f.blocks[seq as usize].clone())
+        );
+    }
+    assert!(!f.disconnected(), "{:?}", f.events);
+}
+
+/// Blocks `[first, end)` under flat-tree node `i`.
+fn blocks_of(i: u64) -> (u64, u64) {
+    let depth = (!i).trailing_zeros();
+    let first = (i >> (depth + 1)) << depth;
+    (first, first + (1 << depth))
 }

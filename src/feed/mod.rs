@@ -418,25 +418,27 @@ impl Feed {
         })
     }
 
-    /// The lowest node this feed holds that covers `[start, end)` within its
-    /// verified length: a requester names it so the proof it gets back stops
-    /// there. `None` if no such node is held (the proof then goes up to the
-    /// roots of a signed head).
+    /// The lowest node covering `[start, end)` within `known` blocks (a
+    /// length the author signed) that this feed holds or that `coming` says
+    /// an answer on its way will bring: a requester names it so the proof it
+    /// gets back stops there. `None` if there is none (the proof then goes
+    /// up to the roots of a signed head).
     pub fn trusted_node<S: Store>(
         &self,
         txn: &Txn<'_, S>,
         start: u64,
         end: u64,
+        known: u64,
         mut coming: impl FnMut(u64) -> bool,
     ) -> Result<Option<u64>, FeedError> {
-        if start >= end || end > self.len() {
+        if start >= end || end > known.max(self.len()) {
             return Ok(None);
         }
         let mut i = flat::leaf(start);
         while flat::blocks(i).1 < end {
             i = flat::parent(i);
         }
-        while flat::blocks(i).1 <= self.len() {
+        while flat::blocks(i).1 <= known.max(self.len()) {
             if coming(i) || self.stored_node(txn, i)?.is_some() {
                 return Ok(Some(i));
             }

@@ -194,6 +194,9 @@ impl State {
                         start: s,
                         end: e,
                         base,
+                        // Announced lengths of broadcast feeds may come from
+                        // unsigned have-lists: count only on what we verified.
+                        known: base,
                     });
                     r.requested.insert(s, e);
                     s = e;

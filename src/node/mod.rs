@@ -153,7 +153,12 @@ struct Planned {
     desc: FeedDescriptor,
     start: u64,
     end: u64,
+    /// Our verified length of the feed.
     base: u64,
+    /// A length the peer is known to hold (a signed head it announced), at
+    /// least `base`: answers to requests within it come with proofs, which
+    /// later requests may count on.
+    known: u64,
 }
 
 impl<S: Store> Node<S> {

@@ -71,19 +71,19 @@ fn store_data<S: Store>(
 /// Whether the answer to `earlier` (a request sent before, on the same
 /// connection, so answered before) will bring tree node `i`: its proof
 /// carries the path from its blocks up to where it stops (its trusted node,
-/// or the roots of a tree at least `base` long) and the sibling of every
-/// node on that path.
-fn brings(earlier: &Inflight, i: u64, base: u64) -> bool {
-    if earlier.trusted.is_none() && earlier.end > base {
-        // A request past what we verified may be answered by a tail the
-        // writer has not written yet; do not count on it.
+/// or the roots of a tree at least `known` long, `known` being a length the
+/// peer signed) and the sibling of every node on that path.
+fn brings(earlier: &Inflight, i: u64, known: u64) -> bool {
+    if earlier.trusted.is_none() && earlier.end > known {
+        // A request past what the peer announced may be answered by a tail
+        // it has not written yet; do not count on it.
         return false;
     }
     let p = flat::parent(i);
     let (first, end) = flat::blocks(p);
     first <= earlier.start
         && earlier.end <= end
-        && end <= base
+        && end <= known
         && earlier
             .trusted
             .is_none_or(|t| flat::depth(p) <= flat::depth(t))
@@ -707,6 +707,7 @@ impl State {
                     start: s,
                     end: e,
                     base,
+                    known: limit.max(base),
                 });
                 inbox.requested.insert(s, e);
                 s = e;
@@ -742,6 +743,7 @@ impl State {
                     start: tail,
                     end: e,
                     base,
+                    known: limit.max(base),
                 });
                 conn.tail = Some((fid, tail));
                 inbox.requested.insert(tail, e);
@@ -769,15 +771,15 @@ impl State {
             let mut batch: Option<(ConnId, Message<'static>)> = None;
             for p in planned {
                 let fid = p.desc.id();
-                let trusted = if p.end <= p.base {
+                let trusted = if p.end <= p.known {
                     self.feed(&txn, p.desc)?;
                     let sent = self.conns.get(&p.conn).map_or(&[][..], |c| &c.inflight[..]);
                     let coming = |i| {
                         sent.iter()
-                            .any(|r| r.sent && r.feed == fid && brings(r, i, p.base))
+                            .any(|r| r.sent && r.feed == fid && brings(r, i, p.known))
                     };
                     match self.feeds.get(&fid) {
-                        Some(feed) => feed.trusted_node(&txn, p.start, p.end, coming)?,
+                        Some(feed) => feed.trusted_node(&txn, p.start, p.end, p.known, coming)?,
                         None => None,
                     }
                 } else {

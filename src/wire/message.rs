@@ -311,7 +311,7 @@ impl Message<'_> {
             }
             Message::Ack(r) => {
                 let at = begin(out, T_ACK);
-                r.encode(out);
+                r.encode_compact(out);
                 finish(out, at);
             }
             Message::Keepalive => {
@@ -419,11 +419,12 @@ impl Message<'_> {
                 end: r.varint()?,
             },
             T_ACK => {
-                let receipt =
-                    Receipt::decode(body, MAX_RECEIPT_RANGES).ok_or(MessageError::Invalid {
+                let receipt = Receipt::decode_compact(body, MAX_RECEIPT_RANGES).ok_or(
+                    MessageError::Invalid {
                         kind,
                         what: "bad receipt",
-                    })?;
+                    },
+                )?;
                 r.bytes = &[];
                 Message::Ack(receipt)
             }

@@ -65,6 +65,31 @@ impl Receipt {
         out.extend_from_slice(&self.signature);
     }
 
+    /// Encodes as the wire carries it: [`Receipt::encode`] with the ranges
+    /// in [`RangeSet::encode_compact`] form. The signature is over the
+    /// fixed-width form either way, so it checks whichever was received.
+    pub fn encode_compact(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.feed.0);
+        out.extend_from_slice(&self.signer.0);
+        self.ranges.encode_compact(out);
+        out.extend_from_slice(&self.signature);
+    }
+
+    /// Decodes [`Receipt::encode_compact`]'s bytes exactly, accepting at
+    /// most `max_ranges` ranges.
+    pub fn decode_compact(bytes: &[u8], max_ranges: usize) -> Option<Self> {
+        let feed = FeedId(bytes.get(..32)?.try_into().ok()?);
+        let signer = PeerId(bytes.get(32..64)?.try_into().ok()?);
+        let (ranges, rest) = RangeSet::decode_compact(bytes.get(64..)?, max_ranges)?;
+        let signature: Signature = rest.try_into().ok()?;
+        Some(Receipt {
+            feed,
+            signer,
+            ranges,
+            signature,
+        })
+    }
+
     /// Decodes [`Receipt::encode`]'s bytes exactly, accepting at most
     /// `max_ranges` ranges.
     pub fn decode(bytes: &[u8], max_ranges: usize) -> Option<Self> {
@@ -94,6 +119,12 @@ mod tests {
         let mut buf = Vec::new();
         r.encode(&mut buf);
         assert_eq!(Receipt::decode(&buf, 8), Some(r.clone()));
+        let mut compact = Vec::new();
+        r.encode_compact(&mut compact);
+        assert_eq!(compact.len(), 64 + 3 + 64);
+        let back = Receipt::decode_compact(&compact, 8).unwrap();
+        assert!(back.verify());
+        assert_eq!(back, r);
         let mut widened = r.clone();
         widened.ranges.insert(10, 11);
         assert!(!widened.verify());
