@@ -116,18 +116,23 @@ pub(crate) struct Subscriber {
 pub(crate) type Subscribers = Arc<Mutex<Vec<Subscriber>>>;
 
 /// Fans an event out to every subscriber without ever waiting on one.
+///
+/// A subscriber's last free slot is kept for a [`MqEvent::Lagged`] notice:
+/// one that falls behind learns of it at once, even when no later event
+/// comes to carry the news (a reader waiting for the last message of a
+/// burst would otherwise wait forever).
 pub(crate) fn publish(subs: &Subscribers, event: &MqEvent) {
     let mut subs = subs.lock().unwrap_or_else(|e| e.into_inner());
     subs.retain_mut(|s| {
-        if s.missed > 0 {
-            match s.tx.try_send(MqEvent::Lagged { missed: s.missed }) {
-                Ok(()) => s.missed = 0,
-                Err(async_channel::TrySendError::Full(_)) => {
-                    s.missed += 1;
-                    return true;
-                }
-                Err(async_channel::TrySendError::Closed(_)) => return false,
-            }
+        if s.missed > 0 && !s.tell_lag() {
+            s.missed += 1;
+            return !s.tx.is_closed();
+        }
+        let room = s.tx.capacity().map_or(usize::MAX, |c| c - s.tx.len());
+        if room <= 1 {
+            s.missed += 1;
+            s.tell_lag();
+            return !s.tx.is_closed();
         }
         match s.tx.try_send(event.clone()) {
             Ok(()) => true,
@@ -138,6 +143,59 @@ pub(crate) fn publish(subs: &Subscribers, event: &MqEvent) {
             Err(async_channel::TrySendError::Closed(_)) => false,
         }
     });
+}
+
+impl Subscriber {
+    /// Sends the lag notice for what was missed; `false` if it did not fit.
+    fn tell_lag(&mut self) -> bool {
+        let sent = self
+            .tx
+            .try_send(MqEvent::Lagged {
+                missed: self.missed,
+            })
+            .is_ok();
+        if sent {
+            self.missed = 0;
+        }
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64) -> MqEvent {
+        MqEvent::Message {
+            from: PeerId([1; 32]),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_lagging_subscriber_hears_of_it_even_when_nothing_follows() {
+        let (tx, rx) = async_channel::bounded(4);
+        let subs: Subscribers = Arc::new(Mutex::new(vec![Subscriber { tx, missed: 0 }]));
+        // Ten events into room for four, then silence.
+        for seq in 0..10 {
+            publish(&subs, &message(seq));
+        }
+        let got: Vec<MqEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            vec![
+                message(0),
+                message(1),
+                message(2),
+                MqEvent::Lagged { missed: 1 }
+            ]
+        );
+        // Once there is room again, the rest of the count (events 4..10, the
+        // notice above told of 3) comes first.
+        publish(&subs, &message(10));
+        let got: Vec<MqEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, vec![MqEvent::Lagged { missed: 6 }, message(10)]);
+    }
 }
 
 /// Opens an [`Mq`]: where its data lives, how it is tuned, how it finds
