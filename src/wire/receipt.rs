@@ -59,43 +59,42 @@ impl Receipt {
 
     /// Encodes as feed, signer, ranges, signature.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.feed.0);
-        out.extend_from_slice(&self.signer.0);
-        self.ranges.encode(out);
-        out.extend_from_slice(&self.signature);
+        self.encode_with(out, RangeSet::encode);
     }
 
     /// Encodes as the wire carries it: [`Receipt::encode`] with the ranges
     /// in [`RangeSet::encode_compact`] form. The signature is over the
     /// fixed-width form either way, so it checks whichever was received.
     pub fn encode_compact(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.feed.0);
-        out.extend_from_slice(&self.signer.0);
-        self.ranges.encode_compact(out);
-        out.extend_from_slice(&self.signature);
-    }
-
-    /// Decodes [`Receipt::encode_compact`]'s bytes exactly, accepting at
-    /// most `max_ranges` ranges.
-    pub fn decode_compact(bytes: &[u8], max_ranges: usize) -> Option<Self> {
-        let feed = FeedId(bytes.get(..32)?.try_into().ok()?);
-        let signer = PeerId(bytes.get(32..64)?.try_into().ok()?);
-        let (ranges, rest) = RangeSet::decode_compact(bytes.get(64..)?, max_ranges)?;
-        let signature: Signature = rest.try_into().ok()?;
-        Some(Receipt {
-            feed,
-            signer,
-            ranges,
-            signature,
-        })
+        self.encode_with(out, RangeSet::encode_compact);
     }
 
     /// Decodes [`Receipt::encode`]'s bytes exactly, accepting at most
     /// `max_ranges` ranges.
     pub fn decode(bytes: &[u8], max_ranges: usize) -> Option<Self> {
+        Self::decode_with(bytes, |b| RangeSet::decode(b, max_ranges))
+    }
+
+    /// Decodes [`Receipt::encode_compact`]'s bytes exactly, accepting at
+    /// most `max_ranges` ranges.
+    pub fn decode_compact(bytes: &[u8], max_ranges: usize) -> Option<Self> {
+        Self::decode_with(bytes, |b| RangeSet::decode_compact(b, max_ranges))
+    }
+
+    fn encode_with(&self, out: &mut Vec<u8>, ranges: impl FnOnce(&RangeSet, &mut Vec<u8>)) {
+        out.extend_from_slice(&self.feed.0);
+        out.extend_from_slice(&self.signer.0);
+        ranges(&self.ranges, out);
+        out.extend_from_slice(&self.signature);
+    }
+
+    fn decode_with(
+        bytes: &[u8],
+        ranges: impl FnOnce(&[u8]) -> Option<(RangeSet, &[u8])>,
+    ) -> Option<Self> {
         let feed = FeedId(bytes.get(..32)?.try_into().ok()?);
         let signer = PeerId(bytes.get(32..64)?.try_into().ok()?);
-        let (ranges, rest) = RangeSet::decode(bytes.get(64..)?, max_ranges)?;
+        let (ranges, rest) = ranges(bytes.get(64..)?)?;
         let signature: Signature = rest.try_into().ok()?;
         Some(Receipt {
             feed,
