@@ -3,7 +3,7 @@
 //! is lost, and nothing panics.
 
 use peermq::feed::{Feed, FeedDescriptor};
-use peermq::wire::{DataMsg, Message};
+use peermq::wire::{DataMsg, Message, RangeRequest};
 use peermq::{
     CloseReason, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer,
     SeededRng, Txn,
@@ -164,6 +164,43 @@ fn a_malformed_message_closes_the_connection() {
     // A request (type 2) whose body is one byte long.
     let reason = run(|_, raw| raw.send_plaintext(&[2, 0, 0, 0, 2, 9]));
     assert!(matches!(reason, CloseReason::Malformed(_)), "{reason:?}");
+}
+
+/// A request message from H for `count` ranges of `blocks` blocks of A's
+/// feed to H, ids from `first_id`.
+fn request(w: &World, first_id: u64, count: u64, blocks: u64) -> Message<'static> {
+    Message::Request {
+        feed: FeedDescriptor::queue(w.a.id(), w.h.peer_id()).id(),
+        base: 0,
+        first_id,
+        ranges: (0..count)
+            .map(|i| RangeRequest {
+                start: i * blocks,
+                end: (i + 1) * blocks,
+                trusted: None,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn more_requests_than_the_in_flight_limit_close_with_overloaded() {
+    // 256 ranges are as many as a peer may have outstanding; one more, in
+    // the same input, is over.
+    let reason = run(|w, raw| {
+        raw.send(&request(w, 0, 256, 1));
+        raw.send(&request(w, 256, 1, 1));
+    });
+    assert!(matches!(reason, CloseReason::Overloaded), "{reason:?}");
+}
+
+#[test]
+fn a_range_of_too_many_blocks_is_malformed() {
+    let reason = run(|w, raw| raw.send(&request(w, 0, 1, 16_385)));
+    assert!(
+        matches!(&reason, CloseReason::Malformed(m) if m.contains("16385 blocks")),
+        "{reason:?}"
+    );
 }
 
 #[test]
