@@ -111,6 +111,28 @@ fn stored_or_retry<S: Store>(
     }
 }
 
+/// Ranges planned for one connection and feed, sent as one request
+/// message (their ids are consecutive from `first_id`).
+struct RequestBatch {
+    conn: ConnId,
+    feed: FeedId,
+    base: u64,
+    first_id: u64,
+    ranges: Vec<RangeRequest>,
+}
+
+impl RequestBatch {
+    /// Whether planned request `p` can join: same connection, feed and
+    /// base, the next id, and room in the message.
+    fn takes(&self, p: &Planned) -> bool {
+        self.conn == p.conn
+            && self.feed == p.desc.id()
+            && self.base == p.base
+            && self.first_id + self.ranges.len() as u64 == p.id
+            && self.ranges.len() < MAX_REQUEST_RANGES
+    }
+}
+
 fn feed_fault(e: FeedError) -> Fault {
     match e {
         FeedError::Store(e) => Fault::Store(e.into()),
@@ -768,23 +790,10 @@ impl State {
                 Target::Broadcast(feed) => self.plan_broadcast(feed),
             };
             // Consecutive ranges for one connection and feed share a message.
-            let mut batch: Option<(ConnId, Message<'static>)> = None;
+            let mut batch: Option<RequestBatch> = None;
             for p in planned {
                 let fid = p.desc.id();
-                let trusted = if p.end <= p.known {
-                    self.feed(&txn, p.desc)?;
-                    let sent = self.conns.get(&p.conn).map_or(&[][..], |c| &c.inflight[..]);
-                    let coming = |i| {
-                        sent.iter()
-                            .any(|r| r.sent && r.feed == fid && brings(r, i, p.known))
-                    };
-                    match self.feeds.get(&fid) {
-                        Some(feed) => feed.trusted_node(&txn, p.start, p.end, p.known, coming)?,
-                        None => None,
-                    }
-                } else {
-                    None
-                };
+                let trusted = self.trusted_for(&txn, &p)?;
                 if let Some(r) = self
                     .conns
                     .get_mut(&p.conn)
@@ -798,46 +807,58 @@ impl State {
                     end: p.end,
                     trusted,
                 };
-                if let Some((
-                    cid,
-                    Message::Request {
-                        feed,
-                        base,
-                        first_id,
-                        ranges,
-                    },
-                )) = &mut batch
-                {
-                    if *cid == p.conn
-                        && *feed == fid
-                        && *base == p.base
-                        && *first_id + ranges.len() as u64 == p.id
-                        && ranges.len() < MAX_REQUEST_RANGES
-                    {
-                        ranges.push(range);
-                        continue;
+                match &mut batch {
+                    Some(b) if b.takes(&p) => b.ranges.push(range),
+                    _ => {
+                        self.send_requests(batch.take());
+                        batch = Some(RequestBatch {
+                            conn: p.conn,
+                            feed: fid,
+                            base: p.base,
+                            first_id: p.id,
+                            ranges: vec![range],
+                        });
                     }
                 }
-                self.send_request(batch.take());
-                batch = Some((
-                    p.conn,
-                    Message::Request {
-                        feed: fid,
-                        base: p.base,
-                        first_id: p.id,
-                        ranges: vec![range],
-                    },
-                ));
             }
-            self.send_request(batch);
+            self.send_requests(batch);
         }
         Ok(())
     }
 
-    fn send_request(&mut self, batch: Option<(ConnId, Message<'static>)>) {
-        if let Some((cid, msg)) = batch {
-            if let Some(conn) = self.conns.get_mut(&cid) {
-                conn.send(&msg);
+    /// The node a planned request names for its proof to stop at: the lowest
+    /// one covering its blocks that we hold or that an answer on its way
+    /// brings, within a length the peer signed.
+    fn trusted_for<S: Store>(
+        &mut self,
+        txn: &Txn<'_, S>,
+        p: &Planned,
+    ) -> Result<Option<u64>, NodeError> {
+        if p.end > p.known {
+            return Ok(None);
+        }
+        let fid = p.desc.id();
+        self.feed(txn, p.desc)?;
+        let sent = self.conns.get(&p.conn).map_or(&[][..], |c| &c.inflight[..]);
+        let coming = |i| {
+            sent.iter()
+                .any(|r| r.sent && r.feed == fid && brings(r, i, p.known))
+        };
+        Ok(match self.feeds.get(&fid) {
+            Some(feed) => feed.trusted_node(txn, p.start, p.end, p.known, coming)?,
+            None => None,
+        })
+    }
+
+    fn send_requests(&mut self, batch: Option<RequestBatch>) {
+        if let Some(b) = batch {
+            if let Some(conn) = self.conns.get_mut(&b.conn) {
+                conn.send(&Message::Request {
+                    feed: b.feed,
+                    base: b.base,
+                    first_id: b.first_id,
+                    ranges: b.ranges,
+                });
             }
         }
     }
