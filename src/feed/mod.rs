@@ -431,14 +431,16 @@ impl Feed {
         known: u64,
         mut coming: impl FnMut(u64) -> bool,
     ) -> Result<Option<u64>, FeedError> {
-        if start >= end || end > known.max(self.len()) {
+        // What we verified ourselves counts as signed too.
+        let known = known.max(self.len());
+        if start >= end || end > known {
             return Ok(None);
         }
         let mut i = flat::leaf(start);
         while flat::blocks(i).1 < end {
             i = flat::parent(i);
         }
-        while flat::blocks(i).1 <= known.max(self.len()) {
+        while flat::blocks(i).1 <= known {
             if coming(i) || self.stored_node(txn, i)?.is_some() {
                 return Ok(Some(i));
             }

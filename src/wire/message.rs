@@ -644,6 +644,19 @@ mod tests {
     use crate::ranges::RangeSet;
     use crate::rng::SeededRng;
 
+    /// A proof of block 2 up to node 3 (blocks 0..4), as a verifier holding
+    /// that node asks for it.
+    fn block_2_below_node_3(nodes: Vec<Node>) -> RangeProof {
+        RangeProof {
+            start: 2,
+            end: 3,
+            length: 4,
+            base: 0,
+            trusted: Some(3),
+            nodes,
+        }
+    }
+
     fn roundtrip(m: Message<'_>) {
         let mut buf = Vec::new();
         m.encode(&mut buf);
@@ -701,18 +714,10 @@ mod tests {
             blocks: vec![b"ab", b""],
         }));
         // Below a trusted node: no head, and the length is the node's end.
-        let proof = RangeProof {
-            start: 2,
-            end: 3,
-            length: 4,
-            base: 0,
-            trusted: Some(3),
-            nodes: vec![node],
-        };
         roundtrip(Message::Data(DataMsg {
             request: u64::MAX,
             head: None,
-            proof,
+            proof: block_2_below_node_3(vec![node]),
             blocks: vec![b"c"],
         }));
         roundtrip(Message::NoData {
@@ -802,14 +807,7 @@ mod tests {
             hash: Hash([4; 32]),
             size,
         };
-        let proof = RangeProof {
-            start: 2,
-            end: 3,
-            length: 4,
-            base: 0,
-            trusted: Some(3),
-            nodes: vec![node(100), node(200)],
-        };
+        let proof = block_2_below_node_3(vec![node(100), node(200)]);
         let block = [7u8; 100];
         let mut out = Vec::new();
         DataMsg::encode_parts(1, None, &proof, [&block[..]].into_iter(), &mut out);
