@@ -259,6 +259,92 @@ fn a_receipt_waits_the_ack_delay_and_covers_what_arrived_meanwhile() {
 }
 
 #[test]
+fn reading_without_archiving_moves_the_prefetch_window() {
+    let configs = vec![
+        Config {
+            rng_seed: 1,
+            prefetch: Prefetch::Window(4),
+            ..Config::default()
+        },
+        Config {
+            rng_seed: 2,
+            ..Config::default()
+        },
+    ];
+    let mut net = Net::with_configs(configs);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 8]).collect();
+    let now = net.now;
+    net.node(B).send_batch(a, &msgs, now).unwrap();
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    let held = |net: &mut Net| net.node(A).status().unwrap()[0].received;
+    assert_eq!(held(&mut net), 4, "one window past the cursor");
+    // Reading the archived mailbox is no sign of progress.
+    assert!(net
+        .node(A)
+        .read(Mailbox::Archived, None, 100)
+        .unwrap()
+        .is_empty());
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(held(&mut net), 4);
+    // Reading two unread messages, archiving none, moves the window by two.
+    let read = net.node(A).read(Mailbox::Unread, None, 2).unwrap();
+    assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(held(&mut net), 6);
+    // A live reader that keeps reading gets everything, one window ahead.
+    let mut after = Some((b, 1));
+    loop {
+        let page = net.node(A).read(Mailbox::Unread, after, 100).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.from, last.seq));
+        net.run_for(Duration::from_secs(1));
+    }
+    assert_eq!(after, Some((b, 9)));
+    assert_eq!(held(&mut net), 10);
+    assert_eq!(
+        net.node(A).read(Mailbox::Unread, None, 100).unwrap().len(),
+        10
+    );
+}
+
+#[test]
+fn messages_a_reader_passed_while_missing_still_arrive() {
+    let configs = vec![
+        Config {
+            rng_seed: 1,
+            prefetch: Prefetch::Window(4),
+            ..Config::default()
+        },
+        Config {
+            rng_seed: 2,
+            ..Config::default()
+        },
+    ];
+    let mut net = Net::with_configs(configs);
+    let (a, b) = (net.ids[A], net.ids[B]);
+    net.node(A).add_peer(b).unwrap();
+    let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 8]).collect();
+    let now = net.now;
+    net.node(B).send_batch(a, &msgs, now).unwrap();
+    net.node(B).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    let now = net.now;
+    assert_eq!(net.node(A).get(b, 8, now).unwrap(), Fetch::Pending);
+    net.run_for(Duration::from_secs(1));
+    // Held: 0..4 and 8. Reading them passes the gap 4..8.
+    let seqs = |net: &mut Net| -> Vec<u64> {
+        let page = net.node(A).read(Mailbox::Unread, None, 100).unwrap();
+        page.iter().map(|r| r.seq).collect()
+    };
+    assert_eq!(seqs(&mut net), vec![0, 1, 2, 3, 8]);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(seqs(&mut net), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
 fn sparse_reading_moves_only_what_is_read() {
     let configs = vec![
         Config {

@@ -5,9 +5,11 @@ use std::time::Duration;
 /// How much of an incoming feed a node downloads ahead of its reader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prefetch {
-    /// Download up to this many blocks past the reader's cursor (the first
-    /// message neither archived nor cleared). `Window(0)` downloads only what
-    /// [`crate::Node::get`] asks for.
+    /// Download up to this many blocks past the reader: past the cursor
+    /// (the first message neither archived nor cleared), or past the last
+    /// message [`crate::Node::read`] returned from the unread mailbox, if
+    /// that is further. `Window(0)` downloads only what [`crate::Node::get`]
+    /// asks for.
     Window(u64),
     /// Download every block as soon as it is announced.
     All,

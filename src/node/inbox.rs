@@ -37,6 +37,10 @@ pub(crate) struct Inbox {
     /// In memory only: blocks the sender said it cannot serve; not asked
     /// again until it announces a new head.
     pub refused: RangeSet,
+    /// In memory only: the unread mailbox was read up to here. Reading
+    /// without archiving moves the prefetch window too, or a live reader
+    /// that only reads would stall one window past its cursor.
+    pub read_to: u64,
 }
 
 /// The marks record: what the application did with the messages.
@@ -155,6 +159,12 @@ impl Inbox {
             }
             at = next;
         }
+    }
+
+    /// Where the prefetch window starts: the later of the cursor and how
+    /// far the unread mailbox was read.
+    pub fn window_start(&self) -> u64 {
+        self.cursor().max(self.read_to)
     }
 
     /// What a receipt acknowledges: everything held or deliberately cleared.

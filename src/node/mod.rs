@@ -499,19 +499,20 @@ impl State {
 
     /// After a failed commit nothing in memory can be trusted to match the
     /// store: close every connection (peers will resend) and reload lazily.
-    /// Blocks asked for with `get` are the application's request, not a
-    /// copy of stored state, so they are carried over (else their `Fetched`
-    /// would never come).
+    /// Blocks asked for with `get`, and how far the unread mailbox was read,
+    /// are the application's doing, not a copy of stored state, so they are
+    /// carried over (else their `Fetched` would never come, or a live reader
+    /// would stall at the cursor's window).
     fn storage_failed<S: Store>(&mut self, store: &S, now: Instant) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             self.drop_conn(id, CloseReason::Storage("commit failed".into()), true, now);
         }
-        let wanted: Vec<(PeerId, crate::ranges::RangeSet)> = self
+        let wanted: Vec<(PeerId, crate::ranges::RangeSet, u64)> = self
             .inboxes
             .iter()
-            .filter(|(_, i)| !i.wanted.is_empty())
-            .map(|(p, i)| (*p, i.wanted.clone()))
+            .filter(|(_, i)| !i.wanted.is_empty() || i.read_to > 0)
+            .map(|(p, i)| (*p, i.wanted.clone(), i.read_to))
             .collect();
         self.feeds.clear();
         self.inboxes.clear();
@@ -522,9 +523,10 @@ impl State {
         let Ok(txn) = Txn::begin(store) else {
             return;
         };
-        for (from, w) in wanted {
+        for (from, w, read_to) in wanted {
             if let Ok(inbox) = self.inbox(&txn, from) {
                 inbox.wanted = w;
+                inbox.read_to = read_to;
             }
         }
     }

@@ -190,7 +190,9 @@ impl<S: Store> Node<S> {
     /// Reads up to `limit` messages of `mailbox`, ordered by sender id then
     /// seq, starting after `after` (a `(from, seq)` position; `None` starts at
     /// the beginning). Only messages that arrived are returned; those not yet
-    /// downloaded are fetched as the reader's cursor reaches them.
+    /// downloaded are fetched as reading reaches them: reading the unread
+    /// mailbox moves the prefetch window ([`crate::Prefetch::Window`]) past
+    /// what was read, as archiving does.
     pub fn read(
         &mut self,
         mailbox: Mailbox,
@@ -200,6 +202,7 @@ impl<S: Store> Node<S> {
         let txn = Txn::begin(&self.store)?;
         let senders = super::peer_keys(&txn, Table::Inbox, after.as_ref().map(|(p, _)| p))?;
         let mut out = Vec::new();
+        let mut reached = Vec::new();
         for from in senders {
             if out.len() >= limit {
                 break;
@@ -223,13 +226,33 @@ impl<S: Store> Node<S> {
                 continue;
             }
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-            for seq in seqs {
+            for &seq in &seqs {
                 if let Some(data) = feed.get(&txn, seq)? {
                     out.push(Record { from, seq, data });
                 }
             }
+            if mailbox == Mailbox::Unread {
+                reached.push((from, seqs[seqs.len() - 1] + 1));
+            }
+        }
+        drop(txn);
+        for (from, end) in reached {
+            self.read_up_to(from, end);
         }
         Ok(out)
+    }
+
+    /// Moves the prefetch window of messages from `from` past what a reader
+    /// of the unread mailbox has now seen.
+    fn read_up_to(&mut self, from: PeerId, end: u64) {
+        let Some(inbox) = self.st.inboxes.get_mut(&from) else {
+            return;
+        };
+        let before = inbox.window_start();
+        inbox.read_to = inbox.read_to.max(end);
+        if inbox.window_start() > before {
+            self.st.schedule_requests(from);
+        }
     }
 
     /// Message `seq` from `from`: here, being fetched, or cleared. Asking

@@ -699,8 +699,10 @@ impl State {
         match self.config.prefetch {
             Prefetch::All => want.insert(0, limit),
             Prefetch::Window(w) => {
-                let c = inbox.cursor();
-                want.insert(c, c.saturating_add(w).min(limit));
+                // Messages the reader passed while they were missing stay
+                // wanted: the window runs from the cursor.
+                let end = inbox.window_start().saturating_add(w);
+                want.insert(inbox.cursor(), end.min(limit));
             }
         }
         for (a, b) in inbox.wanted.ranges() {
@@ -740,7 +742,7 @@ impl State {
         // announcing and waiting to be asked.
         let reach = match self.config.prefetch {
             Prefetch::All => u64::MAX,
-            Prefetch::Window(w) => inbox.cursor().saturating_add(w),
+            Prefetch::Window(w) => inbox.window_start().saturating_add(w),
         };
         // Past everything the sender announced and everything we hold or
         // cleared (after a restart we may hold more than it re-announced).

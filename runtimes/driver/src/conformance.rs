@@ -417,13 +417,11 @@ pub async fn one_10_mib_message(ra: Arc<dyn Runtime>, rb: Arc<dyn Runtime>) {
 pub async fn ten_thousand_small_messages(ra: Arc<dyn Runtime>, rb: Arc<dyn Runtime>) {
     limited(&ra.clone(), "ten_thousand_small_messages", async move {
         let env = Env::new();
-        // The stream reads without archiving, so download everything rather
-        // than a window ahead of the first unarchived message.
-        let all_config = Config {
-            prefetch: Prefetch::All,
-            ..config()
-        };
-        let (a, b) = connected_pair_with(&env, &ra, &rb, all_config).await;
+        // The default prefetch window (4,096) is smaller than the feed, and
+        // the stream reads without archiving: reading alone must move the
+        // window, or the stream stalls at message 4,096.
+        let (a, b) = connected_pair(&env, &ra, &rb).await;
+        assert!(matches!(config().prefetch, Prefetch::Window(w) if w < 10_000));
         let ida = a.id().await;
         let mut b_events = b.events();
         for chunk in 0..10u32 {
