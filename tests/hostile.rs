@@ -399,6 +399,64 @@ fn a_data_message_claiming_huge_block_counts_is_refused() {
     assert!(matches!(reason, CloseReason::Malformed(_)), "{reason:?}");
 }
 
+/// A reader's standing request stays open at the writer: each append is
+/// answered under the same request id, continuing where the last answer
+/// ended, proven from the last head sent, and with no separate `Head`
+/// announcement, so a live reader sends nothing per message.
+#[test]
+fn a_standing_request_is_answered_at_every_append() {
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(8);
+    let h = w.h.peer_id();
+    let desc = FeedDescriptor::queue(w.a.id(), h);
+    raw.send(&Message::Request {
+        feed: desc.id(),
+        base: 0,
+        first_id: 7,
+        ranges: vec![RangeRequest {
+            start: 0,
+            end: 100,
+            trusted: None,
+        }],
+    });
+    w.pump(Some((&mut raw, conn)));
+    let _ = raw.messages().unwrap();
+    // H checks every answer as a reader would.
+    let store = MemStore::new();
+    let mut mirror = Feed::new(desc);
+    for (i, batch) in [1usize, 3, 1].into_iter().enumerate() {
+        let msgs: Vec<Vec<u8>> = (0..batch)
+            .map(|j| format!("m{i}.{j}").into_bytes())
+            .collect();
+        let start = mirror.len();
+        w.a.send_batch(h, &msgs, Instant::ZERO).unwrap();
+        w.pump(Some((&mut raw, conn)));
+        let got = raw.messages().unwrap();
+        let [(kind, body)] = &got[..] else {
+            panic!(
+                "append {i}: expected one data message, got {} messages",
+                got.len()
+            );
+        };
+        let Ok(Message::Data(d)) = Message::decode(*kind, body, 1 << 20) else {
+            panic!("append {i}: expected data, got type {kind}");
+        };
+        assert_eq!(d.request, 7, "the same request, still open");
+        assert_eq!((d.proof.start, d.proof.end), (start, start + batch as u64));
+        assert_eq!(d.proof.base, start, "proven from the last head sent");
+        let head = d.head.expect("the answer carries the new head");
+        assert_eq!(head.length, start + batch as u64);
+        assert_eq!(d.blocks, msgs.iter().map(|m| &m[..]).collect::<Vec<_>>());
+        let mut txn = Txn::begin(&store).unwrap();
+        mirror
+            .verify_and_store(&mut txn, &head, &d.proof, &d.blocks)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(w.closed_with(conn).is_none());
+    w.still_serving();
+}
+
 /// A sparse reader (A, fetching only what it is asked for) and a raw
 /// writer H holding 4,096 blocks, connected, with H's head announced.
 struct SparseFetch {
@@ -414,11 +472,24 @@ struct SparseFetch {
 
 impl SparseFetch {
     fn new() -> Self {
+        let (mut f, _) = Self::with(peermq::Prefetch::Window(0));
+        f.append(4096);
+        f.raw.send(&Message::Head {
+            desc: *f.feed.descriptor(),
+            head: *f.feed.head().unwrap(),
+        });
+        f.pump();
+        f
+    }
+
+    /// A reader with `prefetch`, connected to a writer that wrote nothing,
+    /// and the requests it made on connecting.
+    fn with(prefetch: peermq::Prefetch) -> (Self, Vec<(u64, Option<u64>, u64)>) {
         let h = Keypair::generate(&mut SeededRng::from_u64(41));
         let mut a = Node::open(
             MemStore::new(),
             peermq::Config {
-                prefetch: peermq::Prefetch::Window(0),
+                prefetch,
                 ..config(40)
             },
             Instant::ZERO,
@@ -426,11 +497,7 @@ impl SparseFetch {
         .unwrap();
         a.add_peer(h.peer_id()).unwrap();
         let store = MemStore::new();
-        let mut feed = Feed::new(FeedDescriptor::queue(h.peer_id(), a.id()));
-        let blocks: Vec<Vec<u8>> = (0..4096u32).map(|i| i.to_le_bytes().to_vec()).collect();
-        let mut txn = Txn::begin(&store).unwrap();
-        feed.append_batch(&mut txn, &h, &blocks).unwrap();
-        txn.commit().unwrap();
+        let feed = Feed::new(FeedDescriptor::queue(h.peer_id(), a.id()));
         let raw = RawPeer::dial(&h, 42, a.id()).unwrap();
         let conn = a.accept(Instant::ZERO);
         let mut f = SparseFetch {
@@ -440,17 +507,41 @@ impl SparseFetch {
             conn,
             feed,
             store,
-            blocks,
+            blocks: Vec::new(),
             events: Vec::new(),
         };
-        f.pump();
+        let requests = f.pump();
         assert!(f.raw.is_open());
-        f.raw.send(&Message::Head {
-            desc: *f.feed.descriptor(),
-            head: *f.feed.head().unwrap(),
-        });
-        f.pump();
-        f
+        (f, requests)
+    }
+
+    /// H appends `n` blocks (the next little-endian counters).
+    fn append(&mut self, n: u32) {
+        let first = self.blocks.len() as u32;
+        let new: Vec<Vec<u8>> = (first..first + n)
+            .map(|i| i.to_le_bytes().to_vec())
+            .collect();
+        let mut txn = Txn::begin(&self.store).unwrap();
+        self.feed.append_batch(&mut txn, &self.h, &new).unwrap();
+        txn.commit().unwrap();
+        self.blocks.extend(new);
+    }
+
+    /// Answers request `id` with blocks `[start, end)` and H's head, proven
+    /// for a reader holding the roots of `base` blocks.
+    fn answer_range(&mut self, id: u64, start: u64, end: u64, base: u64) {
+        let txn = Txn::begin(&self.store).unwrap();
+        let proof = self.feed.prove(&txn, start, end, base).unwrap();
+        let blocks = self.blocks[start as usize..end as usize]
+            .iter()
+            .map(|b| &b[..])
+            .collect();
+        self.raw.send(&Message::Data(DataMsg {
+            request: id,
+            head: Some(*self.feed.head().unwrap()),
+            proof,
+            blocks,
+        }));
     }
 
     /// Moves bytes until quiet; returns the requests A sent meanwhile, as
@@ -595,6 +686,64 @@ fn requests_before_the_first_proof_count_on_its_answer() {
             peermq::Fetch::Ready(f.blocks[seq as usize].clone())
         );
     }
+    assert!(!f.disconnected(), "{:?}", f.events);
+}
+
+/// A caught-up reader's standing request, answered up to the writer's head,
+/// stays open: it takes each append under the same id without asking again,
+/// and an answer that does not continue where the last one ended is
+/// `unexpected`.
+#[test]
+fn a_reader_keeps_its_standing_request_open_while_the_writer_appends() {
+    let (mut f, requests) = SparseFetch::with(peermq::Prefetch::Window(4096));
+    let [(0, None, id)] = requests[..] else {
+        panic!("expected one standing request from 0: {requests:?}");
+    };
+    for (start, end) in [(0, 1), (1, 4), (4, 5)] {
+        f.append((end - start) as u32);
+        f.answer_range(id, start, end, start);
+        let requests = f.pump();
+        assert!(requests.is_empty(), "asked again: {requests:?}");
+        assert!(!f.disconnected(), "{:?}", f.events);
+    }
+    let messages: Vec<u64> = f
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages, (0..5).collect::<Vec<_>>());
+    // Block 4 again, under the id now open from 5.
+    f.answer_range(id, 4, 5, 4);
+    f.pump();
+    let reason = f.events.iter().find_map(|e| match e {
+        Event::Disconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(reason, Some(CloseReason::Unexpected(_))),
+        "{reason:?}"
+    );
+}
+
+/// An answer that stops short of the writer's head closes the request: the
+/// reader asks again for the rest.
+#[test]
+fn an_answer_short_of_the_head_closes_its_request() {
+    let (mut f, requests) = SparseFetch::with(peermq::Prefetch::Window(4096));
+    let [(0, None, id)] = requests[..] else {
+        panic!("expected one standing request from 0: {requests:?}");
+    };
+    f.append(3);
+    f.answer_range(id, 0, 2, 0);
+    let requests = f.pump();
+    // Block 2 anew, and a new standing request past the head.
+    assert!(
+        matches!(requests[..], [(2, _, a), (3, None, b)] if a != id && b != id),
+        "expected new requests from blocks 2 and 3: {requests:?}"
+    );
     assert!(!f.disconnected(), "{:?}", f.events);
 }
 

@@ -189,7 +189,7 @@ impl State {
                     let e = b.min(s + per);
                     planned.push(super::Planned {
                         conn: conn.id,
-                        id: conn.plan_request(feed, s, e),
+                        id: conn.plan_request(feed, s, e, false),
                         desc,
                         start: s,
                         end: e,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::feed::FeedId;
+use crate::feed::{FeedDescriptor, FeedId, SignedHead};
 use crate::identity::PeerId;
 use crate::noise::{MAX_NOISE_MESSAGE, MAX_PLAINTEXT};
 use crate::time::Instant;
@@ -71,10 +71,6 @@ pub(crate) struct Conn {
     /// The peer's requests for blocks of ours not yet written, answered as
     /// soon as they are.
     pub parked: Vec<Wanted>,
-    /// Our request for blocks the peer has not written yet (feed, start):
-    /// it waits at the peer, so it does not count against our in-flight
-    /// limit.
-    pub tail: Option<(FeedId, u64)>,
 }
 
 /// A request of ours awaiting its answer.
@@ -89,6 +85,9 @@ pub struct Inflight {
     pub trusted: Option<u64>,
     /// Whether the request went out (it is planned first, then sent).
     pub sent: bool,
+    /// Our standing request, for blocks the peer has not written yet: it
+    /// waits at the peer, so it does not count against our in-flight limit.
+    pub standing: bool,
 }
 
 impl Conn {
@@ -117,13 +116,13 @@ impl Conn {
             remote_heads: BTreeMap::new(),
             acks_sent: BTreeMap::new(),
             parked: Vec::new(),
-            tail: None,
         }
     }
 
     /// Plans a request for blocks `[start, end)` of `feed`, in flight from
-    /// now on, and returns its id.
-    pub fn plan_request(&mut self, feed: FeedId, start: u64, end: u64) -> u64 {
+    /// now on, and returns its id. A standing one asks for blocks the peer
+    /// has not written yet.
+    pub fn plan_request(&mut self, feed: FeedId, start: u64, end: u64, standing: bool) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
         self.inflight.push(Inflight {
@@ -133,6 +132,7 @@ impl Conn {
             end,
             trusted: None,
             sent: false,
+            standing,
         });
         id
     }
@@ -140,16 +140,42 @@ impl Conn {
     /// Takes our in-flight request `id` off the list, once it is answered.
     pub fn take_request(&mut self, id: u64) -> Option<Inflight> {
         let i = self.inflight.iter().position(|r| r.id == id)?;
-        let asked = self.inflight.swap_remove(i);
-        if self.tail == Some((asked.feed, asked.start)) {
-            self.tail = None;
+        Some(self.inflight.swap_remove(i))
+    }
+
+    /// Puts the rest of `asked`, from `end`, back in flight under its id:
+    /// the responder answered up to its head and holds the rest open.
+    pub fn reopen(&mut self, asked: &Inflight, end: u64) {
+        self.inflight.push(Inflight {
+            start: end,
+            trusted: None,
+            ..*asked
+        });
+    }
+
+    /// Tells the peer that our queue feed `desc` grew from `from` blocks to
+    /// `head`, and answers the requests it parked for what was just written.
+    /// A parked request starting at `from` is answered with `head` in its
+    /// data, so the separate announcement is skipped then.
+    pub fn announce(&mut self, desc: FeedDescriptor, head: SignedHead, from: u64) {
+        let carried = self
+            .parked
+            .iter()
+            .any(|w| w.feed == desc.id() && w.start == from && w.trusted.is_none());
+        if !carried {
+            self.send(&Message::Head { desc, head });
         }
-        Some(asked)
+        self.serve.extend(self.parked.drain(..));
+    }
+
+    /// Whether our standing request is in flight.
+    pub fn standing(&self) -> bool {
+        self.inflight.iter().any(|r| r.standing)
     }
 
     /// Requests in flight that count against the limit.
     pub fn busy(&self) -> usize {
-        self.inflight.len() - usize::from(self.tail.is_some())
+        self.inflight.len() - self.inflight.iter().filter(|r| r.standing).count()
     }
 
     pub fn is_open(&self) -> bool {

@@ -638,9 +638,7 @@ impl State {
             if let (Some(head), Some(cid)) = (head, self.conn_to(&peer)) {
                 if head.length > before {
                     if let Some(conn) = self.conns.get_mut(&cid) {
-                        conn.send(&Message::Head { desc, head });
-                        let parked: Vec<_> = conn.parked.drain(..).collect();
-                        conn.serve.extend(parked);
+                        conn.announce(desc, head, before);
                     }
                 }
             }

@@ -8,7 +8,7 @@ use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, StoreError, Table, Txn};
 use crate::time::Instant;
-use crate::wire::{Message, Receipt};
+use crate::wire::Receipt;
 
 use super::inbox::Marks;
 use super::{CloseReason, Node, NodeError};
@@ -177,10 +177,7 @@ impl<S: Store> Node<S> {
         };
         if let Some(c) = self.st.conn_to(&to) {
             if let Some(conn) = self.st.conns.get_mut(&c) {
-                conn.send(&Message::Head { desc, head });
-                // Answer a parked request for what was just written.
-                let parked: Vec<_> = conn.parked.drain(..).collect();
-                conn.serve.extend(parked);
+                conn.announce(desc, head, start);
             }
         }
         self.pump(now);

@@ -384,6 +384,13 @@ impl State {
                 d.request, asked.start, asked.end
             ))));
         }
+        // Answered up to the responder's head: the rest stays open there.
+        let open = continues(d.head.map(|h| h.length), end, asked.end);
+        if open {
+            conn.reopen(&asked, end);
+        }
+        // How far the request is done with: all of it, unless it stays open.
+        let done = if open { end } else { asked.end };
         after.freed.insert(id);
         let head_len = d.head.map_or(0, |h| h.length);
         if let Some(desc) = self.replicas.get(&asked.feed).map(|r| r.desc) {
@@ -396,7 +403,7 @@ impl State {
                 return Ok(());
             }
             if let Some(r) = self.replicas.get_mut(&desc.id()) {
-                r.requested.remove(end, asked.end);
+                r.requested.remove(end, done);
                 r.announced = r.announced.max(head_len);
             }
             self.broadcast_arrived(desc.id(), start, end, &mut after.broadcast_events);
@@ -428,7 +435,7 @@ impl State {
             feed.drop_block(txn, seq).map_err(feed_fault)?;
         }
         let inbox = self.inbox(txn, peer)?;
-        inbox.requested.remove(start, asked.end);
+        inbox.requested.remove(start, done);
         inbox.remote_length = inbox.remote_length.max(head_len);
         inbox.held.insert(start, end);
         // They leave `wanted` only once committed (in `after_commit`): if the
@@ -726,7 +733,7 @@ impl State {
                 let e = b.min(s + per);
                 planned.push(Planned {
                     conn: cid,
-                    id: conn.plan_request(fid, s, e),
+                    id: conn.plan_request(fid, s, e, false),
                     desc: FeedDescriptor::queue(from, self.me),
                     start: s,
                     end: e,
@@ -754,7 +761,7 @@ impl State {
             }
             tail = next;
         }
-        if reach > tail && conn.tail.is_none() && !inbox.requested.contains(tail) {
+        if reach > tail && !conn.standing() && !inbox.requested.contains(tail) {
             let e = tail
                 .saturating_add(per)
                 .min(reach)
@@ -762,14 +769,13 @@ impl State {
             if e > tail {
                 planned.push(Planned {
                     conn: cid,
-                    id: conn.plan_request(fid, tail, e),
+                    id: conn.plan_request(fid, tail, e, true),
                     desc: FeedDescriptor::queue(from, self.me),
                     start: tail,
                     end: e,
                     base,
                     known: limit.max(base),
                 });
-                conn.tail = Some((fid, tail));
                 inbox.requested.insert(tail, e);
             }
         }
@@ -912,7 +918,22 @@ impl State {
                     break;
                 };
                 match served {
-                    Ok(bytes) => budget = budget.saturating_sub(bytes.max(1)),
+                    Ok(Served { bytes, rest }) => {
+                        budget = budget.saturating_sub(bytes.max(1));
+                        // The answer reached our head: the rest of the
+                        // request stays open (the requester counts on it),
+                        // answered as we append, or refused now.
+                        if let Some(rest) = rest {
+                            if w.feed == own_queue.id() && conn.parked.len() < MAX_PARKED {
+                                conn.parked.push(rest);
+                            } else {
+                                conn.send(&Message::NoData {
+                                    request: rest.id,
+                                    end: rest.end,
+                                });
+                            }
+                        }
+                    }
                     Err(_)
                         if w.feed == own_queue.id()
                             && w.start >= self.feeds.get(&w.feed).map_or(0, |f| f.len())
@@ -938,17 +959,26 @@ impl State {
 /// Requests for blocks not yet written that one connection may park.
 const MAX_PARKED: usize = 4;
 
+/// What one data message served.
+struct Served {
+    /// Bytes of blocks sent.
+    bytes: usize,
+    /// The rest of the request, when the message reached our signed head
+    /// before the request's end: it stays open (PROTOCOL.md section 7).
+    rest: Option<Wanted>,
+}
+
 /// Encodes one data message answering `w` from `feed`, as much of the range
-/// as fits `max_data` bytes (at least one block), returning the bytes
-/// served; or `Err(k)`: blocks `[w.start, k)` cannot be served (beyond our
-/// length, pruned, or held only sparsely).
+/// as fits `max_data` bytes (at least one block); or `Err(k)`: blocks
+/// `[w.start, k)` cannot be served (beyond our length, pruned, or held only
+/// sparsely).
 fn serve_one<S: Store>(
     txn: &Txn<'_, S>,
     feed: &crate::feed::Feed,
     conn: &mut super::conn::Conn,
     w: Wanted,
     max_data: usize,
-) -> Result<Result<usize, u64>, NodeError> {
+) -> Result<Result<Served, u64>, NodeError> {
     let len = feed.len();
     let Some(head) = feed.head().copied() else {
         return Ok(Err(w.end));
@@ -1002,5 +1032,19 @@ fn serve_one<S: Store>(
         blocks.iter().copied(),
         &mut conn.tx_plain,
     );
-    Ok(Ok(bytes))
+    let rest = continues(head.map(|h| h.length), e, w.end).then_some(Wanted {
+        start: e,
+        base: len,
+        trusted: None,
+        ..w
+    });
+    Ok(Ok(Served { bytes, rest }))
+}
+
+/// Whether a request for blocks up to `asked_end`, answered by a data
+/// message ending at `end` that carried a head of length `head_len`, stays
+/// open: the answer reached the responder's head, and the request asked
+/// for more. Both sides decide it with this, from what the message says.
+pub(super) fn continues(head_len: Option<u64>, end: u64, asked_end: u64) -> bool {
+    head_len == Some(end) && end < asked_end
 }
