@@ -491,7 +491,10 @@ impl Mq {
     /// `live`, the stream then waits for more (new arrivals for
     /// [`Mailbox::Unread`], new archives for [`Mailbox::Archived`]) and never
     /// ends while the node runs; without, it ends once caught up. Each
-    /// message is yielded once per stream.
+    /// message is yielded once per stream. Reading the unread mailbox moves
+    /// the prefetch window ([`peermq::Prefetch::Window`]) past what was
+    /// read, as archiving does, so a live stream that never archives still
+    /// gets every message, downloaded a window ahead of it.
     pub fn read_stream(&self, mailbox: Mailbox, live: bool) -> RecordStream {
         let state = ReadState {
             mq: self.clone(),
