@@ -258,12 +258,13 @@ fn a_receipt_waits_the_ack_delay_and_covers_what_arrived_meanwhile() {
     assert_eq!(acked(&mut net), vec![(0, 2)], "one receipt for both");
 }
 
-#[test]
-fn reading_without_archiving_moves_the_prefetch_window() {
+/// B sent A `msgs` and dialed it; A prefetches `window` messages ahead, and
+/// has had a second to do so. Returns the net and B's id.
+fn windowed_reader(window: u64, msgs: &[Vec<u8>]) -> (Net, peermq::PeerId) {
     let configs = vec![
         Config {
             rng_seed: 1,
-            prefetch: Prefetch::Window(4),
+            prefetch: Prefetch::Window(window),
             ..Config::default()
         },
         Config {
@@ -274,11 +275,22 @@ fn reading_without_archiving_moves_the_prefetch_window() {
     let mut net = Net::with_configs(configs);
     let (a, b) = (net.ids[A], net.ids[B]);
     net.node(A).add_peer(b).unwrap();
-    let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 8]).collect();
     let now = net.now;
-    net.node(B).send_batch(a, &msgs, now).unwrap();
+    net.node(B).send_batch(a, msgs, now).unwrap();
     net.node(B).dial(a, now);
     net.run_for(Duration::from_secs(1));
+    (net, b)
+}
+
+/// Ten small messages to a reader with a window of four.
+fn window_of_four() -> (Net, peermq::PeerId) {
+    let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 8]).collect();
+    windowed_reader(4, &msgs)
+}
+
+#[test]
+fn reading_without_archiving_moves_the_prefetch_window() {
+    let (mut net, b) = window_of_four();
     let held = |net: &mut Net| net.node(A).status().unwrap()[0].received;
     assert_eq!(held(&mut net), 4, "one window past the cursor");
     // Reading the archived mailbox is no sign of progress.
@@ -312,25 +324,7 @@ fn reading_without_archiving_moves_the_prefetch_window() {
 
 #[test]
 fn messages_a_reader_passed_while_missing_still_arrive() {
-    let configs = vec![
-        Config {
-            rng_seed: 1,
-            prefetch: Prefetch::Window(4),
-            ..Config::default()
-        },
-        Config {
-            rng_seed: 2,
-            ..Config::default()
-        },
-    ];
-    let mut net = Net::with_configs(configs);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
-    let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 8]).collect();
-    let now = net.now;
-    net.node(B).send_batch(a, &msgs, now).unwrap();
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, b) = window_of_four();
     let now = net.now;
     assert_eq!(net.node(A).get(b, 8, now).unwrap(), Fetch::Pending);
     net.run_for(Duration::from_secs(1));
@@ -346,27 +340,11 @@ fn messages_a_reader_passed_while_missing_still_arrive() {
 
 #[test]
 fn sparse_reading_moves_only_what_is_read() {
-    let configs = vec![
-        Config {
-            rng_seed: 1,
-            prefetch: Prefetch::Window(0),
-            ..Config::default()
-        },
-        Config {
-            rng_seed: 2,
-            ..Config::default()
-        },
-    ];
-    let mut net = Net::with_configs(configs);
-    let (a, b) = (net.ids[A], net.ids[B]);
-    net.node(A).add_peer(b).unwrap();
     let msgs: Vec<Vec<u8>> = (0..10_000u32)
         .map(|i| format!("{i:0>100}").into_bytes())
         .collect();
-    let now = net.now;
-    net.node(B).send_batch(a, &msgs, now).unwrap();
-    net.node(B).dial(a, now);
-    net.run_for(Duration::from_secs(1));
+    let (mut net, b) = windowed_reader(0, &msgs);
+    let a = net.ids[A];
     let before = net.sent_bytes[B];
     let wanted = [3u64, 777, 1234, 2500, 4096, 5000, 6001, 7777, 8888, 9999];
     for &seq in &wanted {
