@@ -228,8 +228,8 @@ impl<S: Store> Node<S> {
                     out.push(Record { from, seq, data });
                 }
             }
-            if mailbox == Mailbox::Unread {
-                reached.push((from, seqs[seqs.len() - 1] + 1));
+            if let (Mailbox::Unread, Some(&last)) = (mailbox, seqs.last()) {
+                reached.push((from, last.saturating_add(1)));
             }
         }
         drop(txn);
