@@ -183,10 +183,13 @@ impl State {
             let Some(&can) = conn.remote_heads.get(&feed) else {
                 continue;
             };
+            // Counted once: `busy` walks the in-flight list.
+            let mut busy = conn.busy();
             for (a, b) in want.ranges_within(0, can) {
                 let mut s = a;
-                while s < b && conn.busy() < max_inflight {
+                while s < b && busy < max_inflight {
                     let e = b.min(s + per);
+                    busy += 1;
                     planned.push(super::Planned {
                         conn: conn.id,
                         id: conn.plan_request(feed, s, e, false),

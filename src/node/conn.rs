@@ -158,10 +158,11 @@ impl Conn {
     /// A parked request starting at `from` is answered with `head` in its
     /// data, so the separate announcement is skipped then.
     pub fn announce(&mut self, desc: FeedDescriptor, head: SignedHead, from: u64) {
+        let feed = desc.id();
         let carried = self
             .parked
             .iter()
-            .any(|w| w.feed == desc.id() && w.start == from && w.trusted.is_none());
+            .any(|w| w.feed == feed && w.start == from && w.trusted.is_none());
         if !carried {
             self.send(&Message::Head { desc, head });
         }

@@ -167,6 +167,14 @@ impl Inbox {
         self.cursor().max(self.read_to)
     }
 
+    /// Notes that the unread mailbox was read up to `end`; returns whether
+    /// that moved the prefetch window.
+    pub fn read_up_to(&mut self, end: u64) -> bool {
+        let before = self.window_start();
+        self.read_to = self.read_to.max(end);
+        self.window_start() > before
+    }
+
     /// What a receipt acknowledges: everything held or deliberately cleared.
     pub fn acknowledged(&self) -> RangeSet {
         let mut r = self.held.clone();

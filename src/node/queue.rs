@@ -199,7 +199,6 @@ impl<S: Store> Node<S> {
         let txn = Txn::begin(&self.store)?;
         let senders = super::peer_keys(&txn, Table::Inbox, after.as_ref().map(|(p, _)| p))?;
         let mut out = Vec::new();
-        let mut reached = Vec::new();
         for from in senders {
             if out.len() >= limit {
                 break;
@@ -229,27 +228,16 @@ impl<S: Store> Node<S> {
                 }
             }
             if let (Mailbox::Unread, Some(&last)) = (mailbox, seqs.last()) {
-                reached.push((from, last.saturating_add(1)));
+                if self
+                    .st
+                    .inbox(&txn, from)?
+                    .read_up_to(last.saturating_add(1))
+                {
+                    self.st.schedule_requests(from);
+                }
             }
         }
-        drop(txn);
-        for (from, end) in reached {
-            self.read_up_to(from, end);
-        }
         Ok(out)
-    }
-
-    /// Moves the prefetch window of messages from `from` past what a reader
-    /// of the unread mailbox has now seen.
-    fn read_up_to(&mut self, from: PeerId, end: u64) {
-        let Some(inbox) = self.st.inboxes.get_mut(&from) else {
-            return;
-        };
-        let before = inbox.window_start();
-        inbox.read_to = inbox.read_to.max(end);
-        if inbox.window_start() > before {
-            self.st.schedule_requests(from);
-        }
     }
 
     /// Message `seq` from `from`: here, being fetched, or cleared. Asking

@@ -727,10 +727,13 @@ impl State {
             return planned;
         };
         let (per, max_inflight) = self.config.request_limits();
+        // Counted once: `busy` walks the in-flight list.
+        let mut busy = conn.busy();
         for (a, b) in want.ranges() {
             let mut s = a;
-            while s < b && conn.busy() < max_inflight {
+            while s < b && busy < max_inflight {
                 let e = b.min(s + per);
+                busy += 1;
                 planned.push(Planned {
                     conn: cid,
                     id: conn.plan_request(fid, s, e, false),
@@ -893,13 +896,14 @@ impl State {
         let max_data = self.config.max_data_bytes.max(1);
         for (cid, peer) in busy {
             let own_queue = FeedDescriptor::queue(self.me, peer);
+            let own_id = own_queue.id();
             let mut budget = 4 * max_data;
             while budget > 0 {
                 let Some(w) = self.conns.get_mut(&cid).and_then(|c| c.serve.pop_front()) else {
                     break;
                 };
                 // Our queue feed to this peer, or any broadcast feed we hold.
-                let desc = if w.feed == own_queue.id() {
+                let desc = if w.feed == own_id {
                     Some(own_queue)
                 } else {
                     self.replicas.get(&w.feed).map(|r| r.desc)
@@ -924,7 +928,7 @@ impl State {
                         // request stays open (the requester counts on it),
                         // answered as we append, or refused now.
                         if let Some(rest) = rest {
-                            if w.feed == own_queue.id() && conn.parked.len() < MAX_PARKED {
+                            if w.feed == own_id && conn.parked.len() < MAX_PARKED {
                                 conn.parked.push(rest);
                             } else {
                                 conn.send(&Message::NoData {
@@ -935,7 +939,7 @@ impl State {
                         }
                     }
                     Err(_)
-                        if w.feed == own_queue.id()
+                        if w.feed == own_id
                             && w.start >= self.feeds.get(&w.feed).map_or(0, |f| f.len())
                             && conn.parked.len() < MAX_PARKED =>
                     {
