@@ -35,14 +35,14 @@ fn bench_append<S: Store>(c: &mut Criterion, group: &str, secs: u64, store: impl
         .sample_size(20);
     for batch in [1usize, 100, 1000] {
         let store = store();
-        let (key, desc) = author();
+        let (mut key, desc) = author();
         let mut feed = Feed::new(desc);
         let data = blocks(batch, 0);
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(format!("batch_{batch}"), |b| {
             b.iter(|| {
                 let mut t = Txn::begin(&store).unwrap();
-                feed.append_batch(&mut t, &key, &data).unwrap();
+                feed.append_batch(&mut t, &mut key, &data).unwrap();
                 t.commit().unwrap();
             })
         });
@@ -66,12 +66,12 @@ fn append(c: &mut Criterion) {
 fn seeded_feed() -> (tempfile::TempDir, LmdbStore, Feed, Vec<Vec<u8>>) {
     let dir = tempfile::tempdir().unwrap();
     let store = LmdbStore::open(dir.path()).unwrap();
-    let (key, desc) = author();
+    let (mut key, desc) = author();
     let mut feed = Feed::new(desc);
     let data = blocks(100_000, 0);
     for chunk in data.chunks(10_000) {
         let mut t = Txn::begin(&store).unwrap();
-        feed.append_batch(&mut t, &key, chunk).unwrap();
+        feed.append_batch(&mut t, &mut key, chunk).unwrap();
         t.commit().unwrap();
     }
     (dir, store, feed, data)

@@ -31,7 +31,7 @@ mod varint;
 pub mod wire;
 
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
-pub use identity::{Keypair, PeerId, PeerIdError, VerifyKey};
+pub use identity::{Keypair, PeerId, PeerIdError, Sign, Signer, VerifyKey};
 pub use node::{
     CloseReason, Config, ConnId, Event, Fetch, Mailbox, Node, NodeError, Output, PeerStatus,
     Prefetch, RawPeer, Record,

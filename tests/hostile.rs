@@ -222,7 +222,12 @@ fn an_oversized_length_is_refused_before_buffering() {
 fn a_head_with_a_bad_signature_closes_the_connection() {
     let reason = run(|w, raw| {
         let desc = FeedDescriptor::queue(w.h.peer_id(), w.a.id());
-        let mut head = peermq::SignedHead::sign(&w.h, desc.id(), 1, peermq::merkle::Hash([1; 32]));
+        let mut head = peermq::SignedHead::sign(
+            &mut w.h.clone(),
+            desc.id(),
+            1,
+            peermq::merkle::Hash([1; 32]),
+        );
         head.signature[0] ^= 1;
         raw.send(&Message::Head { desc, head });
     });
@@ -264,8 +269,12 @@ fn hostile_feed(w: &World) -> (Feed, MemStore) {
     let store = MemStore::new();
     let mut feed = Feed::new(FeedDescriptor::queue(w.h.peer_id(), w.a.id()));
     let mut txn = Txn::begin(&store).unwrap();
-    feed.append_batch(&mut txn, &w.h, &[b"one".as_slice(), b"two", b"three"])
-        .unwrap();
+    feed.append_batch(
+        &mut txn,
+        &mut w.h.clone(),
+        &[b"one".as_slice(), b"two", b"three"],
+    )
+    .unwrap();
     txn.commit().unwrap();
     (feed, store)
 }
@@ -522,7 +531,7 @@ impl SparseFetch {
             .map(|i| i.to_le_bytes().to_vec())
             .collect();
         let mut txn = Txn::begin(&self.store).unwrap();
-        self.feed.append_batch(&mut txn, &self.h, &new).unwrap();
+        self.feed.append_batch(&mut txn, &mut self.h, &new).unwrap();
         txn.commit().unwrap();
         self.blocks.extend(new);
     }

@@ -52,7 +52,7 @@ fn build(shape: &Shape) -> Case {
         base,
     } = *shape;
     let len = u64::from(len % 300) + 1;
-    let key = Keypair::generate(&mut SeededRng::from_u64(seed));
+    let mut key = Keypair::generate(&mut SeededRng::from_u64(seed));
     let desc = FeedDescriptor::queue(key.peer_id(), PeerId([0x42; 32]));
     let blocks: Vec<Vec<u8>> = (0..len)
         .map(|i| format!("{seed}:{i}:{}", "x".repeat((i % 7) as usize)).into_bytes())
@@ -71,7 +71,7 @@ fn build(shape: &Shape) -> Case {
         }
         let mut t = Txn::begin(&writer).unwrap();
         heads.push(
-            feed.append_batch(&mut t, &key, &blocks[w[0] as usize..w[1] as usize])
+            feed.append_batch(&mut t, &mut key, &blocks[w[0] as usize..w[1] as usize])
                 .unwrap(),
         );
         t.commit().unwrap();
@@ -86,7 +86,7 @@ fn build(shape: &Shape) -> Case {
         let mut old = Feed::new(desc);
         let scratch = MemStore::new();
         let mut st = Txn::begin(&scratch).unwrap();
-        old.append_batch(&mut st, &key, &blocks[..base as usize])
+        old.append_batch(&mut st, &mut key, &blocks[..base as usize])
             .unwrap();
         let p = old.prove(&st, 0, 0, 0).unwrap();
         let mut rt = Txn::begin(&reader).unwrap();

@@ -21,7 +21,7 @@ fn encode(m: &Message<'_>) -> String {
 
 fn vectors() -> BTreeMap<&'static str, String> {
     let mut v = BTreeMap::new();
-    let author = Keypair::from_bytes(&[1u8; 32]);
+    let mut author = Keypair::from_bytes(&[1u8; 32]);
     let recipient = Keypair::from_bytes(&[2u8; 32]);
     v.insert("author_id", author.peer_id().to_string());
     v.insert("recipient_id", recipient.peer_id().to_string());
@@ -45,7 +45,11 @@ fn vectors() -> BTreeMap<&'static str, String> {
     let mut feed = Feed::new(desc);
     let mut txn = Txn::begin(&store).unwrap();
     let head = feed
-        .append_batch(&mut txn, &author, &[b"hello".as_slice(), b"world", b"!"])
+        .append_batch(
+            &mut txn,
+            &mut author,
+            &[b"hello".as_slice(), b"world", b"!"],
+        )
         .unwrap();
     txn.commit().unwrap();
     v.insert("signed_head_3", hex::encode(head.encode()));

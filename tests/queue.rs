@@ -515,6 +515,44 @@ fn the_same_seed_gives_the_same_bytes() {
 }
 
 #[test]
+fn nonces_prepared_while_idle_change_no_byte_and_sign_valid_messages() {
+    fn run(prepare: bool) -> (String, Vec<(u64, String)>) {
+        let configs = (0..2)
+            .map(|i| Config {
+                rng_seed: i,
+                nonce_seed: Some([i as u8 + 1; 32]),
+                ..Config::default()
+            })
+            .collect();
+        let mut net = Net::with_configs(configs);
+        let (a, b) = (net.ids[A], net.ids[B]);
+        net.node(A).add_peer(b).unwrap();
+        net.node(B).add_peer(a).unwrap();
+        for i in 0..3 {
+            assert!(net.node(A).has_idle_work(), "a send used the nonce");
+            if prepare {
+                net.node(A).idle_work();
+                assert!(!net.node(A).has_idle_work());
+            }
+            let now = net.now;
+            net.node(A)
+                .send(b, format!("m{i}").as_bytes(), now)
+                .unwrap();
+        }
+        let now = net.now;
+        net.node(B).dial(a, now);
+        net.run_for(Duration::from_secs(5));
+        let read = texts(&mut net, B, Mailbox::Unread);
+        (net.transcript_hash(), read)
+    }
+    let (prepared, read) = run(true);
+    // The reader checked every signed head before it stored the messages.
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[2], (2, "m2".to_string()));
+    assert_eq!(run(false), (prepared, read));
+}
+
+#[test]
 fn simultaneous_dials_leave_one_connection() {
     let mut net = Net::new(2);
     let (a, b) = (net.ids[A], net.ids[B]);

@@ -165,6 +165,7 @@ impl<'p> Sim<'p> {
         for (i, no) in o.node.iter().enumerate() {
             let config = Config {
                 rng_seed: node_seed(plan.seed, i, 0),
+                nonce_seed: Some(nonce_seed(plan.seed, i, 0)),
                 prefetch: no.prefetch,
                 max_request_blocks: no.max_request_blocks,
                 max_inflight_requests: no.max_inflight,
@@ -415,6 +416,10 @@ impl<'p> Sim<'p> {
                 };
                 let Some(out) = out else { break };
                 self.output(i, out);
+            }
+            // Quiet, as a driver would be before it sleeps.
+            if let Some(n) = self.slots[i].node.as_mut() {
+                n.idle_work();
             }
             let when = self.slots[i]
                 .node
@@ -1248,6 +1253,7 @@ impl<'p> Sim<'p> {
         let inc = self.slots[node].inc;
         let mut config = self.slots[node].config.clone();
         config.rng_seed = node_seed(self.plan.seed, node, inc);
+        config.nonce_seed = Some(nonce_seed(self.plan.seed, node, inc));
         let now = Instant::from_micros(self.now);
         match Node::open(self.slots[node].store.clone(), config, now) {
             Ok(mut n) => {
@@ -1622,6 +1628,16 @@ pub fn sparse_budget(
 
 /// A head announcement on the wire, with framing and its AEAD tag.
 const HEAD_BYTES: u64 = 256;
+
+/// A node incarnation's nonce seed: like a runtime's, never reused by
+/// another incarnation.
+fn nonce_seed(seed: u64, node: usize, inc: u32) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("peermq-sim nonce seed");
+    for v in [seed, node as u64, u64::from(inc)] {
+        h.update(&v.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
 
 fn node_seed(seed: u64, node: usize, inc: u32) -> u64 {
     let h = blake3::hash(

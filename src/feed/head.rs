@@ -1,6 +1,6 @@
 //! Signed heads: an author's signature over a feed's length and tree hash.
 
-use crate::identity::{Keypair, PeerId, Signature, VerifyKey, SIGNATURE_LEN};
+use crate::identity::{PeerId, Sign, Signature, VerifyKey, SIGNATURE_LEN};
 use crate::merkle::Hash;
 
 use super::FeedId;
@@ -49,7 +49,7 @@ impl SignedHead {
     }
 
     /// Signs a head with the author's key.
-    pub fn sign(key: &Keypair, feed: FeedId, length: u64, root: Hash) -> Self {
+    pub fn sign(key: &mut impl Sign, feed: FeedId, length: u64, root: Hash) -> Self {
         let signature = key.sign(&Self::signing_bytes(&feed, length, &root));
         SignedHead {
             feed,

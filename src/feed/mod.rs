@@ -13,7 +13,7 @@ pub use head::{SignedHead, SIGNED_HEAD_LEN};
 pub use id::{FeedDescriptor, FeedId, FeedKind};
 pub use records::block_key;
 
-use crate::identity::{Keypair, PeerId, VerifyKey};
+use crate::identity::{PeerId, Sign, VerifyKey};
 use crate::merkle::{self, flat, Node, ProofError, RangeProof};
 use crate::store::{Store, StoreError, Table, Txn};
 
@@ -257,7 +257,7 @@ impl Feed {
     pub fn append_batch<S: Store, B: AsRef<[u8]>>(
         &mut self,
         txn: &mut Txn<'_, S>,
-        key: &Keypair,
+        key: &mut impl Sign,
         blocks: &[B],
     ) -> Result<SignedHead, FeedError> {
         if key.peer_id() != self.desc.author {
@@ -604,17 +604,18 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Keypair;
     use crate::rng::SeededRng;
     use crate::store::MemStore;
 
     #[test]
     fn dropped_bytes_keep_the_feed_provable() {
         let store = MemStore::new();
-        let key = author();
+        let mut key = author();
         let mut feed = Feed::new(FeedDescriptor::broadcast(key.peer_id()));
         let mut txn = Txn::begin(&store).unwrap();
         let blocks: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 10]).collect();
-        let head = feed.append_batch(&mut txn, &key, &blocks).unwrap();
+        let head = feed.append_batch(&mut txn, &mut key, &blocks).unwrap();
         assert!(feed.drop_block(&mut txn, 4).unwrap());
         assert!(!feed.drop_block(&mut txn, 4).unwrap(), "already dropped");
         txn.commit().unwrap();
@@ -636,13 +637,13 @@ mod tests {
 
     #[test]
     fn an_announced_head_is_checked_once_and_forgeries_are_not() {
-        let key = author();
+        let mut key = author();
         let desc = FeedDescriptor::broadcast(key.peer_id());
         let store = MemStore::new();
         let mut txn = Txn::begin(&store).unwrap();
         let mut writer = Feed::new(desc);
         let head = writer
-            .append_batch(&mut txn, &key, &[b"a".as_slice(), b"b"])
+            .append_batch(&mut txn, &mut key, &[b"a".as_slice(), b"b"])
             .unwrap();
         let proof = writer.prove(&txn, 0, 2, 0).unwrap();
 
@@ -680,13 +681,13 @@ mod tests {
     #[test]
     fn append_get_reload() {
         let store = MemStore::new();
-        let key = author();
+        let mut key = author();
         let desc = FeedDescriptor::queue(key.peer_id(), PeerId([9; 32]));
         let mut txn = Txn::begin(&store).unwrap();
         let mut feed = Feed::open(&txn, desc).unwrap();
-        feed.append_batch(&mut txn, &key, &[b"a".as_slice(), b"bb", b"ccc"])
+        feed.append_batch(&mut txn, &mut key, &[b"a".as_slice(), b"bb", b"ccc"])
             .unwrap();
-        let head = feed.append_batch(&mut txn, &key, &[b"dddd"]).unwrap();
+        let head = feed.append_batch(&mut txn, &mut key, &[b"dddd"]).unwrap();
         txn.commit().unwrap();
         assert_eq!(store.commit_count(), 1);
         assert_eq!(head.length, 4);
@@ -702,18 +703,20 @@ mod tests {
         let store = MemStore::new();
         let mut txn = Txn::begin(&store).unwrap();
         let mut feed = Feed::new(FeedDescriptor::broadcast(PeerId([1; 32])));
-        let err = feed.append_batch(&mut txn, &author(), &[b"x"]).unwrap_err();
+        let err = feed
+            .append_batch(&mut txn, &mut author(), &[b"x"])
+            .unwrap_err();
         assert!(matches!(err, FeedError::NotAuthor { .. }));
     }
 
     #[test]
     fn corruption_on_disk_names_feed_and_seq() {
         let store = MemStore::new();
-        let key = author();
+        let mut key = author();
         let desc = FeedDescriptor::broadcast(key.peer_id());
         let mut txn = Txn::begin(&store).unwrap();
         let mut feed = Feed::new(desc);
-        feed.append_batch(&mut txn, &key, &[b"one".as_slice(), b"two"])
+        feed.append_batch(&mut txn, &mut key, &[b"one".as_slice(), b"two"])
             .unwrap();
         txn.commit().unwrap();
 
@@ -750,13 +753,13 @@ mod tests {
 
     #[test]
     fn receiver_verifies_sparse_then_upgrades() {
-        let key = author();
+        let mut key = author();
         let desc = FeedDescriptor::queue(key.peer_id(), PeerId([7; 32]));
         let writer = MemStore::new();
         let mut wt = Txn::begin(&writer).unwrap();
         let mut wf = Feed::new(desc);
         let blocks: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().to_vec()).collect();
-        let h1 = wf.append_batch(&mut wt, &key, &blocks[..30]).unwrap();
+        let h1 = wf.append_batch(&mut wt, &mut key, &blocks[..30]).unwrap();
         wt.commit().unwrap();
 
         let reader = MemStore::new();
@@ -772,7 +775,7 @@ mod tests {
         assert_eq!(rf.len(), 30);
 
         let mut wt = Txn::begin(&writer).unwrap();
-        let h2 = wf.append_batch(&mut wt, &key, &blocks[30..]).unwrap();
+        let h2 = wf.append_batch(&mut wt, &mut key, &blocks[30..]).unwrap();
         wt.commit().unwrap();
         let wt = Txn::begin(&writer).unwrap();
         let p = wf.prove(&wt, 40, 43, rf.len()).unwrap();

@@ -365,7 +365,6 @@ impl<S: Store> Node<S> {
         }
         let desc = FeedDescriptor::broadcast(self.st.me);
         let id = desc.id();
-        let key = self.st.key.clone();
         let mut attempt = 0;
         loop {
             let mut txn = Txn::begin(&self.store)?;
@@ -374,7 +373,7 @@ impl<S: Store> Node<S> {
             if events.is_empty() {
                 return Ok(start..start);
             }
-            let appended = feed.append_batch(&mut txn, &key, events);
+            let appended = feed.append_batch(&mut txn, &mut self.signer, events);
             let replica = self
                 .st
                 .replicas

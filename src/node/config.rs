@@ -22,6 +22,14 @@ pub struct Config {
     /// Seed of every random choice the node makes (Noise keys, jitter). The
     /// same seed and inputs give the same output bytes.
     pub rng_seed: u64,
+    /// Fresh randomness for this open of the node, never used before with
+    /// its identity: lets the node compute its next signature's nonce while
+    /// idle ([`crate::Node::idle_work`]), which takes most of a signature's
+    /// cost off `send`. Reusing a seed with the same identity can reveal the
+    /// identity's secret key (see [`crate::Signer`]), so the runtimes draw
+    /// one from the operating system at every open. `None` signs as RFC 8032
+    /// says, deriving each nonce from its message.
+    pub nonce_seed: Option<[u8; 32]>,
     /// Largest protocol message accepted or sent, which bounds the largest
     /// message `send` accepts. Checked before anything is buffered.
     pub max_message_size: usize,
@@ -69,6 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             rng_seed: 0,
+            nonce_seed: None,
             max_message_size: 16 << 20,
             max_inflight_requests: 32,
             max_request_blocks: 1024,

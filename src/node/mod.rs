@@ -4,7 +4,8 @@
 //! Drive it like quinn-proto's `Connection` or str0m's `Rtc`: feed it input
 //! ([`Node::handle_input`], [`Node::handle_closed`], [`Node::handle_timeout`]
 //! and the queue commands), then drain [`Node::poll_output`] until it returns
-//! `None`, and wake it at [`Node::poll_timeout`].
+//! `None`, and wake it at [`Node::poll_timeout`]. When there is nothing else
+//! to do, [`Node::idle_work`] prepares what the next send needs.
 //!
 //! ```
 //! use peermq::{Config, Instant, MemStore, Node, Output};
@@ -44,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::{Bound, ControlFlow};
 
 use crate::feed::{Feed, FeedDescriptor, FeedError, FeedId};
-use crate::identity::{Keypair, PeerId};
+use crate::identity::{Keypair, PeerId, Signer};
 use crate::noise::{self, StaticKey};
 use crate::rng::SeededRng;
 use crate::store::{meta, Store, StoreError, Table, Txn};
@@ -102,6 +103,9 @@ pub enum NodeError {
 pub struct Node<S: Store> {
     store: S,
     st: State,
+    /// Signs our feeds' heads; apart from `st` so that it can sign while a
+    /// feed in `st` is borrowed.
+    signer: Signer,
 }
 
 /// Everything but the store, so a transaction can borrow the store while
@@ -183,8 +187,10 @@ impl<S: Store> Node<S> {
             signature: key.sign(&HandshakePayload::static_signing_bytes(&noise_key.public)),
         }
         .encode();
+        let signer = Signer::new(key.clone(), config.nonce_seed);
         Ok(Node {
             store,
+            signer,
             st: State {
                 config,
                 key,
@@ -335,6 +341,21 @@ impl<S: Store> Node<S> {
     /// queued work), or `None` if no timer is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.st.poll_timeout()
+    }
+
+    /// Whether the node has work it can do ahead of need, off the path of
+    /// the next command: today, the next signature's nonce (only with
+    /// [`Config::nonce_seed`]).
+    pub fn has_idle_work(&self) -> bool {
+        self.signer.can_sign_ahead()
+    }
+
+    /// Does the work [`Node::has_idle_work`] reports. Call it when nothing
+    /// else is waiting, after the bytes already polled are on their way:
+    /// skipping it costs speed, never correctness, and the node's outputs are
+    /// the same either way.
+    pub fn idle_work(&mut self) {
+        self.signer.sign_ahead();
     }
 
     fn finish(&mut self, r: Result<(), NodeError>, now: Instant) -> Result<(), NodeError> {

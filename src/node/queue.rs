@@ -149,7 +149,6 @@ impl<S: Store> Node<S> {
             return Err(NodeError::TooLarge { size: big, limit });
         }
         let desc = FeedDescriptor::queue(self.st.me, to);
-        let key = self.st.key.clone();
         let mut attempt = 0;
         let (start, head) = loop {
             let mut txn = Txn::begin(&self.store)?;
@@ -159,7 +158,7 @@ impl<S: Store> Node<S> {
                 return Ok(start..start);
             }
             let result = feed
-                .append_batch(&mut txn, &key, messages)
+                .append_batch(&mut txn, &mut self.signer, messages)
                 .and_then(|h| Ok(txn.commit().map(|_| h)?));
             match result {
                 Ok(h) => break (start, h),

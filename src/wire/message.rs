@@ -668,9 +668,9 @@ mod tests {
 
     #[test]
     fn every_message_roundtrips() {
-        let key = Keypair::generate(&mut SeededRng::from_u64(1));
+        let mut key = Keypair::generate(&mut SeededRng::from_u64(1));
         let desc = FeedDescriptor::queue(key.peer_id(), PeerId([3; 32]));
-        let head = SignedHead::sign(&key, desc.id(), 5, Hash([9; 32]));
+        let head = SignedHead::sign(&mut key, desc.id(), 5, Hash([9; 32]));
         roundtrip(Message::Head { desc, head });
         roundtrip(Message::Request {
             feed: desc.id(),
@@ -746,8 +746,8 @@ mod tests {
 
     #[test]
     fn bounds_are_enforced_before_allocation() {
-        let key = Keypair::generate(&mut SeededRng::from_u64(1));
-        let head = SignedHead::sign(&key, FeedId([0; 32]), MAX_LENGTH, Hash([0; 32]));
+        let mut key = Keypair::generate(&mut SeededRng::from_u64(1));
+        let head = SignedHead::sign(&mut key, FeedId([0; 32]), MAX_LENGTH, Hash([0; 32]));
         let mut body = vec![0, 1];
         body.extend_from_slice(&head.encode());
         for v in [0u64, MAX_LENGTH, 0, 0, 0] {

@@ -285,6 +285,13 @@ impl<S: Store + Send + 'static> Driver<S> {
                 future::yield_now().await;
                 continue;
             }
+            if self.node.has_idle_work() {
+                // Prepare the next send only once the socket tasks have
+                // written what this pass queued: it must not delay them.
+                future::yield_now().await;
+                self.node.idle_work();
+                continue;
+            }
             self.pump();
             let now = self.now();
             let due = match (self.node.poll_timeout(), self.em_timeout()) {

@@ -234,8 +234,9 @@ impl Builder {
         }
     }
 
-    /// Tunes the core. Its `rng_seed` is replaced by one from the operating
-    /// system, since session keys must be unpredictable.
+    /// Tunes the core. Its `rng_seed` and `nonce_seed` are replaced by fresh
+    /// ones from the operating system at every open, since session keys must
+    /// be unpredictable and signing nonces never reused.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -315,6 +316,9 @@ impl Builder {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| MqError::Randomness(e.to_string()))?;
         config.rng_seed = u64::from_le_bytes(seed);
+        let mut nonce_seed = [0u8; 32];
+        getrandom::fill(&mut nonce_seed).map_err(|e| MqError::Randomness(e.to_string()))?;
+        config.nonce_seed = Some(nonce_seed);
         let start = runtime.now();
         let mut node = Node::open(store, config, peermq::Instant::ZERO).map_err(MqError::from)?;
         let id = node.id();

@@ -1,11 +1,16 @@
-//! Node identity: an ed25519 key pair, and the public key as a peer id.
+//! Node identity: an ed25519 key pair, the public key as a peer id, and the
+//! [`Signer`] that signs a node's feeds.
 
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey, Verifier, VerifyingKey};
 
 use crate::rng::RandomSource;
+
+mod signer;
+
+pub use signer::{Sign, Signer};
 
 /// Length in bytes of an ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
