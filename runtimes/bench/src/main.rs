@@ -4,7 +4,9 @@
 //!
 //! Like the anchor, the orchestrator runs every role in a fresh child
 //! process (itself, re-executed with `role ...`) and only relays small
-//! control lines over the children's stdin and stdout:
+//! control lines over the children's stdin and stdout. With `--compare-js`,
+//! one run of the anchor follows each of ours, so that a machine's drift in
+//! speed reaches both medians alike. The phases:
 //!
 //! | phase | processes | timed |
 //! |---|---|---|
@@ -66,7 +68,8 @@ struct Cli {
     /// Which durability modes to run.
     #[arg(long, value_enum, default_value_t = Modes::Both)]
     durability: Modes,
-    /// Also run the JS anchor in this run and print the ratios.
+    /// Also run the JS anchor, one of its runs after each of ours, and print
+    /// the ratios of the medians.
     #[arg(long = "compare-js")]
     compare_js: bool,
     /// Where the JS anchor is (copied to a temporary directory, where
@@ -893,7 +896,9 @@ fn summarize(rows: &[Row]) -> Vec<Row> {
     out
 }
 
-fn run_js(cli: &Cli, tmp: &Path) -> anyhow::Result<Vec<Row>> {
+/// Copies the JS anchor into `tmp` and installs its dependencies there;
+/// returns its directory.
+fn prepare_js(cli: &Cli, tmp: &Path) -> anyhow::Result<PathBuf> {
     let src = &cli.js_dir;
     if !src.join("bench.mjs").exists() {
         bail!(
@@ -921,17 +926,28 @@ fn run_js(cli: &Cli, tmp: &Path) -> anyhow::Result<Vec<Row>> {
             bail!("npm ci failed in the JS anchor");
         }
     }
+    Ok(work)
+}
+
+/// One run of the JS anchor (its own `--runs 1`), as rows.
+fn run_js(cli: &Cli, work: &Path, run: usize) -> anyhow::Result<Vec<Row>> {
     let out = Command::new("node")
         .arg("bench.mjs")
-        .args(["--runs", &cli.runs.to_string()])
+        .args(["--runs", "1"])
         .args(["--n", &cli.n.to_string()])
         .args(["--n-b1", &cli.n_b1.to_string()])
         .args(["--size", &cli.size.to_string()])
         .args(["--sparse-every", &cli.sparse_every.to_string()])
         .args(["--lat", &cli.lat.to_string()])
         .args(["--lat-warmup", &cli.lat_warmup.to_string()])
-        .args(["--out", &work.join("anchor.jsonl").display().to_string()])
-        .current_dir(&work)
+        .args([
+            "--out",
+            &work
+                .join(format!("anchor-run{run}.jsonl"))
+                .display()
+                .to_string(),
+        ])
+        .current_dir(work)
         .stderr(Stdio::inherit())
         .output()
         .context("running the JS anchor (is Node.js installed?)")?;
@@ -990,9 +1006,16 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
         Modes::Nosync => vec![false],
         Modes::Fsync => vec![true],
     };
+    let js_work = match cli.compare_js {
+        true => Some(prepare_js(cli, tmp.path())?),
+        false => None,
+    };
     let mut rows = Vec::new();
-    for &sync in &modes {
-        for run in 1..=cli.runs {
+    let mut js_rows = Vec::new();
+    // Our runs and the anchor's alternate, so that both sample the same
+    // spells of a machine whose speed drifts from one minute to the next.
+    for run in 1..=cli.runs {
+        for &sync in &modes {
             let dir = tmp.path().join(format!(
                 "{}-run{run}",
                 if sync { "fsync" } else { "nosync" }
@@ -1006,24 +1029,24 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
+        if let Some(work) = &js_work {
+            for r in run_js(cli, work, run)? {
+                let mut j = r.to_json("hypercore-js");
+                j["run"] = json!(run);
+                println!("{j}");
+                js_rows.push(r);
+            }
+        }
     }
     let ours = summarize(&rows);
-    for r in &ours {
-        let mut j = r.to_json("peermq");
-        j["type"] = json!("summary");
-        println!("{j}");
-    }
-    let js = if cli.compare_js {
-        let js = run_js(cli, tmp.path())?;
-        for r in &js {
-            let mut j = r.to_json("hypercore-js");
+    let js = summarize(&js_rows);
+    for (name, summary) in [("peermq", &ours), ("hypercore-js", &js)] {
+        for r in summary {
+            let mut j = r.to_json(name);
             j["type"] = json!("summary");
             println!("{j}");
         }
-        js
-    } else {
-        Vec::new()
-    };
+    }
 
     // The table, for BENCHMARKS.md.
     eprintln!();
