@@ -289,7 +289,7 @@ mod tests {
             for _ in 0..40 {
                 let a = rng.next_u64() % 64;
                 let b = a + rng.next_u64() % 12;
-                if rng.next_u64() % 3 == 0 {
+                if rng.next_u64().is_multiple_of(3) {
                     set.remove(a, b);
                     (a..b).for_each(|x| {
                         model.remove(&x);
