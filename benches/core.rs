@@ -1,14 +1,15 @@
-//! Core benchmarks: append, proofs and store commits, for 100-byte blocks.
+//! Core benchmarks: append, proofs and store commits, for 100-byte blocks,
+//! and the signatures a send and a receive wait for.
 //!
 //! Run with `cargo bench -p peermq --bench core`. Every group reports
-//! elements (blocks) per second.
+//! elements (blocks, signatures) per second.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use peermq::feed::{Feed, FeedDescriptor};
+use peermq::feed::{Feed, FeedDescriptor, SignedHead};
 use peermq::store::{Store, Table, WriteBatch};
-use peermq::{Keypair, LmdbStore, MemStore, PeerId, SeededRng, Txn};
+use peermq::{Keypair, LmdbStore, MemStore, PeerId, SeededRng, Sign, Signer, Txn};
 
 const BLOCK: usize = 100;
 
@@ -137,5 +138,39 @@ fn store_commits(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append, proofs, store_commits);
+/// A head's signature: as RFC 8032 makes it, with a nonce prepared while
+/// idle (what a send then waits for), preparing and signing together (the
+/// whole cost, paid partly while idle), and the check.
+fn signatures(c: &mut Criterion) {
+    let mut g = c.benchmark_group("signature");
+    g.throughput(Throughput::Elements(1));
+    let (key, desc) = author();
+    let msg = SignedHead::signing_bytes(&desc.id(), 1, &peermq::merkle::Hash([5; 32]));
+    g.bench_function("sign_rfc8032", |b| b.iter(|| key.sign(&msg)));
+    let mut signer = Signer::new(key.clone(), Some([9; 32]));
+    g.bench_function("sign_prepared", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                signer.sign_ahead();
+                let t = Instant::now();
+                std::hint::black_box(signer.sign(&msg));
+                spent += t.elapsed();
+            }
+            spent
+        })
+    });
+    g.bench_function("prepare_then_sign", |b| {
+        b.iter(|| {
+            signer.sign(&msg);
+            signer.sign_ahead()
+        })
+    });
+    let sig = key.sign(&msg);
+    let vk = key.peer_id().verify_key();
+    g.bench_function("verify", |b| b.iter(|| vk.verify(&msg, &sig).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, append, proofs, store_commits, signatures);
 criterion_main!(benches);
