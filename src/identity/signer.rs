@@ -82,7 +82,9 @@ impl Signer {
     /// key (see the module documentation). Without, it signs as RFC 8032.
     pub fn new(key: Keypair, nonce_seed: Option<[u8; 32]>) -> Self {
         let ahead = nonce_seed.map(|seed| {
-            let secret = ExpandedSecretKey::from(&key.to_bytes());
+            let mut secret_bytes = key.to_bytes();
+            let secret = ExpandedSecretKey::from(&secret_bytes);
+            secret_bytes.zeroize();
             let mut digest = Sha512::new()
                 .chain_update(NONCE_KEY_CONTEXT)
                 .chain_update(secret.hash_prefix)
