@@ -88,11 +88,9 @@ impl RangeSet {
             }
         }
         // So do ranges starting inside `[lo, hi]`, adjacency included.
-        let inside: Vec<u64> = self.map.range(lo..=hi).map(|(&s, _)| s).collect();
-        for s in inside {
-            if let Some(e) = self.map.remove(&s) {
-                hi = hi.max(e);
-            }
+        while let Some((&s, &e)) = self.map.range(lo..=hi).next() {
+            self.map.remove(&s);
+            hi = hi.max(e);
         }
         self.map.insert(lo, hi);
     }
@@ -113,12 +111,10 @@ impl RangeSet {
                 }
             }
         }
-        let inside: Vec<u64> = self.map.range(start..end).map(|(&s, _)| s).collect();
-        for s in inside {
-            if let Some(e) = self.map.remove(&s) {
-                if e > end {
-                    self.map.insert(end, e);
-                }
+        while let Some((&s, &e)) = self.map.range(start..end).next() {
+            self.map.remove(&s);
+            if e > end {
+                self.map.insert(end, e);
             }
         }
     }
@@ -149,6 +145,28 @@ impl RangeSet {
     pub fn next_gap(&self, x: u64) -> u64 {
         // Ranges never touch, so the end of the one holding `x` is a gap.
         self.holding(x).map_or(x, |(_, e)| e)
+    }
+
+    /// The first run of `[start, end)` that none of `sets` holds, if any;
+    /// it costs a few lookups per set, however large the sets are.
+    pub fn first_uncovered(sets: &[&RangeSet], start: u64, end: u64) -> Option<(u64, u64)> {
+        let mut s = start;
+        loop {
+            let past = sets.iter().map(|r| r.next_gap(s)).max().unwrap_or(s);
+            if past == s {
+                break;
+            }
+            s = past;
+        }
+        if s >= end {
+            return None;
+        }
+        let e = sets
+            .iter()
+            .filter_map(|r| r.next_member(s))
+            .min()
+            .map_or(end, |m| m.min(end));
+        Some((s, e))
     }
 
     /// The sub-ranges of `[start, end)` that are not in the set.
@@ -334,6 +352,37 @@ mod tests {
             set.encode(&mut buf);
             assert_eq!(RangeSet::decode(&buf, 1000).unwrap().0, set);
         }
+    }
+
+    #[test]
+    fn first_uncovered_is_the_first_run_no_set_holds() {
+        let mut rng = crate::rng::SeededRng::from_u64(6);
+        use crate::rng::RandomSource;
+        for _ in 0..500 {
+            let sets: Vec<RangeSet> = (0..3)
+                .map(|_| {
+                    let mut set = RangeSet::new();
+                    for _ in 0..6 {
+                        let a = rng.next_u64() % 64;
+                        set.insert(a, a + rng.next_u64() % 9);
+                    }
+                    set
+                })
+                .collect();
+            let refs: Vec<&RangeSet> = sets.iter().collect();
+            let (s, e) = (rng.next_u64() % 70, rng.next_u64() % 70);
+            let free = |x: &u64| !sets.iter().any(|set| set.contains(*x));
+            let want = (s..e).find(free).map(|a| {
+                let b = (a..e).find(|x| !free(x)).unwrap_or(e);
+                (a, b)
+            });
+            assert_eq!(
+                RangeSet::first_uncovered(&refs, s, e),
+                want,
+                "{sets:?} {s}..{e}"
+            );
+        }
+        assert_eq!(RangeSet::first_uncovered(&[], 3, 9), Some((3, 9)));
     }
 
     #[test]

@@ -702,50 +702,56 @@ impl State {
         let fid = FeedDescriptor::queue(from, self.me).id();
         let base = self.feeds.get(&fid).map_or(0, |f| f.len());
         let limit = inbox.remote_length;
-        let mut want = RangeSet::new();
-        match self.config.prefetch {
-            Prefetch::All => want.insert(0, limit),
-            Prefetch::Window(w) => {
-                // Messages the reader passed while they were missing stay
-                // wanted: the window runs from the cursor.
-                let end = inbox.window_start().saturating_add(w);
-                want.insert(inbox.cursor(), end.min(limit));
-            }
-        }
-        for (a, b) in inbox.wanted.ranges() {
-            want.insert(a, b.min(limit));
-        }
-        for done in [
-            &inbox.held,
-            &inbox.cleared,
-            &inbox.requested,
-            &inbox.refused,
-        ] {
-            want.subtract(done);
-        }
+        let window = match self.config.prefetch {
+            Prefetch::All => (0, limit),
+            // Messages the reader passed while they were missing stay
+            // wanted: the window runs from the cursor.
+            Prefetch::Window(w) => (
+                inbox.cursor(),
+                inbox.window_start().saturating_add(w).min(limit),
+            ),
+        };
         let Some(conn) = self.conns.get_mut(&cid) else {
             return planned;
         };
         let (per, max_inflight) = self.config.request_limits();
         // Counted once: `busy` walks the in-flight list.
         let mut busy = conn.busy();
-        for (a, b) in want.ranges() {
+        // Ask for the window and every block `get` wants, less what is held,
+        // cleared, in flight or refused: walked lazily, so that a full
+        // pipeline costs nothing and a free slot a few lookups, however many
+        // blocks a sparse reader wants or holds.
+        let mut from_seq = 0;
+        while busy < max_inflight {
+            let Some((a, b)) = next_wanted(window, &inbox.wanted, limit, from_seq) else {
+                break;
+            };
             let mut s = a;
-            while s < b && busy < max_inflight {
-                let e = b.min(s + per);
+            while busy < max_inflight {
+                let done = [
+                    &inbox.held,
+                    &inbox.cleared,
+                    &inbox.requested,
+                    &inbox.refused,
+                ];
+                let Some((gap, gap_end)) = RangeSet::first_uncovered(&done, s, b) else {
+                    break;
+                };
+                let e = gap_end.min(gap.saturating_add(per));
                 busy += 1;
                 planned.push(Planned {
                     conn: cid,
-                    id: conn.plan_request(fid, s, e, false),
+                    id: conn.plan_request(fid, gap, e, false),
                     desc: FeedDescriptor::queue(from, self.me),
-                    start: s,
+                    start: gap,
                     end: e,
                     base,
                     known: limit.max(base),
                 });
-                inbox.requested.insert(s, e);
+                inbox.requested.insert(gap, e);
                 s = e;
             }
+            from_seq = b;
         }
         // Ask ahead for what the sender has not written yet: it holds the
         // request and answers as soon as it appends, a round trip sooner than
@@ -1051,4 +1057,29 @@ fn serve_one<S: Store>(
 /// for more. Both sides decide it with this, from what the message says.
 pub(super) fn continues(head_len: Option<u64>, end: u64, asked_end: u64) -> bool {
     head_len == Some(end) && end < asked_end
+}
+
+/// The first run at or after `from` of the blocks a reader wants: the union
+/// of its prefetch `window` and the `wanted` set, below `limit`.
+fn next_wanted(window: (u64, u64), wanted: &RangeSet, limit: u64, from: u64) -> Option<(u64, u64)> {
+    let (ws, we) = window;
+    let in_window = (we > from.max(ws)).then(|| from.max(ws));
+    let a = match (in_window, wanted.next_member(from)) {
+        (Some(p), Some(q)) => p.min(q),
+        (p, q) => p.or(q)?,
+    };
+    if a >= limit {
+        return None;
+    }
+    let mut b = a;
+    loop {
+        if ws <= b && b < we {
+            b = we;
+        } else if wanted.contains(b) {
+            b = wanted.next_gap(b);
+        } else {
+            break;
+        }
+    }
+    Some((a, b.min(limit)))
 }
