@@ -152,14 +152,14 @@ impl RangeSet {
     pub fn first_uncovered(sets: &[&RangeSet], start: u64, end: u64) -> Option<(u64, u64)> {
         let mut s = start;
         loop {
+            if s >= end {
+                return None;
+            }
             let past = sets.iter().map(|r| r.next_gap(s)).max().unwrap_or(s);
             if past == s {
                 break;
             }
             s = past;
-        }
-        if s >= end {
-            return None;
         }
         let e = sets
             .iter()

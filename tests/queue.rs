@@ -525,6 +525,9 @@ fn nonces_prepared_while_idle_change_no_byte_and_sign_valid_messages() {
             })
             .collect();
         let mut net = Net::with_configs(configs);
+        // The seed stays with the signer: a configuration read back cannot
+        // seed another open of the same identity.
+        assert_eq!(net.node(A).config().nonce_seed, None);
         let (a, b) = (net.ids[A], net.ids[B]);
         net.node(A).add_peer(b).unwrap();
         net.node(B).add_peer(a).unwrap();

@@ -27,8 +27,10 @@ pub struct Config {
     /// idle ([`crate::Node::idle_work`]), which takes most of a signature's
     /// cost off `send`. Reusing a seed with the same identity can reveal the
     /// identity's secret key (see [`crate::Signer`]), so the runtimes draw
-    /// one from the operating system at every open. `None` signs as RFC 8032
-    /// says, deriving each nonce from its message.
+    /// one from the operating system at every open; [`crate::Node::open`]
+    /// takes it out of the configuration it keeps, but a copy made before
+    /// must not open the same identity again. `None` signs as RFC 8032 says,
+    /// deriving each nonce from its message.
     pub nonce_seed: Option<[u8; 32]>,
     /// Largest protocol message accepted or sent, which bounds the largest
     /// message `send` accepts. Checked before anything is buffered.

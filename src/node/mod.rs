@@ -169,7 +169,10 @@ impl<S: Store> Node<S> {
     /// Opens a node on `store`, creating its identity (from the configured
     /// seed) if the store has none. Costs a fixed number of reads plus one
     /// per authorized peer, whatever the amount of data stored.
-    pub fn open(store: S, config: Config, now: Instant) -> Result<Self, NodeError> {
+    pub fn open(store: S, mut config: Config, now: Instant) -> Result<Self, NodeError> {
+        // The signer keeps the nonce seed; the stored configuration, which
+        // `Node::config` hands out, must not, or it could seed another open.
+        let nonce_seed = config.nonce_seed.take();
         let mut rng = SeededRng::from_u64(config.rng_seed);
         let mut txn = Txn::begin(&store)?;
         meta::check_format(&mut txn)?;
@@ -187,7 +190,7 @@ impl<S: Store> Node<S> {
             signature: key.sign(&HandshakePayload::static_signing_bytes(&noise_key.public)),
         }
         .encode();
-        let signer = Signer::new(key.clone(), config.nonce_seed);
+        let signer = Signer::new(key.clone(), nonce_seed);
         Ok(Node {
             store,
             signer,
