@@ -5,8 +5,8 @@
 //! Like the anchor, the orchestrator runs every role in a fresh child
 //! process (itself, re-executed with `role ...`) and only relays small
 //! control lines over the children's stdin and stdout. With `--compare-js`,
-//! one run of the anchor follows each of ours, so that a machine's drift in
-//! speed reaches both medians alike. The phases:
+//! one run of the anchor follows each of our no-sync runs, so that a
+//! machine's drift in speed reaches both medians alike. The phases:
 //!
 //! | phase | processes | timed |
 //! |---|---|---|
@@ -68,8 +68,8 @@ struct Cli {
     /// Which durability modes to run.
     #[arg(long, value_enum, default_value_t = Modes::Both)]
     durability: Modes,
-    /// Also run the JS anchor, one of its runs after each of ours, and print
-    /// the ratios of the medians.
+    /// Also run the JS anchor, one of its runs after each of our no-sync
+    /// runs, and print the ratios of the medians.
     #[arg(long = "compare-js")]
     compare_js: bool,
     /// Where the JS anchor is (copied to a temporary directory, where
