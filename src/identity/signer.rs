@@ -61,7 +61,6 @@ pub struct Signer {
 /// The state of signing with prepared nonces.
 struct Ahead {
     secret: ExpandedSecretKey,
-    public: [u8; 32],
     nonce_key: [u8; 32],
     /// The counter the next signature's nonce is derived from.
     next: u64,
@@ -95,7 +94,6 @@ impl Signer {
             digest.as_mut_slice().zeroize();
             Ahead {
                 secret,
-                public: key.peer_id().0,
                 nonce_key,
                 next: 0,
                 ready: None,
@@ -143,7 +141,7 @@ impl Sign for Signer {
         a.next = a.next.wrapping_add(1);
         let challenge = Sha512::new()
             .chain_update(nonce.commitment)
-            .chain_update(a.public)
+            .chain_update(self.key.peer_id().0)
             .chain_update(message)
             .finalize();
         let k = Scalar::from_bytes_mod_order_wide(&challenge.into());

@@ -702,15 +702,14 @@ impl State {
         let fid = FeedDescriptor::queue(from, self.me).id();
         let base = self.feeds.get(&fid).map_or(0, |f| f.len());
         let limit = inbox.remote_length;
-        let window = match self.config.prefetch {
-            Prefetch::All => (0, limit),
-            // Messages the reader passed while they were missing stay
-            // wanted: the window runs from the cursor.
-            Prefetch::Window(w) => (
-                inbox.cursor(),
-                inbox.window_start().saturating_add(w).min(limit),
-            ),
+        // How far ahead to download, and from where: messages the reader
+        // passed while they were missing stay wanted, so the window runs
+        // from the cursor.
+        let (window_from, reach) = match self.config.prefetch {
+            Prefetch::All => (0, u64::MAX),
+            Prefetch::Window(w) => (inbox.cursor(), inbox.window_start().saturating_add(w)),
         };
+        let window = (window_from, reach.min(limit));
         let Some(conn) = self.conns.get_mut(&cid) else {
             return planned;
         };
@@ -755,13 +754,9 @@ impl State {
         }
         // Ask ahead for what the sender has not written yet: it holds the
         // request and answers as soon as it appends, a round trip sooner than
-        // announcing and waiting to be asked.
-        let reach = match self.config.prefetch {
-            Prefetch::All => u64::MAX,
-            Prefetch::Window(w) => inbox.window_start().saturating_add(w),
-        };
-        // Past everything the sender announced and everything we hold or
-        // cleared (after a restart we may hold more than it re-announced).
+        // announcing and waiting to be asked. It starts past everything the
+        // sender announced and everything we hold or cleared (after a
+        // restart we may hold more than it re-announced).
         let mut tail = limit;
         loop {
             let next = inbox.cleared.next_gap(inbox.held.next_gap(tail));

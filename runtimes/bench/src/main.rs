@@ -896,6 +896,16 @@ fn summarize(rows: &[Row]) -> Vec<Row> {
     out
 }
 
+/// Prints one run's rows of `name` as JSON lines and keeps them in `into`.
+fn report_run(name: &str, run: usize, rows: Vec<Row>, into: &mut Vec<Row>) {
+    for r in rows {
+        let mut j = r.to_json(name);
+        j["run"] = json!(run);
+        println!("{j}");
+        into.push(r);
+    }
+}
+
 /// Copies the JS anchor into `tmp` and installs its dependencies there;
 /// returns its directory.
 fn prepare_js(cli: &Cli, tmp: &Path) -> anyhow::Result<PathBuf> {
@@ -1023,26 +1033,14 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
                 if sync { "fsync" } else { "nosync" }
             ));
             std::fs::create_dir_all(&dir)?;
-            for r in run_once(cli, sync, &dir)? {
-                let mut j = r.to_json("peermq");
-                j["run"] = json!(run);
-                println!("{j}");
-                rows.push(r);
-            }
+            report_run("peermq", run, run_once(cli, sync, &dir)?, &mut rows);
             let _ = std::fs::remove_dir_all(&dir);
             if sync && modes.len() > 1 {
                 continue;
             }
             let Some(work) = &js_work else { continue };
             match run_js(cli, work, run) {
-                Ok(js) => {
-                    for r in js {
-                        let mut j = r.to_json("hypercore-js");
-                        j["run"] = json!(run);
-                        println!("{j}");
-                        js_rows.push(r);
-                    }
-                }
+                Ok(js) => report_run("hypercore-js", run, js, &mut js_rows),
                 // Keep measuring and reporting ours; fail at the end.
                 Err(e) => {
                     eprintln!("the JS anchor failed in run {run}, so it runs no more: {e:#}");
