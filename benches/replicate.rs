@@ -24,10 +24,9 @@ struct Pair {
 /// seen them.
 fn setup() -> Pair {
     let cfg = |seed| Config {
-        rng_seed: seed,
         prefetch: Prefetch::All,
         store_poll_interval: None,
-        ..Config::default()
+        ..Config::deterministic(seed)
     };
     let mut a = Node::open(MemStore::new(), cfg(1), Instant::ZERO).unwrap();
     let mut b = Node::open(MemStore::new(), cfg(2), Instant::ZERO).unwrap();

@@ -76,13 +76,19 @@ fn builder<'a>(rng: SeededRng) -> snow::Builder<'a> {
     )
 }
 
-/// A Noise static key pair.
+/// A Noise static key pair. The private half is wiped when dropped.
 #[derive(Clone)]
 pub struct StaticKey {
     /// The X25519 private key.
     pub private: Vec<u8>,
     /// The X25519 public key.
     pub public: Vec<u8>,
+}
+
+impl Drop for StaticKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.private);
+    }
 }
 
 impl StaticKey {

@@ -39,9 +39,15 @@ impl SeededRng {
 
     /// Creates a generator from a `u64` seed, as simulations and tests use.
     pub fn from_u64(seed: u64) -> Self {
+        Self::from_seed(Self::derive_seed(seed))
+    }
+
+    /// The 32-byte seed [`SeededRng::from_u64`] uses for `seed`: for tests
+    /// and simulations, whose seeds must be short enough to print and replay.
+    pub fn derive_seed(seed: u64) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new_derive_key("peermq v1 rng seed");
         hasher.update(&seed.to_le_bytes());
-        Self::from_seed(*hasher.finalize().as_bytes())
+        *hasher.finalize().as_bytes()
     }
 
     /// Derives an independent child generator, so that one component's

@@ -9,9 +9,8 @@ use peermq::{Config, Event, PeerId};
 
 fn open_config(seed: u64) -> Config {
     Config {
-        rng_seed: seed,
         open: true,
-        ..Config::default()
+        ..Config::deterministic(seed)
     }
 }
 

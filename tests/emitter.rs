@@ -23,9 +23,8 @@ fn schema() -> Schema {
 
 fn open_config(seed: u64) -> Config {
     Config {
-        rng_seed: seed,
         open: true,
-        ..Config::default()
+        ..Config::deterministic(seed)
     }
 }
 

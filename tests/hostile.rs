@@ -3,7 +3,8 @@
 //! is lost, and nothing panics.
 
 use peermq::feed::{Feed, FeedDescriptor};
-use peermq::wire::{DataMsg, Message, RangeRequest};
+use peermq::ranges::RangeSet;
+use peermq::wire::{DataMsg, Message, RangeRequest, Receipt};
 use peermq::{
     CloseReason, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer,
     SeededRng, Txn,
@@ -12,9 +13,8 @@ use quickcheck::{QuickCheck, TestResult};
 
 fn config(seed: u64) -> peermq::Config {
     peermq::Config {
-        rng_seed: seed,
         store_poll_interval: None,
-        ..peermq::Config::default()
+        ..peermq::Config::deterministic(seed)
     }
 }
 
@@ -761,4 +761,58 @@ fn blocks_of(i: u64) -> (u64, u64) {
     let depth = (!i).trailing_zeros();
     let first = (i >> (depth + 1)) << depth;
     (first, first + (1 << depth))
+}
+
+/// H acknowledges, with receipts it signs, the blocks of A's feed to H in
+/// `receipts`, one message each.
+fn acknowledge(w: &mut World, receipts: &[RangeSet]) {
+    let (mut raw, conn) = w.hostile(11);
+    let feed = FeedDescriptor::queue(w.a.id(), w.h.peer_id()).id();
+    for ranges in receipts {
+        raw.send(&Message::Ack(Receipt::sign(&w.h, feed, ranges.clone())));
+    }
+    w.pump(Some((&mut raw, conn)));
+    assert_eq!(w.closed_with(conn), None, "receipts are no offence");
+}
+
+#[test]
+fn a_receipt_for_blocks_never_sent_acknowledges_only_what_exists() {
+    // A recipient that acknowledges the future must not make the sender
+    // count, or prune, blocks it appends later and never delivered.
+    let mut w = World::new();
+    let h = w.h.peer_id();
+    w.a.send_batch(h, &[b"one".as_slice(), b"two"], Instant::ZERO)
+        .unwrap();
+    acknowledge(&mut w, &[RangeSet::from_range(0, 1_000)]);
+    assert_eq!(w.a.acknowledged(h).unwrap(), RangeSet::from_range(0, 2));
+    w.a.send_batch(h, &[b"three".as_slice(), b"four"], Instant::ZERO)
+        .unwrap();
+    assert_eq!(w.a.acknowledged(h).unwrap(), RangeSet::from_range(0, 2));
+    assert_eq!(w.a.prune(h).unwrap(), 2, "only the delivered blocks go");
+    let feed = w.a.feed_handle(FeedDescriptor::queue(w.a.id(), h)).unwrap();
+    let store = w.a.store().clone();
+    let txn = Txn::begin(&store).unwrap();
+    assert_eq!(feed.get(&txn, 2).unwrap().as_deref(), Some(&b"three"[..]));
+    w.still_serving();
+}
+
+#[test]
+fn receipts_that_fragment_the_acknowledged_set_are_bounded() {
+    // Acknowledging every other block makes every receipt rewrite a record
+    // as large as the set: past the bound, such receipts are ignored.
+    let mut w = World::new();
+    let h = w.h.peer_id();
+    let n = 2 * peermq::node::MAX_ACKED_RANGES as u64 + 100;
+    let blocks: Vec<Vec<u8>> = (0..n).map(|i| i.to_le_bytes().to_vec()).collect();
+    w.a.send_batch(h, &blocks, Instant::ZERO).unwrap();
+    let receipts: Vec<RangeSet> = (0..n / 2)
+        .map(|i| RangeSet::from_range(2 * i, 2 * i + 1))
+        .collect();
+    acknowledge(&mut w, &receipts);
+    let acked = w.a.acknowledged(h).unwrap();
+    assert_eq!(acked.range_count(), peermq::node::MAX_ACKED_RANGES);
+    // A receipt that joins runs up is still taken.
+    acknowledge(&mut w, &[RangeSet::from_range(0, n)]);
+    assert_eq!(w.a.acknowledged(h).unwrap(), RangeSet::from_range(0, n));
+    w.still_serving();
 }

@@ -126,13 +126,19 @@ fn vectors() -> BTreeMap<&'static str, String> {
         }),
     );
 
-    let noise_static = [9u8; 32];
+    let (noise_static, handshake_hash) = ([9u8; 32], [0x0a; 32]);
     let payload = HandshakePayload {
         version: PROTOCOL_VERSION,
         identity: author.peer_id(),
-        signature: author.sign(&HandshakePayload::static_signing_bytes(&noise_static)),
+        signature: author.sign(&HandshakePayload::signing_bytes(
+            &noise_static,
+            &handshake_hash,
+        )),
     };
-    v.insert("handshake_payload_static_09", hex::encode(payload.encode()));
+    v.insert(
+        "handshake_payload_static_09_hash_0a",
+        hex::encode(payload.encode()),
+    );
     v
 }
 

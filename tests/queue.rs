@@ -263,14 +263,10 @@ fn a_receipt_waits_the_ack_delay_and_covers_what_arrived_meanwhile() {
 fn windowed_reader(window: u64, msgs: &[Vec<u8>]) -> (Net, peermq::PeerId) {
     let configs = vec![
         Config {
-            rng_seed: 1,
             prefetch: Prefetch::Window(window),
-            ..Config::default()
+            ..Config::deterministic(1)
         },
-        Config {
-            rng_seed: 2,
-            ..Config::default()
-        },
+        Config::deterministic(2),
     ];
     let mut net = Net::with_configs(configs);
     let (a, b) = (net.ids[A], net.ids[B]);
@@ -406,15 +402,11 @@ fn sparse_reading_moves_only_what_is_read() {
 fn slow_transfer(n: u32) -> (Net, peermq::PeerId, peermq::PeerId) {
     let configs = vec![
         Config {
-            rng_seed: 1,
             max_request_blocks: 16,
             max_inflight_requests: 2,
-            ..Config::default()
+            ..Config::deterministic(1)
         },
-        Config {
-            rng_seed: 2,
-            ..Config::default()
-        },
+        Config::deterministic(2),
     ];
     let mut net = Net::with_configs(configs);
     let (a, b) = (net.ids[A], net.ids[B]);
@@ -519,9 +511,8 @@ fn nonces_prepared_while_idle_change_no_byte_and_sign_valid_messages() {
     fn run(prepare: bool) -> (String, Vec<(u64, String)>) {
         let configs = (0..2)
             .map(|i| Config {
-                rng_seed: i,
                 nonce_seed: Some([i as u8 + 1; 32]),
-                ..Config::default()
+                ..Config::deterministic(i)
             })
             .collect();
         let mut net = Net::with_configs(configs);
@@ -640,14 +631,12 @@ fn a_send_from_another_process_reaches_a_running_node_and_nothing_is_overwritten
 fn a_cleared_message_is_never_downloaded_and_a_cleared_one_is_gone() {
     let configs = vec![
         Config {
-            rng_seed: 1,
             prefetch: Prefetch::All,
-            ..Config::default()
+            ..Config::deterministic(1)
         },
         Config {
-            rng_seed: 2,
             prune_acked: true,
-            ..Config::default()
+            ..Config::deterministic(2)
         },
     ];
     let mut net = Net::with_configs(configs);

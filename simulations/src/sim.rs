@@ -164,7 +164,7 @@ impl<'p> Sim<'p> {
         let mut index = BTreeMap::new();
         for (i, no) in o.node.iter().enumerate() {
             let config = Config {
-                rng_seed: node_seed(plan.seed, i, 0),
+                rng_seed: Some(node_seed(plan.seed, i, 0)),
                 nonce_seed: Some(nonce_seed(plan.seed, i, 0)),
                 prefetch: no.prefetch,
                 max_request_blocks: no.max_request_blocks,
@@ -1252,7 +1252,7 @@ impl<'p> Sim<'p> {
         }
         let inc = self.slots[node].inc;
         let mut config = self.slots[node].config.clone();
-        config.rng_seed = node_seed(self.plan.seed, node, inc);
+        config.rng_seed = Some(node_seed(self.plan.seed, node, inc));
         config.nonce_seed = Some(nonce_seed(self.plan.seed, node, inc));
         let now = Instant::from_micros(self.now);
         match Node::open(self.slots[node].store.clone(), config, now) {
@@ -1639,11 +1639,11 @@ fn nonce_seed(seed: u64, node: usize, inc: u32) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-fn node_seed(seed: u64, node: usize, inc: u32) -> u64 {
-    let h = blake3::hash(
+fn node_seed(seed: u64, node: usize, inc: u32) -> [u8; 32] {
+    *blake3::hash(
         &[seed, node as u64, u64::from(inc)]
             .map(u64::to_le_bytes)
             .concat(),
-    );
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    )
+    .as_bytes()
 }

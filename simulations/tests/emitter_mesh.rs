@@ -66,10 +66,9 @@ impl Mesh {
         let mut ems = Vec::new();
         for i in 0..NODES {
             let config = Config {
-                rng_seed: 1000 + i as u64,
                 open: true,
                 store_poll_interval: None,
-                ..Config::default()
+                ..Config::deterministic(1000 + i as u64)
             };
             let node = Node::open(MemStore::new(), config, Instant::ZERO).expect("open node");
             ems.push(Emitter::open(&node, schema.clone()).expect("open emitter"));

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::feed::{FeedDescriptor, FeedId, SignedHead};
-use crate::identity::PeerId;
+use crate::identity::{Keypair, PeerId};
 use crate::noise::{MAX_NOISE_MESSAGE, MAX_PLAINTEXT};
 use crate::time::Instant;
 use crate::wire::frame::{write_frame, FrameReader};
@@ -34,10 +34,27 @@ pub(crate) struct Wanted {
 
 /// What the handshake needs from the node.
 pub(crate) struct HandshakeCtx<'a> {
-    /// Our encoded handshake payload.
-    pub payload: &'a [u8],
-    /// Whether an inbound peer may connect.
+    /// Our identity, which signs our handshake payload.
+    pub identity: &'a Keypair,
+    /// Our Noise static public key, which the payload vouches for.
+    pub noise_public: &'a [u8],
+    /// Whether a peer may talk to us, whichever side dialed: checked before
+    /// anything is served or accepted.
     pub authorized: &'a dyn Fn(&PeerId) -> bool,
+}
+
+impl HandshakeCtx<'_> {
+    /// Our identity payload for the message `state` is about to write,
+    /// signed over the handshake so far (PROTOCOL.md section 2).
+    fn payload(&self, state: &snow::HandshakeState) -> Vec<u8> {
+        let bytes = HandshakePayload::signing_bytes(self.noise_public, state.get_handshake_hash());
+        HandshakePayload {
+            version: PROTOCOL_VERSION,
+            identity: self.identity.peer_id(),
+            signature: self.identity.sign(&bytes),
+        }
+        .encode()
+    }
 }
 
 pub(crate) struct Conn {
@@ -230,24 +247,41 @@ impl Conn {
                     return Err(CloseReason::Handshake("connection is broken".into()))
                 }
                 Session::Handshake(state) => {
+                    // The peer's identity payload is signed over the hash as
+                    // it stood before this message.
+                    let hash_before: [u8; 32] = state
+                        .get_handshake_hash()
+                        .try_into()
+                        .map_err(|_| CloseReason::Handshake("unexpected hash length".into()))?;
                     let mut scratch = vec![0u8; frame.len()];
                     let n = state
                         .read_message(frame, &mut scratch)
                         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
                     let payload = &scratch[..n];
                     if state.is_initiator() {
-                        // Message 2: the listener's identity.
-                        let peer = check_identity(state, payload)?;
-                        if let Some(want) = *expected {
-                            if peer != want {
+                        // Message 2: the listener's identity. Checked in full
+                        // before message 3 gives it ours.
+                        let peer = check_identity(state, payload, &hash_before)?;
+                        match *expected {
+                            // The key the application dialed by name is the
+                            // one it wants to talk to.
+                            Some(want) if peer == want => {}
+                            Some(want) => {
                                 return Err(CloseReason::WrongPeer {
                                     expected: want,
                                     got: peer,
-                                });
+                                })
                             }
+                            // Whoever answers at an address must pass the
+                            // same check as a peer that dials us.
+                            None if !(hs.authorized)(&peer) => {
+                                return Err(CloseReason::Unauthorized(peer))
+                            }
+                            None => {}
                         }
+                        let ours = hs.payload(state);
                         write_frame(tx_wire, MAX_NOISE_MESSAGE, |buf| {
-                            state.write_message(hs.payload, buf)
+                            state.write_message(&ours, buf)
                         })
                         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
                         completed = Some(peer);
@@ -258,13 +292,14 @@ impl Conn {
                                 "unexpected payload in the first message".into(),
                             ));
                         }
+                        let ours = hs.payload(state);
                         write_frame(tx_wire, MAX_NOISE_MESSAGE, |buf| {
-                            state.write_message(hs.payload, buf)
+                            state.write_message(&ours, buf)
                         })
                         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
                     } else {
                         // Message 3: the dialer's identity.
-                        let peer = check_identity(state, payload)?;
+                        let peer = check_identity(state, payload, &hash_before)?;
                         if !(hs.authorized)(&peer) {
                             return Err(CloseReason::Unauthorized(peer));
                         }
@@ -356,7 +391,11 @@ pub(crate) fn next_message(
     Ok(Some((kind, body.0, body.1)))
 }
 
-fn check_identity(state: &snow::HandshakeState, payload: &[u8]) -> Result<PeerId, CloseReason> {
+fn check_identity(
+    state: &snow::HandshakeState,
+    payload: &[u8],
+    hash_before: &[u8],
+) -> Result<PeerId, CloseReason> {
     let p = HandshakePayload::decode(payload)
         .ok_or_else(|| CloseReason::Handshake("bad identity payload".into()))?;
     if p.version < PROTOCOL_VERSION {
@@ -368,7 +407,7 @@ fn check_identity(state: &snow::HandshakeState, payload: &[u8]) -> Result<PeerId
     let remote_static = state
         .get_remote_static()
         .ok_or_else(|| CloseReason::Handshake("no remote static key".into()))?;
-    if !p.vouches_for(remote_static) {
+    if !p.vouches_for(remote_static, hash_before) {
         return Err(CloseReason::Handshake(format!(
             "{} did not sign its Noise key",
             p.identity

@@ -10,8 +10,9 @@
 //! ```
 //! use peermq::{Config, Instant, MemStore, Node, Output};
 //!
-//! let mut node = Node::open(MemStore::new(), Config::default(), Instant::ZERO)?;
-//! let friend = Node::open(MemStore::new(), Config { rng_seed: 1, ..Config::default() }, Instant::ZERO)?.id();
+//! // A real node takes its seed from the OS: `rng_seed: Some(os_random_32_bytes)`.
+//! let mut node = Node::open(MemStore::new(), Config::deterministic(1), Instant::ZERO)?;
+//! let friend = Node::open(MemStore::new(), Config::deterministic(2), Instant::ZERO)?.id();
 //! let seq = node.send(friend, b"hello", Instant::ZERO)?; // durable, even offline
 //! assert_eq!(seq, 0);
 //! node.dial(friend, Instant::ZERO);
@@ -37,6 +38,7 @@ mod replicate;
 
 pub use config::{limits, Config, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
+pub use outbox::MAX_ACKED_RANGES;
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 pub use raw::RawPeer;
 
@@ -50,7 +52,7 @@ use crate::noise::{self, StaticKey};
 use crate::rng::SeededRng;
 use crate::store::{meta, Store, StoreError, Table, Txn};
 use crate::time::Instant;
-use crate::wire::{HandshakePayload, Message, PROTOCOL_VERSION};
+use crate::wire::Message;
 
 use broadcast::Replica;
 use conn::Conn;
@@ -97,6 +99,10 @@ pub enum NodeError {
     /// A peer cannot send messages to itself.
     #[error("cannot send to our own id {0}")]
     SelfSend(PeerId),
+    /// [`Config::rng_seed`] was not set, and the core draws no randomness of
+    /// its own.
+    #[error("Config::rng_seed is not set: pass 32 bytes from the operating system's random source (for example `getrandom::fill`) at every open, or use Config::deterministic(seed) in tests; the node's identity and Noise keys come from it")]
+    NoEntropy,
 }
 
 /// The node: identity, feeds, inbox, connections and timers, over a store.
@@ -116,7 +122,6 @@ struct State {
     me: PeerId,
     rng: SeededRng,
     noise_key: StaticKey,
-    hs_payload: Vec<u8>,
     peers: BTreeSet<PeerId>,
     /// Loaded feeds, both directions.
     feeds: BTreeMap<FeedId, Feed>,
@@ -169,11 +174,15 @@ impl<S: Store> Node<S> {
     /// Opens a node on `store`, creating its identity (from the configured
     /// seed) if the store has none. Costs a fixed number of reads plus one
     /// per authorized peer, whatever the amount of data stored.
+    ///
+    /// Fails with [`NodeError::NoEntropy`] unless [`Config::rng_seed`] is
+    /// set: the node will not make keys out of nothing.
     pub fn open(store: S, mut config: Config, now: Instant) -> Result<Self, NodeError> {
-        // The signer keeps the nonce seed; the stored configuration, which
-        // `Node::config` hands out, must not, or it could seed another open.
+        // The node keeps its seeds in its generators only: the stored
+        // configuration, which `Node::config` hands out, must not hold them,
+        // or they could seed another open.
         let nonce_seed = config.nonce_seed.take();
-        let mut rng = SeededRng::from_u64(config.rng_seed);
+        let mut rng = SeededRng::from_seed(config.rng_seed.take().ok_or(NodeError::NoEntropy)?);
         let mut txn = Txn::begin(&store)?;
         meta::check_format(&mut txn)?;
         let mut id_rng = rng.fork();
@@ -184,12 +193,6 @@ impl<S: Store> Node<S> {
         let noise_key =
             StaticKey::generate(rng.fork()).map_err(|e| StoreError::Backend(e.to_string()))?;
         let me = key.peer_id();
-        let hs_payload = HandshakePayload {
-            version: PROTOCOL_VERSION,
-            identity: me,
-            signature: key.sign(&HandshakePayload::static_signing_bytes(&noise_key.public)),
-        }
-        .encode();
         let signer = Signer::new(key.clone(), nonce_seed);
         Ok(Node {
             store,
@@ -200,7 +203,6 @@ impl<S: Store> Node<S> {
                 me,
                 rng,
                 noise_key,
-                hs_payload,
                 peers,
                 feeds: BTreeMap::new(),
                 inboxes: BTreeMap::new(),

@@ -15,6 +15,14 @@ use crate::wire::receipt::Receipt;
 
 const OUTBOX_VERSION: u8 = 2;
 const MAX_STORED_RANGES: usize = 1 << 20;
+/// Most separate ranges the acknowledged set may hold. The record holding
+/// it is rewritten at every receipt, so a recipient acknowledging every
+/// other block would otherwise make each receipt cost a write the size of
+/// the feed. An honest reader acknowledges what it downloaded, in order or
+/// in a few sparse runs; past this many runs, receipts that add runs are
+/// ignored (their blocks stay unacknowledged and unpruned, which loses
+/// nothing).
+pub const MAX_ACKED_RANGES: usize = 4096;
 
 /// Acknowledgement state of one outgoing feed, persisted per feed.
 #[derive(Clone, Debug, Default)]
@@ -68,21 +76,32 @@ impl Outbox {
         txn.put_owned(Table::Receipts, &feed.0, out);
     }
 
-    /// Records a verified receipt; returns the blocks it newly acknowledges
-    /// (nothing is stored for a receipt that adds nothing).
+    /// Records a verified receipt for a feed of `length` blocks; returns the
+    /// blocks it newly acknowledges. Only blocks that exist count: a
+    /// recipient cannot acknowledge the future, or `prune` would later drop
+    /// blocks it never received. Nothing is stored for a receipt that adds
+    /// nothing, or that would fragment the set past [`MAX_ACKED_RANGES`].
     pub fn add<S: Store>(
         &mut self,
         txn: &mut Txn<'_, S>,
         feed: &FeedId,
         receipt: Receipt,
+        length: u64,
     ) -> RangeSet {
-        let mut newly = receipt.ranges.clone();
+        let mut claimed = receipt.ranges.clone();
+        claimed.remove(length, u64::MAX);
+        let mut newly = claimed.clone();
         newly.subtract(&self.acked);
         if newly.is_empty() {
             return newly;
         }
-        self.acked.union(&receipt.ranges);
-        if receipt.ranges == self.acked {
+        let mut acked = self.acked.clone();
+        acked.union(&claimed);
+        if acked.range_count() > MAX_ACKED_RANGES {
+            return RangeSet::new();
+        }
+        self.acked = acked;
+        if claimed == self.acked {
             // It proves everything on its own: the older receipts can go.
             for i in self.first..self.next {
                 txn.delete(Table::Receipts, &receipt_key(feed, i));

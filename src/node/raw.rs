@@ -5,7 +5,7 @@ use crate::identity::{Keypair, PeerId};
 use crate::noise::{self, StaticKey};
 use crate::rng::SeededRng;
 use crate::time::Instant;
-use crate::wire::{HandshakePayload, Message, PROTOCOL_VERSION};
+use crate::wire::Message;
 
 use super::conn::{next_message, Conn, HandshakeCtx};
 use super::{CloseReason, ConnId};
@@ -19,7 +19,8 @@ use super::{CloseReason, ConnId};
 /// to play a misbehaving peer in tests. It accepts any remote identity.
 pub struct RawPeer {
     conn: Conn,
-    payload: Vec<u8>,
+    key: Keypair,
+    noise_public: Vec<u8>,
 }
 
 impl RawPeer {
@@ -27,17 +28,15 @@ impl RawPeer {
         let mut rng = SeededRng::from_u64(seed);
         let static_key =
             StaticKey::generate(rng.fork()).map_err(|e| CloseReason::Handshake(e.to_string()))?;
-        let payload = HandshakePayload {
-            version: PROTOCOL_VERSION,
-            identity: key.peer_id(),
-            signature: key.sign(&HandshakePayload::static_signing_bytes(&static_key.public)),
-        }
-        .encode();
         let hs = noise::handshake(&static_key, rng.fork(), expected.is_some())
             .map_err(|e| CloseReason::Handshake(e.to_string()))?;
         let mut conn = Conn::new(ConnId(0), hs, expected, Instant::ZERO);
         conn.start()?;
-        Ok(RawPeer { conn, payload })
+        Ok(RawPeer {
+            conn,
+            key: key.clone(),
+            noise_public: static_key.public.clone(),
+        })
     }
 
     /// A dialing end that expects to reach `remote`; its first handshake
@@ -55,7 +54,8 @@ impl RawPeer {
     pub fn input(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
         let any = |_: &PeerId| true;
         let ctx = HandshakeCtx {
-            payload: &self.payload,
+            identity: &self.key,
+            noise_public: &self.noise_public,
             authorized: &any,
         };
         self.conn.receive(bytes, &ctx).map(|_| ())

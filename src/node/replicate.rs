@@ -165,7 +165,8 @@ impl State {
         let open = self.config.open;
         let authorized = |p: &PeerId| open || peers.contains(p);
         let ctx = HandshakeCtx {
-            payload: &self.hs_payload,
+            identity: &self.key,
+            noise_public: &self.noise_key.public,
             authorized: &authorized,
         };
         match conn.receive(bytes, &ctx) {
@@ -469,8 +470,7 @@ impl State {
         let length = self.feed(txn, desc)?.len();
         let prune = self.config.prune_acked;
         let outbox = self.outbox(txn, peer)?;
-        let mut newly = outbox.add(txn, &desc.id(), receipt);
-        newly.remove(length, u64::MAX);
+        let newly = outbox.add(txn, &desc.id(), receipt, length);
         for (start, end) in newly.ranges() {
             after.acked.push(Event::Acked {
                 to: peer,

@@ -202,27 +202,33 @@ pub enum MessageError {
 
 /// The handshake payload each side sends inside the Noise handshake: its
 /// protocol version, its ed25519 identity, and that identity's signature over
-/// its Noise static key.
+/// its Noise static key and the handshake so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakePayload {
     /// Highest protocol version the sender speaks.
     pub version: u16,
     /// The sender's identity.
     pub identity: PeerId,
-    /// Signature binding the Noise static key to `identity`.
+    /// Signature binding the Noise static key and this handshake to
+    /// `identity` ([`HandshakePayload::signing_bytes`]).
     pub signature: Signature,
 }
 
 const HANDSHAKE_MAGIC: &[u8; 6] = b"peermq";
-const STATIC_CONTEXT: &[u8] = b"peermq v1 noise static key\0";
+const HANDSHAKE_CONTEXT: &[u8] = b"peermq v4 handshake\0";
 
 impl HandshakePayload {
     /// Encoded size.
     pub const LEN: usize = 6 + 2 + 32 + SIGNATURE_LEN;
 
-    /// The bytes an identity signs to vouch for a Noise static key.
-    pub fn static_signing_bytes(noise_static: &[u8]) -> Vec<u8> {
-        [STATIC_CONTEXT, noise_static].concat()
+    /// The bytes an identity signs: a context string, the sender's Noise
+    /// static key, and the Noise handshake hash just before the message that
+    /// carries the payload. The hash covers both ephemeral keys, or the
+    /// peer's for the listener's payload, so a signature vouches for one
+    /// session only: a payload captured from one handshake is worthless in
+    /// any other.
+    pub fn signing_bytes(noise_static: &[u8], handshake_hash: &[u8]) -> Vec<u8> {
+        [HANDSHAKE_CONTEXT, noise_static, handshake_hash].concat()
     }
 
     /// Encodes as magic, version, identity, signature.
@@ -247,10 +253,14 @@ impl HandshakePayload {
         })
     }
 
-    /// Checks that `identity` signed `noise_static`.
-    pub fn vouches_for(&self, noise_static: &[u8]) -> bool {
+    /// Checks that `identity` signed `noise_static` in the handshake whose
+    /// hash, before this payload's message, was `handshake_hash`.
+    pub fn vouches_for(&self, noise_static: &[u8], handshake_hash: &[u8]) -> bool {
         self.identity
-            .verify(&Self::static_signing_bytes(noise_static), &self.signature)
+            .verify(
+                &Self::signing_bytes(noise_static, handshake_hash),
+                &self.signature,
+            )
             .is_ok()
     }
 }

@@ -39,10 +39,7 @@ impl Net {
     pub fn new(n: usize) -> Self {
         Self::with_configs(
             (0..n)
-                .map(|i| Config {
-                    rng_seed: i as u64 + 1,
-                    ..Config::default()
-                })
+                .map(|i| Config::deterministic(i as u64 + 1))
                 .collect(),
         )
     }

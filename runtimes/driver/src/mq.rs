@@ -207,6 +207,7 @@ pub struct Builder {
     local_dir: Option<PathBuf>,
     local: bool,
     discoveries: Vec<Arc<dyn Discovery>>,
+    sign_ahead: bool,
 }
 
 impl std::fmt::Debug for Builder {
@@ -216,6 +217,7 @@ impl std::fmt::Debug for Builder {
             .field("config", &self.config)
             .field("local_dir", &self.local_dir)
             .field("local", &self.local)
+            .field("sign_ahead", &self.sign_ahead)
             .finish_non_exhaustive()
     }
 }
@@ -231,14 +233,28 @@ impl Builder {
             local_dir: None,
             local: true,
             discoveries: Vec::new(),
+            sign_ahead: false,
         }
     }
 
-    /// Tunes the core. Its `rng_seed` and `nonce_seed` are replaced by fresh
-    /// ones from the operating system at every open, since session keys must
-    /// be unpredictable and signing nonces never reused.
+    /// Tunes the core. Its `rng_seed` is replaced by 32 fresh bytes from the
+    /// operating system at every open, since keys must be unpredictable, and
+    /// its `nonce_seed` likewise when [`Builder::sign_ahead`] is on (else it
+    /// is cleared).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Prepares each signature's nonce while the node is idle, which takes
+    /// most of a signature's cost off `send` (see [`Config::nonce_seed`]).
+    /// Off by default, because it is safe only where the running process is
+    /// never copied: a VM snapshot restored twice, a cloned container or a
+    /// `fork()` of a running node would sign two messages with one nonce and
+    /// reveal the node's secret key. Turn it on for latency-critical nodes on
+    /// hosts you control.
+    pub fn sign_ahead(mut self, enabled: bool) -> Self {
+        self.sign_ahead = enabled;
         self
     }
 
@@ -313,12 +329,12 @@ impl Builder {
     ) -> Result<Mq, crate::emitter::EmitterError> {
         ensure_identity(&store)?;
         let mut config = self.config;
-        let mut seed = [0u8; 8];
-        getrandom::fill(&mut seed).map_err(|e| MqError::Randomness(e.to_string()))?;
-        config.rng_seed = u64::from_le_bytes(seed);
-        let mut nonce_seed = [0u8; 32];
-        getrandom::fill(&mut nonce_seed).map_err(|e| MqError::Randomness(e.to_string()))?;
-        config.nonce_seed = Some(nonce_seed);
+        config.rng_seed = Some(os_random()?);
+        config.nonce_seed = if self.sign_ahead {
+            Some(os_random()?)
+        } else {
+            None
+        };
         let start = runtime.now();
         let mut node = Node::open(store, config, peermq::Instant::ZERO).map_err(MqError::from)?;
         let id = node.id();
@@ -369,14 +385,20 @@ impl Builder {
 
 /// Creates the node's identity from operating-system randomness if the store
 /// has none (the core only ever derives keys from seeds it is given).
+/// 32 bytes from the operating system's random source.
+fn os_random() -> Result<[u8; 32], MqError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| MqError::Randomness(e.to_string()))?;
+    Ok(seed)
+}
+
 fn ensure_identity<S: Store>(store: &S) -> Result<(), MqError> {
     let mut txn = Txn::begin(store)?;
     meta::check_format(&mut txn)?;
     if meta::identity(&txn)?.is_some() {
         return Ok(());
     }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| MqError::Randomness(e.to_string()))?;
+    let seed = os_random()?;
     meta::identity_or_insert(&mut txn, || {
         Keypair::generate(&mut SeededRng::from_seed(seed))
     })?;

@@ -18,9 +18,11 @@ fn child_process_sender() {
     let spec = std::env::var(CHILD_ENV).expect("started by the parent test");
     let (dir, to) = spec.split_once('|').expect("dir|peer");
     let store = LmdbStore::open(dir).expect("open the shared data directory");
+    // The identity is in the store already; the seed only keys sessions,
+    // and this process opens none.
     let config = Config {
         store_poll_interval: None,
-        ..Config::default()
+        ..Config::deterministic(1)
     };
     let mut node = Node::open(store, config, Instant::ZERO).expect("open the node");
     let seq = node
