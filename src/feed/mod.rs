@@ -105,6 +105,30 @@ pub enum FeedError {
         /// The node's flat-tree index.
         index: u64,
     },
+    /// The author signed two heads that cannot both be true: trees that
+    /// differ where they overlap. Both heads are the evidence, and it is
+    /// the author's doing, not the peer's that carried them.
+    #[error("feed {feed} forked: its author signed a head at length {} and a conflicting one at length {}", ours.length, theirs.length)]
+    Fork {
+        /// The feed.
+        feed: FeedId,
+        /// The head held here.
+        ours: Box<SignedHead>,
+        /// The conflicting head, verified against its own proof.
+        theirs: Box<SignedHead>,
+    },
+    /// A valid answer that cannot be compared with the tree held here (it
+    /// was proven for a shorter tree, and the blocks held since are not
+    /// covered by its proof): it is neither stored nor blamed; ask again.
+    #[error("feed {feed}: the answer was proven for a tree of {base} blocks, not the {length} held now; ask again")]
+    Unverifiable {
+        /// The feed.
+        feed: FeedId,
+        /// The length the proof was made for.
+        base: u64,
+        /// The verified length held now.
+        length: u64,
+    },
 }
 
 /// One feed, as loaded from the store.
@@ -593,11 +617,87 @@ impl Feed {
                 length: head.length,
             });
         }
+        self.check_consistent(txn, head, proof, &verified)?;
         let mut learned = verified.learned;
         // Roots of the new head must be stored even when the walk took them
         // from the verifier's own base.
         learned.extend(verified.roots);
         Ok(learned)
+    }
+
+    /// Checks that `head`, whose proof verified, describes the same tree as
+    /// the head held here where the two overlap: an author that signs two
+    /// different trees (a restored backup, a lost commit re-signed, or
+    /// malice) is caught before anything of the second is stored.
+    ///
+    /// ```text
+    /// held:   length 5, roots 3 (blocks 0..4) and 8 (block 4)
+    /// longer: proven from base 5: the walk reproduced 3 and 8 from the
+    ///         store, so it agrees; proven from a shorter base, the learned
+    ///         nodes at 3 and 8 must equal the held ones
+    /// equal:  the same root, or it is a fork
+    /// shorter: its full roots are nodes of the held tree, compared with
+    ///         the stored ones
+    /// ```
+    fn check_consistent<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        head: &SignedHead,
+        proof: &RangeProof,
+        verified: &merkle::Verified,
+    ) -> Result<(), FeedError> {
+        let Some(ours) = self.head else {
+            return Ok(());
+        };
+        let fork = || FeedError::Fork {
+            feed: self.id,
+            ours: Box::new(ours),
+            theirs: Box::new(*head),
+        };
+        let unverifiable = || FeedError::Unverifiable {
+            feed: self.id,
+            base: proof.base,
+            length: ours.length,
+        };
+        if head.length == ours.length {
+            return if head.root == ours.root {
+                Ok(())
+            } else {
+                Err(fork())
+            };
+        }
+        if head.length > ours.length {
+            if proof.base == ours.length {
+                return Ok(());
+            }
+            // Full roots of the proof's base were checked against the store
+            // by the walk itself.
+            let checked = flat::full_roots(proof.base);
+            for root in self.roots.iter().filter(|r| !checked.contains(&r.index)) {
+                match verified.learned.iter().find(|n| n.index == root.index) {
+                    Some(n) if n != root => return Err(fork()),
+                    Some(_) => {}
+                    None => return Err(unverifiable()),
+                }
+            }
+            return Ok(());
+        }
+        for n in &verified.roots {
+            match self.stored_node(txn, n.index)? {
+                Some(held) if held != *n => return Err(fork()),
+                Some(_) => {}
+                None => return Err(unverifiable()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Two heads of this feed, both signed by its author, of one length and
+    /// different trees: proof of a fork on their own. Heads of different
+    /// lengths need a proof to conflict, which [`Feed::verify`] checks.
+    pub fn conflicts_with(&self, head: &SignedHead) -> bool {
+        self.head
+            .is_some_and(|ours| ours.length == head.length && ours.root != head.root)
     }
 }
 

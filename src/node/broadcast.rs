@@ -123,6 +123,16 @@ impl State {
         self.config.open || *author == self.me || self.peers.contains(author)
     }
 
+    /// Whether a head of broadcast feed `desc` is worth looking at: its
+    /// author is one we replicate, it has not forked the feed, and we hold
+    /// the feed already or have room for another.
+    pub(super) fn admits_broadcast(&self, desc: &FeedDescriptor) -> bool {
+        let id = desc.id();
+        self.author_allowed(&desc.author)
+            && !self.forks.contains_key(&id)
+            && (self.replicas.contains_key(&id) || self.replicas.len() < self.config.max_feeds)
+    }
+
     /// A peer announced a broadcast head.
     pub(super) fn on_broadcast_head<S: Store>(
         &mut self,
@@ -167,6 +177,9 @@ impl State {
     /// them in flight; the caller sends them.
     pub(super) fn plan_broadcast(&mut self, feed: FeedId) -> Vec<super::Planned> {
         let mut planned = Vec::new();
+        if self.forks.contains_key(&feed) {
+            return planned;
+        }
         let Some(r) = self.replicas.get_mut(&feed) else {
             return planned;
         };

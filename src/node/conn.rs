@@ -100,11 +100,17 @@ pub struct Inflight {
     pub end: u64,
     /// The node we told the peer to stop its proof at.
     pub trusted: Option<u64>,
+    /// The verified length the answer's proof must start from, when it
+    /// carries a head (set when the request is sent).
+    pub base: u64,
     /// Whether the request went out (it is planned first, then sent).
     pub sent: bool,
     /// Our standing request, for blocks the peer has not written yet: it
     /// waits at the peer, so it does not count against our in-flight limit.
     pub standing: bool,
+    /// The rest of a request whose last answer was not stored: its answers
+    /// are dropped, and it no longer counts as our standing request.
+    pub stale: bool,
 }
 
 impl Conn {
@@ -148,8 +154,10 @@ impl Conn {
             start,
             end,
             trusted: None,
+            base: 0,
             sent: false,
             standing,
+            stale: false,
         });
         id
     }
@@ -161,11 +169,13 @@ impl Conn {
     }
 
     /// Puts the rest of `asked`, from `end`, back in flight under its id:
-    /// the responder answered up to its head and holds the rest open.
+    /// the responder answered up to its head, of length `end`, and holds the
+    /// rest open, proven from that head (PROTOCOL.md section 7).
     pub fn reopen(&mut self, asked: &Inflight, end: u64) {
         self.inflight.push(Inflight {
             start: end,
             trusted: None,
+            base: end,
             ..*asked
         });
     }
@@ -188,7 +198,7 @@ impl Conn {
 
     /// Whether our standing request is in flight.
     pub fn standing(&self) -> bool {
-        self.inflight.iter().any(|r| r.standing)
+        self.inflight.iter().any(|r| r.standing && !r.stale)
     }
 
     /// Requests in flight that count against the limit.

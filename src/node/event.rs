@@ -87,6 +87,15 @@ pub enum Event {
         /// Its position in the author's broadcast feed.
         seq: u64,
     },
+    /// `author` signed two conflicting heads of `feed` (see
+    /// [`crate::node::ForkEvidence`]): the feed is no longer replicated, and
+    /// the evidence is kept ([`crate::Node::forks`]). Reported once per feed.
+    Forked {
+        /// The feed's author, who signed both heads.
+        author: PeerId,
+        /// The feed.
+        feed: crate::feed::FeedId,
+    },
     /// `to` durably acknowledged messages `start..end` of our feed to it.
     Acked {
         /// The recipient.

@@ -30,6 +30,7 @@ mod config;
 mod conn;
 mod dial;
 mod event;
+mod fork;
 mod inbox;
 mod outbox;
 mod queue;
@@ -38,6 +39,7 @@ mod replicate;
 
 pub use config::{limits, Config, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
+pub use fork::ForkEvidence;
 pub use outbox::MAX_ACKED_RANGES;
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 pub use raw::RawPeer;
@@ -131,6 +133,9 @@ struct State {
     outboxes: BTreeMap<PeerId, Outbox>,
     /// Broadcast feeds held, own and relayed, all loaded at open.
     replicas: BTreeMap<FeedId, Replica>,
+    /// Feeds whose authors forked them, no longer replicated, with the
+    /// evidence; loaded at open.
+    forks: BTreeMap<FeedId, ForkEvidence>,
     conns: BTreeMap<ConnId, Conn>,
     dials: BTreeMap<PeerId, Dial>,
     out: VecDeque<Output>,
@@ -189,6 +194,7 @@ impl<S: Store> Node<S> {
         let key = meta::identity_or_insert(&mut txn, || Keypair::generate(&mut id_rng))?;
         let peers: BTreeSet<PeerId> = peer_keys(&txn, Table::Peers, None)?.into_iter().collect();
         let replicas = broadcast::load_all(&txn)?;
+        let forks = fork::load_all(&txn)?;
         txn.commit()?;
         let noise_key =
             StaticKey::generate(rng.fork()).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -208,6 +214,7 @@ impl<S: Store> Node<S> {
                 inboxes: BTreeMap::new(),
                 outboxes: BTreeMap::new(),
                 replicas,
+                forks,
                 conns: BTreeMap::new(),
                 dials: BTreeMap::new(),
                 out: VecDeque::new(),
@@ -228,6 +235,13 @@ impl<S: Store> Node<S> {
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
         &self.st.config
+    }
+
+    /// The feeds whose authors signed conflicting heads, with the evidence.
+    /// They are no longer replicated; what was verified before the fork
+    /// stays readable. [`Event::Forked`] reports each once, as found.
+    pub fn forks(&self) -> impl Iterator<Item = &ForkEvidence> {
+        self.st.forks.values()
     }
 
     /// The store, for inspection.

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::feed::{FeedDescriptor, FeedError, FeedId, FeedKind};
+use crate::feed::{FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 use crate::identity::PeerId;
-use crate::merkle::flat;
+use crate::merkle::{flat, ProofError};
 use crate::ranges::RangeSet;
 use crate::store::{Store, Txn};
 use crate::time::Instant;
@@ -17,6 +17,7 @@ use crate::wire::{DataMsg, Message, RangeRequest, Receipt, MAX_REQUEST_RANGES};
 
 use super::config::{limits, Prefetch};
 use super::conn::{next_message, HandshakeCtx, Inflight, Wanted};
+use super::fork::ForkEvidence;
 use super::{CloseReason, ConnId, Event, NodeError, Output, Planned, State, Target};
 
 /// Why handling a message stopped.
@@ -53,6 +54,8 @@ struct AfterCommit {
     /// Connections whose requests completed: their freed capacity may serve
     /// any feed, not only the one that completed.
     freed: BTreeSet<ConnId>,
+    /// Forks found (their evidence is in the transaction).
+    forks: Vec<ForkEvidence>,
 }
 
 /// Verifies and stores a data message: against its head, or, for a proof
@@ -89,24 +92,72 @@ fn brings(earlier: &Inflight, i: u64, known: u64) -> bool {
             .is_none_or(|t| flat::depth(p) <= flat::depth(t))
 }
 
-/// Stores a data message, or returns `false` when its proof stops at a node
-/// we asked for in the expectation that an earlier answer would bring it,
-/// and that answer did not (it was refused or cut short): the blocks are
-/// then simply asked for again. Any other failure is the peer's fault.
-fn stored_or_retry<S: Store>(
+/// What became of a data message.
+enum Stored {
+    /// Verified and written.
+    Yes,
+    /// Not written, and nobody's fault: ask for the blocks again. Its proof
+    /// stops at a node we expected an earlier answer to bring, which did not
+    /// (it was refused or cut short), or it was made for a tree shorter than
+    /// ours and does not reach the blocks we verified since.
+    Retry,
+    /// Not written: its validly signed head does not fit our tree, which is
+    /// either the author's fork or the peer's bad proof. A proof from base 0,
+    /// which stands on its own, tells them apart: ask for one.
+    Probe(u64),
+    /// The author signed a head that conflicts with ours (ours, theirs).
+    Forked(Box<(SignedHead, SignedHead)>),
+}
+
+/// Stores a data message answering `asked`, and says what became of it.
+/// Any failure not covered by [`Stored`] is the peer's fault.
+fn store_answer<S: Store>(
     feed: &mut crate::feed::Feed,
     txn: &mut Txn<'_, S>,
     d: &DataMsg<'_>,
     asked: &Inflight,
-) -> Result<bool, Fault> {
+) -> Result<Stored, Fault> {
+    if d.head.is_some() && d.proof.base != asked.base {
+        // A responder that picks its own base could prove a conflicting tree
+        // without touching the nodes we hold.
+        return Err(Fault::Peer(CloseReason::Unexpected(format!(
+            "a proof from length {} answers request {}, made from length {}",
+            d.proof.base, d.request, asked.base
+        ))));
+    }
+    if d.head.is_some() && asked.base > feed.len() {
+        // A request left open from a head we did not adopt (its answer was
+        // not stored): its proof cannot start from our tree.
+        return Ok(Stored::Retry);
+    }
     match store_data(feed, txn, d) {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(Stored::Yes),
         Err(FeedError::Proof {
-            source: crate::merkle::ProofError::MissingBase(t),
+            source: ProofError::MissingBase(t),
             ..
         }) if d.head.is_none() && asked.trusted == Some(t) && d.proof.trusted == Some(t) => {
-            Ok(false)
+            Ok(Stored::Retry)
         }
+        Err(FeedError::Unverifiable { .. }) => Ok(Stored::Retry),
+        Err(FeedError::Fork { ours, theirs, .. }) => Ok(Stored::Forked(Box::new((*ours, *theirs)))),
+        Err(
+            e @ (FeedError::RootMismatch { .. }
+            | FeedError::Proof {
+                source: ProofError::Mismatch(_),
+                ..
+            }),
+        ) => match (d.head, feed.head().copied()) {
+            (Some(head), Some(ours)) if feed.check_head(&head) => {
+                if feed.conflicts_with(&head) {
+                    Ok(Stored::Forked(Box::new((ours, head))))
+                } else if asked.base > 0 && head.length > ours.length {
+                    Ok(Stored::Probe(ours.length))
+                } else {
+                    Err(feed_fault(e))
+                }
+            }
+            _ => Err(feed_fault(e)),
+        },
         Err(e) => Err(feed_fault(e)),
     }
 }
@@ -257,11 +308,21 @@ impl State {
         let me = self.me;
         match msg {
             Message::Head { desc, head } if desc.kind == FeedKind::Broadcast => {
-                if !head.verify(&desc.author) {
+                // Heads we would drop are dropped before their signature is
+                // checked, which is most of a head's cost.
+                if !self.admits_broadcast(&desc) {
+                    return Ok(());
+                }
+                let feed = self.feed(txn, desc)?;
+                if !feed.check_head(&head) {
                     return Err(Fault::Peer(CloseReason::BadData(format!(
                         "head of feed {} has a bad signature",
                         head.feed
                     ))));
+                }
+                if let Some(ours) = feed.head().copied().filter(|_| feed.conflicts_with(&head)) {
+                    self.fork_found(txn, after, desc, ours, head);
+                    return Ok(());
                 }
                 if let Some(feed) = self.on_broadcast_head(txn, id, desc, head)? {
                     after.broadcast_schedule.insert(feed);
@@ -273,11 +334,16 @@ impl State {
                     // (relaying other feeds is the emitter's business).
                     return Ok(());
                 }
-                if !self.feed(txn, desc)?.check_head(&head) {
+                let feed = self.feed(txn, desc)?;
+                if !feed.check_head(&head) {
                     return Err(Fault::Peer(CloseReason::BadData(format!(
                         "head of feed {} has a bad signature",
                         head.feed
                     ))));
+                }
+                if let Some(ours) = feed.head().copied().filter(|_| feed.conflicts_with(&head)) {
+                    self.fork_found(txn, after, desc, ours, head);
+                    return Ok(());
                 }
                 let inbox = self.inbox(txn, peer)?;
                 if head.length > inbox.remote_length {
@@ -390,17 +456,30 @@ impl State {
         if open {
             conn.reopen(&asked, end);
         }
+        if asked.stale {
+            // The rest of a request whose answer we could not use: its
+            // proofs start from a head we never adopted.
+            return Ok(());
+        }
         // How far the request is done with: all of it, unless it stays open.
         let done = if open { end } else { asked.end };
         after.freed.insert(id);
         let head_len = d.head.map_or(0, |h| h.length);
+        if self.forks.contains_key(&asked.feed) {
+            // Answers already on their way when the fork was found.
+            return Ok(());
+        }
         if let Some(desc) = self.replicas.get(&asked.feed).map(|r| r.desc) {
             let feed = self.feed(txn, desc)?;
-            if !stored_or_retry(feed, txn, &d, &asked)? {
+            let stored = store_answer(feed, txn, &d, &asked)?;
+            if !matches!(stored, Stored::Yes) {
+                self.leave_stale(id, &asked, open);
                 if let Some(r) = self.replicas.get_mut(&desc.id()) {
                     r.requested.remove(start, asked.end);
                 }
-                after.broadcast_schedule.insert(desc.id());
+                if self.not_stored(txn, after, id, desc, stored) {
+                    after.broadcast_schedule.insert(desc.id());
+                }
                 return Ok(());
             }
             if let Some(r) = self.replicas.get_mut(&desc.id()) {
@@ -418,11 +497,15 @@ impl State {
             return Ok(());
         }
         let feed = self.feed(txn, desc)?;
-        if !stored_or_retry(feed, txn, &d, &asked)? {
+        let stored = store_answer(feed, txn, &d, &asked)?;
+        if !matches!(stored, Stored::Yes) {
+            self.leave_stale(id, &asked, open);
             if let Some(inbox) = self.inboxes.get_mut(&peer) {
                 inbox.requested.remove(start, asked.end);
             }
-            self.schedule_requests(peer);
+            if self.not_stored(txn, after, id, desc, stored) {
+                self.schedule_requests(peer);
+            }
             return Ok(());
         }
         // A block cleared while its request was in flight keeps only its hash.
@@ -447,6 +530,93 @@ impl State {
         after.arrived.insert(peer);
         after.schedule.insert(peer);
         Ok(())
+    }
+
+    /// The answer to `asked` was not stored, so if the request stays open at
+    /// the responder, its further answers (proven from the head we did not
+    /// adopt) are useless: they are dropped as they come, and the blocks are
+    /// planned afresh.
+    fn leave_stale(&mut self, conn: ConnId, asked: &Inflight, open: bool) {
+        if !open {
+            return;
+        }
+        if let Some(r) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.inflight.iter_mut().find(|r| r.id == asked.id))
+        {
+            r.stale = true;
+        }
+    }
+
+    /// Acts on an answer that was not stored: records a fork, or asks for a
+    /// proof from base 0. Returns whether the feed's downloads should be
+    /// planned again now.
+    fn not_stored<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        after: &mut AfterCommit,
+        conn: ConnId,
+        desc: FeedDescriptor,
+        stored: Stored,
+    ) -> bool {
+        match stored {
+            Stored::Yes | Stored::Retry => true,
+            Stored::Forked(heads) => {
+                let (ours, theirs) = *heads;
+                self.fork_found(txn, after, desc, ours, theirs);
+                false
+            }
+            Stored::Probe(from) => {
+                // One block past what we verified, so that the proof holds a
+                // node at each of our roots (see `Feed::verify`); its answer
+                // plans the rest.
+                let feed = desc.id();
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return true;
+                };
+                let id = c.plan_request(feed, from, from + 1, false);
+                if let Some(r) = c.inflight.iter_mut().find(|r| r.id == id) {
+                    r.sent = true;
+                }
+                c.send(&Message::Request {
+                    feed,
+                    base: 0,
+                    first_id: id,
+                    ranges: vec![RangeRequest {
+                        start: from,
+                        end: from + 1,
+                        trusted: None,
+                    }],
+                });
+                if let Some(r) = self.replicas.get_mut(&feed) {
+                    r.requested.insert(from, from + 1);
+                } else if let Some(inbox) = self.inboxes.get_mut(&desc.author) {
+                    inbox.requested.insert(from, from + 1);
+                }
+                false
+            }
+        }
+    }
+
+    /// `desc`'s author signed `theirs`, which conflicts with `ours`: keeps
+    /// the evidence (in `txn`), and stops replicating the feed once the
+    /// batch commits.
+    fn fork_found<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        after: &mut AfterCommit,
+        desc: FeedDescriptor,
+        ours: SignedHead,
+        theirs: SignedHead,
+    ) {
+        let id = desc.id();
+        if self.forks.contains_key(&id) || after.forks.iter().any(|f| f.desc.id() == id) {
+            return;
+        }
+        let evidence = ForkEvidence { desc, ours, theirs };
+        evidence.save(txn);
+        after.forks.push(evidence);
     }
 
     fn on_ack<S: Store>(
@@ -581,6 +751,13 @@ impl State {
     }
 
     fn after_commit(&mut self, after: AfterCommit) {
+        for f in after.forks {
+            self.out.push_back(Output::Event(Event::Forked {
+                author: f.desc.author,
+                feed: f.desc.id(),
+            }));
+            self.forks.insert(f.desc.id(), f);
+        }
         for from in &after.arrived {
             let Some(inbox) = self.inboxes.get_mut(from) else {
                 continue;
@@ -693,6 +870,12 @@ impl State {
     /// them in flight; the caller sends them.
     fn plan_queue(&mut self, from: PeerId) -> Vec<Planned> {
         let mut planned = Vec::new();
+        if self
+            .forks
+            .contains_key(&FeedDescriptor::queue(from, self.me).id())
+        {
+            return planned;
+        }
         let Some(cid) = self.conn_to(&from) else {
             return planned;
         };
@@ -812,6 +995,7 @@ impl State {
                     .and_then(|c| c.inflight.iter_mut().find(|r| r.id == p.id))
                 {
                     r.trusted = trusted;
+                    r.base = p.base;
                     r.sent = true;
                 }
                 let range = RangeRequest {

@@ -48,11 +48,13 @@ pub enum Table {
     Replicas,
     /// The emitter's local delivery log and consumer positions.
     Events,
+    /// Evidence against authors who signed conflicting heads, by feed id.
+    Forks,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Meta,
         Table::Peers,
         Table::Feeds,
@@ -61,6 +63,7 @@ impl Table {
         Table::Receipts,
         Table::Replicas,
         Table::Events,
+        Table::Forks,
     ];
 
     /// The table's name in a backend (an LMDB named database, say).
@@ -74,6 +77,7 @@ impl Table {
             Table::Receipts => "receipts",
             Table::Replicas => "replicas",
             Table::Events => "events",
+            Table::Forks => "forks",
         }
     }
 
