@@ -144,3 +144,116 @@ fn reconnecting_in_sync_costs_the_same_however_many_feeds() {
         n - 2
     );
 }
+
+#[test]
+fn an_author_over_its_byte_quota_is_no_longer_fetched_and_nothing_closes() {
+    let mut net = Net::with_configs(vec![
+        open_config(1),
+        Config {
+            max_author_bytes: 10_000,
+            ..open_config(2)
+        },
+    ]);
+    let (a, b) = (net.ids[0], net.ids[1]);
+    let now = net.now;
+    net.node(1).dial(a, now);
+    net.run_for(Duration::from_secs(1));
+    let big: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
+    let now = net.now;
+    net.node(0).broadcast_batch(&big, now).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let held = |net: &mut Net| {
+        net.node(1)
+            .broadcast_feeds()
+            .into_iter()
+            .find(|(author, _)| *author == a)
+            .map_or(0, |(_, n)| n)
+    };
+    // One request's worth may overshoot the quota; then no more is asked.
+    let first = held(&mut net);
+    assert!(first > 0);
+    assert!(net.node(1).refuses(&a));
+    let now = net.now;
+    net.node(0).broadcast_batch(&big, now).unwrap();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(held(&mut net), first, "nothing more is fetched");
+    assert!(
+        net.disconnect_reasons(1).is_empty(),
+        "refused politely: {:?}",
+        net.disconnect_reasons(1)
+    );
+    // B's own events still flow to A.
+    let now = net.now;
+    net.node(1).broadcast(b"from b", now).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        net.node(0).broadcast_get(b, 0).unwrap(),
+        Some(b"from b".to_vec())
+    );
+}
+
+#[test]
+fn a_flood_of_authors_announcing_one_head_each_is_bounded_and_stores_nothing() {
+    use peermq::feed::{Feed, FeedDescriptor};
+    use peermq::store::Table;
+    use peermq::wire::Message;
+    use peermq::{Instant, Keypair, MemStore, Node, Output, RawPeer, SeededRng, Txn};
+
+    let now = Instant::ZERO;
+    let mut a = Node::open(MemStore::new(), open_config(1), now).unwrap();
+    let relay = Keypair::generate(&mut SeededRng::from_u64(77));
+    let mut raw = RawPeer::dial(&relay, 3, a.id()).unwrap();
+    let conn = a.accept(now);
+    let pump = |a: &mut Node<MemStore>, raw: &mut RawPeer| loop {
+        let mut moved = false;
+        while let Some(out) = a.poll_output() {
+            if let Output::Transmit { bytes, .. } = out {
+                let _ = raw.input(&bytes);
+                moved = true;
+            }
+        }
+        let bytes = raw.output().unwrap();
+        if !bytes.is_empty() {
+            a.handle_input(conn, &bytes, now).unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    };
+    pump(&mut a, &mut raw);
+    assert!(raw.is_open());
+    let authors = 3 * peermq::node::limits::MAX_PENDING_AUTHORS;
+    let mut rng = SeededRng::from_u64(5);
+    for _ in 0..authors {
+        let key = Keypair::generate(&mut rng);
+        let store = MemStore::new();
+        let mut feed = Feed::new(FeedDescriptor::broadcast(key.peer_id()));
+        let mut txn = Txn::begin(&store).unwrap();
+        let head = feed
+            .append_batch(&mut txn, &mut key.clone(), &[b"x".as_slice()])
+            .unwrap();
+        raw.send(&Message::Head {
+            desc: *feed.descriptor(),
+            head,
+        });
+    }
+    pump(&mut a, &mut raw);
+    let known = a.broadcast_feeds().len();
+    assert!(
+        known <= peermq::node::limits::MAX_PENDING_AUTHORS + 1,
+        "{known} authors remembered"
+    );
+    let txn = Txn::begin(a.store()).unwrap();
+    let mut records = 0;
+    txn.scan(
+        Table::Replicas,
+        (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+        &mut |_, _| {
+            records += 1;
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(records, 0, "an announcement alone stores nothing");
+}

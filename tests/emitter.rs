@@ -267,3 +267,42 @@ fn an_event_type_unknown_here_is_delivered_raw() {
     assert_eq!(d.value, None);
     assert_eq!(d.payload, b"\x08\x01".to_vec());
 }
+
+#[test]
+fn an_event_that_depends_on_a_refused_author_is_delivered_and_says_so() {
+    // Z holds at most one author's events. X's event depends on Y's, which
+    // Z refuses for lack of room: Z must not hold X's stream back forever.
+    let mut m = Mesh::with_configs(vec![
+        open_config(1),
+        open_config(2),
+        Config {
+            max_feeds: 1,
+            ..open_config(3)
+        },
+    ]);
+    let (x, y) = (m.net.ids[0], m.net.ids[1]);
+    m.emit(0, "Hello", json!({"from": "x, first"}));
+    let now = m.net.now;
+    m.net.node(2).dial(x, now);
+    m.run(Duration::from_millis(200));
+    assert_eq!(m.got[2].len(), 1, "Z holds X's feed");
+    let now = m.net.now;
+    m.net.node(0).dial(y, now);
+    m.run(Duration::from_millis(200));
+    m.emit(1, "Hello", json!({"from": "y"}));
+    m.run(Duration::from_millis(200));
+    m.emit(0, "Hello", json!({"from": "x, after y"}));
+    m.run(Duration::from_millis(500));
+
+    assert!(m.net.node(2).refuses(&y));
+    assert!(!m.net.node(2).refuses(&x));
+    let last = m.got[2].last().expect("delivered");
+    assert_eq!(last.author, x);
+    assert_eq!(
+        last.value.as_ref().unwrap()["from"],
+        json!("x, after y"),
+        "X's event is delivered though its cause never comes"
+    );
+    assert_eq!(last.unmet, vec![(y, 1)], "and it says what it lacks");
+    assert!(m.got[2].iter().all(|d| d.author != y));
+}

@@ -68,6 +68,11 @@ pub struct Delivered {
     /// The event as JSON with defaults filled in, or `None` when its type is
     /// not in the local schema: it still replicates and is delivered raw.
     pub value: Option<Value>,
+    /// Causes it declared that this node will never have: `(author, count)`
+    /// pairs whose author this node refuses ([`crate::Node::refuses`]: not
+    /// replicated, forked, or over a quota). Empty when every cause was
+    /// delivered first.
+    pub unmet: Vec<(PeerId, u64)>,
 }
 
 /// The emitter's state next to a node.
@@ -80,6 +85,10 @@ pub struct Emitter {
     /// Per author, the count our last emitted event declared as seen.
     declared: BTreeMap<PeerId, u64>,
     log_len: u64,
+    /// Per author, the causes its first undelivered event waits for, as
+    /// read last time: checked in memory until they may be met, so an
+    /// arrival costs reads only for what it can unblock.
+    blocked: BTreeMap<PeerId, Vec<(PeerId, u64)>>,
 }
 
 fn key(tag: u8, rest: &[u8]) -> Vec<u8> {
@@ -138,6 +147,7 @@ impl Emitter {
             delivered,
             declared,
             log_len,
+            blocked: BTreeMap::new(),
         })
     }
 
@@ -223,6 +233,12 @@ impl Emitter {
 
     /// Delivers whatever is held and causally ready, recording each in the
     /// delivery log in one commit.
+    ///
+    /// A cause is met once this node delivered that many of its author's
+    /// events, or when it refuses that author (then the event is delivered
+    /// with the cause in [`Delivered::unmet`], rather than held forever).
+    /// An author whose next event waits is not read again until one of its
+    /// causes may be met.
     pub fn deliver_ready<S: Store>(
         &mut self,
         node: &mut Node<S>,
@@ -230,30 +246,40 @@ impl Emitter {
         let mut out = Vec::new();
         let mut delivered = self.delivered.clone();
         let mut log_len = self.log_len;
+        let held: BTreeMap<PeerId, u64> = node.broadcast_feeds().into_iter().collect();
         loop {
             let mut progress = false;
-            for (author, held) in node.broadcast_feeds() {
+            for (&author, &have) in &held {
+                if let Some(deps) = self.blocked.get(&author) {
+                    if !deps.iter().all(|d| cause_met(node, &delivered, &author, d)) {
+                        continue;
+                    }
+                    self.blocked.remove(&author);
+                }
                 loop {
                     let next = delivered.get(&author).copied().unwrap_or(0);
-                    if next >= held {
+                    if next >= have {
                         break;
                     }
                     let Some(block) = node.broadcast_get(author, next)? else {
                         break;
                     };
-                    let ready = match EventRecord::decode(&block) {
-                        Some(r) => r.deps.iter().all(|(dep, len)| {
-                            *dep == author
-                                || !node.replicates(dep)
-                                || delivered.get(dep).copied().unwrap_or(0) >= *len
-                        }),
-                        // Not a record we understand: nothing to wait for.
-                        None => true,
-                    };
-                    if !ready {
+                    // Not a record we understand: nothing to wait for.
+                    let deps = EventRecord::decode(&block).map_or(Vec::new(), |r| r.deps);
+                    if !deps.iter().all(|d| cause_met(node, &delivered, &author, d)) {
+                        self.blocked.insert(author, deps);
                         break;
                     }
-                    out.push(self.describe(log_len, author, next, &block));
+                    let unmet = deps
+                        .into_iter()
+                        .filter(|(dep, len)| {
+                            *dep != author && delivered.get(dep).copied().unwrap_or(0) < *len
+                        })
+                        .collect();
+                    out.push(Delivered {
+                        unmet,
+                        ..self.describe(log_len, author, next, &block)
+                    });
                     delivered.insert(author, next + 1);
                     log_len += 1;
                     progress = true;
@@ -297,6 +323,7 @@ impl Emitter {
                 name: r.name.to_string(),
                 payload: r.payload.to_vec(),
                 value: self.schema.decode(r.name, r.payload),
+                unmet: Vec::new(),
             },
             None => Delivered {
                 position,
@@ -305,6 +332,7 @@ impl Emitter {
                 name: String::new(),
                 payload: block.to_vec(),
                 value: None,
+                unmet: Vec::new(),
             },
         }
     }
@@ -397,6 +425,17 @@ impl Emitter {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Whether `author`'s event may stop waiting for cause `(dep, len)`: it is
+/// its own earlier event, delivered here, or of an author `node` refuses.
+fn cause_met<S: Store>(
+    node: &Node<S>,
+    delivered: &BTreeMap<PeerId, u64>,
+    author: &PeerId,
+    (dep, len): &(PeerId, u64),
+) -> bool {
+    dep == author || delivered.get(dep).copied().unwrap_or(0) >= *len || node.refuses(dep)
 }
 
 fn check_consumer(name: &str) -> Result<(), EmitterError> {

@@ -18,7 +18,8 @@ use crate::wire::Message;
 
 use super::{Event, Node, NodeError, Output, State};
 
-const REPLICA_VERSION: u8 = 1;
+/// Version 2 adds the bytes held; version 1 records read as holding 0.
+const REPLICA_VERSION: u8 = 2;
 const MAX_STORED_RANGES: usize = 1 << 20;
 
 /// What this node holds of one broadcast feed.
@@ -27,6 +28,9 @@ pub(crate) struct Replica {
     pub desc: FeedDescriptor,
     /// Blocks stored here.
     pub held: RangeSet,
+    /// Bytes of the blocks stored here (for another author's feed, counted
+    /// against [`crate::Config::max_author_bytes`]).
+    pub bytes: u64,
     /// The record as last committed, for a conditional write.
     record: Option<Vec<u8>>,
     /// In memory: blocks asked for on some connection.
@@ -42,6 +46,7 @@ impl Replica {
         Replica {
             desc,
             held: RangeSet::new(),
+            bytes: 0,
             record: None,
             requested: RangeSet::new(),
             announced: 0,
@@ -51,16 +56,24 @@ impl Replica {
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let (&v, rest) = bytes.split_first()?;
-        if v != REPLICA_VERSION {
+        if v != REPLICA_VERSION && v != 1 {
             return None;
         }
         let (desc, rest) = FeedDescriptor::decode(rest)?;
         let (held, rest) = RangeSet::decode(rest, MAX_STORED_RANGES)?;
+        let (held_bytes, rest) = match v {
+            1 => (0, rest),
+            _ => (
+                u64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
+                &rest[8..],
+            ),
+        };
         if !rest.is_empty() || desc.kind != FeedKind::Broadcast {
             return None;
         }
         let mut r = Replica::new(desc);
         r.held = held;
+        r.bytes = held_bytes;
         r.record = Some(bytes.to_vec());
         Some(r)
     }
@@ -70,6 +83,7 @@ impl Replica {
         let mut out = vec![REPLICA_VERSION];
         self.desc.encode(&mut out);
         self.held.encode(&mut out);
+        out.extend_from_slice(&self.bytes.to_le_bytes());
         let before = self.record.replace(out.clone());
         txn.put_expecting(Table::Replicas, &self.desc.id().0, out, before.as_deref());
     }
@@ -77,6 +91,36 @@ impl Replica {
     /// How many blocks from 0 are held without a gap.
     pub fn contiguous(&self) -> u64 {
         self.held.next_gap(0)
+    }
+
+    /// Whether nothing of the feed is held, in memory or in the store: an
+    /// author only announced, which costs a peer one signed head.
+    fn is_pending(&self) -> bool {
+        self.held.is_empty() && self.record.is_none()
+    }
+}
+
+/// What bounds the broadcast feeds of other authors a node takes on.
+#[derive(Debug, Default)]
+pub(crate) struct Quota {
+    /// Authors announced and not held yet, oldest first (some may have been
+    /// filled or dropped since; they are skipped when evicting).
+    pending: std::collections::VecDeque<FeedId>,
+    /// Authors (ours excepted) with events held.
+    held_authors: usize,
+    /// Bytes of other authors' events held.
+    relay_bytes: u64,
+}
+
+impl Quota {
+    /// The quota of the replicas loaded at open.
+    pub fn of(replicas: &std::collections::BTreeMap<FeedId, Replica>, me: &PeerId) -> Self {
+        let others = replicas.values().filter(|r| r.desc.author != *me);
+        Quota {
+            pending: Default::default(),
+            held_authors: others.clone().count(),
+            relay_bytes: others.map(|r| r.bytes).sum(),
+        }
     }
 }
 
@@ -130,28 +174,60 @@ impl State {
         let id = desc.id();
         self.author_allowed(&desc.author)
             && !self.forks.contains_key(&id)
-            && (self.replicas.contains_key(&id) || self.replicas.len() < self.config.max_feeds)
+            && (self.replicas.contains_key(&id) || self.quota.held_authors < self.config.max_feeds)
+    }
+
+    /// Whether this node will not fetch (more of) `author`'s events: it does
+    /// not replicate that author, the author forked its feed, or a quota is
+    /// used up.
+    pub(super) fn refuses(&self, author: &PeerId) -> bool {
+        if *author == self.me {
+            return false;
+        }
+        let desc = FeedDescriptor::broadcast(*author);
+        if !self.admits_broadcast(&desc) {
+            return true;
+        }
+        let over_author = self
+            .replicas
+            .get(&desc.id())
+            .is_some_and(|r| r.bytes >= self.config.max_author_bytes);
+        over_author || self.quota.relay_bytes >= self.config.max_relay_bytes
+    }
+
+    /// Takes on an author only announced so far, in memory: the oldest such
+    /// is forgotten when there are too many.
+    fn add_pending(&mut self, desc: FeedDescriptor) {
+        let feed = desc.id();
+        self.replicas.insert(feed, Replica::new(desc));
+        self.quota.pending.push_back(feed);
+        while self.quota.pending.len() > super::limits::MAX_PENDING_AUTHORS {
+            let Some(old) = self.quota.pending.pop_front() else {
+                break;
+            };
+            if self.replicas.get(&old).is_some_and(Replica::is_pending) {
+                // Its requests in flight are answered into nothing: answers
+                // for a feed we let go are dropped.
+                self.replicas.remove(&old);
+                self.feeds.remove(&old);
+            }
+        }
     }
 
     /// A peer announced a broadcast head.
-    pub(super) fn on_broadcast_head<S: Store>(
+    pub(super) fn on_broadcast_head(
         &mut self,
-        txn: &mut Txn<'_, S>,
         conn: super::ConnId,
         desc: FeedDescriptor,
         head: SignedHead,
     ) -> Result<Option<FeedId>, NodeError> {
         let feed = desc.id();
-        if !self.author_allowed(&desc.author) {
+        if !self.admits_broadcast(&desc) {
             return Ok(None);
         }
         if !self.replicas.contains_key(&feed) {
-            if self.replicas.len() >= self.config.max_feeds {
-                return Ok(None);
-            }
-            let mut r = Replica::new(desc);
-            r.save(txn);
-            self.replicas.insert(feed, r);
+            // Nothing is stored for an author until its events are.
+            self.add_pending(desc);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             let known = c.remote_heads.entry(feed).or_insert(0);
@@ -178,6 +254,14 @@ impl State {
     pub(super) fn plan_broadcast(&mut self, feed: FeedId) -> Vec<super::Planned> {
         let mut planned = Vec::new();
         if self.forks.contains_key(&feed) {
+            return planned;
+        }
+        let Some(author) = self.replicas.get(&feed).map(|r| r.desc.author) else {
+            return planned;
+        };
+        if self.refuses(&author) {
+            // Refused politely: nothing more is asked for, and nothing is
+            // closed.
             return planned;
         }
         let Some(r) = self.replicas.get_mut(&feed) else {
@@ -338,20 +422,37 @@ impl State {
         Ok(())
     }
 
-    /// Blocks `[start, end)` of broadcast `feed` were stored in this batch.
+    /// Blocks `[start, start + sizes.len())` of broadcast `feed`, of
+    /// `sizes` bytes each, were stored in this batch.
     pub(super) fn broadcast_arrived(
         &mut self,
         feed: FeedId,
         start: u64,
-        end: u64,
+        sizes: impl Iterator<Item = usize>,
         events: &mut Vec<Event>,
     ) {
         let Some(r) = self.replicas.get_mut(&feed) else {
             return;
         };
+        let was_pending = r.is_pending();
+        let mut end = start;
+        let mut bytes = 0u64;
+        for (seq, size) in (start..).zip(sizes) {
+            if !r.held.contains(seq) {
+                bytes += size as u64;
+            }
+            end = seq + 1;
+        }
         let mut fresh = RangeSet::from_range(start, end);
         fresh.subtract(&r.held);
         r.held.insert(start, end);
+        r.bytes += bytes;
+        if r.desc.author != self.me {
+            self.quota.relay_bytes += bytes;
+            if was_pending && !r.held.is_empty() {
+                self.quota.held_authors += 1;
+            }
+        }
         r.requested.remove(start, end);
         for seq in fresh.iter_within(start, end) {
             events.push(Event::Broadcast {
@@ -394,6 +495,7 @@ impl<S: Store> Node<S> {
                 .or_insert_with(|| Replica::new(desc));
             let mut updated = replica.clone();
             updated.held.insert(start, start + events.len() as u64);
+            updated.bytes += events.iter().map(|e| e.as_ref().len() as u64).sum::<u64>();
             updated.save(&mut txn);
             match appended
                 .map_err(NodeError::from)
@@ -467,6 +569,15 @@ impl<S: Store> Node<S> {
     /// open mode; otherwise only authorized peers' and our own).
     pub fn replicates(&self, author: &PeerId) -> bool {
         self.st.author_allowed(author)
+    }
+
+    /// Whether this node will not fetch more of `author`'s events: it does
+    /// not replicate that author, the author forked its feed, or a quota
+    /// ([`crate::Config::max_feeds`], [`crate::Config::max_author_bytes`],
+    /// [`crate::Config::max_relay_bytes`]) is used up. An event that depends
+    /// on a refused author need not wait for it.
+    pub fn refuses(&self, author: &PeerId) -> bool {
+        self.st.refuses(author)
     }
 
     /// Loads a feed handle for inspection (tests, tools).

@@ -75,9 +75,19 @@ pub struct Config {
     /// authorized peers (`add_peer`) may dial in, and only their broadcast
     /// feeds (and ours) are replicated.
     pub open: bool,
-    /// Most broadcast feeds (authors) the node will hold; announcements of
-    /// further authors are ignored, so peers cannot exhaust the store.
+    /// Most broadcast feeds (authors) whose events the node holds; further
+    /// authors are refused (an event that depends on one is delivered and
+    /// says so), so peers cannot exhaust the store. Authors announced but
+    /// with nothing held yet are kept apart, in memory, a bounded number of
+    /// them ([`limits::MAX_PENDING_AUTHORS`]), the oldest forgotten first.
     pub max_feeds: usize,
+    /// Most bytes of one other author's events the node fetches and holds;
+    /// past it that author is refused. The overshoot is at most what the
+    /// requests in flight bring.
+    pub max_author_bytes: u64,
+    /// Most bytes of other authors' events the node fetches and holds in
+    /// all; past it every other author is refused.
+    pub max_relay_bytes: u64,
     /// While connected, look this often for messages that other processes
     /// sharing the data directory appended or archived, so that a `send`
     /// from another process goes out promptly. `None` turns it off (a store
@@ -106,6 +116,8 @@ impl Default for Config {
             prune_acked: false,
             open: false,
             max_feeds: 10_000,
+            max_author_bytes: 64 << 20,
+            max_relay_bytes: 1 << 30,
             store_poll_interval: Some(Duration::from_millis(250)),
             ack_delay: Duration::from_millis(10),
         }
@@ -139,6 +151,8 @@ impl fmt::Debug for Config {
             .field("prune_acked", &self.prune_acked)
             .field("open", &self.open)
             .field("max_feeds", &self.max_feeds)
+            .field("max_author_bytes", &self.max_author_bytes)
+            .field("max_relay_bytes", &self.max_relay_bytes)
             .field("store_poll_interval", &self.store_poll_interval)
             .field("ack_delay", &self.ack_delay)
             .finish()
@@ -176,4 +190,7 @@ pub mod limits {
     pub const MAX_INFLIGHT_REQUESTS: usize = 256;
     /// Most blocks one request or data message may cover.
     pub const MAX_REQUEST_BLOCKS: u64 = 16_384;
+    /// Most broadcast authors a node remembers as announced before it holds
+    /// any of their events (one signed head each costs a peer nothing).
+    pub const MAX_PENDING_AUTHORS: usize = 1024;
 }

@@ -56,7 +56,7 @@ use crate::store::{meta, Store, StoreError, Table, Txn};
 use crate::time::Instant;
 use crate::wire::Message;
 
-use broadcast::Replica;
+use broadcast::{Quota, Replica};
 use conn::Conn;
 use dial::Dial;
 use inbox::Inbox;
@@ -133,6 +133,8 @@ struct State {
     outboxes: BTreeMap<PeerId, Outbox>,
     /// Broadcast feeds held, own and relayed, all loaded at open.
     replicas: BTreeMap<FeedId, Replica>,
+    /// What bounds the other authors' feeds held.
+    quota: Quota,
     /// Feeds whose authors forked them, no longer replicated, with the
     /// evidence; loaded at open.
     forks: BTreeMap<FeedId, ForkEvidence>,
@@ -213,6 +215,7 @@ impl<S: Store> Node<S> {
                 feeds: BTreeMap::new(),
                 inboxes: BTreeMap::new(),
                 outboxes: BTreeMap::new(),
+                quota: Quota::of(&replicas, &me),
                 replicas,
                 forks,
                 conns: BTreeMap::new(),

@@ -324,7 +324,7 @@ impl State {
                     self.fork_found(txn, after, desc, ours, head);
                     return Ok(());
                 }
-                if let Some(feed) = self.on_broadcast_head(txn, id, desc, head)? {
+                if let Some(feed) = self.on_broadcast_head(id, desc, head)? {
                     after.broadcast_schedule.insert(feed);
                 }
             }
@@ -486,7 +486,12 @@ impl State {
                 r.requested.remove(end, done);
                 r.announced = r.announced.max(head_len);
             }
-            self.broadcast_arrived(desc.id(), start, end, &mut after.broadcast_events);
+            self.broadcast_arrived(
+                desc.id(),
+                start,
+                d.blocks.iter().map(|b| b.len()),
+                &mut after.broadcast_events,
+            );
             after.broadcast_arrived.insert(desc.id());
             after.broadcast_schedule.insert(desc.id());
             return Ok(());
