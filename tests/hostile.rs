@@ -816,3 +816,66 @@ fn receipts_that_fragment_the_acknowledged_set_are_bounded() {
     assert_eq!(w.a.acknowledged(h).unwrap(), RangeSet::from_range(0, n));
     w.still_serving();
 }
+
+/// The messages of type `kind` H received.
+fn received(raw: &mut RawPeer, kind: u8) -> Vec<Vec<u8>> {
+    raw.messages()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, body)| body)
+        .collect()
+}
+
+#[test]
+fn repeated_summaries_and_have_lists_get_no_more_answers_than_an_honest_peer_needs() {
+    // Each mismatched summary would cost A its whole list, each have-list a
+    // head of every feed it holds; an honest peer sends one of each.
+    let mut w = World::new();
+    w.a.broadcast(b"an event", Instant::ZERO).unwrap();
+    let (mut raw, conn) = w.hostile(12);
+    w.pump(Some((&mut raw, conn)));
+    let _ = raw.messages().unwrap();
+    for _ in 0..100 {
+        raw.send(&Message::Summary {
+            count: 7,
+            digest: [7; 32],
+        });
+        raw.send(&Message::Have { feeds: Vec::new() });
+    }
+    w.pump(Some((&mut raw, conn)));
+    let haves = received(&mut raw, 9).len();
+    assert!((1..=4).contains(&haves), "{haves} have-lists sent");
+    w.pump(Some((&mut raw, conn)));
+    let heads = received(&mut raw, 1).len();
+    assert!(heads <= 4, "{heads} heads sent");
+    assert_eq!(w.closed_with(conn), None);
+    w.still_serving();
+}
+
+#[test]
+fn a_peer_asking_again_and_again_for_pruned_blocks_costs_a_bounded_look_each_time() {
+    let mut w = World::new();
+    let h = w.h.peer_id();
+    let blocks: Vec<Vec<u8>> = (0..2_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    w.a.send_batch(h, &blocks, Instant::ZERO).unwrap();
+    acknowledge(&mut w, &[RangeSet::from_range(0, 2_000)]);
+    assert_eq!(w.a.prune(h).unwrap(), 2_000);
+    let (mut raw, conn) = w.hostile(13);
+    w.pump(Some((&mut raw, conn)));
+    let _ = raw.messages().unwrap();
+    for round in 0..50 {
+        raw.send(&request(&w, round, 1, 2_000));
+        w.pump(Some((&mut raw, conn)));
+    }
+    let refusals = received(&mut raw, 4);
+    assert_eq!(refusals.len(), 50);
+    for body in refusals {
+        let Ok(Message::NoData { end, .. }) = Message::decode(4, &body, 1 << 20) else {
+            panic!("a refusal");
+        };
+        assert!(end <= 256, "looked {end} blocks deep");
+    }
+    assert_eq!(w.closed_with(conn), None);
+    w.still_serving();
+}

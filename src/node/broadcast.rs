@@ -124,6 +124,10 @@ impl Quota {
     }
 }
 
+/// Summaries and have-lists answered per connection: one of each is what an
+/// honest peer sends (at connect); the rest are ignored.
+const MAX_EXCHANGES: u32 = 4;
+
 /// BLAKE3 over a sorted `(feed, length)` list.
 fn digest(list: &[(FeedId, u64)]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("peermq v1 broadcast summary");
@@ -210,6 +214,9 @@ impl State {
                 // for a feed we let go are dropped.
                 self.replicas.remove(&old);
                 self.feeds.remove(&old);
+                for c in self.conns.values_mut() {
+                    c.remote_heads.remove(&old);
+                }
             }
         }
     }
@@ -380,6 +387,9 @@ impl State {
         count: u32,
         their: [u8; 32],
     ) -> Result<(), NodeError> {
+        if !self.exchange_allowed(conn) {
+            return Ok(());
+        }
         let list = self.servable(txn)?;
         if list.len() as u32 == count && digest(&list) == their {
             return Ok(());
@@ -390,14 +400,33 @@ impl State {
         Ok(())
     }
 
+    /// Whether one more summary or have-list from the peer on `conn` gets
+    /// an answer: an honest peer sends one of each per connection, and each
+    /// answer may cost a list or a head of every feed we hold.
+    fn exchange_allowed(&mut self, conn: super::ConnId) -> bool {
+        self.conns.get_mut(&conn).is_some_and(|c| {
+            c.exchanges += 1;
+            c.exchanges <= MAX_EXCHANGES
+        })
+    }
+
     /// The peer's list: send heads of the feeds we can serve more of.
+    /// Lengths it claims are kept only for feeds we hold (ids are unsigned,
+    /// so anything else would be state a peer makes up at will).
     pub(super) fn on_have<S: Store>(
         &mut self,
         txn: &Txn<'_, S>,
         conn: super::ConnId,
         theirs: &[(FeedId, u64)],
     ) -> Result<(), NodeError> {
-        let theirs: std::collections::BTreeMap<FeedId, u64> = theirs.iter().copied().collect();
+        if !self.exchange_allowed(conn) {
+            return Ok(());
+        }
+        let theirs: std::collections::BTreeMap<FeedId, u64> = theirs
+            .iter()
+            .filter(|(f, _)| self.replicas.contains_key(f))
+            .copied()
+            .collect();
         if let Some(c) = self.conns.get_mut(&conn) {
             for (f, len) in &theirs {
                 let known = c.remote_heads.entry(*f).or_insert(0);

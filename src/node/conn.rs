@@ -81,8 +81,11 @@ pub(crate) struct Conn {
     next_request: u64,
     /// Requests from the peer waiting to be served.
     pub serve: VecDeque<Wanted>,
-    /// Broadcast feeds the peer announced, with the length it can serve.
+    /// Broadcast feeds the peer announced, with the length it can serve:
+    /// only feeds we hold, so at most as many.
     pub remote_heads: BTreeMap<FeedId, u64>,
+    /// Summaries and have-lists the peer sent.
+    pub exchanges: u32,
     /// Per feed, what our receipts on this connection acknowledged so far.
     pub acks_sent: BTreeMap<FeedId, crate::ranges::RangeSet>,
     /// The peer's requests for blocks of ours not yet written, answered as
@@ -137,6 +140,7 @@ impl Conn {
             next_request: 0,
             serve: VecDeque::new(),
             remote_heads: BTreeMap::new(),
+            exchanges: 0,
             acks_sent: BTreeMap::new(),
             parked: Vec::new(),
         }

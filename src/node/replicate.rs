@@ -1139,10 +1139,14 @@ impl State {
                         // waiting for the request.
                         conn.parked.push(w);
                     }
-                    Err(until) => conn.send(&Message::NoData {
-                        request: w.id,
-                        end: until,
-                    }),
+                    Err(until) => {
+                        let blocks = until.saturating_sub(w.start).clamp(1, MAX_PRUNED_SCAN);
+                        budget = budget.saturating_sub(REFUSAL_COST_PER_BLOCK * blocks as usize);
+                        conn.send(&Message::NoData {
+                            request: w.id,
+                            end: until,
+                        })
+                    }
                 }
             }
         }
@@ -1152,6 +1156,14 @@ impl State {
 
 /// Requests for blocks not yet written that one connection may park.
 const MAX_PARKED: usize = 4;
+
+/// Blocks one refusal looks at to find where pruned blocks end.
+const MAX_PRUNED_SCAN: u64 = 256;
+
+/// What a refusal costs of a connection's serving budget, per block
+/// refused (a lookup each, or a range check): so that requests only ever
+/// refused are served no faster than those answered with data.
+const REFUSAL_COST_PER_BLOCK: usize = 64;
 
 /// What one data message served.
 struct Served {
@@ -1197,9 +1209,12 @@ fn serve_one<S: Store>(
     }
     if blocks.is_empty() {
         // The first blocks are pruned: refuse just those, so the reader asks
-        // again for the rest.
+        // again for the rest. A bounded look, charged to the serving budget
+        // (see `serve_all`): a peer asking again and again for a pruned range
+        // costs lookups, not only bytes.
         let mut k = w.start + 1;
-        while k < end && feed.get_ref(txn, k)?.is_none() {
+        let last = end.min(w.start.saturating_add(MAX_PRUNED_SCAN));
+        while k < last && feed.get_ref(txn, k)?.is_none() {
             k += 1;
         }
         return Ok(Err(k));
