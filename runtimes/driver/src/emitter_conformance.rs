@@ -38,7 +38,9 @@ macro_rules! emitter_conformance_suite {
             streams_from_now_and_from_the_beginning,
             no_duplicate_event_peer,
             named_consumers_resume_and_start_over,
-            allow_restricts_peers
+            allow_restricts_peers,
+            an_event_peer_flood_is_capped_and_speaks_only_for_its_author,
+            a_learned_address_that_answers_with_another_key_is_not_connected
         );
     };
     (@tests $run:path; $($name:ident),*) => {
@@ -638,6 +640,104 @@ pub async fn allow_restricts_peers(ra: Arc<dyn Runtime>, rb: Arc<dyn Runtime>) {
         a.emit("Hello", json!({"from": "a"})).await.unwrap();
         take(&rb, &mut s, 1).await;
         for e in [c, b, a] {
+            e.close().await.unwrap();
+        }
+    })
+    .await
+}
+
+/// Waits until `em` has delivered `author`'s `EventPeer` that matches.
+async fn announced_by(
+    rt: &Arc<dyn Runtime>,
+    em: &Emitter,
+    author: peermq::PeerId,
+    pred: impl Fn(&Value) -> bool,
+) {
+    wait_for(rt, em, "an EventPeer", |d| {
+        d.name == EVENT_PEER && d.author == author && d.value.as_ref().is_some_and(&pred)
+    })
+    .await;
+}
+
+/// One `EventPeer` listing a hundred thousand addresses, and another that
+/// speaks for someone else: every node that delivers them would otherwise
+/// dial them all, forever.
+pub async fn an_event_peer_flood_is_capped_and_speaks_only_for_its_author(
+    ra: Arc<dyn Runtime>,
+    rb: Arc<dyn Runtime>,
+) {
+    limited(&ra.clone(), "an_event_peer_flood", async move {
+        let env = Env::new();
+        let a = env.open("a", &ra);
+        let b = env.open("b", &rb);
+        let addr_a = a.listen(loopback()).await.unwrap();
+        b.connect(addr_a).await.unwrap();
+        let idb = b.id().await;
+        let flood: Vec<Value> = (0..100_000u32)
+            .map(|i| json!({"ip": format!("127.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256), "port": 9}))
+            .collect();
+        b.emit(EVENT_PEER, json!({"id": idb.to_string(), "addresses": flood}))
+            .await
+            .unwrap();
+        let someone = peermq::Keypair::from_bytes(&[9; 32]).peer_id();
+        b.emit(
+            EVENT_PEER,
+            json!({"id": someone.to_string(), "addresses": [{"ip": "127.0.0.2", "port": 1}]}),
+        )
+        .await
+        .unwrap();
+        b.emit("Hello", json!({"from": "b"})).await.unwrap();
+        announced_by(&ra, &a, idb, |v| v["id"] == json!(someone.to_string())).await;
+        let mut s = a.subscribe("Hello").await.unwrap();
+        assert_eq!(take(&ra, &mut s, 1).await[0].author, idb, "delivery goes on");
+        let known = a.known_addresses().await.unwrap();
+        assert!(known.len() <= 4, "{} addresses learned", known.len());
+        assert!(
+            !known.contains(&"127.0.0.2:1".parse().unwrap()),
+            "an announcement for another id is ignored: {known:?}"
+        );
+        for e in [b, a] {
+            e.close().await.unwrap();
+        }
+    })
+    .await
+}
+
+/// B announces C's address as its own, and A hears of it through M: A
+/// dials it expecting B's key, and C, which answers there, is refused
+/// rather than served.
+pub async fn a_learned_address_that_answers_with_another_key_is_not_connected(
+    ra: Arc<dyn Runtime>,
+    rb: Arc<dyn Runtime>,
+) {
+    limited(&ra.clone(), "a_learned_address_of_another_key", async move {
+        let env = Env::new();
+        let a = env.open("a", &ra);
+        let m = env.open("m", &rb);
+        let b = env.open("b", &rb);
+        let c = env.open("c", &rb);
+        let addr_m = m.listen(loopback()).await.unwrap();
+        let addr_c = c.listen(loopback()).await.unwrap();
+        a.connect(addr_m).await.unwrap();
+        b.connect(addr_m).await.unwrap();
+        let (idb, idc) = (b.id().await, c.id().await);
+        let lie = json!({"id": idb.to_string(), "addresses": [{"ip": addr_c.ip().to_string(), "port": addr_c.port()}]});
+        b.emit(EVENT_PEER, lie).await.unwrap();
+        announced_by(&ra, &a, idb, |v| v["addresses"][0]["port"] == json!(addr_c.port())).await;
+        within(&ra, "A learns the address", async {
+            while !a.known_addresses().await.unwrap().contains(&addr_c) {
+                a.mq().runtime().sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        // Several dial attempts' worth of time.
+        a.mq().runtime().sleep(Duration::from_millis(600)).await;
+        let peers = a.mq().peers().await.unwrap();
+        assert!(
+            !peers.iter().any(|p| p.peer == idc && p.connected),
+            "A connected to C through B's announcement"
+        );
+        for e in [c, b, m, a] {
             e.close().await.unwrap();
         }
     })

@@ -34,6 +34,18 @@ const FOLLOW_BUFFER: usize = 1024;
 const K_ANNOUNCED: &[u8] = b"~p";
 const K_TARGET: &[u8] = b"~t";
 
+/// Addresses learned from one author's announcement; the rest are ignored.
+/// An announcement makes every mesh node that wants its author try these,
+/// so a few must do: one per interface a node listens on.
+const MAX_ADDRS_PER_AUTHOR: usize = 4;
+/// Authors whose announced addresses are remembered; the least recently
+/// announced is forgotten first.
+const MAX_BOOK_AUTHORS: usize = 256;
+/// Failed dials of a learned address before it is left alone, until its
+/// author announces again or the node restarts. Addresses the application
+/// asked for are retried for as long as it wants them.
+const MAX_LEARNED_ATTEMPTS: u32 = 8;
+
 #[derive(Debug)]
 enum DialState {
     /// Dial at that time.
@@ -45,11 +57,17 @@ enum DialState {
     /// Its owner is connected through another connection; dial again only
     /// once that one drops.
     Parked,
+    /// A learned address that failed [`MAX_LEARNED_ATTEMPTS`] times.
+    GaveUp,
 }
 
 struct AddrDial {
     /// Who answers there, once known.
     owner: Option<PeerId>,
+    /// Learned from its owner's announcement, not asked for by the
+    /// application: dialed expecting the owner's key, a bounded number of
+    /// times.
+    learned: bool,
     attempts: u32,
     state: DialState,
     /// The last connection made to it, to attribute close events.
@@ -61,6 +79,7 @@ impl AddrDial {
     fn new(owner: Option<PeerId>) -> Self {
         AddrDial {
             owner,
+            learned: owner.is_some(),
             attempts: 0,
             state: DialState::Waiting(Instant::ZERO),
             last_conn: None,
@@ -77,8 +96,11 @@ pub(crate) struct EmitState {
     /// so blocks stored before a crash but not delivered go out at start.
     pending: bool,
     addrs: BTreeMap<SocketAddr, AddrDial>,
-    /// The addresses each author last announced, ours included.
+    /// The addresses each author last announced, ours included, at most
+    /// [`MAX_BOOK_AUTHORS`] authors.
     announced: BTreeMap<PeerId, Vec<SocketAddr>>,
+    /// The authors of `announced`, least recently announced first.
+    announced_order: std::collections::VecDeque<PeerId>,
     /// What we announce.
     advertised: Vec<SocketAddr>,
 }
@@ -107,10 +129,19 @@ fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (prefix.to_vec(), hi)
 }
 
-/// The addresses an `EventPeer` value lists (the ones we can dial).
-fn event_peer_addrs(value: &Value) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
+/// The addresses `author`'s `EventPeer` value says it listens on (the first
+/// [`MAX_ADDRS_PER_AUTHOR`] we can dial), or `None` when the value speaks
+/// for another id: an author announces only itself, since its signature is
+/// all that vouches for the announcement.
+fn event_peer_addrs(value: &Value, author: &PeerId) -> Option<Vec<SocketAddr>> {
+    if value["id"].as_str() != Some(author.to_string().as_str()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(MAX_ADDRS_PER_AUTHOR);
     for a in value["addresses"].as_array().into_iter().flatten() {
+        if out.len() == MAX_ADDRS_PER_AUTHOR {
+            break;
+        }
         let ip = a["ip"].as_str().and_then(|ip| {
             if ip == "localhost" {
                 Some(IpAddr::from([127, 0, 0, 1]))
@@ -121,13 +152,14 @@ fn event_peer_addrs(value: &Value) -> Vec<SocketAddr> {
         let port = a["port"].as_u64().and_then(|p| u16::try_from(p).ok());
         if let (Some(ip), Some(port)) = (ip, port) {
             let addr = SocketAddr::new(ip, port);
+            // At most a few: looking through them is linear.
             if !out.contains(&addr) {
                 out.push(addr);
             }
         }
     }
     out.sort();
-    out
+    Some(out)
 }
 
 impl EmitState {
@@ -166,11 +198,14 @@ impl EmitState {
         )
         .map_err(peermq::emitter::EmitterError::from)?;
         for (author, list) in &announced {
-            if *author == me {
+            if *author == me || !node.replicates(author) {
                 continue;
             }
-            for a in list {
-                addrs.entry(*a).or_insert_with(|| AddrDial::new(None)).owner = Some(*author);
+            for a in list.iter().take(MAX_ADDRS_PER_AUTHOR) {
+                addrs
+                    .entry(*a)
+                    .or_insert_with(|| AddrDial::new(Some(*author)))
+                    .owner = Some(*author);
             }
         }
         Ok(EmitState {
@@ -178,6 +213,7 @@ impl EmitState {
             followers: Vec::new(),
             pending: true,
             addrs,
+            announced_order: announced.keys().copied().collect(),
             announced,
             advertised: Vec::new(),
         })
@@ -213,9 +249,17 @@ impl<S: Store + Send + 'static> Driver<S> {
             em.followers.retain(|tx| tx.try_send(d.clone()).is_ok());
         }
         for d in delivered {
-            if d.name == EVENT_PEER {
-                if let Some(v) = &d.value {
-                    self.em_learn_peer(d.author, event_peer_addrs(v));
+            if d.name != EVENT_PEER {
+                continue;
+            }
+            match d
+                .value
+                .as_ref()
+                .and_then(|v| event_peer_addrs(v, &d.author))
+            {
+                Some(list) => self.em_learn_peer(d.author, list),
+                None => {
+                    debug!(peer = %d.author, "peermq: ignored an EventPeer that does not announce its author")
                 }
             }
         }
@@ -229,28 +273,51 @@ impl<S: Store + Send + 'static> Driver<S> {
         own
     }
 
-    /// `author` announced `list`: remember it, and keep connections to it.
+    /// `author` announced `list`: remember it, and, if the application
+    /// wants that author's events, keep connections to it.
     fn em_learn_peer(&mut self, author: PeerId, list: Vec<SocketAddr>) {
         let me = self.me;
         let own = self.em_own_addrs();
         let now = self.now();
+        let wanted = author != me && self.node.replicates(&author) && !self.node.refuses(&author);
         let Some(em) = self.em.as_mut() else {
             return;
         };
         if em.announced.get(&author) != Some(&list) {
-            let mut txn = match Txn::begin(self.node.store()) {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(error = %e, "peermq: cannot record a peer's addresses");
-                    return;
+            let mut forget = Vec::new();
+            if !em.announced.contains_key(&author) {
+                while em.announced.len() >= MAX_BOOK_AUTHORS {
+                    let Some(old) = em.announced_order.pop_front() else {
+                        break;
+                    };
+                    if old != me && em.announced.remove(&old).is_some() {
+                        forget.push(old);
+                    }
                 }
-            };
-            let mut key = K_ANNOUNCED.to_vec();
-            key.extend_from_slice(&author.0);
-            txn.put(Table::Events, &key, &encode_addrs(&list));
-            if let Err(e) = txn.commit() {
+            }
+            em.announced_order.retain(|a| *a != author);
+            em.announced_order.push_back(author);
+            let saved = Txn::begin(self.node.store()).and_then(|mut txn| {
+                for old in &forget {
+                    let mut key = K_ANNOUNCED.to_vec();
+                    key.extend_from_slice(&old.0);
+                    txn.delete(Table::Events, &key);
+                }
+                let mut key = K_ANNOUNCED.to_vec();
+                key.extend_from_slice(&author.0);
+                txn.put(Table::Events, &key, &encode_addrs(&list));
+                txn.commit()
+            });
+            if let Err(e) = saved {
                 warn!(error = %e, "peermq: cannot record a peer's addresses");
             }
+            // Learned addresses of forgotten authors go too, unless a
+            // connection there is up or the application asked for them.
+            em.addrs.retain(|_, d| {
+                !(d.learned && d.owner.is_some_and(|o| forget.contains(&o)))
+                    || matches!(d.state, DialState::Open(_))
+                    || !d.waiters.is_empty()
+            });
             em.announced.insert(author, list.clone());
         }
         if author == me {
@@ -260,21 +327,28 @@ impl<S: Store + Send + 'static> Driver<S> {
         // application asked for them or a connection there is up.
         em.addrs.retain(|a, d| {
             d.owner != Some(author)
+                || !d.learned
                 || list.contains(a)
                 || matches!(d.state, DialState::Open(_))
                 || !d.waiters.is_empty()
         });
+        if !wanted {
+            return;
+        }
         for a in list {
             if own.contains(&a) {
                 continue;
             }
             let entry = em.addrs.entry(a).or_insert_with(|| {
                 debug!(addr = %a, peer = %author, "peermq: learned a peer's address");
-                let mut d = AddrDial::new(Some(author));
-                d.state = DialState::Waiting(now);
-                d
+                AddrDial::new(Some(author))
             });
             entry.owner.get_or_insert(author);
+            if matches!(entry.state, DialState::GaveUp) {
+                // Announced again: worth a few more tries.
+                entry.attempts = 0;
+                entry.state = DialState::Waiting(now);
+            }
         }
         self.em_redial();
     }
@@ -361,7 +435,12 @@ impl<S: Store + Send + 'static> Driver<S> {
         let at = now + self.backoff(attempts);
         if let Some(d) = self.em.as_mut().and_then(|em| em.addrs.get_mut(&addr)) {
             d.attempts = d.attempts.saturating_add(1);
-            d.state = DialState::Waiting(at);
+            d.state = if d.learned && d.waiters.is_empty() && d.attempts >= MAX_LEARNED_ATTEMPTS {
+                debug!(%addr, "peermq: giving up on a learned address until it is announced again");
+                DialState::GaveUp
+            } else {
+                DialState::Waiting(at)
+            };
             for w in d.waiters.drain(..) {
                 let _ = w.try_send(Err(EmitterError::Connect {
                     addr,
@@ -381,7 +460,19 @@ impl<S: Store + Send + 'static> Driver<S> {
         if !dialing {
             return;
         }
-        let id = self.node.connect_any(now);
+        // A learned address must answer with the key that announced it;
+        // an address the application gave may answer with any key it
+        // would accept.
+        let expect = self
+            .em
+            .as_ref()
+            .and_then(|em| em.addrs.get(&addr))
+            .filter(|d| d.learned)
+            .and_then(|d| d.owner);
+        let id = match expect {
+            Some(owner) => self.node.connect(owner, now),
+            None => self.node.connect_any(now),
+        };
         self.attach(id, t);
         if let Some(c) = self.conns.get_mut(&id) {
             c.addr = Some(addr);
@@ -596,6 +687,12 @@ impl<S: Store + Send + 'static> Driver<S> {
                     d.state = DialState::Waiting(now);
                     d
                 });
+                // The application wants it: whoever answers there, for as
+                // long as it takes.
+                d.learned = false;
+                if matches!(d.state, DialState::GaveUp) {
+                    d.state = DialState::Waiting(now);
+                }
                 match (&d.state, d.owner) {
                     (DialState::Open(_) | DialState::Parked, Some(p)) => {
                         return answer_with(reply, Ok(p))
