@@ -61,6 +61,7 @@ pub fn run_echo(plan: &Plan, echo: bool) -> Report {
                 faults: 0,
                 sparse_bytes: 0,
                 sparse_blocks: 0,
+                forks: 0,
             }
         }
     }

@@ -137,6 +137,12 @@ fn one(seed: u64, params: &Params, args: &Args) -> ExitCode {
             report.sparse_bytes / report.sparse_blocks
         );
     }
+    if report.forks > 0 {
+        println!(
+            "seed {seed}: the rogue author's fork was caught {} times",
+            report.forks
+        );
+    }
     println!(
         "seed {seed}: speed: {}",
         speed(report.node_micros, report.sim_micros, wall)

@@ -14,7 +14,7 @@ use peermq::ranges::RangeSet;
 pub struct Failure {
     /// Which oracle: `lost`, `phantom`, `archived-redelivered`, `order`,
     /// `unauthorized`, `sparse-bytes`, `liveness`, `corruption-undetected`,
-    /// `store-error` or `livelock`.
+    /// `store-error`, `livelock` or `mixed-fork`.
     pub oracle: &'static str,
     /// What was seen, with node and message numbers.
     pub details: String,
@@ -40,8 +40,19 @@ impl fmt::Display for Failure {
 /// padding derived from them, so any received bytes can be checked against
 /// what was sent without keeping a copy.
 pub fn message(from: usize, to: usize, seq: u64, max_extra: usize) -> Vec<u8> {
+    branch_message(from, to, seq, max_extra, 0)
+}
+
+/// The bytes of message `seq` from `from` to `to` in history `branch` of
+/// the sender's feed: 0 is the only one an honest sender writes; a rogue
+/// that restored a backup writes branch 1 over it, with other bytes at the
+/// same positions.
+pub fn branch_message(from: usize, to: usize, seq: u64, max_extra: usize, branch: u8) -> Vec<u8> {
     let mut h = blake3::Hasher::new();
     h.update(b"peermq-sim message");
+    if branch > 0 {
+        h.update(&[branch]);
+    }
     h.update(&(from as u32).to_le_bytes());
     h.update(&(to as u32).to_le_bytes());
     h.update(&seq.to_le_bytes());
@@ -89,6 +100,32 @@ pub struct Oracle {
     pub asked: BTreeMap<(usize, usize), BTreeSet<u64>>,
     /// `get`s not yet answered.
     pub pending_gets: BTreeSet<(usize, usize, u64)>,
+    /// The rogue author, once it restored its backup.
+    pub rogue: Option<Rogue>,
+}
+
+/// A node that restored an old backup and wrote on: its feed to each peer
+/// forked where the backup ended. Nothing is owed to or from it any more;
+/// what is checked is that nobody mixes its two histories and that everyone
+/// else goes on as before.
+#[derive(Clone, Debug, Default)]
+pub struct Rogue {
+    /// The node.
+    pub node: usize,
+    /// Per recipient, the length of its feed in the backup: the fork point.
+    pub fork_at: BTreeMap<usize, u64>,
+}
+
+impl Rogue {
+    /// The branch of the rogue's message `seq` to `to` with bytes `data`, if
+    /// either history has those bytes there.
+    fn branch_of(&self, to: usize, seq: u64, data: &[u8], max_extra: usize) -> Option<u8> {
+        if data == message(self.node, to, seq, max_extra).as_slice() {
+            return Some(0);
+        }
+        let forked = self.fork_at.get(&to).is_some_and(|&at| seq >= at);
+        (forked && data == branch_message(self.node, to, seq, max_extra, 1).as_slice()).then_some(1)
+    }
 }
 
 impl Oracle {
@@ -115,6 +152,11 @@ impl Oracle {
         count: u64,
     ) -> Result<(), Failure> {
         let have = self.sent(from, to);
+        if self.is_rogue(from) {
+            // It writes over what it sent before the restore.
+            self.sent.insert((from, to), have.max(start + count));
+            return Ok(());
+        }
         if start != have {
             return Err(Failure::new(
                 "lost",
@@ -125,6 +167,11 @@ impl Oracle {
         Ok(())
     }
 
+    /// Whether `node` is the rogue author.
+    pub fn is_rogue(&self, node: usize) -> bool {
+        self.rogue.as_ref().is_some_and(|r| r.node == node)
+    }
+
     /// Node `node` restarted: its event stream starts over.
     pub fn on_restart(&mut self, node: usize) {
         self.last_event.retain(|(n, _), _| *n != node);
@@ -133,6 +180,10 @@ impl Oracle {
     /// `Event::Connected` at `node` with `peer`, on a connection `node`
     /// accepted (`inbound`) or dialed.
     pub fn on_connected(&self, node: usize, peer: usize, inbound: bool) -> Result<(), Failure> {
+        if self.is_rogue(node) {
+            // Its list of authorized peers went back to the backup's.
+            return Ok(());
+        }
         if inbound && !self.auth[node].contains(&peer) {
             return Err(Failure::new(
                 "unauthorized",
@@ -144,6 +195,10 @@ impl Oracle {
 
     /// `Event::Message { from, seq }` at `node`.
     pub fn on_message(&mut self, node: usize, from: usize, seq: u64) -> Result<(), Failure> {
+        if self.is_rogue(node) && from != node {
+            // Its inbox went back to the backup: archived messages come back.
+            return Ok(());
+        }
         if from == node {
             return Err(Failure::new(
                 "phantom",
@@ -217,6 +272,31 @@ impl Oracle {
             .is_some_and(|s| s.contains(&seq))
     }
 
+    /// What `to` holds of the rogue's feed past the fork must come from one
+    /// history: a receiver that stored blocks of both mixed two trees.
+    pub fn check_unmixed(&self, to: usize, records: &[(u64, Vec<u8>)]) -> Result<(), Failure> {
+        let Some(r) = &self.rogue else {
+            return Ok(());
+        };
+        let branches: BTreeSet<u8> = records
+            .iter()
+            .filter_map(|(seq, data)| {
+                let at = r.fork_at.get(&to).copied().unwrap_or(0);
+                (*seq >= at).then(|| r.branch_of(to, *seq, data, self.msg_extra))?
+            })
+            .collect();
+        if branches.len() > 1 {
+            return Err(Failure::new(
+                "mixed-fork",
+                format!(
+                    "n{to} holds messages of both histories of n{}'s forked feed",
+                    r.node
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether `seq` from `from` may legitimately be missing at `node`.
     fn may_be_gone(&self, node: usize, from: usize, seq: u64) -> bool {
         self.is_cleared(node, from, seq)
@@ -236,6 +316,18 @@ impl Oracle {
         data: &[u8],
         unread: bool,
     ) -> Result<(), Failure> {
+        if self.is_rogue(node) {
+            return Ok(());
+        }
+        if let Some(r) = self.rogue.as_ref().filter(|r| r.node == from) {
+            if r.branch_of(node, seq, data, self.msg_extra).is_none() {
+                return Err(Failure::new(
+                    "phantom",
+                    format!("n{node} read message {seq} from n{from} (the rogue) with bytes it wrote in neither history"),
+                ));
+            }
+            return Ok(());
+        }
         if seq >= self.sent(from, node) {
             return Err(Failure::new(
                 "phantom",
@@ -312,6 +404,9 @@ impl Oracle {
         expect_all: bool,
         bound_secs: u64,
     ) -> Result<(), Failure> {
+        if self.is_rogue(from) || self.is_rogue(to) {
+            return Ok(());
+        }
         let sent = self.sent(from, to);
         if sender_len < sent {
             return Err(Failure::new(

@@ -399,6 +399,20 @@ pub enum Op {
         /// How many.
         n: u32,
     },
+    /// `node` backs its data directory up (a copy, restored by
+    /// [`Op::Restore`]).
+    Backup {
+        /// The node.
+        node: usize,
+    },
+    /// `node` restarts from its last backup and writes on: a hostile (or
+    /// careless) author that signs a second history of its feeds over the
+    /// first. Its peers must catch the fork, keep what they verified, and go
+    /// on with everyone else.
+    Restore {
+        /// The node.
+        node: usize,
+    },
     /// Test-only sabotage, never generated: destroys the stored bytes of
     /// one received message at `node` behind the core's back, which the
     /// oracles must report.
@@ -478,6 +492,8 @@ impl fmt::Display for Op {
             Op::Pause { node, for_ } => write!(f, "pause n{node} for {}", secs(*for_)),
             Op::FailCommits { node, n } => write!(f, "fail-commits n{node} x{n}"),
             Op::Sabotage { node } => write!(f, "sabotage n{node}"),
+            Op::Backup { node } => write!(f, "backup n{node}"),
+            Op::Restore { node } => write!(f, "restore n{node} from its backup"),
         }
     }
 }
@@ -979,6 +995,29 @@ fn fault_ops(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
             _ => Op::Corrupt { pick: d.u64() },
         };
         ops.push(TimedOp { at, op });
+    }
+    // A rogue author: a node that restores an old backup and writes on,
+    // forking its feeds. Drawn last, so the rest of a seed's plan is the
+    // same with or without it.
+    if o.scenario == Scenario::Mix && o.faults != FaultLevel::None && d.chance(30) {
+        let writers: Vec<usize> = (0..n)
+            .filter(|&i| {
+                !o.node[i].sparse && o.edges.iter().any(|e| e.dialer == i || e.listener == i)
+            })
+            .collect();
+        if !writers.is_empty() && o.chaos > 2 * SEC {
+            let node = d.pick(&writers);
+            let backup = d.range(0, o.chaos / 2);
+            let restore = d.range(backup + SEC, o.chaos);
+            ops.push(TimedOp {
+                at: backup,
+                op: Op::Backup { node },
+            });
+            ops.push(TimedOp {
+                at: restore,
+                op: Op::Restore { node },
+            });
+        }
     }
     if o.scenario == Scenario::ReconnectStorm {
         // Waves that take the whole network down at once.

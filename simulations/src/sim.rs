@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use peermq::store::Table;
 use peermq::{
-    Config, ConnId, Event, FeedDescriptor, FeedError, Fetch, Instant, Mailbox, MemStore, Node,
-    NodeError, Output, PeerId, StoreError,
+    Config, ConnId, Event, Feed, FeedDescriptor, FeedError, Fetch, Instant, Mailbox, MemStore,
+    Node, NodeError, Output, PeerId, StoreError, Txn,
 };
 
-use crate::oracle::{message, Failure, Oracle};
+use crate::oracle::{branch_message, message, Failure, Oracle, Rogue};
 use crate::plan::{Dice, Op, Plan, MS, SEC};
 
 /// Keepalive interval the nodes use (the core's default).
@@ -54,6 +54,8 @@ pub struct Report {
     pub sparse_bytes: u64,
     /// Blocks sparse readers asked for with `get`.
     pub sparse_blocks: u64,
+    /// Forks caught (`Event::Forked`), by the rogue author's peers.
+    pub forks: u64,
 }
 
 enum Chunk {
@@ -149,6 +151,8 @@ pub struct Sim<'p> {
     same_instant: u64,
     /// Nodes with a consumer drain scheduled.
     drain_soon: BTreeSet<usize>,
+    /// Backups of nodes' stores, restored by `Op::Restore`.
+    backups: BTreeMap<usize, MemStore>,
     /// Echo the trace text to stderr, for debugging.
     verbose: bool,
     last_instant: u64,
@@ -235,6 +239,7 @@ impl<'p> Sim<'p> {
             sparse_conns: BTreeMap::new(),
             send_calls: BTreeMap::new(),
             same_instant: 0,
+            backups: BTreeMap::new(),
             verbose: false,
             drain_soon: BTreeSet::new(),
             last_instant: 0,
@@ -250,6 +255,7 @@ impl<'p> Sim<'p> {
                 faults: 0,
                 sparse_bytes: 0,
                 sparse_blocks: 0,
+                forks: 0,
             },
         };
         for (k, op) in plan.ops.iter().enumerate() {
@@ -506,6 +512,18 @@ impl<'p> Sim<'p> {
                 let f = self.peer_index(&from);
                 self.oracle.pending_gets.remove(&(i, f, seq));
                 Ok(())
+            }
+            Event::Forked { author, .. } => {
+                self.stats.forks += 1;
+                let a = self.peer_index(&author);
+                if self.oracle.is_rogue(a) {
+                    Ok(())
+                } else {
+                    Err(Failure::new(
+                        "phantom",
+                        format!("n{i} says n{a} forked its feed, but n{a} never restored a backup"),
+                    ))
+                }
             }
             // Broadcast feeds are the emitter's; the queue workload
             // never writes one.
@@ -905,11 +923,24 @@ impl<'p> Sim<'p> {
                 if !self.live(from) || from >= n || to >= n {
                     return;
                 }
-                let start = self.oracle.sent(from, to);
                 let extra = self.plan.options.msg_extra;
                 let to_id = self.slots[to].id;
+                let (start, branch) = if self.oracle.is_rogue(from) {
+                    // It writes on from where its restored feed ends.
+                    let desc = FeedDescriptor::queue(self.slots[from].id, to_id);
+                    let len = match self.slots[from].node.as_mut() {
+                        Some(node) => node.feed_handle(desc).map(|f| f.len()),
+                        None => return,
+                    };
+                    match self.node_result(from, "feed", len) {
+                        Some(len) => (len, 1),
+                        None => return,
+                    }
+                } else {
+                    (self.oracle.sent(from, to), 0)
+                };
                 let msgs: Vec<Vec<u8>> = (0..u64::from(count))
-                    .map(|k| message(from, to, start + k, extra))
+                    .map(|k| branch_message(from, to, start + k, extra, branch))
                     .collect();
                 let r = match self.slots[from].node.as_mut() {
                     Some(node) if count == 1 => node.send(to_id, &msgs[0], now).map(|s| s..s + 1),
@@ -1143,6 +1174,11 @@ impl<'p> Sim<'p> {
                 self.slots[node].store.fail_commits(n);
             }
             Op::Sabotage { node } => self.sabotage(node),
+            Op::Backup { node } => {
+                let copy = self.slots[node].store.snapshot();
+                self.backups.insert(node, copy);
+            }
+            Op::Restore { node } => self.restore(node),
         }
     }
 
@@ -1244,6 +1280,32 @@ impl<'p> Sim<'p> {
             }
             self.maybe_remove_link(lid);
         }
+    }
+
+    /// `node` comes back from its backup and writes on: a rogue author.
+    fn restore(&mut self, node: usize) {
+        if self.oracle.rogue.is_some() {
+            return;
+        }
+        let Some(backup) = self.backups.remove(&node) else {
+            return;
+        };
+        let me = self.slots[node].id;
+        let mut fork_at = BTreeMap::new();
+        if let Ok(txn) = Txn::begin(&backup) {
+            for (j, s) in self.slots.iter().enumerate() {
+                if j != node {
+                    let desc = FeedDescriptor::queue(me, s.id);
+                    let len = Feed::open(&txn, desc).map_or(0, |f| f.len());
+                    fork_at.insert(j, len);
+                }
+            }
+        }
+        self.crash(node, false);
+        self.note(format_args!("n{node} restores its backup"));
+        self.slots[node].store = backup;
+        self.oracle.rogue = Some(Rogue { node, fork_at });
+        self.restart(node);
     }
 
     fn restart(&mut self, node: usize) {
@@ -1527,6 +1589,33 @@ impl<'p> Sim<'p> {
                 sender.insert((i, p), (s.sent, s.acked));
             }
         }
+        if let Some(rogue) = self.oracle.rogue.as_ref().map(|r| r.node) {
+            for to in 0..n {
+                if to == rogue {
+                    continue;
+                }
+                let mut records = Vec::new();
+                for mailbox in [Mailbox::Unread, Mailbox::Archived] {
+                    let r = match self.slots[to].node.as_mut() {
+                        Some(x) => x.read(mailbox, None, usize::MAX),
+                        None => return,
+                    };
+                    let Some(recs) = self.node_result(to, "read", r) else {
+                        return;
+                    };
+                    let from_rogue = recs.into_iter().filter(|r| r.from == self.slots[rogue].id);
+                    records.extend(from_rogue.map(|r| (r.seq, r.data)));
+                }
+                if let Err(f) = self.oracle.check_unmixed(to, &records) {
+                    self.fail(f);
+                    return;
+                }
+            }
+            // What was asked of the rogue may never come: it forked.
+            self.oracle
+                .pending_gets
+                .retain(|g| g.1 != rogue && g.0 != rogue);
+        }
         let mut pairs: BTreeSet<(usize, usize)> = self.oracle.sent.keys().copied().collect();
         pairs.extend(received.keys().copied());
         for (from, to) in pairs {
@@ -1577,7 +1666,9 @@ impl<'p> Sim<'p> {
                     return;
                 }
             }
-            let from_list: Vec<usize> = (0..n).filter(|&f| f != i).collect();
+            let from_list: Vec<usize> = (0..n)
+                .filter(|&f| f != i && !self.oracle.is_rogue(f) && !self.oracle.is_rogue(i))
+                .collect();
             for from in from_list {
                 let got = self.sparse_bytes.get(&(i, from)).copied().unwrap_or(0);
                 let asked = self

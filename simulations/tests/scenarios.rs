@@ -77,3 +77,29 @@ fn sparse_download_reads_one_percent_of_a_million() {
         r.sparse_blocks
     );
 }
+
+#[test]
+fn a_rogue_author_that_restores_a_backup_is_caught_and_the_rest_converge() {
+    // Seeds of the default mix whose plan has a rogue author: it backs its
+    // store up, writes on, restores the backup and writes a second history.
+    // Its peers catch the fork, nobody holds both histories (`mixed-fork`),
+    // and every other pair converges as usual.
+    let mut caught = 0;
+    let mut rogues = 0;
+    for seed in 0..60 {
+        let plan = generate(seed, &Params::default());
+        if !plan
+            .ops
+            .iter()
+            .any(|o| matches!(o.op, peermq_sim::Op::Restore { .. }))
+        {
+            continue;
+        }
+        rogues += 1;
+        let r = run(&plan);
+        assert!(r.failure.is_none(), "seed {seed}: {:?}", r.failure);
+        caught += r.forks;
+    }
+    assert!(rogues >= 5, "{rogues} rogue plans among 60 seeds");
+    assert!(caught > 0, "no fork caught in {rogues} rogue runs");
+}

@@ -200,6 +200,16 @@ impl MemStore {
         self.lock().commits
     }
 
+    /// A copy of what is committed now that shares nothing with this store
+    /// from here on: a backup, which simulations restore to make a node
+    /// sign a second history over its first.
+    pub fn snapshot(&self) -> MemStore {
+        let committed = self.lock().committed.clone();
+        let copy = MemStore::new();
+        copy.lock().committed = committed;
+        copy
+    }
+
     /// Total number of stored entries across all tables.
     pub fn entry_count(&self) -> usize {
         self.lock().committed.maps.iter().map(|m| m.len()).sum()
