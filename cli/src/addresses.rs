@@ -111,7 +111,8 @@ impl AddressBook {
         let tmp = self
             .path
             .with_extension(format!("tmp.{}", std::process::id()));
-        let write = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.path));
+        let write =
+            write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &self.path));
         if write.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -122,6 +123,20 @@ impl AddressBook {
             )
         })
     }
+}
+
+/// Writes `bytes` to a new file at `path` that only this user may read:
+/// where one's peers are is nobody else's business.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    std::io::Write::write_all(&mut options.open(path)?, bytes)
 }
 
 impl Discovery for AddressBook {
@@ -166,6 +181,21 @@ mod tests {
         ] {
             assert!(parse_host_port(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_book_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut book = AddressBook::load(dir.path()).unwrap();
+        book.insert(PeerId([1; 32]), "127.0.0.1:4000".into());
+        book.save().unwrap();
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -36,7 +36,8 @@ macro_rules! conformance_suite {
             ten_thousand_small_messages,
             sparse_read,
             acks,
-            shutdown_flushes
+            shutdown_flushes,
+            a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach
         );
     };
     (@tests $run:path; $($name:ident),*) => {
@@ -564,6 +565,57 @@ pub async fn shutdown_flushes(ra: Arc<dyn Runtime>, rb: Arc<dyn Runtime>) {
         a.shutdown().await.unwrap();
         // Shutting down twice is harmless.
         a.shutdown().await.unwrap();
+    })
+    .await
+}
+
+/// Someone plants a discovery entry under A's key, newer than A's own, that
+/// points at a live listener with another key (C). B tries it first, meets
+/// C's key (`WrongPeer`), and goes on to A's real address at once.
+pub async fn a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach(
+    ra: Arc<dyn Runtime>,
+    rb: Arc<dyn Runtime>,
+) {
+    limited(&ra.clone(), "a_planted_discovery_entry", async move {
+        let env = Env::new();
+        let a = env.open("a", &ra);
+        let b = env.open("b", &rb);
+        let c = env.open("c", &rb);
+        let (ida, idb) = (a.id().await, b.id().await);
+        a.add_peer(idb, None).await.unwrap();
+        a.listen(loopback()).await.unwrap();
+        let addr_c = c.listen(loopback()).await.unwrap();
+        let planted = env.tmp.path().join("discovery").join(format!(
+            "{ida}.{}.{}.addr",
+            std::process::id(),
+            addr_c.port()
+        ));
+        std::fs::write(&planted, format!("{addr_c}\n")).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&planted)
+            .and_then(|f| f.set_modified(later))
+            .unwrap();
+        let mut events = b.events();
+        b.send(ida, "through").await.unwrap();
+        b.connect(ida).await.unwrap();
+        wait_event(&rb, &mut events, "the planted entry's wrong key", |e| {
+            matches!(
+                e,
+                MqEvent::Disconnected {
+                    reason: CloseReason::WrongPeer { .. },
+                    ..
+                }
+            )
+        })
+        .await;
+        let mut unread = a.read_stream(Mailbox::Unread, true);
+        let got = take(&ra, &mut unread, 1).await;
+        assert_eq!(texts(&got), pairs(&[(0, "through")]));
+        for n in [c, b, a] {
+            n.shutdown().await.unwrap();
+        }
     })
     .await
 }

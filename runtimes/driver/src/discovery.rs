@@ -86,6 +86,16 @@ impl Discovery for StaticDiscovery {
 /// the process that wrote it; entries of processes that no longer run are
 /// ignored and deleted (on Linux, where `/proc` tells; elsewhere a stale
 /// entry merely fails to connect, and the core backs off).
+///
+/// Under a shared `/tmp` another user could create the directory first, or
+/// plant links in it. So on Unix the directory is used only if it is a real
+/// directory (not a link) owned by this user (whose access for anyone
+/// else, if any, is removed); otherwise announcing and looking up fail with
+/// an error that says so. Entries are read without following links, only if they are regular
+/// files, and at most [`LocalDiscovery::MAX_ENTRY`] bytes of them; they are
+/// written to a fresh file that no planted link can redirect. An entry that
+/// lies (an address where another key answers) costs a dial: the driver
+/// then tries the next address.
 #[derive(Clone, Debug)]
 pub struct LocalDiscovery {
     dir: PathBuf,
@@ -100,6 +110,9 @@ impl Default for LocalDiscovery {
 impl LocalDiscovery {
     /// The environment variable that overrides the directory.
     pub const ENV: &'static str = "PEERMQ_DISCOVERY_DIR";
+
+    /// Most bytes read of one entry (an address and a newline).
+    pub const MAX_ENTRY: u64 = 128;
 
     /// Discovery in [`LocalDiscovery::default_dir`].
     pub fn new() -> Self {
@@ -149,7 +162,74 @@ impl LocalDiscovery {
             // entries that redirect our dials.
             builder.mode(0o700);
         }
-        builder.create(&self.dir)
+        builder.create(&self.dir)?;
+        self.check_private()
+    }
+
+    /// Checks that the directory is this user's alone (see the type's docs).
+    #[cfg(unix)]
+    fn check_private(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&self.dir)?;
+        let me = rustix::process::geteuid().as_raw();
+        let unsafe_because = if !meta.file_type().is_dir() {
+            Some("it is not a directory (a link?)".to_string())
+        } else if meta.uid() != me {
+            Some(format!(
+                "it belongs to uid {}, not to us (uid {me})",
+                meta.uid()
+            ))
+        } else if meta.mode() & 0o077 != 0 {
+            // Ours, but open to others (made by hand, say): close it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+            None
+        } else {
+            None
+        };
+        match unsafe_because {
+            None => Ok(()),
+            Some(why) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the discovery directory {} is not private: {why}; another user could \
+                     redirect or read your dials. Remove it, or set {} to a directory only \
+                     you can use",
+                    self.dir.display(),
+                    Self::ENV
+                ),
+            )),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn check_private(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The address an entry holds: read without following links, from a
+    /// regular file only, and at most [`LocalDiscovery::MAX_ENTRY`] bytes.
+    fn read_entry(path: &Path) -> Option<SocketAddr> {
+        use std::io::Read;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // A link (to /dev/zero, to another user's file) is refused, and
+            // a FIFO does not block the open.
+            options.custom_flags(
+                rustix::fs::OFlags::NOFOLLOW.bits() as i32
+                    | rustix::fs::OFlags::NONBLOCK.bits() as i32,
+            );
+        }
+        let file = options.open(path).ok()?;
+        if !file.metadata().ok()?.file_type().is_file() {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(Self::MAX_ENTRY).read_to_string(&mut text).ok()?;
+        text.trim().parse().ok()
     }
 
     fn scan(&self, peer: &PeerId) -> io::Result<Vec<SocketAddr>> {
@@ -159,6 +239,7 @@ impl LocalDiscovery {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
+        self.check_private()?;
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -177,10 +258,7 @@ impl LocalDiscovery {
                 let _ = std::fs::remove_file(entry.path());
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            let Ok(addr) = text.trim().parse::<SocketAddr>() else {
+            let Some(addr) = Self::read_entry(&entry.path()) else {
                 continue;
             };
             let mtime = entry.metadata().and_then(|m| m.modified()).ok();
@@ -203,9 +281,23 @@ impl Discovery for LocalDiscovery {
             self.create_dir()?;
             let addr = reachable_locally(addr);
             let name = Self::entry_name(me, addr);
-            let tmp = self.dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, format!("{addr}\n"))?;
-            // Readers must never see a half-written entry.
+            let mut nonce = [0u8; 8];
+            getrandom::fill(&mut nonce).map_err(io::Error::other)?;
+            let tmp = self.dir.join(format!(".{name}.{}.tmp", hex::encode(nonce)));
+            // A new file of our own: `create_new` neither follows nor reuses
+            // whatever another user may have planted under that name.
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp)?;
+            std::io::Write::write_all(&mut file, format!("{addr}\n").as_bytes())?;
+            drop(file);
+            // Readers must never see a half-written entry; a rename replaces
+            // the name itself, never what a link there points to.
             std::fs::rename(&tmp, self.dir.join(name))
         };
         write().map_err(|e| {
@@ -291,6 +383,69 @@ mod tests {
             assert!(found.is_empty());
             assert!(!stale.exists());
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_another_user_owns_is_refused() {
+        let dir = tempfile_dir();
+        let d = LocalDiscovery::in_dir(&dir);
+        d.create_dir().unwrap();
+        // Only root may give a directory away; elsewhere there is nothing
+        // to test.
+        if std::os::unix::fs::chown(&dir, Some(65534), None).is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+            return;
+        }
+        let err = futures_lite::future::block_on(d.locate(&peer(1))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        let err = d
+            .announce(&peer(1), "127.0.0.1:1".parse().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains(LocalDiscovery::ENV), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_of_ours_open_to_others_is_closed_and_entries_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let d = LocalDiscovery::in_dir(&dir);
+        d.announce(&peer(1), "127.0.0.1:4567".parse().unwrap())
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            assert_eq!(mode(&entry.unwrap().path()), 0o600);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_planted_as_an_entry_is_not_followed() {
+        let dir = tempfile_dir();
+        let d = LocalDiscovery::in_dir(&dir);
+        d.create_dir().unwrap();
+        // A link to an endless file: reading through it would never end.
+        let name = format!("{}.{}.9.addr", peer(4), std::process::id());
+        std::os::unix::fs::symlink("/dev/zero", dir.join(&name)).unwrap();
+        let found = futures_lite::future::block_on(d.locate(&peer(4))).unwrap();
+        assert!(found.is_empty());
+        // A huge regular entry is read only as far as an address can go:
+        // read whole, the garbage at its end would spoil the address.
+        let name = format!("{}.{}.10.addr", peer(5), std::process::id());
+        let mut big = b"127.0.0.1:10".to_vec();
+        big.resize(1 << 20, b' ');
+        big.extend_from_slice(b"garbage");
+        std::fs::write(dir.join(&name), big).unwrap();
+        let found = futures_lite::future::block_on(d.locate(&peer(5))).unwrap();
+        assert_eq!(found, vec!["127.0.0.1:10".parse().unwrap()]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -5,7 +5,7 @@
 //! node needs no locks, and no store transaction ever lives across an
 //! `.await`: every call into the node runs to completion between two awaits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +18,8 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use peermq::ranges::RangeSet;
 use peermq::wire::Receipt;
 use peermq::{
-    ConnId, Event, Fetch, Instant, Mailbox, Node, Output, PeerId, PeerStatus, Record, Store,
+    CloseReason, ConnId, Event, Fetch, Instant, Mailbox, Node, Output, PeerId, PeerStatus, Record,
+    Store,
 };
 use tracing::{debug, warn};
 
@@ -110,7 +111,10 @@ enum Io {
     Input(ConnId, Vec<u8>),
     Closed(ConnId),
     Accepted(Transport),
-    Dialed(PeerId, Transport),
+    /// A transport to the peer is open at the first address of a lookup
+    /// that answered; the rest are tried if the handshake finds another key
+    /// there.
+    Dialed(PeerId, Transport, Vec<SocketAddr>),
     DialFailed(PeerId),
     /// A TCP connection to an emitter peer's address is open.
     AddrDialed(SocketAddr, Transport),
@@ -135,6 +139,10 @@ const MAX_QUEUED: usize = 96 << 20;
 const WRITE_COALESCE: usize = 256 << 10;
 /// Most connections at once; further inbound ones are refused.
 const MAX_CONNS: usize = 1024;
+/// Addresses tried per dial, from all discoveries together.
+const MAX_DIAL_ADDRS: usize = 16;
+/// Addresses remembered for answering with the wrong key.
+const MAX_SUSPECT_ADDRS: usize = 256;
 /// How long one TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one discovery lookup may take.
@@ -149,6 +157,9 @@ struct ConnIo {
     /// The address we dialed without knowing the key, if that is how the
     /// connection came about (the emitter reconnects to it).
     addr: Option<SocketAddr>,
+    /// For a connection dialed by key, the address it went to and the
+    /// addresses of the same lookup not tried yet.
+    dialed: Option<(SocketAddr, Vec<SocketAddr>)>,
     /// Dropping it stops the reader.
     _stop: Sender<()>,
 }
@@ -176,6 +187,10 @@ pub(crate) struct Driver<S: Store> {
     io_rx: Receiver<Io>,
     conns: HashMap<ConnId, ConnIo>,
     dialing: HashSet<PeerId>,
+    /// Addresses where another key answered than the one looked up, most
+    /// recent last, at most [`MAX_SUSPECT_ADDRS`]: later lookups try them
+    /// last, so a planted or spoofed entry cannot keep a peer out of reach.
+    suspect_addrs: VecDeque<SocketAddr>,
     /// Peers the application asked us to stay connected to.
     wanted: HashSet<PeerId>,
     listeners: Vec<ListenerIo>,
@@ -228,6 +243,7 @@ impl<S: Store + Send + 'static> Driver<S> {
             io_rx,
             conns: HashMap::new(),
             dialing: HashSet::new(),
+            suspect_addrs: VecDeque::new(),
             wanted: HashSet::new(),
             listeners: Vec::new(),
             discoveries: Arc::new(discoveries),
@@ -398,8 +414,16 @@ impl<S: Store + Send + 'static> Driver<S> {
                     Output::Dial { peer } => self.start_dial(peer),
                     Output::Close { conn, reason } => {
                         debug!(%conn, %reason, "peermq: closing connection");
-                        if let Some(addr) = self.conns.remove(&conn).and_then(|c| c.addr) {
+                        let Some(c) = self.conns.remove(&conn) else {
+                            continue;
+                        };
+                        if let Some(addr) = c.addr {
                             self.em_conn_gone(conn, addr, &reason.to_string());
+                        }
+                        if let (CloseReason::WrongPeer { expected, .. }, Some((addr, rest))) =
+                            (&reason, c.dialed)
+                        {
+                            self.try_next_address(*expected, addr, rest);
                         }
                     }
                     Output::Event(e) => self.on_event(e),
@@ -520,13 +544,14 @@ impl<S: Store + Send + 'static> Driver<S> {
         let rt = self.rt.clone();
         let tx = self.io_tx.clone();
         let discoveries = self.discoveries.clone();
+        let suspect: Vec<SocketAddr> = self.suspect_addrs.iter().copied().collect();
         self.rt.spawn(Box::pin(async move {
             let mut addrs: Vec<SocketAddr> = Vec::new();
             for d in discoveries.iter() {
                 match crate::timeout(&*rt, LOCATE_TIMEOUT, d.locate(&peer)).await {
                     Some(Ok(found)) => {
                         for a in found {
-                            if !addrs.contains(&a) {
+                            if addrs.len() < MAX_DIAL_ADDRS && !addrs.contains(&a) {
                                 addrs.push(a);
                             }
                         }
@@ -535,17 +560,29 @@ impl<S: Store + Send + 'static> Driver<S> {
                     None => debug!(%peer, "peermq: discovery timed out"),
                 }
             }
-            for addr in addrs {
-                match crate::timeout(&*rt, CONNECT_TIMEOUT, rt.connect(addr)).await {
-                    Some(Ok(t)) => {
-                        let _ = tx.send(Io::Dialed(peer, t)).await;
-                        return;
-                    }
-                    Some(Err(e)) => debug!(%peer, %addr, error = %e, "peermq: dial failed"),
-                    None => debug!(%peer, %addr, "peermq: dial timed out"),
-                }
+            // Stable: otherwise in the order the discoveries gave.
+            addrs.sort_by_key(|a| suspect.contains(a));
+            dial_in_turn(&*rt, &tx, peer, addrs).await;
+        }));
+    }
+
+    /// The connection dialed to `peer` at `addr` met another key there:
+    /// remembers the address, and tries the rest of the lookup at once.
+    fn try_next_address(&mut self, peer: PeerId, addr: SocketAddr, rest: Vec<SocketAddr>) {
+        if !self.suspect_addrs.contains(&addr) {
+            if self.suspect_addrs.len() >= MAX_SUSPECT_ADDRS {
+                self.suspect_addrs.pop_front();
             }
-            let _ = tx.send(Io::DialFailed(peer)).await;
+            self.suspect_addrs.push_back(addr);
+        }
+        if rest.is_empty() || !self.wanted.contains(&peer) || !self.dialing.insert(peer) {
+            return;
+        }
+        debug!(%peer, %addr, "peermq: another key answered there; trying the next address");
+        let rt = self.rt.clone();
+        let tx = self.io_tx.clone();
+        self.rt.spawn(Box::pin(async move {
+            dial_in_turn(&*rt, &tx, peer, rest).await;
         }));
     }
 
@@ -588,13 +625,17 @@ impl<S: Store + Send + 'static> Driver<S> {
                 let id = self.node.accept(now);
                 self.attach(id, t);
             }
-            Io::Dialed(peer, t) => {
+            Io::Dialed(peer, t, mut tried) => {
                 self.dialing.remove(&peer);
-                if !self.wanted.contains(&peer) {
+                if !self.wanted.contains(&peer) || tried.is_empty() {
                     return;
                 }
+                let addr = tried.remove(0);
                 let id = self.node.connect(peer, now);
                 self.attach(id, t);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.dialed = Some((addr, tried));
+                }
             }
             Io::DialFailed(peer) => {
                 self.dialing.remove(&peer);
@@ -641,6 +682,7 @@ impl<S: Store + Send + 'static> Driver<S> {
                 queued,
                 peer: None,
                 addr: None,
+                dialed: None,
                 _stop: stop_tx,
             },
         );
@@ -934,4 +976,21 @@ async fn accept_until_stopped(
             }
         }
     }
+}
+
+/// Opens a transport to `peer` at the first of `addrs` that accepts one,
+/// and reports it with the addresses from that one on (the first is where
+/// it went); or reports that none did.
+async fn dial_in_turn(rt: &dyn Runtime, tx: &Sender<Io>, peer: PeerId, addrs: Vec<SocketAddr>) {
+    for (i, &addr) in addrs.iter().enumerate() {
+        match crate::timeout(rt, CONNECT_TIMEOUT, rt.connect(addr)).await {
+            Some(Ok(t)) => {
+                let _ = tx.send(Io::Dialed(peer, t, addrs[i..].to_vec())).await;
+                return;
+            }
+            Some(Err(e)) => debug!(%peer, %addr, error = %e, "peermq: dial failed"),
+            None => debug!(%peer, %addr, "peermq: dial timed out"),
+        }
+    }
+    let _ = tx.send(Io::DialFailed(peer)).await;
 }

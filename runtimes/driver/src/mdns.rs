@@ -25,6 +25,13 @@ const NAME_ID_CHARS: usize = 16;
 /// what they can make us hold is bounded. Far above any real LAN's peers.
 const MAX_SERVICES: usize = 4096;
 
+/// Most services remembered for one peer id, the newest kept. Anyone can
+/// announce a service under any id (the handshake, not mDNS, proves who
+/// listens), and the driver tries a peer's addresses in turn, going on when
+/// another key answers; so spoofed services cost a few dials, and cannot
+/// crowd out the real one, which announces again.
+const MAX_SERVICES_PER_PEER: usize = 8;
+
 /// Discovery of peers on the local network with multicast DNS: a listener
 /// registers a `_peermq._tcp.local.` service whose TXT record carries its
 /// full id, and a dialer looks the id up among the services it has seen.
@@ -59,20 +66,46 @@ impl std::fmt::Debug for MdnsDiscovery {
     }
 }
 
+/// Services by instance name: the peer, its addresses, and when it was last
+/// resolved (a counter).
+type Services = HashMap<String, (PeerId, Vec<SocketAddr>, u64)>;
+
 /// The services seen on the network, shared with the browsing thread.
 #[derive(Default)]
 struct Seen {
     /// By service instance name, which is what removals name.
-    services: Mutex<HashMap<String, (PeerId, Vec<SocketAddr>)>>,
+    services: Mutex<Services>,
     changed: Event,
     stopped: AtomicBool,
 }
 
 impl Seen {
+    /// Remembers a resolved service, forgetting the oldest of its peer's
+    /// beyond [`MAX_SERVICES_PER_PEER`].
+    fn insert(
+        services: &mut Services,
+        name: String,
+        (peer, addrs): (PeerId, Vec<SocketAddr>),
+    ) {
+        let stamp = services.values().map(|s| s.2).max().map_or(0, |m| m + 1);
+        services.insert(name, (peer, addrs, stamp));
+        let mut mine: Vec<(u64, String)> = services
+            .iter()
+            .filter(|(_, s)| s.0 == peer)
+            .map(|(n, s)| (s.2, n.clone()))
+            .collect();
+        if mine.len() > MAX_SERVICES_PER_PEER {
+            mine.sort();
+            for (_, n) in &mine[..mine.len() - MAX_SERVICES_PER_PEER] {
+                services.remove(n);
+            }
+        }
+    }
+
     fn addresses(&self, peer: &PeerId) -> Vec<SocketAddr> {
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<SocketAddr> = Vec::new();
-        for (id, addrs) in services.values() {
+        for (id, addrs, _) in services.values() {
             if id != peer {
                 continue;
             }
@@ -100,7 +133,7 @@ impl Seen {
                             );
                             continue;
                         }
-                        services.insert(name, entry);
+                        Self::insert(&mut services, name, entry);
                     }
                     None => tracing::debug!(
                         name = %service.fullname,
@@ -410,6 +443,23 @@ mod tests {
         );
         assert_eq!(parse(&resolved(&name, &[(ID_KEY, "abab".into())])), None);
         assert_eq!(parse(&resolved(&name, &[])), None);
+    }
+
+    #[test]
+    fn spoofed_services_for_a_peer_cannot_crowd_out_its_newest_one() {
+        let id = PeerId([0xab; 32]);
+        let seen = Seen::default();
+        let mut services = seen.services.lock().unwrap();
+        for port in 1..=100u16 {
+            let addr: SocketAddr = format!("192.0.2.66:{port}").parse().unwrap();
+            Seen::insert(&mut services, format!("spoof-{port}"), (id, vec![addr]));
+        }
+        let real: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        Seen::insert(&mut services, "real".into(), (id, vec![real]));
+        drop(services);
+        let found = seen.addresses(&id);
+        assert_eq!(found.len(), MAX_SERVICES_PER_PEER);
+        assert!(found.contains(&real), "{found:?}");
     }
 
     #[test]
