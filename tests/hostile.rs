@@ -879,3 +879,58 @@ fn a_peer_asking_again_and_again_for_pruned_blocks_costs_a_bounded_look_each_tim
     assert_eq!(w.closed_with(conn), None);
     w.still_serving();
 }
+
+#[test]
+fn connections_each_parking_half_a_large_message_stay_within_the_buffer_budget() {
+    // Each peer may send a message of up to 16 MiB; many peers each sending
+    // half of one would otherwise hold 8 MiB apiece, for as long as they
+    // keep the connection alive.
+    let budget = 1 << 20;
+    let mut a = Node::open(
+        MemStore::new(),
+        peermq::Config {
+            max_buffered_bytes: budget,
+            ..config(1)
+        },
+        Instant::ZERO,
+    )
+    .unwrap();
+    let mut closed = Vec::new();
+    let mut peers = Vec::new();
+    for i in 0..4u64 {
+        let key = Keypair::generate(&mut SeededRng::from_u64(200 + i));
+        a.add_peer(key.peer_id()).unwrap();
+        let mut raw = RawPeer::dial(&key, 300 + i, a.id()).unwrap();
+        let conn = a.accept(Instant::ZERO);
+        for _ in 0..4 {
+            let bytes = raw.output().unwrap();
+            if !bytes.is_empty() {
+                a.handle_input(conn, &bytes, Instant::ZERO).unwrap();
+            }
+            while let Some(out) = a.poll_output() {
+                if let Output::Transmit { bytes, .. } = out {
+                    raw.input(&bytes).unwrap();
+                }
+            }
+        }
+        assert!(raw.is_open());
+        // A data message declared 8 MiB long, 600 KB of it sent.
+        let mut partial = ((8u32 << 20) + 1).to_le_bytes().to_vec();
+        partial.push(3);
+        partial.resize(600_000, 0);
+        raw.send_plaintext(&partial);
+        let bytes = raw.output().unwrap();
+        a.handle_input(conn, &bytes, Instant::ZERO).unwrap();
+        while let Some(out) = a.poll_output() {
+            if let Output::Close { conn, reason } = out {
+                closed.push((conn, reason));
+            }
+        }
+        peers.push((raw, conn));
+    }
+    assert!(
+        closed.len() >= 2,
+        "four half messages of 600 KB cannot all fit 1 MiB: {closed:?}"
+    );
+    assert!(closed.iter().all(|(_, r)| *r == CloseReason::Overloaded));
+}

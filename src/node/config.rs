@@ -48,6 +48,11 @@ pub struct Config {
     /// Largest protocol message accepted or sent, which bounds the largest
     /// message `send` accepts. Checked before anything is buffered.
     pub max_message_size: usize,
+    /// Most bytes of partly received messages held for all connections
+    /// together. Each may hold up to `max_message_size`; past this budget
+    /// the connection holding the most is closed (`Overloaded`), so that
+    /// many connections cannot each park a large message half sent.
+    pub max_buffered_bytes: usize,
     /// Requests a node keeps in flight per connection, and the most it
     /// serves for a peer at once.
     pub max_inflight_requests: usize,
@@ -104,6 +109,7 @@ impl Default for Config {
             rng_seed: None,
             nonce_seed: None,
             max_message_size: 16 << 20,
+            max_buffered_bytes: 256 << 20,
             max_inflight_requests: 32,
             max_request_blocks: 1024,
             max_data_bytes: 256 << 10,
@@ -139,6 +145,7 @@ impl fmt::Debug for Config {
                 &format_args!("{}", secret(self.nonce_seed.is_some())),
             )
             .field("max_message_size", &self.max_message_size)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("max_inflight_requests", &self.max_inflight_requests)
             .field("max_request_blocks", &self.max_request_blocks)
             .field("max_data_bytes", &self.max_data_bytes)

@@ -270,6 +270,9 @@ impl State {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.rx = rx;
         }
+        if fault.is_none() {
+            self.within_buffer_budget(now);
+        }
         match fault {
             Some(Fault::Store(e)) => return Err(e),
             Some(Fault::Peer(reason)) => {
@@ -291,6 +294,21 @@ impl State {
         txn.commit()?;
         self.after_commit(after);
         Ok(())
+    }
+
+    /// Closes the connection holding the most partly received bytes while
+    /// all connections together hold more than `Config::max_buffered_bytes`.
+    fn within_buffer_budget(&mut self, now: Instant) {
+        loop {
+            let total: usize = self.conns.values().map(|c| c.rx.len()).sum();
+            if total <= self.config.max_buffered_bytes {
+                return;
+            }
+            let Some(worst) = self.conns.values().max_by_key(|c| c.rx.len()).map(|c| c.id) else {
+                return;
+            };
+            self.drop_conn(worst, CloseReason::Overloaded, true, now);
+        }
     }
 
     fn on_message<S: Store>(

@@ -84,6 +84,7 @@ mod adapter {
     fn transport(stream: async_std::net::TcpStream) -> io::Result<Transport> {
         stream.set_nodelay(true)?;
         Ok(Transport {
+            remote: stream.peer_addr().ok(),
             reader: Box::new(stream.clone()),
             writer: Box::new(stream),
         })

@@ -575,6 +575,7 @@ impl Runtime for CountingRuntime {
                     inner: t.writer,
                     count: tx,
                 }),
+                remote: t.remote,
             })
         })
     }

@@ -139,6 +139,18 @@ const MAX_QUEUED: usize = 96 << 20;
 const WRITE_COALESCE: usize = 256 << 10;
 /// Most connections at once; further inbound ones are refused.
 const MAX_CONNS: usize = 1024;
+/// Inbound connections still in their handshake, at most: a new one drops
+/// the oldest, so silent sockets cannot lock anyone out (the core closes
+/// them anyway after its handshake timeout).
+const MAX_HANDSHAKING: usize = 64;
+/// The same, per remote IP address.
+const MAX_HANDSHAKING_PER_IP: usize = 16;
+/// Established inbound connections from one IP address (as many identities
+/// as it likes, in open mode), at most; further ones are refused.
+const MAX_CONNS_PER_IP: usize = 128;
+/// Bytes queued for all sockets together; past it the connection with the
+/// most queued is closed as stuck. Per connection, [`MAX_QUEUED`] applies.
+const MAX_QUEUED_TOTAL: usize = 512 << 20;
 /// Addresses tried per dial, from all discoveries together.
 const MAX_DIAL_ADDRS: usize = 16;
 /// Addresses remembered for answering with the wrong key.
@@ -160,7 +172,12 @@ struct ConnIo {
     /// For a connection dialed by key, the address it went to and the
     /// addresses of the same lookup not tried yet.
     dialed: Option<(SocketAddr, Vec<SocketAddr>)>,
+    /// The peer's address, for an inbound connection.
+    inbound_from: Option<SocketAddr>,
     /// Dropping it stops the reader.
+    /// Tells the writer to give up on what it still has to write (a stuck
+    /// peer); dropping it instead lets the writer finish first.
+    abort: Sender<()>,
     _stop: Sender<()>,
 }
 
@@ -186,6 +203,8 @@ pub(crate) struct Driver<S: Store> {
     io_tx: Sender<Io>,
     io_rx: Receiver<Io>,
     conns: HashMap<ConnId, ConnIo>,
+    /// Bytes queued for all sockets (see [`MAX_QUEUED_TOTAL`]).
+    queued_total: Arc<AtomicUsize>,
     dialing: HashSet<PeerId>,
     /// Addresses where another key answered than the one looked up, most
     /// recent last, at most [`MAX_SUSPECT_ADDRS`]: later lookups try them
@@ -243,6 +262,7 @@ impl<S: Store + Send + 'static> Driver<S> {
             io_rx,
             conns: HashMap::new(),
             dialing: HashSet::new(),
+            queued_total: Arc::new(AtomicUsize::new(0)),
             suspect_addrs: VecDeque::new(),
             wanted: HashSet::new(),
             listeners: Vec::new(),
@@ -403,9 +423,20 @@ impl<S: Store + Send + 'static> Driver<S> {
                         if let Some(io) = self.conns.get(&conn) {
                             let n = bytes.len();
                             let queued = io.queued.fetch_add(n, Ordering::Relaxed) + n;
+                            let total = self.queued_total.fetch_add(n, Ordering::Relaxed) + n;
                             if queued > MAX_QUEUED {
                                 stuck.push(conn);
-                            } else if io.tx.try_send(bytes).is_err() {
+                            } else if total > MAX_QUEUED_TOTAL {
+                                // Not this one necessarily: the one that
+                                // holds the most.
+                                stuck.extend(
+                                    self.conns
+                                        .iter()
+                                        .max_by_key(|(_, c)| c.queued.load(Ordering::Relaxed))
+                                        .map(|(id, _)| *id),
+                                );
+                            }
+                            if !stuck.contains(&conn) && io.tx.try_send(bytes).is_err() {
                                 // The writer failed; its Closed report is
                                 // on the way.
                             }
@@ -434,8 +465,13 @@ impl<S: Store + Send + 'static> Driver<S> {
             }
             let now = self.now();
             for conn in stuck {
+                let Some(c) = self.conns.remove(&conn) else {
+                    continue;
+                };
                 warn!(%conn, "peermq: peer stopped reading; closing the connection");
-                if let Some(addr) = self.conns.remove(&conn).and_then(|c| c.addr) {
+                // What is queued for it will never be read: drop it now.
+                let _ = c.abort.try_send(());
+                if let Some(addr) = c.addr {
                     self.em_conn_gone(conn, addr, "the peer stopped reading");
                 }
                 self.node.handle_closed(conn, now);
@@ -618,12 +654,15 @@ impl<S: Store + Send + 'static> Driver<S> {
             Io::AddrDialed(addr, t) => self.em_addr_dialed(addr, t),
             Io::AddrDialFailed(addr, reason) => self.em_addr_failed(addr, reason),
             Io::Accepted(t) => {
-                if self.conns.len() >= MAX_CONNS {
-                    warn!("peermq: too many connections; refusing an inbound one");
+                if !self.admit(t.remote, now) {
                     return;
                 }
                 let id = self.node.accept(now);
+                let from = t.remote;
                 self.attach(id, t);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.inbound_from = from;
+                }
             }
             Io::Dialed(peer, t, mut tried) => {
                 self.dialing.remove(&peer);
@@ -653,10 +692,56 @@ impl<S: Store + Send + 'static> Driver<S> {
         }
     }
 
+    /// Whether to take an inbound connection from `from`: within the caps on
+    /// connections, in all and per IP address. Makes room among those still
+    /// in their handshake by dropping the oldest.
+    fn admit(&mut self, from: Option<SocketAddr>, now: Instant) -> bool {
+        if self.conns.len() >= MAX_CONNS {
+            warn!("peermq: too many connections; refusing an inbound one");
+            return false;
+        }
+        let ip = from.map(|a| a.ip());
+        let same_ip = |c: &ConnIo| ip.is_some() && c.inbound_from.map(|a| a.ip()) == ip;
+        let established = self
+            .conns
+            .values()
+            .filter(|c| c.peer.is_some() && same_ip(c))
+            .count();
+        if established >= MAX_CONNS_PER_IP {
+            warn!(
+                ?ip,
+                "peermq: too many connections from one address; refusing another"
+            );
+            return false;
+        }
+        let mut handshaking: Vec<(ConnId, bool)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer.is_none() && c.inbound_from.is_some())
+            .map(|(id, c)| (*id, same_ip(c)))
+            .collect();
+        handshaking.sort();
+        let mine: Vec<ConnId> = handshaking.iter().filter(|h| h.1).map(|h| h.0).collect();
+        let oldest = if mine.len() >= MAX_HANDSHAKING_PER_IP {
+            mine.first().copied()
+        } else if handshaking.len() >= MAX_HANDSHAKING {
+            handshaking.first().map(|h| h.0)
+        } else {
+            None
+        };
+        if let Some(old) = oldest {
+            debug!(%old, "peermq: too many connections in their handshake; dropping the oldest");
+            self.conns.remove(&old);
+            self.node.close(old, now);
+        }
+        true
+    }
+
     /// Starts the reader and writer tasks of a new connection.
     fn attach(&mut self, id: ConnId, t: Transport) {
         let (tx, rx) = async_channel::unbounded();
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+        let (abort_tx, abort_rx) = async_channel::bounded::<()>(1);
         let queued = Arc::new(AtomicUsize::new(0));
         let Some(alive) = self.writers_alive.clone() else {
             return;
@@ -671,8 +756,9 @@ impl<S: Store + Send + 'static> Driver<S> {
             id,
             t.writer,
             rx,
-            queued.clone(),
+            [queued.clone(), self.queued_total.clone()],
             self.io_tx.clone(),
+            abort_rx,
             alive,
         )));
         self.conns.insert(
@@ -683,6 +769,8 @@ impl<S: Store + Send + 'static> Driver<S> {
                 peer: None,
                 addr: None,
                 dialed: None,
+                inbound_from: None,
+                abort: abort_tx,
                 _stop: stop_tx,
             },
         );
@@ -906,14 +994,24 @@ async fn read_loop(conn: ConnId, mut reader: ReadHalf, tx: Sender<Io>, stop: Rec
     }
 }
 
+/// Writes what the driver queues for `conn`; `queued` counts the bytes
+/// waiting, for this connection and for all.
 async fn write_loop(
     conn: ConnId,
     mut writer: WriteHalf,
     rx: Receiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
+    queued: [Arc<AtomicUsize>; 2],
     tx: Sender<Io>,
+    abort: Receiver<()>,
     _alive: Sender<()>,
 ) {
+    // Resolves when the driver aborts; a dropped sender only means "finish
+    // what is queued", so it never resolves then.
+    let aborted = || async {
+        if abort.recv().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     while let Ok(mut chunk) = rx.recv().await {
         // Coalesce small queued writes into one syscall.
         while chunk.len() < WRITE_COALESCE {
@@ -923,12 +1021,28 @@ async fn write_loop(
             }
         }
         let n = chunk.len();
-        if let Err(e) = writer.write_all(&chunk).await {
+        let written =
+            futures_lite::future::or(async { Some(writer.write_all(&chunk).await) }, async {
+                aborted().await;
+                None
+            })
+            .await;
+        let Some(written) = written else {
+            let left = queued[0].swap(0, Ordering::Relaxed);
+            queued[1].fetch_sub(left, Ordering::Relaxed);
+            return;
+        };
+        if let Err(e) = written {
             debug!(%conn, error = %e, "peermq: write failed");
+            // What was waiting is dropped with the channel.
+            let left = queued[0].swap(0, Ordering::Relaxed);
+            queued[1].fetch_sub(left, Ordering::Relaxed);
             let _ = tx.send(Io::Closed(conn)).await;
             return;
         }
-        queued.fetch_sub(n, Ordering::Relaxed);
+        for q in &queued {
+            q.fetch_sub(n, Ordering::Relaxed);
+        }
     }
     // The driver closed the connection and everything queued was written.
     let _ = writer.flush().await;

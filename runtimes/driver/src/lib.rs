@@ -68,6 +68,9 @@ pub struct Transport {
     pub reader: ReadHalf,
     /// Bytes to the peer; closing it shuts down our side of the stream.
     pub writer: WriteHalf,
+    /// The peer's address, when the transport has one: the driver bounds
+    /// the connections it accepts from one IP address by it.
+    pub remote: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Transport {

@@ -82,11 +82,7 @@ struct Seen {
 impl Seen {
     /// Remembers a resolved service, forgetting the oldest of its peer's
     /// beyond [`MAX_SERVICES_PER_PEER`].
-    fn insert(
-        services: &mut Services,
-        name: String,
-        (peer, addrs): (PeerId, Vec<SocketAddr>),
-    ) {
+    fn insert(services: &mut Services, name: String, (peer, addrs): (PeerId, Vec<SocketAddr>)) {
         let stamp = services.values().map(|s| s.2).max().map_or(0, |m| m + 1);
         services.insert(name, (peer, addrs, stamp));
         let mut mine: Vec<(u64, String)> = services

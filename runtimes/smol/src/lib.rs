@@ -74,6 +74,7 @@ impl Listener for SmolListener {
 fn transport(stream: smol::net::TcpStream) -> io::Result<Transport> {
     stream.set_nodelay(true)?;
     Ok(Transport {
+        remote: stream.peer_addr().ok(),
         reader: Box::new(stream.clone()),
         writer: Box::new(stream),
     })

@@ -95,10 +95,12 @@ impl Listener for TokioListener {
 
 fn transport(stream: tokio::net::TcpStream) -> io::Result<Transport> {
     stream.set_nodelay(true)?;
+    let remote = stream.peer_addr().ok();
     let (r, w) = stream.into_split();
     Ok(Transport {
         reader: Box::new(Compat(r)),
         writer: Box::new(Compat(w)),
+        remote,
     })
 }
 
