@@ -117,18 +117,6 @@ pub enum FeedError {
         /// The conflicting head, verified against its own proof.
         theirs: Box<SignedHead>,
     },
-    /// A valid answer that cannot be compared with the tree held here (it
-    /// was proven for a shorter tree, and the blocks held since are not
-    /// covered by its proof): it is neither stored nor blamed; ask again.
-    #[error("feed {feed}: the answer was proven for a tree of {base} blocks, not the {length} held now; ask again")]
-    Unverifiable {
-        /// The feed.
-        feed: FeedId,
-        /// The length the proof was made for.
-        base: u64,
-        /// The verified length held now.
-        length: u64,
-    },
 }
 
 /// One feed, as loaded from the store.
@@ -626,19 +614,26 @@ impl Feed {
     }
 
     /// Checks that `head`, whose proof verified, describes the same tree as
-    /// the head held here where the two overlap: an author that signs two
-    /// different trees (a restored backup, a lost commit re-signed, or
-    /// malice) is caught before anything of the second is stored.
+    /// the head held here wherever the proof shows both: an author that
+    /// signs two different trees (a restored backup, a lost commit re-signed,
+    /// or malice) is caught before anything of the second is stored.
     ///
     /// ```text
     /// held:   length 5, roots 3 (blocks 0..4) and 8 (block 4)
-    /// longer: proven from base 5: the walk reproduced 3 and 8 from the
-    ///         store, so it agrees; proven from a shorter base, the learned
-    ///         nodes at 3 and 8 must equal the held ones
+    /// longer: proven from base 5, the walk reproduced 3 and 8 from the
+    ///         store: it agrees. Proven from a shorter base (asked before
+    ///         the last answer grew the feed), each held root the proof
+    ///         shows must equal it; one hidden inside a larger node the
+    ///         proof carries cannot be compared here
     /// equal:  the same root, or it is a fork
     /// shorter: its full roots are nodes of the held tree, compared with
     ///         the stored ones
     /// ```
+    ///
+    /// The hidden case is what a pipelined reader meets whenever an answer's
+    /// head runs ahead of its range; refusing those answers would reorder
+    /// and re-fetch honest streams. So a fork that shows only there is
+    /// caught later, at the next answer proven from the held length.
     fn check_consistent<S: Store>(
         &self,
         txn: &Txn<'_, S>,
@@ -653,11 +648,6 @@ impl Feed {
             feed: self.id,
             ours: Box::new(ours),
             theirs: Box::new(*head),
-        };
-        let unverifiable = || FeedError::Unverifiable {
-            feed: self.id,
-            base: proof.base,
-            length: ours.length,
         };
         if head.length == ours.length {
             return if head.root == ours.root {
@@ -674,19 +664,19 @@ impl Feed {
             // by the walk itself.
             let checked = flat::full_roots(proof.base);
             for root in self.roots.iter().filter(|r| !checked.contains(&r.index)) {
-                match verified.learned.iter().find(|n| n.index == root.index) {
-                    Some(n) if n != root => return Err(fork()),
-                    Some(_) => {}
-                    None => return Err(unverifiable()),
+                let shown = verified.learned.iter().find(|n| n.index == root.index);
+                if shown.is_some_and(|n| n != root) {
+                    return Err(fork());
                 }
             }
             return Ok(());
         }
         for n in &verified.roots {
-            match self.stored_node(txn, n.index)? {
-                Some(held) if held != *n => return Err(fork()),
-                Some(_) => {}
-                None => return Err(unverifiable()),
+            if self
+                .stored_node(txn, n.index)?
+                .is_some_and(|held| held != *n)
+            {
+                return Err(fork());
             }
         }
         Ok(())

@@ -98,8 +98,8 @@ enum Stored {
     Yes,
     /// Not written, and nobody's fault: ask for the blocks again. Its proof
     /// stops at a node we expected an earlier answer to bring, which did not
-    /// (it was refused or cut short), or it was made for a tree shorter than
-    /// ours and does not reach the blocks we verified since.
+    /// (it was refused or cut short), or it answers the open rest of a
+    /// request whose earlier answer we did not store.
     Retry,
     /// Not written: its validly signed head does not fit our tree, which is
     /// either the author's fork or the peer's bad proof. A proof from base 0,
@@ -138,7 +138,6 @@ fn store_answer<S: Store>(
         }) if d.head.is_none() && asked.trusted == Some(t) && d.proof.trusted == Some(t) => {
             Ok(Stored::Retry)
         }
-        Err(FeedError::Unverifiable { .. }) => Ok(Stored::Retry),
         Err(FeedError::Fork { ours, theirs, .. }) => Ok(Stored::Forked(Box::new((*ours, *theirs)))),
         Err(
             e @ (FeedError::RootMismatch { .. }
