@@ -176,6 +176,18 @@ impl World {
         assert_eq!(self.unread().len() as u64, branch.feed.len());
     }
 
+    /// A holding H's two blocks, and H announcing a head of four blocks of
+    /// another tree.
+    fn with_longer_fork() -> (Self, Branch, Branch) {
+        let mut w = World::new();
+        let honest = Branch::new(&w, &["one", "two"]);
+        w.hold(&honest);
+        let fork = Branch::new(&w, &["uno", "dos", "tres", "cuatro"]);
+        w.raw.send(&fork.head_msg());
+        w.pump();
+        (w, honest, fork)
+    }
+
     fn forked_events(&self) -> usize {
         self.events
             .iter()
@@ -208,12 +220,7 @@ fn an_author_that_extends_another_tree_is_caught_and_its_blocks_are_not_stored()
     // A holds two blocks; the author's new head covers four blocks of a
     // different tree, and it proves them honestly from A's base. The proof
     // cannot fit A's tree; a proof from base 0 shows where they differ.
-    let mut w = World::new();
-    let honest = Branch::new(&w, &["one", "two"]);
-    w.hold(&honest);
-    let fork = Branch::new(&w, &["uno", "dos", "tres", "cuatro"]);
-    w.raw.send(&fork.head_msg());
-    w.pump();
+    let (mut w, _honest, fork) = World::with_longer_fork();
     for _ in 0..4 {
         w.answer(&fork, |b| b);
     }
@@ -239,12 +246,7 @@ fn an_author_that_extends_another_tree_is_caught_and_its_blocks_are_not_stored()
 fn a_proof_from_a_base_the_responder_picked_is_refused() {
     // With base 0 a proof touches none of the nodes A holds, so a longer
     // head of another tree would verify and be adopted, mixing two trees.
-    let mut w = World::new();
-    let honest = Branch::new(&w, &["one", "two"]);
-    w.hold(&honest);
-    let fork = Branch::new(&w, &["uno", "dos", "tres", "cuatro"]);
-    w.raw.send(&fork.head_msg());
-    w.pump();
+    let (mut w, honest, fork) = World::with_longer_fork();
     w.answer(&fork, |_| 0);
     let reason = w.closed.clone().expect("closed");
     assert!(
