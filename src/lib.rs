@@ -33,8 +33,8 @@ pub mod wire;
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError, Sign, Signer, VerifyKey};
 pub use node::{
-    CloseReason, Config, ConnId, Event, Fetch, Mailbox, Node, NodeError, Output, PeerStatus,
-    Prefetch, RawPeer, Record,
+    CloseReason, Config, ConnId, Event, Fetch, Footprint, Mailbox, Node, NodeError, Output,
+    PeerStatus, Prefetch, RawPeer, Record,
 };
 pub use rng::{RandomSource, SeededRng};
 #[cfg(feature = "lmdb")]

@@ -14,7 +14,7 @@ use peermq::ranges::RangeSet;
 pub struct Failure {
     /// Which oracle: `lost`, `phantom`, `archived-redelivered`, `order`,
     /// `unauthorized`, `sparse-bytes`, `liveness`, `corruption-undetected`,
-    /// `store-error`, `livelock` or `mixed-fork`.
+    /// `store-error`, `livelock`, `mixed-fork` or `memory`.
     pub oracle: &'static str,
     /// What was seen, with node and message numbers.
     pub details: String,

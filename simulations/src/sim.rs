@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use peermq::node::limits;
 use peermq::store::Table;
 use peermq::{
     Config, ConnId, Event, Feed, FeedDescriptor, FeedError, Fetch, Instant, Mailbox, MemStore,
@@ -796,6 +797,7 @@ impl<'p> Sim<'p> {
                     self.stats.faults += 1;
                 }
                 self.op(op);
+                self.check_memory();
             }
             Ev::Deliver { link, dir } => self.deliver(link, dir),
             Ev::DialFailed { node, inc, peer } => {
@@ -876,6 +878,61 @@ impl<'p> Sim<'p> {
                 self.check_corruption();
                 self.at(self.now + 5 * SEC, Ev::Check);
             }
+        }
+    }
+
+    /// What every node holds in memory stays within what its configuration
+    /// and the protocol allow, whatever the faults and the rogue do.
+    fn check_memory(&mut self) {
+        let n = self.slots.len();
+        let mut failure = None;
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(node) = s.node.as_ref() else {
+                continue;
+            };
+            let f = node.footprint();
+            let c = s.config.max_inflight_requests.max(1);
+            let per_conn = 2 * limits::MAX_INFLIGHT_REQUESTS + c;
+            let over = [
+                ("connections", f.connections, 4 * n + 8),
+                (
+                    "feeds loaded",
+                    f.feeds_loaded,
+                    2 * n + f.broadcast_feeds + 2,
+                ),
+                (
+                    "requests in flight",
+                    f.requests_in_flight,
+                    f.connections * per_conn,
+                ),
+                (
+                    "requests to serve",
+                    f.requests_to_serve,
+                    f.connections * per_conn,
+                ),
+                (
+                    "buffered bytes",
+                    f.buffered_bytes,
+                    s.config.max_buffered_bytes + f.connections * (64 << 10),
+                ),
+                (
+                    "announced feeds",
+                    f.remote_feeds,
+                    f.connections * f.broadcast_feeds,
+                ),
+            ]
+            .into_iter()
+            .find(|(_, have, bound)| have > bound);
+            if let Some((what, have, bound)) = over {
+                failure = Some(Failure::new(
+                    "memory",
+                    format!("n{i} holds {have} {what}, over its bound of {bound}: {f:?}"),
+                ));
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            self.fail(f);
         }
     }
 

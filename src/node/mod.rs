@@ -107,6 +107,33 @@ pub enum NodeError {
     NoEntropy,
 }
 
+/// What a node holds in memory, in counts ([`Node::footprint`]). Each is
+/// bounded by the configuration and the protocol's limits, whatever peers
+/// send: connections by the driver's caps, requests per connection by
+/// [`limits::MAX_INFLIGHT_REQUESTS`], partly received bytes by
+/// [`Config::max_buffered_bytes`], broadcast feeds by [`Config::max_feeds`]
+/// plus [`limits::MAX_PENDING_AUTHORS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Connections, open or in their handshake.
+    pub connections: usize,
+    /// Connections still in their handshake.
+    pub handshaking: usize,
+    /// Feeds whose handles are cached.
+    pub feeds_loaded: usize,
+    /// Broadcast feeds held or announced.
+    pub broadcast_feeds: usize,
+    /// Our requests awaiting answers, over all connections.
+    pub requests_in_flight: usize,
+    /// Peers' requests waiting to be served or parked, over all connections.
+    pub requests_to_serve: usize,
+    /// Bytes buffered on connections: partly received messages and what
+    /// waits to be encrypted or handed to the driver.
+    pub buffered_bytes: usize,
+    /// Feed lengths peers announced, over all connections.
+    pub remote_feeds: usize,
+}
+
 /// The node: identity, feeds, inbox, connections and timers, over a store.
 pub struct Node<S: Store> {
     store: S,
@@ -238,6 +265,30 @@ impl<S: Store> Node<S> {
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
         &self.st.config
+    }
+
+    /// What the node holds in memory, in counts: for monitoring, and for
+    /// simulations that check a hostile peer cannot make it grow.
+    pub fn footprint(&self) -> Footprint {
+        let st = &self.st;
+        Footprint {
+            connections: st.conns.len(),
+            handshaking: st.conns.values().filter(|c| !c.is_open()).count(),
+            feeds_loaded: st.feeds.len(),
+            broadcast_feeds: st.replicas.len(),
+            requests_in_flight: st.conns.values().map(|c| c.inflight.len()).sum(),
+            requests_to_serve: st
+                .conns
+                .values()
+                .map(|c| c.serve.len() + c.parked.len())
+                .sum(),
+            buffered_bytes: st
+                .conns
+                .values()
+                .map(|c| c.rx.len() + c.tx_plain.len() + c.tx_wire.len())
+                .sum(),
+            remote_feeds: st.conns.values().map(|c| c.remote_heads.len()).sum(),
+        }
     }
 
     /// The feeds whose authors signed conflicting heads, with the evidence.
