@@ -257,3 +257,72 @@ fn a_flood_of_authors_announcing_one_head_each_is_bounded_and_stores_nothing() {
     .unwrap();
     assert_eq!(records, 0, "an announcement alone stores nothing");
 }
+
+#[test]
+fn a_failed_commit_does_not_leave_a_relayed_feed_stuck() {
+    // The replica record is written conditionally on the last one
+    // committed; a failed commit must not leave the node expecting a record
+    // the store never got, or every later write of that feed conflicts.
+    use peermq::{ConnId, Instant, MemStore, Node, Output};
+
+    fn pump(a: &mut Node<MemStore>, ac: ConnId, b: &mut Node<MemStore>, bc: ConnId) {
+        loop {
+            let mut moved = false;
+            while let Some(out) = a.poll_output() {
+                if let Output::Transmit { conn, bytes } = out {
+                    if conn == ac {
+                        moved = true;
+                        let _ = b.handle_input(bc, &bytes, Instant::ZERO);
+                    }
+                }
+            }
+            while let Some(out) = b.poll_output() {
+                if let Output::Transmit { conn, bytes } = out {
+                    if conn == bc {
+                        moved = true;
+                        let _ = a.handle_input(ac, &bytes, Instant::ZERO);
+                    }
+                }
+            }
+            for n in [&mut *a, &mut *b] {
+                if n.poll_timeout() == Some(Instant::ZERO) {
+                    let _ = n.handle_timeout(Instant::ZERO);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+    let now = Instant::ZERO;
+    let store_b = MemStore::new();
+    let mut a = Node::open(MemStore::new(), open_config(1), now).unwrap();
+    let mut b = Node::open(store_b.clone(), open_config(2), now).unwrap();
+    let connect = |a: &mut Node<MemStore>, b: &mut Node<MemStore>| {
+        let ac = a.connect(b.id(), now);
+        let bc = b.accept(now);
+        pump(a, ac, b, bc);
+        (ac, bc)
+    };
+    let held = |b: &Node<MemStore>, author: PeerId| {
+        b.broadcast_feeds()
+            .into_iter()
+            .find(|(x, _)| *x == author)
+            .map_or(0, |(_, n)| n)
+    };
+    let author = a.id();
+    a.broadcast_batch(&[b"1".as_slice(), b"2"], now).unwrap();
+    connect(&mut a, &mut b);
+    assert_eq!(held(&b, author), 2);
+
+    store_b.fail_commits(1);
+    a.broadcast_batch(&[b"3".as_slice()], now).unwrap();
+    let (ac, bc) = connect(&mut a, &mut b);
+    pump(&mut a, ac, &mut b, bc);
+    a.broadcast_batch(&[b"4".as_slice()], now).unwrap();
+    let (ac, bc) = connect(&mut a, &mut b);
+    pump(&mut a, ac, &mut b, bc);
+    assert_eq!(held(&b, author), 4, "B takes A's events again");
+    assert_eq!(b.broadcast_get(author, 3).unwrap(), Some(b"4".to_vec()));
+}

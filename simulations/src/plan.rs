@@ -8,6 +8,11 @@ use std::str::FromStr;
 
 use peermq::{Prefetch, RandomSource, SeededRng};
 
+/// Bytes of a rogue author's broadcast events each node fetches at most
+/// (`Config::max_author_bytes` in the simulation): small, so that a rogue's
+/// flood runs into it.
+pub const AUTHOR_QUOTA: u64 = 64 << 10;
+
 /// One second of virtual time, in microseconds.
 pub const SEC: u64 = 1_000_000;
 /// One millisecond of virtual time, in microseconds.
@@ -413,6 +418,16 @@ pub enum Op {
         /// The node.
         node: usize,
     },
+    /// `node` broadcasts `events` events of `size` bytes each in one batch:
+    /// a feed far larger than its peers will hold of it.
+    Flood {
+        /// The node.
+        node: usize,
+        /// How many events.
+        events: u32,
+        /// Bytes of each.
+        size: u32,
+    },
     /// Test-only sabotage, never generated: destroys the stored bytes of
     /// one received message at `node` behind the core's back, which the
     /// oracles must report.
@@ -493,6 +508,9 @@ impl fmt::Display for Op {
             Op::FailCommits { node, n } => write!(f, "fail-commits n{node} x{n}"),
             Op::Sabotage { node } => write!(f, "sabotage n{node}"),
             Op::Backup { node } => write!(f, "backup n{node}"),
+            Op::Flood { node, events, size } => {
+                write!(f, "flood n{node} x{events} of {size} bytes")
+            }
             Op::Restore { node } => write!(f, "restore n{node} from its backup"),
         }
     }
@@ -790,6 +808,27 @@ fn heal_bound(o: &Options, ops: &[TimedOp]) -> u64 {
                 *bytes_per_pair.entry((from, node)).or_default() +=
                     u64::from(count) * (block + 2048);
             }
+            // Each neighbour fetches the flood up to its quota, overshot by
+            // what its requests in flight bring.
+            Op::Flood { node, events, size } => {
+                let all = u64::from(events) * u64::from(size + 200);
+                for e in o
+                    .edges
+                    .iter()
+                    .filter(|e| e.dialer == node || e.listener == node)
+                {
+                    let other = if e.dialer == node {
+                        e.listener
+                    } else {
+                        e.dialer
+                    };
+                    let n = &o.node[other];
+                    let overshoot =
+                        n.max_inflight as u64 * n.max_request_blocks * u64::from(size + 200);
+                    *bytes_per_pair.entry((node, other)).or_default() +=
+                        all.min(AUTHOR_QUOTA + overshoot);
+                }
+            }
             _ => {}
         }
     }
@@ -1017,6 +1056,18 @@ fn fault_ops(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
                 at: restore,
                 op: Op::Restore { node },
             });
+            // Its events cross every link its feed is relayed on, which a
+            // sparse reader's byte budget would count: only without them.
+            let sparse = o.node.iter().any(|x| x.sparse);
+            let at = d.range(0, o.chaos);
+            ops.extend((!sparse).then_some(TimedOp {
+                at,
+                op: Op::Flood {
+                    node,
+                    events: d.range(50, 400) as u32,
+                    size: d.pick(&[256, 1024, 4096]),
+                },
+            }));
         }
     }
     if o.scenario == Scenario::ReconnectStorm {

@@ -180,6 +180,7 @@ impl<'p> Sim<'p> {
                 prune_acked: no.prune_acked,
                 store_poll_interval: None,
                 open: false,
+                max_author_bytes: crate::plan::AUTHOR_QUOTA,
                 ..Config::default()
             };
             let store = MemStore::new();
@@ -936,6 +937,47 @@ impl<'p> Sim<'p> {
         }
     }
 
+    /// A rogue's flood of broadcast events is held by each node only up to
+    /// its quota, overshot by at most what its requests in flight bring.
+    fn check_flood_quota(&self) -> Result<(), Failure> {
+        for op in &self.plan.ops {
+            let Op::Flood {
+                node: rogue, size, ..
+            } = op.op
+            else {
+                continue;
+            };
+            let author = self.slots[rogue].id;
+            for (j, s) in self.slots.iter().enumerate() {
+                let Some(node) = s.node.as_ref().filter(|_| j != rogue) else {
+                    continue;
+                };
+                let held = node
+                    .broadcast_feeds()
+                    .into_iter()
+                    .find(|(a, _)| *a == author)
+                    .map_or(0, |(_, n)| n);
+                // Each connection that serves the feed has its own requests
+                // in flight.
+                let o = &self.plan.options;
+                let links = o
+                    .edges
+                    .iter()
+                    .filter(|e| e.dialer == j || e.listener == j)
+                    .count() as u64;
+                let per_link = o.node[j].max_inflight as u64 * o.node[j].max_request_blocks;
+                let bound = crate::plan::AUTHOR_QUOTA + links.max(1) * per_link * u64::from(size);
+                if held * u64::from(size) > bound {
+                    return Err(Failure::new(
+                        "memory",
+                        format!("n{j} holds {held} of the rogue n{rogue}'s {size}-byte events, over its quota of {bound} bytes"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_corruption(&mut self) {
         let late = self.links.iter().find(|(_, l)| {
             l.open[0]
@@ -1236,6 +1278,20 @@ impl<'p> Sim<'p> {
                 self.backups.insert(node, copy);
             }
             Op::Restore { node } => self.restore(node),
+            Op::Flood { node, events, size } => {
+                if !self.live(node) {
+                    return;
+                }
+                let now = Instant::from_micros(self.now);
+                let batch: Vec<Vec<u8>> =
+                    (0..events).map(|i| vec![i as u8; size as usize]).collect();
+                let r = match self.slots[node].node.as_mut() {
+                    Some(n) => n.broadcast_batch(&batch, now).map(|_| ()),
+                    None => return,
+                };
+                self.node_result(node, "broadcast", r);
+                self.dirty.insert(node);
+            }
         }
     }
 
@@ -1672,6 +1728,10 @@ impl<'p> Sim<'p> {
             self.oracle
                 .pending_gets
                 .retain(|g| g.1 != rogue && g.0 != rogue);
+        }
+        if let Err(f) = self.check_flood_quota() {
+            self.fail(f);
+            return;
         }
         let mut pairs: BTreeSet<(usize, usize)> = self.oracle.sent.keys().copied().collect();
         pairs.extend(received.keys().copied());

@@ -42,6 +42,11 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
+    /// A replica of a feed only announced so far: nothing held or stored.
+    pub fn announced(desc: FeedDescriptor) -> Self {
+        Self::new(desc)
+    }
+
     fn new(desc: FeedDescriptor) -> Self {
         Replica {
             desc,

@@ -609,6 +609,7 @@ impl State {
             .map(|(p, i)| (*p, i.wanted.clone(), i.read_to))
             .collect();
         self.feeds.clear();
+        self.reload_replicas(store);
         self.inboxes.clear();
         self.outboxes.clear();
         if wanted.is_empty() {
@@ -623,6 +624,25 @@ impl State {
                 inbox.read_to = read_to;
             }
         }
+    }
+
+    /// Takes the broadcast replicas back to what is committed: a failed
+    /// commit left records in memory that the store never got, and each
+    /// replica's next write is conditional on the last one committed.
+    /// Authors only announced stay, as nothing of them was stored.
+    fn reload_replicas<S: Store>(&mut self, store: &S) {
+        let Ok(loaded) = Txn::begin(store).and_then(|txn| broadcast::load_all(&txn)) else {
+            return;
+        };
+        let announced: Vec<(FeedId, Replica)> = self
+            .replicas
+            .iter()
+            .filter(|(id, _)| !loaded.contains_key(id))
+            .map(|(id, r)| (*id, Replica::announced(r.desc)))
+            .collect();
+        self.replicas = loaded;
+        self.quota = Quota::of(&self.replicas, &self.me);
+        self.replicas.extend(announced);
     }
 
     fn handle_timeout<S: Store>(&mut self, store: &S, now: Instant) -> Result<(), NodeError> {
