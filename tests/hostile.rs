@@ -934,3 +934,35 @@ fn connections_each_parking_half_a_large_message_stay_within_the_buffer_budget()
     );
     assert!(closed.iter().all(|(_, r)| *r == CloseReason::Overloaded));
 }
+
+#[test]
+fn heads_of_authors_a_node_does_not_replicate_cost_no_signature_check() {
+    // A restricted node drops a broadcast head of an author it does not
+    // replicate before checking its signature (most of a head's cost): a
+    // flood of them, forged or not, is ignored, and nothing is closed.
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(14);
+    let stranger = Keypair::generate(&mut SeededRng::from_u64(1234));
+    let desc = FeedDescriptor::broadcast(stranger.peer_id());
+    for i in 0..100u64 {
+        let mut head = peermq::SignedHead::sign(
+            &mut stranger.clone(),
+            desc.id(),
+            i + 1,
+            peermq::merkle::Hash([i as u8; 32]),
+        );
+        // Half of them forged: they would close the connection if checked.
+        if i % 2 == 0 {
+            head.signature[0] ^= 1;
+        }
+        raw.send(&Message::Head { desc, head });
+    }
+    w.pump(Some((&mut raw, conn)));
+    assert_eq!(w.closed_with(conn), None);
+    assert!(w
+        .a
+        .broadcast_feeds()
+        .iter()
+        .all(|(a, _)| *a != stranger.peer_id()));
+    w.still_serving();
+}
