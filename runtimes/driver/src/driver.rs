@@ -27,7 +27,7 @@ use crate::discovery::{Discovery, StaticDiscovery};
 use crate::mq::{publish, MqError, MqEvent, Subscribers};
 use crate::{Listener, ReadHalf, Runtime, Transport, WriteHalf};
 
-mod emit;
+pub(crate) mod emit;
 
 pub(crate) use emit::EmitState;
 

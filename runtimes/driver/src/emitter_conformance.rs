@@ -5,6 +5,7 @@
 //! fresh temporary directories and short backoff, and fails instead of
 //! hanging. Tests assert behaviour, never speed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +41,8 @@ macro_rules! emitter_conformance_suite {
             named_consumers_resume_and_start_over,
             allow_restricts_peers,
             an_event_peer_flood_is_capped_and_speaks_only_for_its_author,
-            a_learned_address_that_answers_with_another_key_is_not_connected
+            a_learned_address_that_answers_with_another_key_is_not_connected,
+            a_learned_address_that_never_answers_is_dialed_a_bounded_number_of_times
         );
     };
     (@tests $run:path; $($name:ident),*) => {
@@ -744,5 +746,65 @@ pub async fn a_learned_address_that_answers_with_another_key_is_not_connected(
             e.close().await.unwrap();
         }
     })
+    .await
+}
+
+/// A announces an address where something accepts and hangs up at once: B,
+/// which hears of it through a relay, tries it a bounded number of times,
+/// not forever.
+pub async fn a_learned_address_that_never_answers_is_dialed_a_bounded_number_of_times(
+    ra: Arc<dyn Runtime>,
+    rb: Arc<dyn Runtime>,
+) {
+    limited(
+        &ra.clone(),
+        "a_learned_address_that_never_answers",
+        async move {
+            let env = Env::new();
+            let a = env.open("a", &ra);
+            let b = env.open("b", &rb);
+            let relay = env.open("relay", &rb);
+            let ida = a.id().await;
+            let addr_r = relay.listen(loopback()).await.unwrap();
+            let victim = rb.bind(loopback()).await.unwrap();
+            let addr_v = victim.local_addr().unwrap();
+            let dials = Arc::new(AtomicUsize::new(0));
+            let counted = dials.clone();
+            rb.spawn(Box::pin(async move {
+                while let Ok(t) = victim.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    drop(t);
+                }
+            }));
+            // B is not connected to A, so it dials what A announces.
+            a.connect(addr_r).await.unwrap();
+            b.connect(addr_r).await.unwrap();
+            let announced = json!([{"ip": addr_v.ip().to_string(), "port": addr_v.port()}]);
+            a.emit(
+                EVENT_PEER,
+                json!({"id": ida.to_string(), "addresses": announced}),
+            )
+            .await
+            .unwrap();
+            let most = crate::driver::emit::MAX_LEARNED_ATTEMPTS as usize;
+            within(
+                &rb,
+                "B dials the announced address again and again",
+                async {
+                    while dials.load(Ordering::SeqCst) < most {
+                        rb.sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            )
+            .await;
+            // Many times the longest backoff (250 ms here): an unbounded redial
+            // would have come back several times.
+            rb.sleep(Duration::from_secs(2)).await;
+            assert_eq!(dials.load(Ordering::SeqCst), most);
+            for e in [b, a, relay] {
+                e.close().await.unwrap();
+            }
+        },
+    )
     .await
 }

@@ -44,7 +44,7 @@ const MAX_BOOK_AUTHORS: usize = 256;
 /// Failed dials of a learned address before it is left alone, until its
 /// author announces again or the node restarts. Addresses the application
 /// asked for are retried for as long as it wants them.
-const MAX_LEARNED_ATTEMPTS: u32 = 8;
+pub(crate) const MAX_LEARNED_ATTEMPTS: u32 = 8;
 
 #[derive(Debug)]
 enum DialState {
