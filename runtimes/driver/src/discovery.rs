@@ -437,6 +437,16 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", dir.join(&name)).unwrap();
         let found = futures_lite::future::block_on(d.locate(&peer(4))).unwrap();
         assert!(found.is_empty());
+        // A FIFO nobody writes to: opening or reading it must not hang.
+        let name = format!("{}.{}.11.addr", peer(6), std::process::id());
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join(&name))
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            let found = futures_lite::future::block_on(d.locate(&peer(6))).unwrap();
+            assert!(found.is_empty());
+        }
         // A huge regular entry is read only as far as an address can go:
         // read whole, the garbage at its end would spoil the address.
         let name = format!("{}.{}.10.addr", peer(5), std::process::id());
