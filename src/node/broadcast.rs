@@ -7,7 +7,7 @@
 //! is not connected to. Every block is verified against the author's signed
 //! head, so a relay cannot forge or alter events.
 
-use std::ops::{Bound, ControlFlow, Range};
+use std::ops::Range;
 
 use crate::feed::{Feed, FeedDescriptor, FeedId, FeedKind, SignedHead};
 use crate::identity::PeerId;
@@ -43,11 +43,7 @@ pub(crate) struct Replica {
 
 impl Replica {
     /// A replica of a feed only announced so far: nothing held or stored.
-    pub fn announced(desc: FeedDescriptor) -> Self {
-        Self::new(desc)
-    }
-
-    fn new(desc: FeedDescriptor) -> Self {
+    pub fn new(desc: FeedDescriptor) -> Self {
         Replica {
             desc,
             held: RangeSet::new(),
@@ -147,27 +143,9 @@ fn digest(list: &[(FeedId, u64)]) -> [u8; 32] {
 pub(crate) fn load_all<S: Store>(
     txn: &Txn<'_, S>,
 ) -> Result<std::collections::BTreeMap<FeedId, Replica>, StoreError> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut bad = None;
-    txn.scan(
-        Table::Replicas,
-        (Bound::Unbounded, Bound::Unbounded),
-        &mut |k, v| {
-            match Replica::decode(v) {
-                Some(r) if r.desc.id().0[..] == *k => {
-                    out.insert(r.desc.id(), r);
-                }
-                _ => bad = Some(hex::encode(k)),
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    if let Some(k) = bad {
-        return Err(StoreError::Corrupted(format!(
-            "replica record of feed {k} is damaged"
-        )));
-    }
-    Ok(out)
+    super::load_per_feed(txn, Table::Replicas, "replica", |v| {
+        Replica::decode(v).map(|r| (r.desc.id(), r))
+    })
 }
 
 impl State {

@@ -68,6 +68,9 @@ pub(crate) struct Conn {
     frames: FrameReader,
     /// Decrypted bytes not yet parsed into messages.
     pub rx: Vec<u8>,
+    /// `rx.len()` as last counted in the node's total of partly received
+    /// bytes (see `State::account_rx`).
+    pub rx_counted: usize,
     /// Plaintext messages waiting to be encrypted.
     pub tx_plain: Vec<u8>,
     /// Encrypted frames waiting to be transmitted.
@@ -131,6 +134,7 @@ impl Conn {
             session: Session::Handshake(Box::new(hs)),
             frames: FrameReader::new(),
             rx: Vec::new(),
+            rx_counted: 0,
             tx_plain: Vec::new(),
             tx_wire: Vec::new(),
             opened_at: now,

@@ -8,7 +8,6 @@
 //! stops replicating that feed, and reports it once.
 
 use std::collections::BTreeMap;
-use std::ops::{Bound, ControlFlow};
 
 use crate::feed::{FeedDescriptor, FeedId, SignedHead, SIGNED_HEAD_LEN};
 use crate::store::{Store, StoreError, Table, Txn};
@@ -65,25 +64,7 @@ impl ForkEvidence {
 pub(super) fn load_all<S: Store>(
     txn: &Txn<'_, S>,
 ) -> Result<BTreeMap<FeedId, ForkEvidence>, StoreError> {
-    let mut out = BTreeMap::new();
-    let mut bad = None;
-    txn.scan(
-        Table::Forks,
-        (Bound::Unbounded, Bound::Unbounded),
-        &mut |k, v| {
-            match ForkEvidence::decode(v) {
-                Some(f) if f.desc.id().0[..] == *k => {
-                    out.insert(f.desc.id(), f);
-                }
-                _ => bad = Some(hex::encode(k)),
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    match bad {
-        Some(k) => Err(StoreError::Corrupted(format!(
-            "fork record of feed {k} is damaged"
-        ))),
-        None => Ok(out),
-    }
+    super::load_per_feed(txn, Table::Forks, "fork", |v| {
+        ForkEvidence::decode(v).map(|f| (f.desc.id(), f))
+    })
 }

@@ -103,7 +103,7 @@ pub enum NodeError {
     SelfSend(PeerId),
     /// [`Config::rng_seed`] was not set, and the core draws no randomness of
     /// its own.
-    #[error("Config::rng_seed is not set: pass 32 bytes from the operating system's random source (for example `getrandom::fill`) at every open, or use Config::deterministic(seed) in tests; the node's identity and Noise keys come from it")]
+    #[error("Config::rng_seed is not set: pass 32 fresh random bytes from the operating system at every open, or use Config::deterministic(seed) in tests; the node's identity and Noise keys come from it")]
     NoEntropy,
 }
 
@@ -166,6 +166,9 @@ struct State {
     /// evidence; loaded at open.
     forks: BTreeMap<FeedId, ForkEvidence>,
     conns: BTreeMap<ConnId, Conn>,
+    /// Partly received bytes of all connections (the sum of their
+    /// `rx_counted`), bounded by `Config::max_buffered_bytes`.
+    rx_total: usize,
     dials: BTreeMap<PeerId, Dial>,
     out: VecDeque<Output>,
     next_conn: u64,
@@ -246,6 +249,7 @@ impl<S: Store> Node<S> {
                 replicas,
                 forks,
                 conns: BTreeMap::new(),
+                rx_total: 0,
                 dials: BTreeMap::new(),
                 out: VecDeque::new(),
                 next_conn: 0,
@@ -458,6 +462,35 @@ impl<S: Store> Node<S> {
     }
 }
 
+/// Every record of `table`, one per feed and keyed by its id, decoded with
+/// `decode`, which gives the feed the record speaks for: replicas, forks.
+/// A record that does not decode, or names another feed than its key, is
+/// reported as damaged (`what` names the kind of record).
+fn load_per_feed<S: Store, T>(
+    txn: &Txn<'_, S>,
+    table: Table,
+    what: &str,
+    decode: impl Fn(&[u8]) -> Option<(FeedId, T)>,
+) -> Result<BTreeMap<FeedId, T>, StoreError> {
+    let mut out = BTreeMap::new();
+    let mut bad = None;
+    txn.scan(table, (Bound::Unbounded, Bound::Unbounded), &mut |k, v| {
+        match decode(v) {
+            Some((id, record)) if id.0[..] == *k => {
+                out.insert(id, record);
+            }
+            _ => bad = Some(hex::encode(k)),
+        }
+        ControlFlow::Continue(())
+    })?;
+    match bad {
+        Some(k) => Err(StoreError::Corrupted(format!(
+            "{what} record of feed {k} is damaged"
+        ))),
+        None => Ok(out),
+    }
+}
+
 /// The keys of `table` that are peer ids (32 bytes), in order, from `from`
 /// on: authorized peers, or the senders we hold messages from.
 fn peer_keys<S: Store>(
@@ -531,6 +564,7 @@ impl State {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
+        self.rx_total = self.rx_total.saturating_sub(conn.rx_counted);
         if tell_peer && conn.is_open() {
             let text = reason.to_string();
             conn.send(&Message::Close {
@@ -638,7 +672,7 @@ impl State {
             .replicas
             .iter()
             .filter(|(id, _)| !loaded.contains_key(id))
-            .map(|(id, r)| (*id, Replica::announced(r.desc)))
+            .map(|(id, r)| (*id, Replica::new(r.desc)))
             .collect();
         self.replicas = loaded;
         self.quota = Quota::of(&self.replicas, &self.me);

@@ -234,6 +234,7 @@ impl State {
             conn.last_rx = now;
         }
         if conn.rx.is_empty() {
+            self.account_rx(id);
             return Ok(());
         }
         let mut rx = std::mem::take(&mut conn.rx);
@@ -269,6 +270,7 @@ impl State {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.rx = rx;
         }
+        self.account_rx(id);
         if fault.is_none() {
             self.within_buffer_budget(now);
         }
@@ -298,15 +300,21 @@ impl State {
     /// Closes the connection holding the most partly received bytes while
     /// all connections together hold more than `Config::max_buffered_bytes`.
     fn within_buffer_budget(&mut self, now: Instant) {
-        loop {
-            let total: usize = self.conns.values().map(|c| c.rx.len()).sum();
-            if total <= self.config.max_buffered_bytes {
-                return;
-            }
+        while self.rx_total > self.config.max_buffered_bytes {
             let Some(worst) = self.conns.values().max_by_key(|c| c.rx.len()).map(|c| c.id) else {
                 return;
             };
             self.drop_conn(worst, CloseReason::Overloaded, true, now);
+        }
+    }
+
+    /// Brings the total of partly received bytes up to date with what
+    /// connection `id` holds now: one connection's change per input, so the
+    /// budget check costs nothing per connection.
+    fn account_rx(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            self.rx_total = self.rx_total - conn.rx_counted + conn.rx.len();
+            conn.rx_counted = conn.rx.len();
         }
     }
 
