@@ -3,7 +3,8 @@
 //! `peermq-sim --seed N` ends with `seed N: ok trace=<hex>`, or with
 //! `seed N: FAILED <oracle>: <details>` and exit code 1 after printing a
 //! replay command and a shrunk plan. `peermq-sim --seeds K [--start S]`
-//! ends with `K passed, F failed` (exit 1 if F > 0). Bad arguments: one
+//! ends with `K passed, F failed` (exit 1 if F > 0); with `--hashes` it
+//! first prints each seed's `seed N: trace=<hex>`. Bad arguments: one
 //! line on stderr, exit code 2.
 
 use std::process::ExitCode;
@@ -62,6 +63,10 @@ struct Args {
     /// Worker threads of a --seeds run (default: the machine's cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Print every seed's trace hash in a --seeds run (`seed N: trace=<hex>`),
+    /// to compare two builds seed by seed.
+    #[arg(long, requires = "seeds")]
+    hashes: bool,
 }
 
 fn main() -> ExitCode {
@@ -92,7 +97,7 @@ fn main() -> ExitCode {
     };
     match (args.seed, args.seeds) {
         (Some(seed), _) => one(seed, &params, &args),
-        (None, Some(k)) => many(k, args.start, &params, args.jobs),
+        (None, Some(k)) => many(k, args.start, &params, args.jobs, args.hashes),
         (None, None) => {
             eprintln!("error: give --seed N or --seeds K (see --help)");
             ExitCode::from(2)
@@ -178,7 +183,7 @@ fn one(seed: u64, params: &Params, args: &Args) -> ExitCode {
     }
 }
 
-fn many(k: u64, start: u64, params: &Params, jobs: Option<usize>) -> ExitCode {
+fn many(k: u64, start: u64, params: &Params, jobs: Option<usize>, hashes: bool) -> ExitCode {
     let jobs = jobs
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
@@ -210,6 +215,9 @@ fn many(k: u64, start: u64, params: &Params, jobs: Option<usize>) -> ExitCode {
     for (seed, r) in &results {
         node_micros += r.node_micros;
         sim_micros += r.sim_micros;
+        if hashes {
+            println!("seed {seed}: trace={}", r.trace);
+        }
         if let Some(f) = &r.failure {
             failed += 1;
             println!("seed {seed}: FAILED {f}");

@@ -13,9 +13,11 @@
 //! Like the node, the emitter does no I/O of its own: it works on a
 //! [`crate::Node`] passed in by the driver.
 
+mod book;
 mod record;
 mod schema;
 
+pub use book::Book;
 pub use record::EventRecord;
 pub use schema::{Schema, SchemaError, ValidationError, EVENT_PEER};
 

@@ -337,6 +337,46 @@ impl<S: Store> Node<S> {
         self.st.dials.remove(peer);
     }
 
+    /// Drops the wish to stay connected to `peer` and closes every
+    /// connection with it (or dialed to it), telling it why.
+    pub fn disconnect(&mut self, peer: &PeerId, now: Instant) {
+        self.st.now = now;
+        self.st.dials.remove(peer);
+        let ids: Vec<ConnId> = self
+            .st
+            .conns
+            .values()
+            .filter(|c| c.peer.as_ref() == Some(peer) || c.expected.as_ref() == Some(peer))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.st.drop_conn(id, CloseReason::Local, true, now);
+        }
+        self.pump(now);
+    }
+
+    /// Whether the node wants to stay connected to `peer` ([`Node::dial`]
+    /// until [`Node::hang_up`], [`Node::disconnect`] or
+    /// [`Node::remove_peer`]): the one record of that wish, which a driver
+    /// consults rather than keeping its own.
+    pub fn wants(&self, peer: &PeerId) -> bool {
+        self.st.dials.contains_key(peer)
+    }
+
+    /// The authenticated peer of `conn`, once its handshake is done; `None`
+    /// before, and after the connection closed.
+    pub fn peer_of(&self, conn: ConnId) -> Option<PeerId> {
+        self.st.conns.get(&conn).and_then(|c| c.peer)
+    }
+
+    /// Whether a connection with `peer` has finished its handshake.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.st
+            .conns
+            .values()
+            .any(|c| c.peer.as_ref() == Some(peer))
+    }
+
     /// The driver could not open a transport to `peer`; retry after backoff.
     pub fn dial_failed(&mut self, peer: PeerId, now: Instant) {
         self.st.now = now;

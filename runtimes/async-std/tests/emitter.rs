@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use peermq_async_std::{emitter_conformance::Test, AsyncStdRuntime, Runtime};
+use peermq_async_std::{conformance::Test, AsyncStdRuntime, Runtime};
 
 fn run(test: Test) {
     let r: Arc<dyn Runtime> = AsyncStdRuntime::new();

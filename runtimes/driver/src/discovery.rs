@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use peermq::PeerId;
 
-use crate::BoxFuture;
+use crate::runtime::BoxFuture;
 
 /// A way to learn the addresses of a peer, and to tell others ours.
 ///

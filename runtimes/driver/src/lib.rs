@@ -16,110 +16,57 @@
 //! one machine (on by default), `MdnsDiscovery` for peers on the local
 //! network (with the `mdns` feature), or any other implementation of the
 //! trait.
+//!
+//! ## Layers
+//!
+//! Each module imports only the ones listed before it (`tests/layers.rs`
+//! checks):
+//!
+//! | module | holds |
+//! |---|---|
+//! | `runtime` | the [`Runtime`], [`Listener`] and [`Transport`] seams |
+//! | `error` | [`MqError`] and [`EmitterError`] |
+//! | `discovery`, `mdns` | how a peer's key becomes addresses |
+//! | `io` | socket tasks (read, write, accept, dial), by connection id |
+//! | `driver` | the task that owns the node and pumps its outputs; the `Service` seam |
+//! | `mq` | the queue service and the [`Mq`] handle |
+//! | `emitter` | the emitter service, wrapping the queue's, and the [`Emitter`] handle |
+//! | `conformance` | the suites every adapter runs (feature `conformance`) |
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// One group per layer, lowest first.
+mod runtime;
+
+mod error;
+
 mod discovery;
-mod driver;
-pub mod emitter;
 #[cfg(feature = "mdns")]
 mod mdns;
+
+mod io;
+
+mod driver;
+
 mod mq;
+
+pub mod emitter;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-#[cfg(feature = "conformance")]
-pub mod emitter_conformance;
-
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::time::Duration;
 
 pub use discovery::{Discovery, LocalDiscovery, StaticDiscovery};
 pub use emitter::{
-    Consumer, Delivered, DeliveryStream, Emitter, EmitterBuilder, EmitterError, HandlerError,
-    HandlerErrors, ListenerId, Schema,
+    Consumer, Delivered, DeliveryStream, Emitter, EmitterBuilder, HandlerError, HandlerErrors,
+    ListenerId, Schema, StartAt,
 };
+pub use error::{EmitterError, MqError};
 pub use futures_lite::io::{AsyncRead, AsyncWrite};
 pub use futures_lite::Stream;
 #[cfg(feature = "mdns")]
 pub use mdns::MdnsDiscovery;
-pub use mq::{Builder, EventStream, Mq, MqError, MqEvent, RecordStream};
+pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream};
 pub use peermq::{CloseReason, Config, Mailbox, PeerId, PeerStatus, Prefetch, Record, StoreError};
+pub use runtime::{timeout, BoxFuture, Listener, ReadHalf, Runtime, Transport, WriteHalf};
 pub use serde_json;
-
-/// A boxed, sendable future: what [`Runtime`] methods return, so the trait
-/// stays object-safe and one driver serves every runtime.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The read half of a connection.
-pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
-/// The write half of a connection.
-pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// An open TCP connection, split so that reading and writing run in
-/// separate tasks (a slow writer never stops us reading, which is what keeps
-/// two busy peers from deadlocking on each other's full socket buffers).
-pub struct Transport {
-    /// Bytes from the peer.
-    pub reader: ReadHalf,
-    /// Bytes to the peer; closing it shuts down our side of the stream.
-    pub writer: WriteHalf,
-    /// The peer's address, when the transport has one: the driver bounds
-    /// the connections it accepts from one IP address by it.
-    pub remote: Option<SocketAddr>,
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Transport { .. }")
-    }
-}
-
-/// A bound TCP listener of some runtime.
-pub trait Listener: Send + Sync + 'static {
-    /// Waits for the next inbound connection. Implementations set
-    /// `TCP_NODELAY` on it: the protocol already batches, and Nagle's delay
-    /// would only add latency.
-    fn accept(&self) -> BoxFuture<'_, io::Result<Transport>>;
-    /// The address it is bound to (with the port the OS picked, if 0 was
-    /// asked for).
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-}
-
-/// What the driver needs from an async runtime.
-///
-/// Keep implementations thin: everything protocol-related lives in the core
-/// and in this crate's driver.
-pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `future` to completion in the background.
-    fn spawn(&self, future: BoxFuture<'static, ()>);
-    /// Completes after `duration`.
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
-    /// Opens a TCP connection to `addr`, with `TCP_NODELAY` set.
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>>;
-    /// Binds a TCP listener to `addr`.
-    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
-    /// The current time. Only differences matter; the default reads the
-    /// monotonic clock.
-    fn now(&self) -> std::time::Instant {
-        std::time::Instant::now()
-    }
-}
-
-/// Races `future` against a timer of `runtime`; `None` if time ran out.
-pub async fn timeout<T>(
-    runtime: &dyn Runtime,
-    duration: Duration,
-    future: impl Future<Output = T>,
-) -> Option<T> {
-    let sleep = runtime.sleep(duration);
-    futures_lite::future::or(async { Some(future.await) }, async {
-        sleep.await;
-        None
-    })
-    .await
-}

@@ -11,7 +11,8 @@ use event_listener::Event;
 use mdns_sd::{IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 use peermq::PeerId;
 
-use crate::{BoxFuture, Discovery};
+use crate::discovery::Discovery;
+use crate::runtime::BoxFuture;
 
 /// The TXT property carrying the whole peer id: a DNS label holds at most
 /// 63 bytes, too few for the 64 hex characters of an id.

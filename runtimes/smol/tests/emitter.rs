@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use peermq_smol::{emitter_conformance::Test, Runtime, SmolRuntime};
+use peermq_smol::{conformance::Test, Runtime, SmolRuntime};
 
 fn run(test: Test) {
     let r: Arc<dyn Runtime> = SmolRuntime::new();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use peermq_tokio::{emitter_conformance::Test, Runtime, TokioRuntime};
+use peermq_tokio::{conformance::Test, Runtime, TokioRuntime};
 
 fn run(test: Test) {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -21,41 +21,41 @@ fn with(other: Arc<dyn Runtime>, test: Test) {
 #[test]
 fn tokio_and_smol_readme_scenario() {
     with(SmolRuntime::new(), |a, b| {
-        Box::pin(conformance::readme_scenario(a, b))
+        Box::pin(conformance::queue::readme_scenario(a, b))
     });
 }
 
 #[test]
 fn tokio_and_smol_both_directions() {
     with(SmolRuntime::new(), |a, b| {
-        Box::pin(conformance::both_directions(a, b))
+        Box::pin(conformance::queue::both_directions(a, b))
     });
 }
 
 #[test]
 fn tokio_and_smol_one_10_mib_message() {
     with(SmolRuntime::new(), |a, b| {
-        Box::pin(conformance::one_10_mib_message(a, b))
+        Box::pin(conformance::queue::one_10_mib_message(a, b))
     });
 }
 
 #[test]
 fn tokio_and_async_std_readme_scenario() {
     with(AsyncStdRuntime::new(), |a, b| {
-        Box::pin(conformance::readme_scenario(a, b))
+        Box::pin(conformance::queue::readme_scenario(a, b))
     });
 }
 
 #[test]
 fn tokio_and_async_std_both_directions() {
     with(AsyncStdRuntime::new(), |a, b| {
-        Box::pin(conformance::both_directions(a, b))
+        Box::pin(conformance::queue::both_directions(a, b))
     });
 }
 
 #[test]
 fn tokio_and_async_std_shutdown_flushes() {
     with(AsyncStdRuntime::new(), |a, b| {
-        Box::pin(conformance::shutdown_flushes(a, b))
+        Box::pin(conformance::queue::shutdown_flushes(a, b))
     });
 }

@@ -1,9 +1,6 @@
-//! The event emitter's conformance suite: HyperEmitter's behaviours, in our
-//! terms, run by every runtime adapter through
-//! [`crate::emitter_conformance_suite!`]. Like [`crate::conformance`], each
-//! test takes the runtimes of its nodes (the first and the others), uses
-//! fresh temporary directories and short backoff, and fails instead of
-//! hanging. Tests assert behaviour, never speed.
+//! The emitter's suite: HyperEmitter's behaviours, in our terms, run
+//! through [`crate::emitter_conformance_suite!`]. Each test takes the
+//! runtime of the first node and of the others.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,47 +10,9 @@ use futures_lite::StreamExt;
 use peermq::Config;
 use serde_json::{json, Value};
 
-use crate::emitter::{Delivered, DeliveryStream, Emitter, From, Schema, EVENT_PEER};
+use super::{limited, loopback, within};
+use crate::emitter::{Delivered, DeliveryStream, Emitter, Schema, StartAt, EVENT_PEER};
 use crate::Runtime;
-
-/// A test of the suite: given the runtime of the first node and of the
-/// others.
-pub type Test = fn(Arc<dyn Runtime>, Arc<dyn Runtime>) -> crate::BoxFuture<'static, ()>;
-
-/// Defines the emitter suite's tests, each run by `$run`, a function that
-/// takes a [`Test`] and runs it to completion on the adapter's runtime.
-#[macro_export]
-macro_rules! emitter_conformance_suite {
-    ($run:path) => {
-        $crate::emitter_conformance_suite!(@tests $run;
-            one_emitter_on_its_own,
-            two_connected_emitters,
-            three_emitters_through_the_middle_one,
-            removing_listeners,
-            handler_errors_are_reported,
-            an_offline_peer_syncs_later,
-            unknown_types_replicate_raw,
-            event_peer_auto_connect_and_stored_peers_after_restart,
-            automatic_reconnect,
-            old_events_are_not_emitted_again,
-            streams_from_now_and_from_the_beginning,
-            no_duplicate_event_peer,
-            named_consumers_resume_and_start_over,
-            allow_restricts_peers,
-            an_event_peer_flood_is_capped_and_speaks_only_for_its_author,
-            a_learned_address_that_answers_with_another_key_is_not_connected,
-            a_learned_address_that_never_answers_is_dialed_a_bounded_number_of_times
-        );
-    };
-    (@tests $run:path; $($name:ident),*) => {
-        $(
-            #[test]
-            fn $name() {
-                $run(|a, b| ::std::boxed::Box::pin($crate::emitter_conformance::$name(a, b)));
-            }
-        )*
-    };
-}
 
 /// The example schema of the original project.
 pub const PROTO: &str = r#"
@@ -95,9 +54,6 @@ impl Env {
     }
 }
 
-// The time limits and waiting helpers are the queue suite's.
-use crate::conformance::{limited, loopback, within};
-
 /// The next `n` events of a stream, skipping `EventPeer` announcements.
 async fn take(rt: &Arc<dyn Runtime>, s: &mut DeliveryStream, n: usize) -> Vec<Delivered> {
     within(rt, &format!("{n} events"), async {
@@ -127,7 +83,7 @@ async fn wait_for(
     what: &str,
     pred: impl Fn(&Delivered) -> bool,
 ) -> Delivered {
-    let mut s = em.stream(From::Beginning).await.expect("stream");
+    let mut s = em.stream(StartAt::Beginning).await.expect("stream");
     within(rt, what, async {
         loop {
             let d = s.next().await.expect("stream ended").expect("read");
@@ -357,7 +313,7 @@ pub async fn an_offline_peer_syncs_later(ra: Arc<dyn Runtime>, rb: Arc<dyn Runti
         }
         let addr = a.listen(loopback()).await.unwrap();
         let b = env.open("b", &rb);
-        let mut s = b.stream(From::Beginning).await.unwrap();
+        let mut s = b.stream(StartAt::Beginning).await.unwrap();
         b.connect(addr).await.unwrap();
         let got = take(&rb, &mut s, 5).await;
         assert_eq!(
@@ -505,15 +461,15 @@ pub async fn old_events_are_not_emitted_again(ra: Arc<dyn Runtime>, rb: Arc<dyn 
     .await
 }
 
-/// `From::Now` sees only later events; `From::Beginning` replays all.
+/// `StartAt::Now` sees only later events; `StartAt::Beginning` replays all.
 pub async fn streams_from_now_and_from_the_beginning(ra: Arc<dyn Runtime>, _rb: Arc<dyn Runtime>) {
     limited(&ra.clone(), "streams", async move {
         let env = Env::new();
         let a = env.open("a", &ra);
         a.emit("userAdded", json!({"id": 1})).await.unwrap();
         a.emit("userAdded", json!({"id": 2})).await.unwrap();
-        let mut now = a.stream(From::Now).await.unwrap();
-        let mut all = a.stream(From::Beginning).await.unwrap();
+        let mut now = a.stream(StartAt::Now).await.unwrap();
+        let mut all = a.stream(StartAt::Beginning).await.unwrap();
         a.emit("userRemoved", json!({"id": 1})).await.unwrap();
         assert_eq!(
             named(&take(&ra, &mut now, 1).await),
@@ -543,7 +499,7 @@ pub async fn no_duplicate_event_peer(ra: Arc<dyn Runtime>, _rb: Arc<dyn Runtime>
         let a = env.open("a", &ra);
         a.listen(addr).await.unwrap();
         a.emit("Hello", json!({"message": "marker"})).await.unwrap();
-        let mut s = a.stream(From::Beginning).await.unwrap();
+        let mut s = a.stream(StartAt::Beginning).await.unwrap();
         let mut peers = 0;
         within(&ra, "the marker", async {
             loop {
@@ -786,7 +742,7 @@ pub async fn a_learned_address_that_never_answers_is_dialed_a_bounded_number_of_
             )
             .await
             .unwrap();
-            let most = crate::driver::emit::MAX_LEARNED_ATTEMPTS as usize;
+            let most = crate::emitter::MAX_LEARNED_ATTEMPTS as usize;
             within(
                 &rb,
                 "B dials the announced address again and again",

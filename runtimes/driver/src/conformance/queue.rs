@@ -1,14 +1,6 @@
-//! The conformance suite every runtime adapter runs, with the same test
-//! names, through [`crate::conformance_suite!`]. Each test takes two
-//! runtimes, one per node, so the same tests also check that nodes on
-//! different runtimes talk to each other.
-//!
-//! Tests use short backoff so that retries happen within a fraction of a
-//! second, a fresh temporary data and discovery directory each (so parallel
-//! tests never find each other), and an overall time limit so that a hang
-//! fails instead of stalling CI. They assert behaviour, never speed.
+//! The queue's suite: [`crate::Mq`] between two nodes, run through
+//! [`crate::conformance_suite!`].
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,44 +8,8 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use peermq::{CloseReason, Config, Mailbox, Prefetch, Record};
 
+use super::{limited, loopback, within};
 use crate::{EventStream, Mq, MqError, MqEvent, Runtime};
-
-/// A test of the suite: given the runtimes of node A and node B.
-pub type Test = fn(Arc<dyn Runtime>, Arc<dyn Runtime>) -> crate::BoxFuture<'static, ()>;
-
-/// Defines the suite's tests, each run by `$run`, a function that takes a
-/// [`Test`] and runs it to completion on the adapter's runtime.
-#[macro_export]
-macro_rules! conformance_suite {
-    ($run:path) => {
-        $crate::conformance_suite!(@tests $run;
-            readme_scenario,
-            both_directions,
-            reconnects_after_listener_restart,
-            unauthorized_dialer_is_refused,
-            remove_peer_cuts_the_peer_off,
-            one_10_mib_message,
-            ten_thousand_small_messages,
-            sparse_read,
-            acks,
-            shutdown_flushes,
-            a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach
-        );
-    };
-    (@tests $run:path; $($name:ident),*) => {
-        $(
-            #[test]
-            fn $name() {
-                $run(|a, b| ::std::boxed::Box::pin($crate::conformance::$name(a, b)));
-            }
-        )*
-    };
-}
-
-/// Time any single test may take before it is failed as hung.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
-/// Time to wait for one expected thing to happen.
-const WAIT: Duration = Duration::from_secs(20);
 
 /// Fresh directories for one test.
 struct Env {
@@ -89,23 +45,6 @@ fn config() -> Config {
         backoff_base: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(250),
         ..Config::default()
-    }
-}
-
-pub(crate) fn loopback() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("a socket address")
-}
-
-pub(crate) async fn limited(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = ()>) {
-    if crate::timeout(&**rt, TEST_LIMIT, f).await.is_none() {
-        panic!("{what} did not finish within {TEST_LIMIT:?}");
-    }
-}
-
-pub(crate) async fn within<T>(rt: &Arc<dyn Runtime>, what: &str, f: impl Future<Output = T>) -> T {
-    match crate::timeout(&**rt, WAIT, f).await {
-        Some(v) => v,
-        None => panic!("timed out waiting for {what}"),
     }
 }
 

@@ -11,19 +11,28 @@
 //! ```no_run
 //! # async fn demo(rt: std::sync::Arc<dyn peermq_driver::Runtime>) -> Result<(), peermq_driver::EmitterError> {
 //! use futures_lite::StreamExt;
-//! use peermq_driver::{emitter::From, Emitter, Schema};
+//! use peermq_driver::{Emitter, Schema, StartAt};
 //!
 //! let schema = Schema::parse("example.proto", "syntax = \"proto3\"; message Hello { string from = 1; }")
 //!     .expect("a valid schema");
 //! let em = Emitter::builder("emitter-data").open(rt, schema)?;
 //! em.listen("127.0.0.1:0".parse().unwrap()).await?;
-//! let mut all = em.stream(From::Beginning).await?;
+//! let mut all = em.stream(StartAt::Beginning).await?;
 //! em.emit("Hello", serde_json::json!({"from": "Matteo"})).await?;
 //! let first = all.next().await.expect("an event")?;
 //! println!("{} {}", first.name, first.value.unwrap_or_default());
 //! em.close().await
 //! # }
 //! ```
+
+mod dials;
+mod service;
+
+#[cfg(feature = "conformance")]
+pub(crate) use dials::MAX_LEARNED_ATTEMPTS;
+pub use peermq::emitter::{Delivered, Schema, SchemaError, ValidationError, EVENT_PEER};
+
+pub use crate::error::EmitterError;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -36,108 +45,19 @@ use std::task::{Context, Poll};
 
 use async_channel::{Receiver, Sender};
 use futures_lite::{Stream, StreamExt};
-use peermq::{Config, LmdbStore, MemStore, PeerId, Store};
+use peermq::{Config, MemStore, PeerId, Store};
 use serde_json::Value;
 use tracing::warn;
 
 use crate::driver::Command;
-use crate::mq::{Builder, EventStream, Mq, MqError};
-use crate::Runtime;
-
-pub use peermq::emitter::{Delivered, Schema, SchemaError, ValidationError, EVENT_PEER};
-
-/// Something the emitter could not do. Each message says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum EmitterError {
-    /// The node failed, was shut down, or could not listen.
-    #[error(transparent)]
-    Mq(#[from] MqError),
-    /// The emitter core refused: most often a value that does not fit the
-    /// schema ([`peermq::emitter::EmitterError::Invalid`], which names the
-    /// field), or a store failure.
-    #[error(transparent)]
-    Core(#[from] peermq::emitter::EmitterError),
-    /// The first attempt to reach an address failed. The emitter keeps
-    /// retrying it with backoff; this only reports the first outcome.
-    #[error("cannot reach {addr}: {reason}; still retrying in the background")]
-    Connect {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl EmitterError {
-    /// Whether the error is a value that does not fit the schema (the
-    /// caller's input), as opposed to the node or store failing.
-    pub fn is_invalid(&self) -> bool {
-        matches!(
-            self,
-            EmitterError::Core(peermq::emitter::EmitterError::Invalid(_))
-        )
-    }
-}
-
-/// Where the answer of an emitter command goes.
-pub(crate) type EReply<T> = Sender<Result<T, EmitterError>>;
-
-/// An answer to [`EmitCommand::Follow`].
-pub(crate) enum Follow {
-    /// Logged events from the position asked for.
-    Page(Vec<Delivered>),
-    /// Caught up: every event delivered from now on comes through here,
-    /// until the receiver falls too far behind and is dropped.
-    Live(Receiver<Delivered>),
-}
-
-/// What an [`Emitter`] asks of the driver.
-pub(crate) enum EmitCommand {
-    Emit {
-        name: String,
-        value: Value,
-        reply: EReply<u64>,
-    },
-    EmitEncoded {
-        name: String,
-        payload: Vec<u8>,
-        reply: EReply<u64>,
-    },
-    LogLen {
-        reply: EReply<u64>,
-    },
-    Follow {
-        from: u64,
-        limit: usize,
-        reply: EReply<Follow>,
-    },
-    Consumer {
-        name: String,
-        reply: EReply<u64>,
-    },
-    Commit {
-        name: String,
-        position: u64,
-        reply: EReply<()>,
-    },
-    /// Emits our `EventPeer` if our listen addresses changed since the last
-    /// one; answers with its seq, or `None` if nothing changed.
-    Announce {
-        advertise: Vec<SocketAddr>,
-        reply: EReply<Option<u64>>,
-    },
-    ConnectAddr {
-        addr: SocketAddr,
-        reply: EReply<PeerId>,
-    },
-    KnownAddrs {
-        reply: EReply<Vec<SocketAddr>>,
-    },
-}
+use crate::error::MqError;
+use crate::mq::{Builder, EventStream, Mq};
+use crate::runtime::Runtime;
+use service::{EReply, EmitCommand, EmitterCommand, Emitting, Follow};
 
 /// Where a stream starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum From {
+pub enum StartAt {
     /// With the first event delivered after the stream was made.
     Now,
     /// With the first event ever delivered here: a replay of the whole log.
@@ -224,8 +144,7 @@ impl EmitterBuilder {
     /// Opens the emitter on an LMDB store in the data directory, and starts
     /// its driver task on `runtime`.
     pub fn open(self, runtime: Arc<dyn Runtime>, schema: Schema) -> Result<Emitter, EmitterError> {
-        let store = LmdbStore::open_with(self.inner.dir(), self.inner.lmdb_opts().clone())
-            .map_err(MqError::from)?;
+        let store = self.inner.open_store()?;
         self.open_with_store(store, runtime, schema)
     }
 
@@ -250,12 +169,21 @@ impl EmitterBuilder {
             config.open = false;
         }
         let messages = schema.messages();
-        let mq = self
+        let allow = self.allow;
+        let (mq, cmd) = self
             .inner
             .config(config)
-            .start(store, runtime, Some((schema, self.allow)))?;
+            .launch(store, runtime, |node, queue| {
+                // Before the driver starts, so that no connection is ever
+                // admitted under a looser rule than asked for.
+                for key in allow {
+                    node.add_peer(key).map_err(MqError::from)?;
+                }
+                Emitting::open(node, queue, schema)
+            })?;
         Ok(Emitter {
             mq,
+            cmd,
             inner: Arc::new(Shared {
                 messages,
                 listeners: Mutex::new(HashMap::new()),
@@ -280,6 +208,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Emitter {
     mq: Mq,
+    cmd: Sender<Command<EmitterCommand>>,
     inner: Arc<Shared>,
 }
 
@@ -300,7 +229,8 @@ impl Emitter {
         make: impl FnOnce(EReply<T>) -> EmitCommand,
     ) -> Result<T, EmitterError> {
         let (tx, rx) = async_channel::bounded(1);
-        self.mq.command(Command::Emitter(make(tx))).await?;
+        let cmd = Command::Service(EmitterCommand::Emit(make(tx)));
+        self.cmd.send(cmd).await.map_err(|_| MqError::Closed)?;
         rx.recv().await.map_err(|_| MqError::Closed)?
     }
 
@@ -350,10 +280,10 @@ impl Emitter {
 
     /// Every delivered event, in delivery (causal) order, from `from` on.
     /// The stream never ends while the emitter runs.
-    pub async fn stream(&self, from: From) -> Result<DeliveryStream, EmitterError> {
+    pub async fn stream(&self, from: StartAt) -> Result<DeliveryStream, EmitterError> {
         let start = match from {
-            From::Beginning => 0,
-            From::Now => self.log_len().await?,
+            StartAt::Beginning => 0,
+            StartAt::Now => self.log_len().await?,
         };
         Ok(self.stream_at(start, None))
     }

@@ -1,0 +1,169 @@
+//! The emitter's persisted address book: the addresses each author last
+//! announced in its `EventPeer` (ours included), and the addresses the
+//! application asked to stay connected to.
+//!
+//! Both live in the emitter's table under key prefixes of their own,
+//! apart from the single-byte tags of the delivery log:
+//!
+//! ```text
+//! "~p" ++ author (32 bytes)  ->  "ip:port\nip:port..."   announced
+//! "~t" ++ "ip:port"          ->  ""                      asked for
+//! ```
+//!
+//! The driver decides what to dial; this module only says what was
+//! learned and asked, so that it survives a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::{Bound, ControlFlow};
+
+use crate::identity::PeerId;
+use crate::store::{Store, StoreError, Table, Txn};
+
+const K_ANNOUNCED: &[u8] = b"~p";
+const K_TARGET: &[u8] = b"~t";
+
+/// What the book held at open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Book {
+    /// The addresses each author last announced.
+    pub announced: BTreeMap<PeerId, Vec<SocketAddr>>,
+    /// The addresses the application asked to connect to, in order.
+    pub targets: Vec<SocketAddr>,
+}
+
+fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The keys from `prefix` (included) to the next prefix (excluded).
+fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut hi = prefix.to_vec();
+    if let Some(last) = hi.last_mut() {
+        *last += 1;
+    }
+    (prefix.to_vec(), hi)
+}
+
+fn encode_addrs(addrs: &[SocketAddr]) -> Vec<u8> {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
+}
+
+/// Lines that are not addresses are skipped: the book only ever advises
+/// where to dial, so a damaged entry costs a dial, not the open.
+fn decode_addrs(bytes: &[u8]) -> Vec<SocketAddr> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+impl Book {
+    /// Reads the whole book from `store`.
+    pub fn load<S: Store>(store: &S) -> Result<Book, StoreError> {
+        let txn = Txn::begin(store)?;
+        let mut book = Book::default();
+        let (lo, hi) = prefix_range(K_ANNOUNCED);
+        txn.scan(
+            Table::Events,
+            (Bound::Included(&lo[..]), Bound::Excluded(&hi[..])),
+            &mut |k, v| {
+                if let Ok(id) = <[u8; 32]>::try_from(&k[K_ANNOUNCED.len()..]) {
+                    book.announced.insert(PeerId(id), decode_addrs(v));
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        let (lo, hi) = prefix_range(K_TARGET);
+        txn.scan(
+            Table::Events,
+            (Bound::Included(&lo[..]), Bound::Excluded(&hi[..])),
+            &mut |k, _| {
+                if let Some(a) = std::str::from_utf8(&k[K_TARGET.len()..])
+                    .ok()
+                    .and_then(|s| s.parse::<SocketAddr>().ok())
+                {
+                    book.targets.push(a);
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(book)
+    }
+
+    /// Durably records that `author` announced `addrs`, and forgets what
+    /// the authors in `forget` announced, in one commit.
+    pub fn save_announced<S: Store>(
+        store: &S,
+        author: &PeerId,
+        addrs: &[SocketAddr],
+        forget: &[PeerId],
+    ) -> Result<(), StoreError> {
+        let mut txn = Txn::begin(store)?;
+        for old in forget {
+            txn.delete(Table::Events, &prefixed(K_ANNOUNCED, &old.0));
+        }
+        txn.put(
+            Table::Events,
+            &prefixed(K_ANNOUNCED, &author.0),
+            &encode_addrs(addrs),
+        );
+        txn.commit()
+    }
+
+    /// Durably records that the application asked to connect to `addr`.
+    /// Returns whether it was new (an address already asked for costs no
+    /// write).
+    pub fn add_target<S: Store>(store: &S, addr: SocketAddr) -> Result<bool, StoreError> {
+        let key = prefixed(K_TARGET, addr.to_string().as_bytes());
+        let mut txn = Txn::begin(store)?;
+        if txn.get(Table::Events, &key)?.is_some() {
+            return Ok(false);
+        }
+        txn.put(Table::Events, &key, &[]);
+        txn.commit()?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn what_is_saved_loads_again_and_forgotten_authors_are_gone() {
+        let store = MemStore::new();
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        Book::save_announced(&store, &a, &[addr("10.0.0.1:1"), addr("[::1]:2")], &[]).unwrap();
+        Book::save_announced(&store, &b, &[addr("10.0.0.2:1")], &[a]).unwrap();
+        assert!(Book::add_target(&store, addr("127.0.0.1:9")).unwrap());
+        assert!(!Book::add_target(&store, addr("127.0.0.1:9")).unwrap());
+        let book = Book::load(&store).unwrap();
+        assert_eq!(
+            book.announced,
+            BTreeMap::from([(b, vec![addr("10.0.0.2:1")])])
+        );
+        assert_eq!(book.targets, vec![addr("127.0.0.1:9")]);
+    }
+
+    #[test]
+    fn a_damaged_line_is_skipped_not_fatal() {
+        assert_eq!(
+            decode_addrs(b"10.0.0.1:1\nnot an address\n[::1]:2"),
+            vec![addr("10.0.0.1:1"), addr("[::1]:2")]
+        );
+    }
+}
