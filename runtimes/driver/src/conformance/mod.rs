@@ -11,6 +11,7 @@
 
 pub mod emitter;
 pub mod queue;
+mod stats;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +39,8 @@ macro_rules! conformance_suite {
             sparse_read,
             acks,
             shutdown_flushes,
-            a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach
+            a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach,
+            a_service_beside_the_queue_sees_every_arrival
         );
     };
     (@tests $run:path; $($name:ident),*) => {

@@ -558,3 +558,46 @@ pub async fn a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach(
     })
     .await
 }
+
+/// A service registered beside the queue (`stats.rs`: a counter of
+/// arrivals per peer) sees every message arrive, and the queue works as
+/// before around it.
+pub async fn a_service_beside_the_queue_sees_every_arrival(
+    ra: Arc<dyn Runtime>,
+    rb: Arc<dyn Runtime>,
+) {
+    limited(
+        &ra.clone(),
+        "a_service_beside_the_queue_sees_every_arrival",
+        async move {
+            let env = Env::new();
+            let builder = Mq::builder(env.data("a"))
+                .config(config())
+                .discovery_dir(env.tmp.path().join("discovery"));
+            let a = super::stats::open(builder, ra.clone()).expect("open a counted node");
+            let b = env.open("b", &rb);
+            let (ida, idb) = (a.mq.id().await, b.id().await);
+            a.mq.add_peer(idb, None).await.unwrap();
+            b.add_peer(ida, None).await.unwrap();
+            b.send_batch(
+                ida,
+                vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()],
+            )
+            .await
+            .unwrap();
+            a.mq.listen(loopback()).await.unwrap();
+            b.connect(ida).await.unwrap();
+            let mut at_a = a.mq.read_stream(Mailbox::Unread, true);
+            assert_eq!(
+                texts(&take(&ra, &mut at_a, 3).await),
+                pairs(&[(0, "one"), (1, "two"), (2, "three")])
+            );
+            let counts = a.counts().await.unwrap();
+            assert_eq!(counts.get(&idb), Some(&3), "counted per peer: {counts:?}");
+            assert_eq!(counts.len(), 1);
+            b.shutdown().await.unwrap();
+            a.mq.shutdown().await.unwrap();
+        },
+    )
+    .await
+}
