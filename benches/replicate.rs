@@ -23,13 +23,25 @@ struct Pair {
 /// A writer (B) holding `MESSAGES` for A, and a reader (A) that has never
 /// seen them.
 fn setup() -> Pair {
-    let cfg = |seed| Config {
+    let cfg = || Config {
         prefetch: Prefetch::All,
         store_poll_interval: None,
-        ..Config::deterministic(seed)
+        ..Config::default()
     };
-    let mut a = Node::open(MemStore::new(), cfg(1), Instant::ZERO).unwrap();
-    let mut b = Node::open(MemStore::new(), cfg(2), Instant::ZERO).unwrap();
+    let mut a = Node::open(
+        MemStore::new(),
+        cfg(),
+        peermq::Entropy::deterministic(1),
+        Instant::ZERO,
+    )
+    .unwrap();
+    let mut b = Node::open(
+        MemStore::new(),
+        cfg(),
+        peermq::Entropy::deterministic(2),
+        Instant::ZERO,
+    )
+    .unwrap();
     a.add_peer(b.id()).unwrap();
     let msgs: Vec<Vec<u8>> = (0..MESSAGES as u32)
         .map(|i| {

@@ -36,7 +36,7 @@ pub use node::{
     CloseReason, Config, ConnId, Event, Fetch, Footprint, Mailbox, Node, NodeError, Output,
     PeerStatus, Prefetch, RawPeer, Record,
 };
-pub use rng::{RandomSource, SeededRng};
+pub use rng::{Entropy, RandomSource, SeededRng};
 #[cfg(feature = "lmdb")]
 pub use store::{LmdbOptions, LmdbStore};
 pub use store::{MemStore, Store, StoreError, Txn};

@@ -97,3 +97,69 @@ mod tests {
         assert_eq!(child.next_u64(), child2.next_u64());
     }
 }
+
+/// The randomness a node is opened with ([`crate::Node::open`]): key
+/// material, kept apart from the [`crate::Config`] so that no copied or
+/// logged configuration carries it. Neither `Clone` nor shown by `Debug`,
+/// and wiped when dropped.
+pub struct Entropy {
+    pub(crate) seed: [u8; 32],
+    pub(crate) nonce_seed: Option<[u8; 32]>,
+}
+
+impl Entropy {
+    /// From 32 fresh bytes of the operating system's random source, drawn
+    /// for this open. They seed every random choice the node makes: its
+    /// identity when the store has none yet, its Noise keys, reconnect
+    /// jitter; whoever knows them knows those keys.
+    pub fn new(seed: [u8; 32]) -> Self {
+        Entropy {
+            seed,
+            nonce_seed: None,
+        }
+    }
+
+    /// Derived from `seed`: reproducible, for tests and simulations only. A
+    /// `u64` is guessable, and whoever guesses it holds the node's keys.
+    pub fn deterministic(seed: u64) -> Self {
+        Entropy::new(SeededRng::derive_seed(seed))
+    }
+
+    /// Also computes each next signature's nonce while the node is idle
+    /// ([`crate::Node::idle_work`]), from `nonce_seed`, which takes most of a
+    /// signature's cost off `send`. Opt-in, for a hazard: such a nonce does
+    /// not depend on the message, so two processes that share the signer's
+    /// state sign two messages with one nonce, which reveals the identity's
+    /// secret key. That happens when a seed is reused with the same
+    /// identity, and when a running node is copied: a VM snapshot restored
+    /// twice, a cloned container, a `fork()`. Use it only where none of that
+    /// can happen, with 32 bytes drawn from the operating system at every
+    /// open (see [`crate::Signer`]). Without it the node signs as RFC 8032
+    /// says, deriving each nonce from its message, which no copy can make
+    /// repeat.
+    pub fn sign_ahead(mut self, nonce_seed: [u8; 32]) -> Self {
+        self.nonce_seed = Some(nonce_seed);
+        self
+    }
+}
+
+impl std::fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ahead = if self.nonce_seed.is_some() {
+            "on"
+        } else {
+            "off"
+        };
+        write!(f, "Entropy {{ seed: <secret>, sign_ahead: {ahead} }}")
+    }
+}
+
+impl Drop for Entropy {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.seed.zeroize();
+        if let Some(s) = self.nonce_seed.as_mut() {
+            s.zeroize();
+        }
+    }
+}

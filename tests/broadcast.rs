@@ -7,10 +7,10 @@ use std::time::Duration;
 use common::Net;
 use peermq::{Config, Event, PeerId};
 
-fn open_config(seed: u64) -> Config {
+fn open_config() -> Config {
     Config {
         open: true,
-        ..Config::deterministic(seed)
+        ..Config::default()
     }
 }
 
@@ -26,7 +26,7 @@ fn broadcasts(net: &Net, i: usize) -> Vec<(PeerId, u64)> {
 
 #[test]
 fn events_reach_a_node_through_the_middle_one() {
-    let mut net = Net::with_configs((1..=3).map(open_config).collect());
+    let mut net = Net::with_configs(vec![open_config(); 3]);
     let (a, b, c) = (net.ids[0], net.ids[1], net.ids[2]);
     let now = net.now;
     net.node(0).dial(b, now);
@@ -62,7 +62,7 @@ fn events_reach_a_node_through_the_middle_one() {
 
 #[test]
 fn a_late_joiner_catches_up_from_any_relay() {
-    let mut net = Net::with_configs((1..=3).map(open_config).collect());
+    let mut net = Net::with_configs(vec![open_config(); 3]);
     let (a, b) = (net.ids[0], net.ids[1]);
     let now = net.now;
     net.node(0).dial(b, now);
@@ -88,7 +88,7 @@ fn a_late_joiner_catches_up_from_any_relay() {
 
 #[test]
 fn a_closed_node_relays_only_allowed_authors() {
-    let mut configs: Vec<Config> = (1..=3).map(open_config).collect();
+    let mut configs: Vec<Config> = vec![open_config(); 3];
     configs[1].open = false;
     let mut net = Net::with_configs(configs);
     let (a, b, c) = (net.ids[0], net.ids[1], net.ids[2]);
@@ -108,7 +108,7 @@ fn a_closed_node_relays_only_allowed_authors() {
     let at_b = broadcasts(&net, 1);
     assert_eq!(at_b, vec![(a, 0)]);
     // An unknown dialer is refused by the closed node.
-    let stranger = Net::with_configs(vec![open_config(9)]).ids[0];
+    let stranger = Net::with_seeded(vec![(9, open_config())]).ids[0];
     assert!(!net.node(1).is_authorized(&stranger));
 }
 
@@ -116,7 +116,7 @@ fn a_closed_node_relays_only_allowed_authors() {
 fn reconnecting_in_sync_costs_the_same_however_many_feeds() {
     // Thirty authors publish through a hub (node 0); node 1 syncs from it.
     let n = 32;
-    let mut net = Net::with_configs((1..=n as u64).map(open_config).collect());
+    let mut net = Net::with_configs(vec![open_config(); n]);
     let hub = net.ids[0];
     for i in 2..n {
         let now = net.now;
@@ -148,10 +148,10 @@ fn reconnecting_in_sync_costs_the_same_however_many_feeds() {
 #[test]
 fn an_author_over_its_byte_quota_is_no_longer_fetched_and_nothing_closes() {
     let mut net = Net::with_configs(vec![
-        open_config(1),
+        open_config(),
         Config {
             max_author_bytes: 10_000,
-            ..open_config(2)
+            ..open_config()
         },
     ]);
     let (a, b) = (net.ids[0], net.ids[1]);
@@ -200,7 +200,13 @@ fn a_flood_of_authors_announcing_one_head_each_is_bounded_and_stores_nothing() {
     use peermq::{Instant, Keypair, MemStore, Node, Output, RawPeer, SeededRng, Txn};
 
     let now = Instant::ZERO;
-    let mut a = Node::open(MemStore::new(), open_config(1), now).unwrap();
+    let mut a = Node::open(
+        MemStore::new(),
+        open_config(),
+        peermq::Entropy::deterministic(1),
+        now,
+    )
+    .unwrap();
     let relay = Keypair::generate(&mut SeededRng::from_u64(77));
     let mut raw = RawPeer::dial(&relay, 3, a.id()).unwrap();
     let conn = a.accept(now);
@@ -297,8 +303,20 @@ fn a_failed_commit_does_not_leave_a_relayed_feed_stuck() {
     }
     let now = Instant::ZERO;
     let store_b = MemStore::new();
-    let mut a = Node::open(MemStore::new(), open_config(1), now).unwrap();
-    let mut b = Node::open(store_b.clone(), open_config(2), now).unwrap();
+    let mut a = Node::open(
+        MemStore::new(),
+        open_config(),
+        peermq::Entropy::deterministic(1),
+        now,
+    )
+    .unwrap();
+    let mut b = Node::open(
+        store_b.clone(),
+        open_config(),
+        peermq::Entropy::deterministic(2),
+        now,
+    )
+    .unwrap();
     let connect = |a: &mut Node<MemStore>, b: &mut Node<MemStore>| {
         let ac = a.connect(b.id(), now);
         let bc = b.accept(now);

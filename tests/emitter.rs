@@ -21,10 +21,10 @@ fn schema() -> Schema {
     Schema::parse("example.proto", PROTO).unwrap()
 }
 
-fn open_config(seed: u64) -> Config {
+fn open_config() -> Config {
     Config {
         open: true,
-        ..Config::deterministic(seed)
+        ..Config::default()
     }
 }
 
@@ -36,12 +36,12 @@ struct Mesh {
 
 impl Mesh {
     fn new(seeds: &[u64]) -> Self {
-        Self::with_configs(seeds.iter().map(|&s| open_config(s)).collect())
+        Self::with_seeded(seeds.iter().map(|&s| (s, open_config())).collect())
     }
 
-    fn with_configs(configs: Vec<Config>) -> Self {
-        let n = configs.len();
-        let mut net = Net::with_configs(configs);
+    fn with_seeded(nodes: Vec<(u64, Config)>) -> Self {
+        let n = nodes.len();
+        let mut net = Net::with_seeded(nodes);
         let em = (0..n)
             .map(|i| Emitter::open(net.node(i), schema()).unwrap())
             .collect();
@@ -132,7 +132,7 @@ fn three_emitters_deliver_through_the_middle_one_in_causal_order() {
     let mut seeds = None;
     for s in 0..200u64 {
         let ids: Vec<PeerId> = (0..3)
-            .map(|i| Net::with_configs(vec![open_config(s * 3 + i)]).ids[0])
+            .map(|i| Net::with_seeded(vec![(s * 3 + i, open_config())]).ids[0])
             .collect();
         if FeedDescriptor::broadcast(ids[1]).id() < FeedDescriptor::broadcast(ids[0]).id() {
             seeds = Some([s * 3, s * 3 + 1, s * 3 + 2]);
@@ -140,9 +140,10 @@ fn three_emitters_deliver_through_the_middle_one_in_causal_order() {
         }
     }
     // C asks for one thing at a time, so the two feeds arrive separately.
-    let mut configs: Vec<Config> = seeds.unwrap().iter().map(|&s| open_config(s)).collect();
-    configs[2].max_inflight_requests = 1;
-    let mut m = Mesh::with_configs(configs);
+    let mut nodes: Vec<(u64, Config)> =
+        seeds.unwrap().iter().map(|&s| (s, open_config())).collect();
+    nodes[2].1.max_inflight_requests = 1;
+    let mut m = Mesh::with_seeded(nodes);
     let (a, b) = (m.net.ids[0], m.net.ids[1]);
     let now = m.net.now;
     m.net.node(0).dial(b, now);
@@ -272,13 +273,16 @@ fn an_event_type_unknown_here_is_delivered_raw() {
 fn an_event_that_depends_on_a_refused_author_is_delivered_and_says_so() {
     // Z holds at most one author's events. X's event depends on Y's, which
     // Z refuses for lack of room: Z must not hold X's stream back forever.
-    let mut m = Mesh::with_configs(vec![
-        open_config(1),
-        open_config(2),
-        Config {
-            max_feeds: 1,
-            ..open_config(3)
-        },
+    let mut m = Mesh::with_seeded(vec![
+        (1, open_config()),
+        (2, open_config()),
+        (
+            3,
+            Config {
+                max_feeds: 1,
+                ..open_config()
+            },
+        ),
     ]);
     let (x, y) = (m.net.ids[0], m.net.ids[1]);
     m.emit(0, "Hello", json!({"from": "x, first"}));

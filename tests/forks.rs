@@ -57,8 +57,9 @@ impl World {
             MemStore::new(),
             Config {
                 store_poll_interval: None,
-                ..Config::deterministic(1)
+                ..Config::default()
             },
+            peermq::Entropy::deterministic(1),
             NOW,
         )
         .unwrap();
@@ -238,7 +239,13 @@ fn an_author_that_extends_another_tree_is_caught_and_its_blocks_are_not_stored()
 
     // The evidence survives a restart, and the feed stays left alone.
     let store = w.a.store().clone();
-    let again = Node::open(store, Config::deterministic(1), NOW).unwrap();
+    let again = Node::open(
+        store,
+        Config::default(),
+        peermq::Entropy::deterministic(1),
+        NOW,
+    )
+    .unwrap();
     assert_eq!(again.forks().copied().collect::<Vec<_>>(), [evidence]);
 }
 

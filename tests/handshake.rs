@@ -7,16 +7,16 @@ use peermq::noise::{self, StaticKey};
 use peermq::wire::frame::{write_frame, FrameReader};
 use peermq::wire::{HandshakePayload, PROTOCOL_VERSION};
 use peermq::{
-    CloseReason, Config, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, NodeError,
-    Output, SeededRng,
+    CloseReason, Config, ConnId, Entropy, Event, Instant, Keypair, Mailbox, MemStore, Node, Output,
+    SeededRng,
 };
 
 const NOW: Instant = Instant::ZERO;
 
-fn config(seed: u64) -> Config {
+fn config() -> Config {
     Config {
         store_poll_interval: None,
-        ..Config::deterministic(seed)
+        ..Config::default()
     }
 }
 
@@ -91,7 +91,7 @@ fn an_identity_payload_replayed_in_another_session_is_refused() {
     // Whoever holds a node's Noise static key and one identity payload it
     // sent must not be able to pass as that node in a later session: the
     // payload is signed over the session's handshake hash.
-    let mut a = Node::open(MemStore::new(), config(1), NOW).unwrap();
+    let mut a = Node::open(MemStore::new(), config(), Entropy::deterministic(1), NOW).unwrap();
     let h = Keypair::generate(&mut SeededRng::from_u64(50));
     a.add_peer(h.peer_id()).unwrap();
     let s = StaticKey::generate(SeededRng::from_u64(51)).unwrap();
@@ -111,7 +111,7 @@ fn an_identity_payload_replayed_in_another_session_is_refused() {
 fn a_payload_that_signs_only_the_static_key_is_refused() {
     // Protocol 3's payload: a signature over the Noise static key alone,
     // valid in every session once seen.
-    let mut a = Node::open(MemStore::new(), config(1), NOW).unwrap();
+    let mut a = Node::open(MemStore::new(), config(), Entropy::deterministic(1), NOW).unwrap();
     let h = Keypair::generate(&mut SeededRng::from_u64(50));
     a.add_peer(h.peer_id()).unwrap();
     let s = StaticKey::generate(SeededRng::from_u64(51)).unwrap();
@@ -132,32 +132,33 @@ fn a_payload_that_signs_only_the_static_key_is_refused() {
 }
 
 #[test]
-fn a_node_given_no_randomness_refuses_to_open() {
-    // The default configuration has no seed; a node that made its keys from
-    // a fixed one would share them with every other such node.
-    let e = Node::open(MemStore::new(), Config::default(), NOW)
-        .err()
-        .expect("no entropy, no node");
-    assert!(matches!(e, NodeError::NoEntropy), "{e:?}");
-    assert!(e.to_string().contains("Config::rng_seed"), "{e}");
-    // Nothing was created in the store: the next open, given a seed, makes
-    // the identity from it.
+fn the_identity_comes_from_the_entropy_given_when_the_store_has_none() {
+    // A node cannot be opened without `Entropy` (it is an argument, and the
+    // configuration holds no seed): no default makes every node share keys.
     let store = MemStore::new();
-    assert!(Node::open(store.clone(), Config::default(), NOW).is_err());
-    let a = Node::open(store.clone(), config(7), NOW).unwrap().id();
-    let b = Node::open(MemStore::new(), config(7), NOW).unwrap().id();
+    let a = Node::open(store.clone(), config(), Entropy::deterministic(7), NOW)
+        .unwrap()
+        .id();
+    let b = Node::open(MemStore::new(), config(), Entropy::deterministic(7), NOW)
+        .unwrap()
+        .id();
     assert_eq!(a, b, "the identity comes from the seed given");
+    // Once stored, the identity stays whatever a later open is given.
+    let again = Node::open(store, config(), Entropy::deterministic(8), NOW)
+        .unwrap()
+        .id();
+    assert_eq!(again, a);
 }
 
 #[test]
-fn debug_output_of_a_config_shows_no_seed() {
-    let c = Config {
-        nonce_seed: Some([0xab; 32]),
-        ..Config::deterministic(3)
-    };
-    let text = format!("{c:?}");
-    assert!(text.contains("rng_seed: Some(<secret>)"), "{text}");
-    assert!(!text.contains("171"), "no seed byte is printed: {text}");
+fn debug_output_of_entropy_shows_no_seed() {
+    let e = Entropy::new([0xab; 32]).sign_ahead([0xcd; 32]);
+    let text = format!("{e:?}");
+    assert!(text.contains("<secret>"), "{text}");
+    assert!(
+        !text.contains("171") && !text.contains("205") && !text.contains("ab"),
+        "no seed byte is printed: {text}"
+    );
 }
 
 /// Moves bytes between two nodes until nothing moves; returns the outputs
@@ -200,13 +201,14 @@ fn a_restricted_node_that_dials_an_address_refuses_a_stranger_who_answers() {
     // A dials an address without knowing who listens there; a stranger in
     // open mode answers. A must neither serve it its broadcast feed nor take
     // its queue messages.
-    let mut a = Node::open(MemStore::new(), config(1), NOW).unwrap();
+    let mut a = Node::open(MemStore::new(), config(), Entropy::deterministic(1), NOW).unwrap();
     let mut s = Node::open(
         MemStore::new(),
         Config {
             open: true,
-            ..config(2)
+            ..config()
         },
+        Entropy::deterministic(2),
         NOW,
     )
     .unwrap();
@@ -244,8 +246,8 @@ fn a_restricted_node_that_dials_an_address_refuses_a_stranger_who_answers() {
 
 #[test]
 fn a_node_that_dials_an_address_talks_to_an_authorized_peer_there() {
-    let mut a = Node::open(MemStore::new(), config(1), NOW).unwrap();
-    let mut b = Node::open(MemStore::new(), config(2), NOW).unwrap();
+    let mut a = Node::open(MemStore::new(), config(), Entropy::deterministic(1), NOW).unwrap();
+    let mut b = Node::open(MemStore::new(), config(), Entropy::deterministic(2), NOW).unwrap();
     a.add_peer(b.id()).unwrap();
     b.add_peer(a.id()).unwrap();
     b.send(a.id(), b"hello", NOW).unwrap();

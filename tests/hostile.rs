@@ -11,10 +11,10 @@ use peermq::{
 };
 use quickcheck::{QuickCheck, TestResult};
 
-fn config(seed: u64) -> peermq::Config {
+fn config() -> peermq::Config {
     peermq::Config {
         store_poll_interval: None,
-        ..peermq::Config::deterministic(seed)
+        ..peermq::Config::default()
     }
 }
 
@@ -31,8 +31,20 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let mut a = Node::open(MemStore::new(), config(1), Instant::ZERO).unwrap();
-        let c = Node::open(MemStore::new(), config(2), Instant::ZERO).unwrap();
+        let mut a = Node::open(
+            MemStore::new(),
+            config(),
+            peermq::Entropy::deterministic(1),
+            Instant::ZERO,
+        )
+        .unwrap();
+        let c = Node::open(
+            MemStore::new(),
+            config(),
+            peermq::Entropy::deterministic(2),
+            Instant::ZERO,
+        )
+        .unwrap();
         let h = Keypair::generate(&mut SeededRng::from_u64(99));
         a.add_peer(c.id()).unwrap();
         a.add_peer(h.peer_id()).unwrap();
@@ -351,7 +363,13 @@ fn a_handshake_out_of_order_fails_cleanly() {
 #[test]
 fn random_bytes_never_panic_before_or_after_the_handshake() {
     fn prop(junk: Vec<u8>, as_plaintext: bool) -> TestResult {
-        let mut a = Node::open(MemStore::new(), config(3), Instant::ZERO).unwrap();
+        let mut a = Node::open(
+            MemStore::new(),
+            config(),
+            peermq::Entropy::deterministic(3),
+            Instant::ZERO,
+        )
+        .unwrap();
         let h = Keypair::generate(&mut SeededRng::from_u64(4));
         a.add_peer(h.peer_id()).unwrap();
         // Straight into a fresh connection.
@@ -499,8 +517,9 @@ impl SparseFetch {
             MemStore::new(),
             peermq::Config {
                 prefetch,
-                ..config(40)
+                ..config()
             },
+            peermq::Entropy::deterministic(40),
             Instant::ZERO,
         )
         .unwrap();
@@ -890,8 +909,9 @@ fn connections_each_parking_half_a_large_message_stay_within_the_buffer_budget()
         MemStore::new(),
         peermq::Config {
             max_buffered_bytes: budget,
-            ..config(1)
+            ..config()
         },
+        peermq::Entropy::deterministic(1),
         Instant::ZERO,
     )
     .unwrap();

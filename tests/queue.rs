@@ -264,9 +264,9 @@ fn windowed_reader(window: u64, msgs: &[Vec<u8>]) -> (Net, peermq::PeerId) {
     let configs = vec![
         Config {
             prefetch: Prefetch::Window(window),
-            ..Config::deterministic(1)
+            ..Config::default()
         },
-        Config::deterministic(2),
+        Config::default(),
     ];
     let mut net = Net::with_configs(configs);
     let (a, b) = (net.ids[A], net.ids[B]);
@@ -404,9 +404,9 @@ fn slow_transfer(n: u32) -> (Net, peermq::PeerId, peermq::PeerId) {
         Config {
             max_request_blocks: 16,
             max_inflight_requests: 2,
-            ..Config::deterministic(1)
+            ..Config::default()
         },
-        Config::deterministic(2),
+        Config::default(),
     ];
     let mut net = Net::with_configs(configs);
     let (a, b) = (net.ids[A], net.ids[B]);
@@ -509,16 +509,12 @@ fn the_same_seed_gives_the_same_bytes() {
 #[test]
 fn nonces_prepared_while_idle_change_no_byte_and_sign_valid_messages() {
     fn run(prepare: bool) -> (String, Vec<(u64, String)>) {
-        let configs = (0..2)
-            .map(|i| Config {
-                nonce_seed: Some([i as u8 + 1; 32]),
-                ..Config::deterministic(i)
-            })
+        let nodes = (0..2)
+            .map(|i| (i, Some([i as u8 + 1; 32]), Config::default()))
             .collect();
-        let mut net = Net::with_configs(configs);
-        // The seed stays with the signer: a configuration read back cannot
-        // seed another open of the same identity.
-        assert_eq!(net.node(A).config().nonce_seed, None);
+        // The seeds stay with the signer (`Entropy` is not part of the
+        // configuration, so no configuration read back carries them).
+        let mut net = Net::with_entropy(nodes);
         let (a, b) = (net.ids[A], net.ids[B]);
         net.node(A).add_peer(b).unwrap();
         net.node(B).add_peer(a).unwrap();
@@ -595,8 +591,7 @@ fn a_send_from_another_process_reaches_a_running_node_and_nothing_is_overwritten
     net.run_for(Duration::from_secs(1));
     // A second "process" on B's data directory appends behind the running
     // node's back, twice, and the running node appends again too.
-    let mut other =
-        peermq::Node::open(net.stores[B].clone(), net.configs[B].clone(), net.now).unwrap();
+    let mut other = net.open_again(B);
     assert_eq!(other.id(), b);
     assert_eq!(other.send(a, b"from another process", now).unwrap(), 1);
     assert_eq!(other.send(a, b"and another", now).unwrap(), 2);
@@ -618,8 +613,7 @@ fn a_send_from_another_process_reaches_a_running_node_and_nothing_is_overwritten
         ]
     );
     // Archive marks written by another process on A's directory are seen.
-    let mut reader =
-        peermq::Node::open(net.stores[A].clone(), net.configs[A].clone(), net.now).unwrap();
+    let mut reader = net.open_again(A);
     assert!(reader.archive(b, 0, now).unwrap());
     assert!(
         !net.node(A).archive(b, 0, now).unwrap(),
@@ -632,11 +626,11 @@ fn a_cleared_message_is_never_downloaded_and_a_cleared_one_is_gone() {
     let configs = vec![
         Config {
             prefetch: Prefetch::All,
-            ..Config::deterministic(1)
+            ..Config::default()
         },
         Config {
             prune_acked: true,
-            ..Config::deterministic(2)
+            ..Config::default()
         },
     ];
     let mut net = Net::with_configs(configs);

@@ -7,8 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use peermq::{Config, Instant, Keypair, MemStore, Node, Output, RawPeer, SeededRng};
 
 fuzz_target!(|data: &[u8]| {
-    let config = Config { store_poll_interval: None, ..Config::deterministic(0) };
-    let Ok(mut node) = Node::open(MemStore::new(), config, Instant::ZERO) else { return };
+    let config = Config { store_poll_interval: None, ..Config::default() };
+    let entropy = peermq::Entropy::deterministic(0);
+    let Ok(mut node) = Node::open(MemStore::new(), config, entropy, Instant::ZERO) else { return };
     let conn = node.accept(Instant::ZERO);
     assert!(node.handle_input(conn, data, Instant::ZERO).is_ok());
 

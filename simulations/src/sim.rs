@@ -14,8 +14,8 @@ use std::time::Duration;
 use peermq::node::limits;
 use peermq::store::Table;
 use peermq::{
-    Config, ConnId, Event, Feed, FeedDescriptor, FeedError, Fetch, Instant, Mailbox, MemStore,
-    Node, NodeError, Output, PeerId, StoreError, Txn,
+    Config, ConnId, Entropy, Event, Feed, FeedDescriptor, FeedError, Fetch, Instant, Mailbox,
+    MemStore, Node, NodeError, Output, PeerId, StoreError, Txn,
 };
 
 use crate::oracle::{branch_message, message, Failure, Oracle, Rogue};
@@ -169,8 +169,6 @@ impl<'p> Sim<'p> {
         let mut index = BTreeMap::new();
         for (i, no) in o.node.iter().enumerate() {
             let config = Config {
-                rng_seed: Some(node_seed(plan.seed, i, 0)),
-                nonce_seed: Some(nonce_seed(plan.seed, i, 0)),
                 prefetch: no.prefetch,
                 max_request_blocks: no.max_request_blocks,
                 max_inflight_requests: no.max_inflight,
@@ -185,8 +183,13 @@ impl<'p> Sim<'p> {
             };
             let store = MemStore::new();
             // A fresh MemStore cannot fail to open.
-            let node = Node::open(store.clone(), config.clone(), Instant::ZERO)
-                .unwrap_or_else(|e| panic!("opening a fresh in-memory node failed: {e}"));
+            let node = Node::open(
+                store.clone(),
+                config.clone(),
+                entropy(plan.seed, i, 0),
+                Instant::ZERO,
+            )
+            .unwrap_or_else(|e| panic!("opening a fresh in-memory node failed: {e}"));
             let id = node.id();
             index.insert(id, i);
             slots.push(Slot {
@@ -1426,11 +1429,10 @@ impl<'p> Sim<'p> {
             return;
         }
         let inc = self.slots[node].inc;
-        let mut config = self.slots[node].config.clone();
-        config.rng_seed = Some(node_seed(self.plan.seed, node, inc));
-        config.nonce_seed = Some(nonce_seed(self.plan.seed, node, inc));
+        let config = self.slots[node].config.clone();
+        let entropy = entropy(self.plan.seed, node, inc);
         let now = Instant::from_micros(self.now);
-        match Node::open(self.slots[node].store.clone(), config, now) {
+        match Node::open(self.slots[node].store.clone(), config, entropy, now) {
             Ok(mut n) => {
                 if n.id() != self.slots[node].id {
                     self.fail(Failure::new(
@@ -1837,8 +1839,13 @@ pub fn sparse_budget(
 /// A head announcement on the wire, with framing and its AEAD tag.
 const HEAD_BYTES: u64 = 256;
 
-/// A node incarnation's nonce seed: like a runtime's, never reused by
-/// another incarnation.
+/// A node incarnation's randomness: its seed, and a nonce seed that, like
+/// a runtime's, no other incarnation reuses.
+fn entropy(seed: u64, node: usize, inc: u32) -> Entropy {
+    Entropy::new(node_seed(seed, node, inc)).sign_ahead(nonce_seed(seed, node, inc))
+}
+
+/// A node incarnation's nonce seed.
 fn nonce_seed(seed: u64, node: usize, inc: u32) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("peermq-sim nonce seed");
     for v in [seed, node as u64, u64::from(inc)] {

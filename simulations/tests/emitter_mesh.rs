@@ -68,9 +68,11 @@ impl Mesh {
             let config = Config {
                 open: true,
                 store_poll_interval: None,
-                ..Config::deterministic(1000 + i as u64)
+                ..Config::default()
             };
-            let node = Node::open(MemStore::new(), config, Instant::ZERO).expect("open node");
+            let entropy = peermq::Entropy::deterministic(1000 + i as u64);
+            let node =
+                Node::open(MemStore::new(), config, entropy, Instant::ZERO).expect("open node");
             ems.push(Emitter::open(&node, schema.clone()).expect("open emitter"));
             nodes.push(node);
         }

@@ -16,7 +16,7 @@
 //! node, another process on the same data directory) the nonce keys differ
 //! because each is derived from its own seed, which must be fresh randomness
 //! every time. Hence the core prepares nonces only when its caller passes
-//! such a seed ([`crate::Config::nonce_seed`]); without one it signs as RFC
+//! such a seed ([`crate::Entropy::sign_ahead`]); without one it signs as RFC
 //! 8032 says. The nonce key also hashes in the secret key, so a seed that
 //! leaks does not make nonces predictable.
 

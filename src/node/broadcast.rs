@@ -557,13 +557,9 @@ impl<S: Store> Node<S> {
     }
 
     /// Block `seq` of `author`'s broadcast feed, if held here.
-    pub fn broadcast_get(
-        &mut self,
-        author: PeerId,
-        seq: u64,
-    ) -> Result<Option<Vec<u8>>, NodeError> {
+    pub fn broadcast_get(&self, author: PeerId, seq: u64) -> Result<Option<Vec<u8>>, NodeError> {
         let txn = Txn::begin(&self.store)?;
-        let feed = self.st.feed(&txn, FeedDescriptor::broadcast(author))?;
+        let feed = self.st.peek_feed(&txn, FeedDescriptor::broadcast(author))?;
         Ok(feed.get(&txn, seq)?)
     }
 
@@ -593,8 +589,8 @@ impl<S: Store> Node<S> {
     }
 
     /// Loads a feed handle for inspection (tests, tools).
-    pub fn feed_handle(&mut self, desc: FeedDescriptor) -> Result<Feed, NodeError> {
+    pub fn feed_handle(&self, desc: FeedDescriptor) -> Result<Feed, NodeError> {
         let txn = Txn::begin(&self.store)?;
-        Ok(self.st.feed(&txn, desc)?.clone())
+        Ok(self.st.peek_feed(&txn, desc)?.into_owned())
     }
 }

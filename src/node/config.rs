@@ -1,6 +1,5 @@
 //! Node configuration.
 
-use std::fmt;
 use std::time::Duration;
 
 /// How much of an incoming feed a node downloads ahead of its reader.
@@ -16,35 +15,11 @@ pub enum Prefetch {
     All,
 }
 
-/// Everything a [`crate::Node`] can be tuned with. `Config::default()` suits
-/// most uses once [`Config::rng_seed`] is set; tests and simulations start
-/// from [`Config::deterministic`].
-#[derive(Clone)]
+/// Everything a [`crate::Node`] can be tuned with; `Config::default()`
+/// suits most uses. It holds no secret: the node's randomness comes apart,
+/// as [`crate::Entropy`].
+#[derive(Clone, Debug)]
 pub struct Config {
-    /// Seed of every random choice the node makes: its identity when the
-    /// store has none yet, its Noise keys, reconnect jitter. The same seed
-    /// and inputs give the same output bytes. It must be 32 bytes of fresh
-    /// randomness (the runtimes draw them from the operating system at every
-    /// open), since whoever knows it knows the node's keys; the core draws
-    /// none itself, so [`crate::Node::open`] refuses to open without it.
-    pub rng_seed: Option<[u8; 32]>,
-    /// Opt-in: fresh randomness for this open of the node, never used before
-    /// with its identity, which lets the node compute its next signature's
-    /// nonce while idle ([`crate::Node::idle_work`]) and takes most of a
-    /// signature's cost off `send`.
-    ///
-    /// The hazard: such a nonce does not depend on the message, so two
-    /// processes that share the signer's state sign two messages with one
-    /// nonce, which reveals the identity's secret key. That happens when a
-    /// seed is reused with the same identity, and also when a running node
-    /// is copied: a VM snapshot restored twice, a cloned container, a
-    /// `fork()`. Set it only where none of that can happen, with a seed
-    /// drawn from the operating system at every open (see [`crate::Signer`]);
-    /// [`crate::Node::open`] takes it out of the configuration it keeps, but
-    /// a copy made before must not open the same identity again. `None`, the
-    /// default, signs as RFC 8032 says, deriving each nonce from its
-    /// message, which no copy or snapshot can make repeat.
-    pub nonce_seed: Option<[u8; 32]>,
     /// Largest protocol message accepted or sent, which bounds the largest
     /// message `send` accepts. Checked before anything is buffered.
     pub max_message_size: usize,
@@ -106,8 +81,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            rng_seed: None,
-            nonce_seed: None,
             max_message_size: 16 << 20,
             max_buffered_bytes: 256 << 20,
             max_inflight_requests: 32,
@@ -130,55 +103,7 @@ impl Default for Config {
     }
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The seeds are key material: say whether they are set, never what
-        // they are, so a logged configuration gives nothing away.
-        let secret = |set: bool| if set { "Some(<secret>)" } else { "None" };
-        f.debug_struct("Config")
-            .field(
-                "rng_seed",
-                &format_args!("{}", secret(self.rng_seed.is_some())),
-            )
-            .field(
-                "nonce_seed",
-                &format_args!("{}", secret(self.nonce_seed.is_some())),
-            )
-            .field("max_message_size", &self.max_message_size)
-            .field("max_buffered_bytes", &self.max_buffered_bytes)
-            .field("max_inflight_requests", &self.max_inflight_requests)
-            .field("max_request_blocks", &self.max_request_blocks)
-            .field("max_data_bytes", &self.max_data_bytes)
-            .field("prefetch", &self.prefetch)
-            .field("keepalive_interval", &self.keepalive_interval)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("backoff_base", &self.backoff_base)
-            .field("backoff_cap", &self.backoff_cap)
-            .field("prune_acked", &self.prune_acked)
-            .field("open", &self.open)
-            .field("max_feeds", &self.max_feeds)
-            .field("max_author_bytes", &self.max_author_bytes)
-            .field("max_relay_bytes", &self.max_relay_bytes)
-            .field("store_poll_interval", &self.store_poll_interval)
-            .field("ack_delay", &self.ack_delay)
-            .finish()
-    }
-}
-
 impl Config {
-    /// The default configuration with every key and random choice derived
-    /// from `seed`: reproducible, for tests and simulations only. A `u64` is
-    /// guessable, and whoever guesses it holds the node's keys; anything
-    /// that talks to real peers sets [`Config::rng_seed`] from the operating
-    /// system's random source instead.
-    pub fn deterministic(seed: u64) -> Self {
-        Config {
-            rng_seed: Some(crate::rng::SeededRng::derive_seed(seed)),
-            ..Config::default()
-        }
-    }
-
     /// Blocks per request and requests in flight, within what the protocol
     /// lets a peer ask of us.
     pub(crate) fn request_limits(&self) -> (u64, usize) {

@@ -8,11 +8,11 @@
 //! to do, [`Node::idle_work`] prepares what the next send needs.
 //!
 //! ```
-//! use peermq::{Config, Instant, MemStore, Node, Output};
+//! use peermq::{Config, Entropy, Instant, MemStore, Node, Output};
 //!
-//! // A real node takes its seed from the OS: `rng_seed: Some(os_random_32_bytes)`.
-//! let mut node = Node::open(MemStore::new(), Config::deterministic(1), Instant::ZERO)?;
-//! let friend = Node::open(MemStore::new(), Config::deterministic(2), Instant::ZERO)?.id();
+//! // A real node takes 32 fresh bytes from the OS: `Entropy::new(os_bytes)`.
+//! let mut node = Node::open(MemStore::new(), Config::default(), Entropy::deterministic(1), Instant::ZERO)?;
+//! let friend = Node::open(MemStore::new(), Config::default(), Entropy::deterministic(2), Instant::ZERO)?.id();
 //! let seq = node.send(friend, b"hello", Instant::ZERO)?; // durable, even offline
 //! assert_eq!(seq, 0);
 //! node.dial(friend, Instant::ZERO);
@@ -44,6 +44,7 @@ pub use outbox::MAX_ACKED_RANGES;
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 pub use raw::RawPeer;
 
+use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::{Bound, ControlFlow};
@@ -51,7 +52,7 @@ use std::ops::{Bound, ControlFlow};
 use crate::feed::{Feed, FeedDescriptor, FeedError, FeedId};
 use crate::identity::{Keypair, PeerId, Signer};
 use crate::noise::{self, StaticKey};
-use crate::rng::SeededRng;
+use crate::rng::{Entropy, SeededRng};
 use crate::store::{meta, Store, StoreError, Table, Txn};
 use crate::time::Instant;
 use crate::wire::Message;
@@ -101,10 +102,6 @@ pub enum NodeError {
     /// A peer cannot send messages to itself.
     #[error("cannot send to our own id {0}")]
     SelfSend(PeerId),
-    /// [`Config::rng_seed`] was not set, and the core draws no randomness of
-    /// its own.
-    #[error("Config::rng_seed is not set: pass 32 fresh random bytes from the operating system at every open, or use Config::deterministic(seed) in tests; the node's identity and Noise keys come from it")]
-    NoEntropy,
 }
 
 /// What a node holds in memory, in counts ([`Node::footprint`]). Each is
@@ -208,18 +205,18 @@ struct Planned {
 }
 
 impl<S: Store> Node<S> {
-    /// Opens a node on `store`, creating its identity (from the configured
-    /// seed) if the store has none. Costs a fixed number of reads plus one
-    /// per authorized peer, whatever the amount of data stored.
-    ///
-    /// Fails with [`NodeError::NoEntropy`] unless [`Config::rng_seed`] is
-    /// set: the node will not make keys out of nothing.
-    pub fn open(store: S, mut config: Config, now: Instant) -> Result<Self, NodeError> {
-        // The node keeps its seeds in its generators only: the stored
-        // configuration, which `Node::config` hands out, must not hold them,
-        // or they could seed another open.
-        let nonce_seed = config.nonce_seed.take();
-        let mut rng = SeededRng::from_seed(config.rng_seed.take().ok_or(NodeError::NoEntropy)?);
+    /// Opens a node on `store`, creating its identity (from `entropy`) if
+    /// the store has none. Costs a fixed number of reads plus one per
+    /// authorized peer, whatever the amount of data stored.
+    pub fn open(
+        store: S,
+        config: Config,
+        entropy: Entropy,
+        now: Instant,
+    ) -> Result<Self, NodeError> {
+        let nonce_seed = entropy.nonce_seed;
+        let mut rng = SeededRng::from_seed(entropy.seed);
+        drop(entropy);
         let mut txn = Txn::begin(&store)?;
         meta::check_format(&mut txn)?;
         let mut id_rng = rng.fork();
@@ -462,7 +459,7 @@ impl<S: Store> Node<S> {
 
     /// Whether the node has work it can do ahead of need, off the path of
     /// the next command: today, the next signature's nonce (only with
-    /// [`Config::nonce_seed`]).
+    /// [`Entropy::sign_ahead`]).
     pub fn has_idle_work(&self) -> bool {
         self.signer.can_sign_ahead()
     }
@@ -870,6 +867,43 @@ impl State {
         Ok(match self.outboxes.entry(to) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(Outbox::load(txn, &id)?),
+        })
+    }
+
+    /// A feed as the cache or, if it is not cached, the store has it,
+    /// without caching it: for getters.
+    fn peek_feed<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        desc: FeedDescriptor,
+    ) -> Result<Cow<'_, Feed>, NodeError> {
+        Ok(match self.feeds.get(&desc.id()) {
+            Some(f) => Cow::Borrowed(f),
+            None => Cow::Owned(Feed::open(txn, desc)?),
+        })
+    }
+
+    /// [`State::inbox`] without caching it: for getters.
+    fn peek_inbox<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        from: PeerId,
+    ) -> Result<Cow<'_, Inbox>, NodeError> {
+        Ok(match self.inboxes.get(&from) {
+            Some(i) => Cow::Borrowed(i),
+            None => Cow::Owned(Inbox::load(txn, &from)?),
+        })
+    }
+
+    /// [`State::outbox`] without caching it: for getters.
+    fn peek_outbox<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        to: PeerId,
+    ) -> Result<Cow<'_, Outbox>, NodeError> {
+        Ok(match self.outboxes.get(&to) {
+            Some(o) => Cow::Borrowed(o),
+            None => Cow::Owned(Outbox::load(txn, &FeedDescriptor::queue(self.me, to).id())?),
         })
     }
 

@@ -357,23 +357,22 @@ impl<S: Store> Node<S> {
     /// The latest receipt `to` signed for our messages to it, checkable by
     /// anyone with [`Receipt::verify`]. See [`Node::receipts`] for a proof
     /// covering every acknowledged message.
-    pub fn receipt(&mut self, to: PeerId) -> Result<Option<Receipt>, NodeError> {
+    pub fn receipt(&self, to: PeerId) -> Result<Option<Receipt>, NodeError> {
         Ok(self.receipts(to)?.pop())
     }
 
     /// Exportable proof of delivery: the receipts `to` signed whose union is
     /// every message it acknowledged, oldest first (usually just one).
-    pub fn receipts(&mut self, to: PeerId) -> Result<Vec<Receipt>, NodeError> {
+    pub fn receipts(&self, to: PeerId) -> Result<Vec<Receipt>, NodeError> {
         let txn = Txn::begin(&self.store)?;
         let feed = FeedDescriptor::queue(self.st.me, to).id();
-        let outbox = self.st.outbox(&txn, to)?.clone();
-        Ok(outbox.receipts(&txn, &feed)?)
+        Ok(self.st.peek_outbox(&txn, to)?.receipts(&txn, &feed)?)
     }
 
     /// The messages to `to` it acknowledged.
-    pub fn acknowledged(&mut self, to: PeerId) -> Result<RangeSet, NodeError> {
+    pub fn acknowledged(&self, to: PeerId) -> Result<RangeSet, NodeError> {
         let txn = Txn::begin(&self.store)?;
-        Ok(self.st.outbox(&txn, to)?.acked.clone())
+        Ok(self.st.peek_outbox(&txn, to)?.acked.clone())
     }
 
     /// Drops the bytes of every message `to` acknowledged (their hashes stay,
@@ -390,7 +389,7 @@ impl<S: Store> Node<S> {
 
     /// A summary of the exchange with every peer we know of: authorized,
     /// connected, or one we sent to or received from.
-    pub fn status(&mut self) -> Result<Vec<PeerStatus>, NodeError> {
+    pub fn status(&self) -> Result<Vec<PeerStatus>, NodeError> {
         let txn = Txn::begin(&self.store)?;
         let me = self.st.me;
         let mut peers: std::collections::BTreeSet<PeerId> = self.st.peers.clone();
@@ -416,9 +415,12 @@ impl<S: Store> Node<S> {
         }
         let mut out = Vec::new();
         for peer in peers {
-            let sent = self.st.feed(&txn, FeedDescriptor::queue(me, peer))?.len();
-            let acked = self.st.outbox(&txn, peer)?.acked.count_within(0, sent);
-            let inbox = self.st.inbox(&txn, peer)?;
+            let sent = self
+                .st
+                .peek_feed(&txn, FeedDescriptor::queue(me, peer))?
+                .len();
+            let acked = self.st.peek_outbox(&txn, peer)?.acked.count_within(0, sent);
+            let inbox = self.st.peek_inbox(&txn, peer)?;
             let received = inbox.acknowledged().count();
             let unread = inbox.unread();
             out.push(PeerStatus {

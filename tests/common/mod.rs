@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use peermq::{Config, ConnId, Event, Instant, MemStore, Node, Output, PeerId};
+use peermq::{Config, ConnId, Entropy, Event, Instant, MemStore, Node, Output, PeerId};
 
 /// One end of a link: node index and its connection id.
 pub type End = (usize, ConnId);
@@ -18,6 +18,9 @@ pub struct Net {
     pub nodes: Vec<Option<Node<MemStore>>>,
     pub stores: Vec<MemStore>,
     pub configs: Vec<Config>,
+    /// Each node's seed, and its nonce seed if it signs ahead: a restart
+    /// opens it with the same.
+    pub seeds: Vec<(u64, Option<[u8; 32]>)>,
     pub ids: Vec<PeerId>,
     pub now: Instant,
     /// Which nodes accept inbound connections.
@@ -37,11 +40,7 @@ pub struct Net {
 
 impl Net {
     pub fn new(n: usize) -> Self {
-        Self::with_configs(
-            (0..n)
-                .map(|i| Config::deterministic(i as u64 + 1))
-                .collect(),
-        )
+        Self::with_configs(vec![Config::default(); n])
     }
 
     /// Two nodes, 0 authorizing 1, which dialed it; after the handshake and
@@ -56,13 +55,36 @@ impl Net {
         (net, a, b)
     }
 
+    /// Nodes with these configurations, seeded 1, 2, ...
     pub fn with_configs(configs: Vec<Config>) -> Self {
-        let n = configs.len();
+        Self::with_seeded(
+            configs
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (i as u64 + 1, c))
+                .collect(),
+        )
+    }
+
+    /// Nodes with these seeds and configurations.
+    pub fn with_seeded(nodes: Vec<(u64, Config)>) -> Self {
+        Self::with_entropy(nodes.into_iter().map(|(s, c)| (s, None, c)).collect())
+    }
+
+    /// Nodes with these seeds, nonce seeds (for signing ahead) and
+    /// configurations.
+    pub fn with_entropy(nodes: Vec<(u64, Option<[u8; 32]>, Config)>) -> Self {
+        let n = nodes.len();
         let stores: Vec<MemStore> = (0..n).map(|_| MemStore::new()).collect();
+        let seeds: Vec<(u64, Option<[u8; 32]>)> = nodes.iter().map(|(s, a, _)| (*s, *a)).collect();
+        let configs: Vec<Config> = nodes.into_iter().map(|(_, _, c)| c).collect();
         let nodes: Vec<Option<Node<MemStore>>> = configs
             .iter()
             .zip(&stores)
-            .map(|(c, s)| Some(Node::open(s.clone(), c.clone(), Instant::ZERO).expect("open")))
+            .zip(&seeds)
+            .map(|((c, s), seed)| {
+                Some(Node::open(s.clone(), c.clone(), entropy(*seed), Instant::ZERO).expect("open"))
+            })
             .collect();
         let ids = nodes
             .iter()
@@ -72,6 +94,7 @@ impl Net {
             nodes,
             stores,
             configs,
+            seeds,
             ids,
             now: Instant::ZERO,
             listening: vec![true; n],
@@ -115,10 +138,16 @@ impl Net {
     }
 
     pub fn restart(&mut self, i: usize) {
-        let node =
-            Node::open(self.stores[i].clone(), self.configs[i].clone(), self.now).expect("reopen");
+        let node = self.open_again(i);
         assert_eq!(node.id(), self.ids[i], "identity survives restart");
         self.nodes[i] = Some(node);
+    }
+
+    /// Another open of node `i`'s store, with its configuration and seeds,
+    /// as a second process on its data directory would be.
+    pub fn open_again(&self, i: usize) -> Node<MemStore> {
+        let (c, s) = (self.configs[i].clone(), self.stores[i].clone());
+        Node::open(s, c, entropy(self.seeds[i]), self.now).expect("reopen")
     }
 
     /// Cuts every link of node `i` (both ends see the transport close).
@@ -311,4 +340,12 @@ impl Net {
 
 fn hex_digest(b: &[u8]) -> String {
     blake3::hash(b).to_hex()[..16].to_string()
+}
+
+fn entropy((seed, ahead): (u64, Option<[u8; 32]>)) -> Entropy {
+    let e = Entropy::deterministic(seed);
+    match ahead {
+        Some(n) => e.sign_ahead(n),
+        None => e,
+    }
 }

@@ -22,9 +22,10 @@ fn child_process_sender() {
     // and this process opens none.
     let config = Config {
         store_poll_interval: None,
-        ..Config::deterministic(1)
+        ..Config::default()
     };
-    let mut node = Node::open(store, config, Instant::ZERO).expect("open the node");
+    let entropy = peermq::Entropy::deterministic(1);
+    let mut node = Node::open(store, config, entropy, Instant::ZERO).expect("open the node");
     let seq = node
         .send(
             to.parse().expect("a peer id"),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use peermq::store::meta;
 use peermq::wire::Receipt;
 use peermq::{
-    Config, Keypair, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus,
+    Config, Entropy, Keypair, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus,
     SeededRng, Store, StoreError, Txn,
 };
 
@@ -67,17 +67,16 @@ impl Builder {
         }
     }
 
-    /// Tunes the core. Its `rng_seed` is replaced by 32 fresh bytes from the
-    /// operating system at every open, since keys must be unpredictable, and
-    /// its `nonce_seed` likewise when [`Builder::sign_ahead`] is on (else it
-    /// is cleared).
+    /// Tunes the core. Its randomness ([`peermq::Entropy`]) is 32 fresh
+    /// bytes from the operating system at every open, since keys must be
+    /// unpredictable (and 32 more with [`Builder::sign_ahead`]).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
     }
 
     /// Prepares each signature's nonce while the node is idle, which takes
-    /// most of a signature's cost off `send` (see [`Config::nonce_seed`]).
+    /// most of a signature's cost off `send` (see [`peermq::Entropy::sign_ahead`]).
     /// Off by default, because it is safe only where the running process is
     /// never copied: a VM snapshot restored twice, a cloned container or a
     /// `fork()` of a running node would sign two messages with one nonce and
@@ -158,14 +157,12 @@ impl Builder {
         E: From<MqError>,
     {
         ensure_identity(&store)?;
-        let mut config = self.config;
-        config.rng_seed = Some(os_random()?);
-        config.nonce_seed = if self.sign_ahead {
-            Some(os_random()?)
-        } else {
-            None
-        };
-        let mut node = Node::open(store, config, peermq::Instant::ZERO).map_err(MqError::from)?;
+        let mut entropy = Entropy::new(os_random()?);
+        if self.sign_ahead {
+            entropy = entropy.sign_ahead(os_random()?);
+        }
+        let mut node = Node::open(store, self.config, entropy, peermq::Instant::ZERO)
+            .map_err(MqError::from)?;
         let id = node.id();
         let subscribers = Subscribers::default();
         let service = wrap(&mut node, Queue::new(subscribers.clone()))?;
