@@ -132,6 +132,48 @@ pub struct Footprint {
 }
 
 /// The node: identity, feeds, inbox, connections and timers, over a store.
+///
+/// A `Node` does no I/O. The driver that owns it (one task, no locks) gives
+/// it bytes, transport events, time and the application's commands, and
+/// carries out what it asks for. Its public methods fall into five kinds:
+///
+/// | kind | methods | takes |
+/// |---|---|---|
+/// | open and close | [`open`](Node::open), [`into_store`](Node::into_store) | |
+/// | inputs: what happened | [`handle_input`](Node::handle_input), [`handle_closed`](Node::handle_closed), [`handle_timeout`](Node::handle_timeout); a transport opened: [`accept`](Node::accept), [`connect`](Node::connect), [`connect_any`](Node::connect_any), or did not: [`dial_failed`](Node::dial_failed) | `&mut self`, `now` |
+/// | commands: what the application wants | queue: [`add_peer`](Node::add_peer), [`remove_peer`](Node::remove_peer), [`send`](Node::send), [`send_batch`](Node::send_batch), [`read`](Node::read), [`get`](Node::get), [`archive`](Node::archive), [`clear`](Node::clear), [`prune`](Node::prune); broadcast: [`broadcast`](Node::broadcast), [`broadcast_batch`](Node::broadcast_batch); connections: [`dial`](Node::dial), [`hang_up`](Node::hang_up), [`disconnect`](Node::disconnect), [`close`](Node::close); spare time: [`idle_work`](Node::idle_work) | `&mut self`, and `now` wherever the command can start a timer |
+/// | outputs: what to do | [`poll_output`](Node::poll_output) ([`Output`]: transmit, dial, close, event), [`poll_timeout`](Node::poll_timeout) | |
+/// | getters | [`id`](Node::id), [`config`](Node::config), [`store`](Node::store), [`footprint`](Node::footprint), [`forks`](Node::forks), [`peers`](Node::peers), [`is_authorized`](Node::is_authorized), [`max_send_size`](Node::max_send_size), [`status`](Node::status), [`receipt`](Node::receipt), [`receipts`](Node::receipts), [`acknowledged`](Node::acknowledged), [`wants`](Node::wants), [`peer_of`](Node::peer_of), [`is_connected`](Node::is_connected), [`broadcast_get`](Node::broadcast_get), [`broadcast_feeds`](Node::broadcast_feeds), [`replicates`](Node::replicates), [`refuses`](Node::refuses), [`feed_handle`](Node::feed_handle), [`has_idle_work`](Node::has_idle_work) | `&self` |
+///
+/// The loop, as in quinn-proto's `Connection`:
+///
+/// 1. Give it one input or command.
+/// 2. Drain [`poll_output`](Node::poll_output) until `None`, carrying out
+///    each output in order. Outputs queue up until drained, so drain after
+///    every call, before the next.
+/// 3. Call [`handle_timeout`](Node::handle_timeout) once the time
+///    [`poll_timeout`](Node::poll_timeout) names has come (it may name a
+///    time already past: then at once), and drain again.
+/// 4. When nothing else waits and [`has_idle_work`](Node::has_idle_work),
+///    call [`idle_work`](Node::idle_work).
+///
+/// The rules:
+///
+/// - Time never goes backwards: every `now` is at least the previous one
+///   (an [`Instant`] from one monotonic clock, or the simulator's).
+/// - Each input or command that writes is one store transaction, committed
+///   before any output it causes is queued: an acknowledgement or event the
+///   driver sees is already durable. A store failure returns an error and
+///   resets every connection (they are re-established); nothing is half
+///   written.
+/// - A [`ConnId`] names one transport from [`accept`](Node::accept) or
+///   [`connect`](Node::connect) until the node says [`Output::Close`] for
+///   it, or the driver reports [`handle_closed`](Node::handle_closed).
+///   After that the id is dead: it is never reused, and input for it is
+///   ignored.
+/// - A misbehaving peer never makes a method fail: its connection is
+///   closed, with an [`Event::Disconnected`] saying why. Errors are the
+///   caller's own mistakes or the store's failures ([`NodeError`]).
 pub struct Node<S: Store> {
     store: S,
     st: State,
