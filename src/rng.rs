@@ -72,32 +72,6 @@ impl std::fmt::Debug for SeededRng {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_seed_same_stream_and_different_seeds_differ() {
-        let mut a = SeededRng::from_u64(7);
-        let mut b = SeededRng::from_u64(7);
-        let mut c = SeededRng::from_u64(8);
-        let (x, y, z) = (a.next_u64(), b.next_u64(), c.next_u64());
-        assert_eq!(x, y);
-        assert_ne!(x, z);
-        assert_ne!(a.next_u64(), x, "the stream advances");
-    }
-
-    #[test]
-    fn fork_is_independent_of_later_parent_use() {
-        let mut a = SeededRng::from_u64(1);
-        let mut child = a.fork();
-        let mut b = SeededRng::from_u64(1);
-        let mut child2 = b.fork();
-        b.next_u64();
-        assert_eq!(child.next_u64(), child2.next_u64());
-    }
-}
-
 /// The randomness a node is opened with ([`crate::Node::open`]): key
 /// material, kept apart from the [`crate::Config`] so that no copied or
 /// logged configuration carries it. Neither `Clone` nor shown by `Debug`,
@@ -161,5 +135,31 @@ impl Drop for Entropy {
         if let Some(s) = self.nonce_seed.as_mut() {
             s.zeroize();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream_and_different_seeds_differ() {
+        let mut a = SeededRng::from_u64(7);
+        let mut b = SeededRng::from_u64(7);
+        let mut c = SeededRng::from_u64(8);
+        let (x, y, z) = (a.next_u64(), b.next_u64(), c.next_u64());
+        assert_eq!(x, y);
+        assert_ne!(x, z);
+        assert_ne!(a.next_u64(), x, "the stream advances");
+    }
+
+    #[test]
+    fn fork_is_independent_of_later_parent_use() {
+        let mut a = SeededRng::from_u64(1);
+        let mut child = a.fork();
+        let mut b = SeededRng::from_u64(1);
+        let mut child2 = b.fork();
+        b.next_u64();
+        assert_eq!(child.next_u64(), child2.next_u64());
     }
 }

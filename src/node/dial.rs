@@ -8,18 +8,22 @@ use crate::time::Instant;
 /// A standing wish to be connected to one peer.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Dial {
-    /// Consecutive failures since the last successful handshake.
+    /// Consecutive failures since the last successful handshake. When the
+    /// next `Output::Dial` is due is the node's `Timer::Redial`.
     pub attempts: u32,
-    /// When to emit the next `Output::Dial`; `None` while a dial is in
-    /// progress or a connection is up.
-    pub next_at: Option<Instant>,
 }
 
 impl Dial {
-    /// Schedules the next attempt: exponential backoff from `base`, capped
-    /// at `cap`, with jitter drawn from the node's RNG (between half and the
-    /// whole delay) so that peers that lost each other do not redial in step.
-    pub fn schedule(&mut self, now: Instant, base: Duration, cap: Duration, rng: &mut SeededRng) {
+    /// When to try next: exponential backoff from `base`, capped at `cap`,
+    /// with jitter drawn from the node's RNG (between half and the whole
+    /// delay) so that peers that lost each other do not redial in step.
+    pub fn schedule(
+        &mut self,
+        now: Instant,
+        base: Duration,
+        cap: Duration,
+        rng: &mut SeededRng,
+    ) -> Instant {
         let exp = base.saturating_mul(1u32 << self.attempts.min(20));
         let delay = exp.min(cap);
         let micros = delay.as_micros() as u64;
@@ -28,8 +32,8 @@ impl Dial {
         } else {
             0
         };
-        self.next_at = Some(now + Duration::from_micros(micros - jitter));
         self.attempts = self.attempts.saturating_add(1);
+        now + Duration::from_micros(micros - jitter)
     }
 }
 
@@ -45,8 +49,7 @@ mod tests {
         let cap = Duration::from_secs(5);
         let mut prev = Duration::ZERO;
         for i in 0..12 {
-            d.schedule(Instant::ZERO, base, cap, &mut rng);
-            let wait = d.next_at.unwrap() - Instant::ZERO;
+            let wait = d.schedule(Instant::ZERO, base, cap, &mut rng) - Instant::ZERO;
             let full = base.saturating_mul(1 << i).min(cap);
             assert!(
                 wait <= full && wait >= full / 2,

@@ -36,6 +36,7 @@ mod outbox;
 mod queue;
 mod raw;
 mod replicate;
+mod timer;
 
 pub use config::{limits, Config, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
@@ -62,6 +63,7 @@ use conn::Conn;
 use dial::Dial;
 use inbox::Inbox;
 use outbox::Outbox;
+use timer::{ConnTimer, Timer, TimerTable};
 
 /// An error of the caller's making, or of the store.
 ///
@@ -209,16 +211,15 @@ struct State {
     /// `rx_counted`), bounded by `Config::max_buffered_bytes`.
     rx_total: usize,
     dials: BTreeMap<PeerId, Dial>,
+    /// Every deadline: receipts due, store polls, connection timeouts and
+    /// keepalives, redials.
+    timers: TimerTable,
     out: VecDeque<Output>,
     next_conn: u64,
     now: Instant,
-    /// When to next look for other processes' writes.
-    next_store_poll: Instant,
     /// Feeds whose downloads may proceed; requests go out at the end of the
     /// current call, when the store can be read (see `issue_requests`).
     to_schedule: BTreeSet<Target>,
-    /// Senders owed a receipt, and when it is due (see `Config::ack_delay`).
-    acks_due: BTreeMap<PeerId, Instant>,
 }
 
 /// A feed whose downloads may proceed.
@@ -290,11 +291,10 @@ impl<S: Store> Node<S> {
                 conns: BTreeMap::new(),
                 rx_total: 0,
                 dials: BTreeMap::new(),
+                timers: TimerTable::default(),
                 out: VecDeque::new(),
                 next_conn: 0,
                 now,
-                next_store_poll: now,
-                acks_due: BTreeMap::new(),
                 to_schedule: BTreeSet::new(),
             },
         })
@@ -365,7 +365,7 @@ impl<S: Store> Node<S> {
             .values()
             .any(|c| c.peer == Some(peer) || c.expected == Some(peer));
         let d = self.st.dials.entry(peer).or_default();
-        if !connected && d.next_at.is_none() {
+        if !connected && !self.st.timers.is_set(Timer::Redial(peer)) {
             d.attempts = 0;
             self.st.out.push_back(Output::Dial { peer });
         }
@@ -373,14 +373,14 @@ impl<S: Store> Node<S> {
 
     /// Drops the wish to stay connected to `peer` (open connections stay).
     pub fn hang_up(&mut self, peer: &PeerId) {
-        self.st.dials.remove(peer);
+        self.st.forget_dial(peer);
     }
 
     /// Drops the wish to stay connected to `peer` and closes every
     /// connection with it (or dialed to it), telling it why.
     pub fn disconnect(&mut self, peer: &PeerId, now: Instant) {
         self.st.now = now;
-        self.st.dials.remove(peer);
+        self.st.forget_dial(peer);
         let ids: Vec<ConnId> = self
             .st
             .conns
@@ -606,9 +606,7 @@ impl State {
             }
         };
         if let Some(peer) = expected {
-            if let Some(d) = self.dials.get_mut(&peer) {
-                d.next_at = None;
-            }
+            self.timers.stop(Timer::Redial(peer));
         }
         if initiator {
             if let Err(reason) = conn.start() {
@@ -620,9 +618,11 @@ impl State {
         id
     }
 
-    /// Moves every connection's encrypted bytes into outputs.
+    /// Moves every connection's encrypted bytes into outputs, and sets its
+    /// deadlines from what it last heard and sent.
     fn flush_all(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let mut any_open = false;
         for (id, conn) in self.conns.iter_mut() {
             if let Err(reason) = conn.flush(now) {
                 failed.push((*id, reason));
@@ -631,6 +631,11 @@ impl State {
             if let Some(bytes) = conn.take_wire() {
                 self.out.push_back(Output::Transmit { conn: *id, bytes });
             }
+            any_open |= conn.is_open();
+            arm_conn(&mut self.timers, &self.config, conn);
+        }
+        if any_open && self.config.store_poll_interval.is_some() {
+            self.timers.set_if_unset(Timer::StorePoll, now);
         }
         for (id, reason) in failed {
             self.drop_conn(id, reason, false, now);
@@ -643,6 +648,7 @@ impl State {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
+        self.timers.stop_conn(id);
         self.rx_total = self.rx_total.saturating_sub(conn.rx_counted);
         if tell_peer && conn.is_open() {
             let text = reason.to_string();
@@ -700,8 +706,15 @@ impl State {
     fn schedule_redial(&mut self, peer: PeerId, now: Instant) {
         let (base, cap) = (self.config.backoff_base, self.config.backoff_cap);
         if let Some(d) = self.dials.get_mut(&peer) {
-            d.schedule(now, base, cap, &mut self.rng);
+            let at = d.schedule(now, base, cap, &mut self.rng);
+            self.timers.set(Timer::Redial(peer), at);
         }
+    }
+
+    /// Drops the wish to stay connected to `peer`, and its redial.
+    fn forget_dial(&mut self, peer: &PeerId) {
+        self.dials.remove(peer);
+        self.timers.stop(Timer::Redial(*peer));
     }
 
     /// After a failed commit nothing in memory can be trusted to match the
@@ -758,86 +771,68 @@ impl State {
         self.replicas.extend(announced);
     }
 
+    /// Handles every deadline that came, in [`Timer`] order. A store
+    /// failure while polling is returned once the rest are handled, so no
+    /// deadline is lost with it.
     fn handle_timeout<S: Store>(&mut self, store: &S, now: Instant) -> Result<(), NodeError> {
-        let due: Vec<PeerId> = self
-            .acks_due
-            .iter()
-            .filter(|(_, &at)| at <= now)
-            .map(|(&from, _)| from)
-            .collect();
-        for from in due {
-            self.acks_due.remove(&from);
-            self.send_ack(from);
-        }
-        if let Some(every) = self.config.store_poll_interval {
-            if now >= self.next_store_poll {
-                self.next_store_poll = now + every;
-                self.poll_store(store)?;
-            }
-        }
-        let mut to_close = Vec::new();
-        for (id, conn) in self.conns.iter_mut() {
-            if !conn.is_open() {
-                if now.saturating_since(conn.opened_at) >= self.config.handshake_timeout {
-                    to_close.push((*id, CloseReason::HandshakeTimeout));
+        let mut failed = Ok(());
+        for timer in self.timers.expire(now) {
+            match timer {
+                Timer::Ack(from) => self.send_ack(from),
+                Timer::StorePoll => {
+                    // Only while a connection is open; the first to open
+                    // sets it again.
+                    let open = self.conns.values().any(|c| c.is_open());
+                    if let (Some(every), true) = (self.config.store_poll_interval, open) {
+                        self.timers.set(Timer::StorePoll, now + every);
+                        if let Err(e) = self.poll_store(store) {
+                            failed = failed.and(Err(e));
+                        }
+                    }
                 }
-                continue;
-            }
-            if now.saturating_since(conn.last_rx) >= self.config.idle_timeout {
-                to_close.push((*id, CloseReason::IdleTimeout));
-            } else if now.saturating_since(conn.last_tx) >= self.config.keepalive_interval
-                && conn.tx_plain.is_empty()
-            {
-                conn.send(&Message::Keepalive);
+                Timer::Conn(id, t) => self.conn_timer(id, t, now),
+                Timer::Redial(peer) => {
+                    if self.dials.contains_key(&peer) {
+                        self.out.push_back(Output::Dial { peer });
+                    }
+                }
             }
         }
-        for (id, reason) in to_close {
-            self.drop_conn(id, reason, true, now);
-        }
-        let due: Vec<PeerId> = self
-            .dials
-            .iter()
-            .filter(|(_, d)| d.next_at.is_some_and(|t| t <= now))
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in due {
-            if let Some(d) = self.dials.get_mut(&peer) {
-                d.next_at = None;
-            }
-            self.out.push_back(Output::Dial { peer });
-        }
-        Ok(())
+        failed
     }
 
+    /// Deadline `t` of connection `id` came.
+    fn conn_timer(&mut self, id: ConnId, t: ConnTimer, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match t {
+            ConnTimer::Handshake if !conn.is_open() => {
+                self.drop_conn(id, CloseReason::HandshakeTimeout, true, now);
+            }
+            ConnTimer::Idle if conn.is_open() => {
+                self.drop_conn(id, CloseReason::IdleTimeout, true, now);
+            }
+            ConnTimer::Keepalive if conn.is_open() && conn.tx_plain.is_empty() => {
+                conn.send(&Message::Keepalive);
+            }
+            // A deadline of a state the connection has left, or a keepalive
+            // made needless by what waits to go out: the flush at the end
+            // of this call sets the connection's deadlines afresh.
+            _ => {}
+        }
+    }
+
+    /// The earliest deadline, or now while work is queued: requests to plan,
+    /// or peers' requests waiting for the serving budget.
     fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for conn in self.conns.values() {
-            if !conn.serve.is_empty() {
-                consider(self.now);
-            }
-            if conn.is_open() {
-                consider(conn.last_rx + self.config.idle_timeout);
-                consider(conn.last_tx + self.config.keepalive_interval);
-            } else {
-                consider(conn.opened_at + self.config.handshake_timeout);
-            }
+        let work = !self.to_schedule.is_empty() || self.conns.values().any(|c| !c.serve.is_empty());
+        let next = self.timers.next();
+        match (work, next) {
+            (true, Some(t)) => Some(t.min(self.now)),
+            (true, None) => Some(self.now),
+            (false, t) => t,
         }
-        for d in self.dials.values() {
-            if let Some(t) = d.next_at {
-                consider(t);
-            }
-        }
-        if !self.to_schedule.is_empty() {
-            consider(self.now);
-        }
-        for &due in self.acks_due.values() {
-            consider(due);
-        }
-        if self.config.store_poll_interval.is_some() && self.conns.values().any(|c| c.is_open()) {
-            consider(self.next_store_poll);
-        }
-        next
     }
 
     /// Picks up what other processes wrote to the data directory: appends to
@@ -955,5 +950,25 @@ impl State {
             .values()
             .find(|c| c.is_open() && c.peer.as_ref() == Some(peer))
             .map(|c| c.id)
+    }
+}
+
+/// Sets the deadlines of `conn` from its state: the handshake's until it is
+/// open, then the idle timeout and the keepalive, from the last bytes heard
+/// and sent.
+fn arm_conn(timers: &mut TimerTable, config: &Config, conn: &Conn) {
+    let timer = |t| Timer::Conn(conn.id, t);
+    if conn.is_open() {
+        timers.stop(timer(ConnTimer::Handshake));
+        timers.set(timer(ConnTimer::Idle), conn.last_rx + config.idle_timeout);
+        timers.set(
+            timer(ConnTimer::Keepalive),
+            conn.last_tx + config.keepalive_interval,
+        );
+    } else {
+        timers.set(
+            timer(ConnTimer::Handshake),
+            conn.opened_at + config.handshake_timeout,
+        );
     }
 }

@@ -88,7 +88,7 @@ impl<S: Store> Node<S> {
         txn.delete(Table::Peers, &peer.0);
         txn.commit()?;
         let was = self.st.peers.remove(peer);
-        self.st.dials.remove(peer);
+        self.st.forget_dial(peer);
         let ids: Vec<_> = self
             .st
             .conns

@@ -18,6 +18,7 @@ use crate::wire::{DataMsg, Message, RangeRequest, Receipt, MAX_REQUEST_RANGES};
 use super::config::{limits, Prefetch};
 use super::conn::{next_message, HandshakeCtx, Inflight, Wanted};
 use super::fork::ForkEvidence;
+use super::timer::Timer;
 use super::{CloseReason, ConnId, Event, NodeError, Output, Planned, State, Target};
 
 /// Why handling a message stopped.
@@ -751,7 +752,7 @@ impl State {
         }
         if let Some(d) = self.dials.get_mut(&peer) {
             d.attempts = 0;
-            d.next_at = None;
+            self.timers.stop(Timer::Redial(peer));
         }
         self.out
             .push_back(Output::Event(Event::Connected { conn: id, peer }));
@@ -853,7 +854,7 @@ impl State {
             self.send_ack(from);
         } else {
             let due = self.now + self.config.ack_delay;
-            self.acks_due.entry(from).or_insert(due);
+            self.timers.set_if_unset(Timer::Ack(from), due);
         }
     }
 

@@ -205,7 +205,8 @@ impl Net {
         false
     }
 
-    fn on_output(&mut self, i: usize, out: Output) {
+    /// Carries out output `out` of node `i`.
+    pub fn on_output(&mut self, i: usize, out: Output) {
         let mut line = format!("{i} {:?} ", self.now);
         match out {
             Output::Transmit { conn, mut bytes } => {
