@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::Net;
-use peermq::{CloseReason, Config, Event, Output};
+use peermq::{CloseReason, Config, Event, Instant, Output};
 use quickcheck::{Arbitrary, Gen, QuickCheck};
 
 const NODES: usize = 3;
@@ -76,6 +76,23 @@ fn config() -> Config {
     }
 }
 
+/// Which nodes are not heard, and since when each is heard again.
+#[derive(Clone, Copy)]
+struct Muted {
+    on: [bool; NODES],
+    heard_from: [Instant; NODES],
+}
+
+impl Muted {
+    /// Whether node `j` was heard through the whole idle timeout before
+    /// `now` (with a keepalive interval's slack for its next bytes): only
+    /// then is dropping it as idle wrong.
+    fn heard_throughout(&self, j: usize, now: Instant) -> bool {
+        let c = config();
+        !self.on[j] && self.heard_from[j] + c.idle_timeout + c.keepalive_interval <= now
+    }
+}
+
 /// Checks what a node's `poll_timeout` promises against what it owes.
 fn check_owed(net: &mut Net, i: usize) -> Result<(), String> {
     let now = net.now;
@@ -99,7 +116,7 @@ fn check_owed(net: &mut Net, i: usize) -> Result<(), String> {
 
 /// Runs the net for `d`, stepping each node to the time its
 /// `poll_timeout` names and checking that the call moved it on.
-fn run(net: &mut Net, d: Duration, muted: &[bool; NODES]) -> Result<(), String> {
+fn run(net: &mut Net, d: Duration, muted: &Muted) -> Result<(), String> {
     let until = net.now + d;
     loop {
         net.settle();
@@ -147,7 +164,7 @@ fn run(net: &mut Net, d: Duration, muted: &[bool; NODES]) -> Result<(), String> 
                 }) = &o
                 {
                     let j = net.index_of(p).unwrap_or(usize::MAX);
-                    if j < NODES && !muted[j] && net.nodes[j].is_some() {
+                    if j < NODES && muted.heard_throughout(j, now) && net.nodes[j].is_some() {
                         return Err(format!(
                             "n{i} dropped n{j} as idle at {now:?}, though n{j} is heard"
                         ));
@@ -169,7 +186,10 @@ fn prop(ops: Vec<Op>) -> Result<(), String> {
             }
         }
     }
-    let mut muted = [false; NODES];
+    let mut muted = Muted {
+        on: [false; NODES],
+        heard_from: [Instant::ZERO; NODES],
+    };
     for op in ops {
         let now = net.now;
         match op {
@@ -192,8 +212,11 @@ fn prop(ops: Vec<Op>) -> Result<(), String> {
                 net.restart(i);
             }
             Op::Mute { i, on } => {
-                muted[i] = on;
-                let m = muted;
+                if muted.on[i] && !on {
+                    muted.heard_from[i] = now;
+                }
+                muted.on[i] = on;
+                let m = muted.on;
                 net.tamper = Some(Box::new(move |from, bytes| {
                     if m[from] {
                         bytes.clear();
@@ -212,8 +235,8 @@ fn prop(ops: Vec<Op>) -> Result<(), String> {
         let Some(node) = net.nodes[i].as_ref() else {
             continue;
         };
-        for (j, _) in muted.iter().enumerate().filter(|(_, m)| **m) {
-            if j != i && node.is_connected(&net.ids[j]) && !muted[i] {
+        for (j, _) in muted.on.iter().enumerate().filter(|(_, m)| **m) {
+            if j != i && node.is_connected(&net.ids[j]) && !muted.on[i] {
                 return Err(format!(
                     "n{i} still holds a connection to n{j}, silent for {idle:?}"
                 ));

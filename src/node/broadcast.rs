@@ -16,7 +16,8 @@ use crate::store::{Store, StoreError, Table, Txn};
 use crate::time::Instant;
 use crate::wire::Message;
 
-use super::{Event, Node, NodeError, Output, State};
+use super::download::Download;
+use super::{retry_on_conflict, Event, Node, NodeError, Output, State};
 
 /// Version 2 adds the bytes held; version 1 records read as holding 0.
 const REPLICA_VERSION: u8 = 2;
@@ -26,17 +27,14 @@ const MAX_STORED_RANGES: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub(crate) struct Replica {
     pub desc: FeedDescriptor,
-    /// Blocks stored here.
-    pub held: RangeSet,
+    /// What arrived and was asked for; `announced` is the longest verified
+    /// length any peer announced.
+    pub dl: Download,
     /// Bytes of the blocks stored here (for another author's feed, counted
     /// against [`crate::Config::max_author_bytes`]).
     pub bytes: u64,
     /// The record as last committed, for a conditional write.
     record: Option<Vec<u8>>,
-    /// In memory: blocks asked for on some connection.
-    pub requested: RangeSet,
-    /// In memory: the longest verified length any peer announced.
-    pub announced: u64,
     /// In memory: the longest length we announced to our peers.
     pub gossiped: u64,
 }
@@ -46,11 +44,9 @@ impl Replica {
     pub fn new(desc: FeedDescriptor) -> Self {
         Replica {
             desc,
-            held: RangeSet::new(),
+            dl: Download::default(),
             bytes: 0,
             record: None,
-            requested: RangeSet::new(),
-            announced: 0,
             gossiped: 0,
         }
     }
@@ -73,7 +69,7 @@ impl Replica {
             return None;
         }
         let mut r = Replica::new(desc);
-        r.held = held;
+        r.dl.held = held;
         r.bytes = held_bytes;
         r.record = Some(bytes.to_vec());
         Some(r)
@@ -83,7 +79,7 @@ impl Replica {
     pub fn save<S: Store>(&mut self, txn: &mut Txn<'_, S>) {
         let mut out = vec![REPLICA_VERSION];
         self.desc.encode(&mut out);
-        self.held.encode(&mut out);
+        self.dl.held.encode(&mut out);
         out.extend_from_slice(&self.bytes.to_le_bytes());
         let before = self.record.replace(out.clone());
         txn.put_expecting(Table::Replicas, &self.desc.id().0, out, before.as_deref());
@@ -91,13 +87,13 @@ impl Replica {
 
     /// How many blocks from 0 are held without a gap.
     pub fn contiguous(&self) -> u64 {
-        self.held.next_gap(0)
+        self.dl.held.next_gap(0)
     }
 
     /// Whether nothing of the feed is held, in memory or in the store: an
     /// author only announced, which costs a peer one signed head.
     fn is_pending(&self) -> bool {
-        self.held.is_empty() && self.record.is_none()
+        self.dl.held.is_empty() && self.record.is_none()
     }
 }
 
@@ -227,8 +223,8 @@ impl State {
             .replicas
             .get_mut(&feed)
             .ok_or(StoreError::Backend("replica cache".into()))?;
-        if head.length > r.announced {
-            r.announced = head.length;
+        if head.length > r.dl.announced {
+            r.dl.announced = head.length;
             return Ok(Some(feed));
         }
         Ok(None)
@@ -259,10 +255,8 @@ impl State {
         };
         let desc = r.desc;
         let base = self.feeds.get(&feed).map_or(0, |f| f.len());
-        let mut want = RangeSet::from_range(0, r.announced);
-        want.subtract(&r.held);
-        want.subtract(&r.requested);
-        if want.is_empty() {
+        let wanted = r.dl.announced;
+        if RangeSet::first_uncovered(&[&r.dl.held, &r.dl.requested], 0, wanted).is_none() {
             return planned;
         }
         let (per, max_inflight) = self.config.request_limits();
@@ -272,29 +266,24 @@ impl State {
             };
             // Counted once: `busy` walks the in-flight list.
             let mut busy = conn.busy();
-            for (a, b) in want.ranges_within(0, can) {
-                let mut s = a;
-                while s < b && busy < max_inflight {
-                    let e = b.min(s + per);
-                    busy += 1;
-                    planned.push(super::Planned {
-                        conn: conn.id,
-                        id: conn.plan_request(feed, s, e, false),
-                        desc,
-                        start: s,
-                        end: e,
-                        base,
-                        // Announced lengths of broadcast feeds may come from
-                        // unsigned have-lists: count only on what we verified.
-                        known: base,
-                    });
-                    r.requested.insert(s, e);
-                    s = e;
-                }
-            }
-            want.subtract(&r.requested);
-            if want.is_empty() {
-                break;
+            let mut s = 0;
+            while busy < max_inflight {
+                let Some((a, e)) = r.dl.next_request(&[], s, can.min(wanted), per) else {
+                    break;
+                };
+                busy += 1;
+                planned.push(super::Planned {
+                    conn: conn.id,
+                    id: conn.plan_request(feed, a, e, false),
+                    desc,
+                    start: a,
+                    end: e,
+                    base,
+                    // Announced lengths of broadcast feeds may come from
+                    // unsigned have-lists: count only on what we verified.
+                    known: base,
+                });
+                s = e;
             }
         }
         planned
@@ -450,22 +439,22 @@ impl State {
         let mut end = start;
         let mut bytes = 0u64;
         for (seq, size) in (start..).zip(sizes) {
-            if !r.held.contains(seq) {
+            if !r.dl.held.contains(seq) {
                 bytes += size as u64;
             }
             end = seq + 1;
         }
         let mut fresh = RangeSet::from_range(start, end);
-        fresh.subtract(&r.held);
-        r.held.insert(start, end);
+        fresh.subtract(&r.dl.held);
+        r.dl.held.insert(start, end);
         r.bytes += bytes;
         if r.desc.author != self.me {
             self.quota.relay_bytes += bytes;
-            if was_pending && !r.held.is_empty() {
+            if was_pending && !r.dl.held.is_empty() {
                 self.quota.held_authors += 1;
             }
         }
-        r.requested.remove(start, end);
+        r.dl.requested.remove(start, end);
         for seq in fresh.iter_within(start, end) {
             events.push(Event::Broadcast {
                 author: r.desc.author,
@@ -491,13 +480,12 @@ impl<S: Store> Node<S> {
         }
         let desc = FeedDescriptor::broadcast(self.st.me);
         let id = desc.id();
-        let mut attempt = 0;
-        loop {
+        let (start, head) = retry_on_conflict(|| {
             let mut txn = Txn::begin(&self.store)?;
             let feed = self.st.feed(&txn, desc)?;
             let start = feed.len();
             if events.is_empty() {
-                return Ok(start..start);
+                return Ok((start, None));
             }
             let appended = feed.append_batch(&mut txn, &mut self.signer, events);
             let replica = self
@@ -506,26 +494,16 @@ impl<S: Store> Node<S> {
                 .entry(id)
                 .or_insert_with(|| Replica::new(desc));
             let mut updated = replica.clone();
-            updated.held.insert(start, start + events.len() as u64);
+            updated.dl.held.insert(start, start + events.len() as u64);
             updated.bytes += events.iter().map(|e| e.as_ref().len() as u64).sum::<u64>();
             updated.save(&mut txn);
-            match appended
+            let committed = appended
                 .map_err(NodeError::from)
-                .and_then(|h| Ok(txn.commit().map(|_| h)?))
-            {
+                .and_then(|h| Ok(txn.commit().map(|_| h)?));
+            match committed {
                 Ok(head) => {
                     self.st.replicas.insert(id, updated);
-                    let mut evs = Vec::new();
-                    for seq in start..head.length {
-                        evs.push(Event::Broadcast {
-                            author: self.st.me,
-                            seq,
-                        });
-                    }
-                    self.st.out.extend(evs.into_iter().map(Output::Event));
-                    self.st.gossip(id);
-                    self.pump(now);
-                    return Ok(start..head.length);
+                    Ok((start, Some(head)))
                 }
                 Err(e) => {
                     self.st.feeds.remove(&id);
@@ -537,18 +515,21 @@ impl<S: Store> Node<S> {
                             }
                         }
                     }
-                    attempt += 1;
-                    if !matches!(
-                        e,
-                        NodeError::Store(StoreError::Conflict)
-                            | NodeError::Feed(crate::feed::FeedError::Store(StoreError::Conflict))
-                    ) || attempt >= 32
-                    {
-                        return Err(e);
-                    }
+                    Err(e)
                 }
             }
-        }
+        })?;
+        let Some(head) = head else {
+            return Ok(start..start);
+        };
+        let evs = (start..head.length).map(|seq| Event::Broadcast {
+            author: self.st.me,
+            seq,
+        });
+        self.st.out.extend(evs.map(Output::Event));
+        self.st.gossip(id);
+        self.pump(now);
+        Ok(start..head.length)
     }
 
     /// Appends one event to our broadcast feed; see [`Node::broadcast_batch`].

@@ -7,6 +7,7 @@
 //! and `m`). Each write is conditional on the record being as last seen, so
 //! concurrent writers never lose each other's updates.
 
+use super::download::Download;
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, StoreError, Table, Txn};
@@ -18,8 +19,9 @@ const MAX_STORED_RANGES: usize = 1 << 20;
 /// The state of messages from one sender.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Inbox {
-    /// Blocks whose bytes arrived and were stored.
-    pub held: RangeSet,
+    /// What arrived and was asked for; `announced` is the longest verified
+    /// length the sender announced.
+    pub dl: Download,
     /// Blocks the application cleared: never shown, never downloaded again.
     pub cleared: RangeSet,
     /// Blocks the application archived (processed).
@@ -28,10 +30,6 @@ pub(crate) struct Inbox {
     held_record: Option<Vec<u8>>,
     /// In memory only: blocks below this were announced by `Event::Message`.
     pub notified: u64,
-    /// In memory only: the longest verified length the sender announced.
-    pub remote_length: u64,
-    /// In memory only: blocks asked for on some connection.
-    pub requested: RangeSet,
     /// In memory only: blocks asked for with `get`, not yet arrived.
     pub wanted: RangeSet,
     /// In memory only: blocks the sender said it cannot serve; not asked
@@ -113,7 +111,10 @@ impl Inbox {
         let (marks, _) = Marks::load(txn, from)?;
         let notified = held.next_gap(0);
         Ok(Inbox {
-            held,
+            dl: Download {
+                held,
+                ..Download::default()
+            },
             cleared: marks.cleared,
             archived: marks.archived,
             held_record: raw.map(<[u8]>::to_vec),
@@ -125,7 +126,7 @@ impl Inbox {
     /// Writes the held record into `txn`, conditional on the last one seen.
     pub fn save_held<S: Store>(&mut self, txn: &mut Txn<'_, S>, from: &PeerId) {
         let mut out = vec![INBOX_VERSION];
-        self.held.encode(&mut out);
+        self.dl.held.encode(&mut out);
         let before = self.held_record.replace(out.clone());
         txn.put_expecting(Table::Inbox, &from.0, out, before.as_deref());
     }
@@ -138,12 +139,12 @@ impl Inbox {
 
     /// Whether `seq` is held, not archived and not cleared.
     pub fn is_unread(&self, seq: u64) -> bool {
-        self.held.contains(seq) && !self.archived.contains(seq) && !self.cleared.contains(seq)
+        self.dl.held.contains(seq) && !self.archived.contains(seq) && !self.cleared.contains(seq)
     }
 
     /// Held messages neither archived nor cleared.
     pub fn unread(&self) -> RangeSet {
-        let mut r = self.held.clone();
+        let mut r = self.dl.held.clone();
         r.subtract(&self.archived);
         r.subtract(&self.cleared);
         r
@@ -177,7 +178,7 @@ impl Inbox {
 
     /// What a receipt acknowledges: everything held or deliberately cleared.
     pub fn acknowledged(&self) -> RangeSet {
-        let mut r = self.held.clone();
+        let mut r = self.dl.held.clone();
         r.union(&self.cleared);
         r
     }

@@ -29,6 +29,7 @@ mod broadcast;
 mod config;
 mod conn;
 mod dial;
+mod download;
 mod event;
 mod fork;
 mod inbox;
@@ -104,6 +105,37 @@ pub enum NodeError {
     /// A peer cannot send messages to itself.
     #[error("cannot send to our own id {0}")]
     SelfSend(PeerId),
+}
+
+impl NodeError {
+    /// Whether a conditional write lost to another process writing the
+    /// same record (which a retry on fresh state resolves).
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Store(StoreError::Conflict)
+                | NodeError::Feed(FeedError::Store(StoreError::Conflict))
+        )
+    }
+}
+
+/// Times a write that lost to another process on the same data directory
+/// is tried again, on fresh state, before the conflict is reported.
+const CONFLICT_ATTEMPTS: usize = 32;
+
+/// Runs `attempt` until it succeeds, fails with anything but a write
+/// conflict, or has lost [`CONFLICT_ATTEMPTS`] times (the last conflict is
+/// returned). Each attempt begins its own transaction, and after losing
+/// drops what it cached, so the next one builds on what the other process
+/// committed.
+fn retry_on_conflict<T>(mut attempt: impl FnMut() -> Result<T, NodeError>) -> Result<T, NodeError> {
+    let mut lost = 0;
+    loop {
+        match attempt() {
+            Err(e) if e.is_conflict() && lost + 1 < CONFLICT_ATTEMPTS => lost += 1,
+            other => return other,
+        }
+    }
 }
 
 /// What a node holds in memory, in counts ([`Node::footprint`]). Each is
@@ -669,10 +701,10 @@ impl State {
         } in conn.inflight.drain(..)
         {
             if let Some(r) = self.replicas.get_mut(&feed) {
-                r.requested.remove(start, end);
+                r.dl.requested.remove(start, end);
                 feeds_to_reschedule.insert(feed);
             } else if let Some(inbox) = conn.peer.and_then(|p| self.inboxes.get_mut(&p)) {
-                inbox.requested.remove(start, end);
+                inbox.dl.requested.remove(start, end);
             }
         }
         for feed in feeds_to_reschedule {

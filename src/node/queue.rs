@@ -3,15 +3,15 @@
 
 use std::ops::{Bound, ControlFlow, Range};
 
-use crate::feed::{FeedDescriptor, FeedError};
+use crate::feed::FeedDescriptor;
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
-use crate::store::{Store, StoreError, Table, Txn};
+use crate::store::{Store, Table, Txn};
 use crate::time::Instant;
 use crate::wire::Receipt;
 
 use super::inbox::Marks;
-use super::{CloseReason, Node, NodeError};
+use super::{retry_on_conflict, CloseReason, Node, NodeError};
 
 /// Room a data message needs besides its block: header, head, range, proof.
 const DATA_OVERHEAD: usize = 8 << 10;
@@ -149,30 +149,28 @@ impl<S: Store> Node<S> {
             return Err(NodeError::TooLarge { size: big, limit });
         }
         let desc = FeedDescriptor::queue(self.st.me, to);
-        let mut attempt = 0;
-        let (start, head) = loop {
+        let (start, head) = retry_on_conflict(|| {
             let mut txn = Txn::begin(&self.store)?;
             let feed = self.st.feed(&txn, desc)?;
             let start = feed.len();
             if messages.is_empty() {
-                return Ok(start..start);
+                return Ok((start, None));
             }
-            let result = feed
+            let appended = feed
                 .append_batch(&mut txn, &mut self.signer, messages)
                 .and_then(|h| Ok(txn.commit().map(|_| h)?));
-            match result {
-                Ok(h) => break (start, h),
+            match appended {
+                Ok(h) => Ok((start, Some(h))),
                 Err(e) => {
-                    // The cached feed moved ahead of the store; reload it.
+                    // The cached feed may be ahead of the store, or behind
+                    // another process's appends: reload it.
                     self.st.feeds.remove(&desc.id());
-                    // Another process appended first: build on its head.
-                    let conflict = matches!(e, FeedError::Store(StoreError::Conflict));
-                    attempt += 1;
-                    if !conflict || attempt >= 32 {
-                        return Err(e.into());
-                    }
+                    Err(e.into())
                 }
             }
+        })?;
+        let Some(head) = head else {
+            return Ok(start..start);
         };
         if let Some(c) = self.st.conn_to(&to) {
             if let Some(conn) = self.st.conns.get_mut(&c) {
@@ -206,7 +204,7 @@ impl<S: Store> Node<S> {
             let inbox = self.st.inbox(&txn, from)?;
             let mut set = match mailbox {
                 Mailbox::Unread => inbox.unread(),
-                Mailbox::Archived => set_intersect(&inbox.held, &inbox.archived),
+                Mailbox::Archived => set_intersect(&inbox.dl.held, &inbox.archived),
             };
             set.subtract(&inbox.cleared);
             let first = match after {
@@ -251,7 +249,7 @@ impl<S: Store> Node<S> {
         if inbox.cleared.contains(seq) {
             return Ok(Fetch::Cleared);
         }
-        if inbox.held.contains(seq) {
+        if inbox.dl.held.contains(seq) {
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
             if let Some(data) = feed.get(&txn, seq)? {
                 return Ok(Fetch::Ready(data));
@@ -276,7 +274,7 @@ impl<S: Store> Node<S> {
             if marks.cleared.contains(seq) {
                 return Err(NodeError::Cleared { from, seq });
             }
-            if !inbox.held.contains(seq) {
+            if !inbox.dl.held.contains(seq) {
                 return Err(NodeError::NotHeld { from, seq });
             }
             if marks.archived.contains(seq) {
@@ -329,8 +327,7 @@ impl<S: Store> Node<S> {
         from: PeerId,
         mut change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
     ) -> Result<bool, NodeError> {
-        const ATTEMPTS: usize = 32;
-        for _ in 0..ATTEMPTS {
+        retry_on_conflict(|| {
             let mut txn = Txn::begin(&self.store)?;
             let (mut marks, raw) = Marks::load(&txn, &from)?;
             let raw = raw.map(<[u8]>::to_vec);
@@ -340,18 +337,12 @@ impl<S: Store> Node<S> {
                 return Ok(false);
             }
             marks.save(&mut txn, &from, raw.as_deref());
-            match txn.commit() {
-                Ok(()) => {
-                    if let Some(inbox) = self.st.inboxes.get_mut(&from) {
-                        inbox.set_marks(marks);
-                    }
-                    return Ok(true);
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+            txn.commit()?;
+            if let Some(inbox) = self.st.inboxes.get_mut(&from) {
+                inbox.set_marks(marks);
             }
-        }
-        Err(StoreError::Conflict.into())
+            Ok(true)
+        })
     }
 
     /// The latest receipt `to` signed for our messages to it, checkable by

@@ -260,8 +260,8 @@ impl State {
                     return Ok(());
                 }
                 let inbox = self.inbox(txn, peer)?;
-                if head.length > inbox.remote_length {
-                    inbox.remote_length = head.length;
+                if head.length > inbox.dl.announced {
+                    inbox.dl.announced = head.length;
                     inbox.refused = RangeSet::new();
                 }
                 after.schedule.insert(peer);
@@ -319,10 +319,10 @@ impl State {
                     // This peer cannot serve past `start` after all; others may.
                     let can = conn.remote_heads.entry(feed).or_insert(0);
                     *can = (*can).min(start);
-                    r.requested.remove(start, e);
+                    r.dl.requested.remove(start, e);
                     after.broadcast_schedule.insert(feed);
                 } else if let Some(inbox) = self.inboxes.get_mut(&peer) {
-                    inbox.requested.remove(start, e);
+                    inbox.dl.requested.remove(start, e);
                     inbox.refused.insert(start, end.min(e).max(start));
                 }
             }
@@ -416,7 +416,7 @@ impl State {
             let Some(inbox) = self.inboxes.get_mut(from) else {
                 continue;
             };
-            while inbox.held.contains(inbox.notified) {
+            while inbox.dl.held.contains(inbox.notified) {
                 if inbox.is_unread(inbox.notified) {
                     self.out.push_back(Output::Event(Event::Message {
                         from: *from,

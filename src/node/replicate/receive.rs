@@ -146,7 +146,7 @@ impl State {
             if !matches!(stored, Stored::Yes) {
                 self.leave_stale(id, &asked, open);
                 if let Some(r) = self.replicas.get_mut(&desc.id()) {
-                    r.requested.remove(start, asked.end);
+                    r.dl.requested.remove(start, asked.end);
                 }
                 if self.not_stored(txn, after, id, desc, stored) {
                     after.broadcast_schedule.insert(desc.id());
@@ -154,8 +154,8 @@ impl State {
                 return Ok(());
             }
             if let Some(r) = self.replicas.get_mut(&desc.id()) {
-                r.requested.remove(end, done);
-                r.announced = r.announced.max(head_len);
+                r.dl.requested.remove(end, done);
+                r.dl.announced = r.dl.announced.max(head_len);
             }
             self.broadcast_arrived(
                 desc.id(),
@@ -177,7 +177,7 @@ impl State {
         if !matches!(stored, Stored::Yes) {
             self.leave_stale(id, &asked, open);
             if let Some(inbox) = self.inboxes.get_mut(&peer) {
-                inbox.requested.remove(start, asked.end);
+                inbox.dl.requested.remove(start, asked.end);
             }
             if self.not_stored(txn, after, id, desc, stored) {
                 self.schedule_requests(peer);
@@ -195,9 +195,9 @@ impl State {
             feed.drop_block(txn, seq).map_err(feed_fault)?;
         }
         let inbox = self.inbox(txn, peer)?;
-        inbox.requested.remove(start, done);
-        inbox.remote_length = inbox.remote_length.max(head_len);
-        inbox.held.insert(start, end);
+        inbox.dl.requested.remove(start, done);
+        inbox.dl.announced = inbox.dl.announced.max(head_len);
+        inbox.dl.held.insert(start, end);
         // They leave `wanted` only once committed (in `after_commit`): if the
         // commit fails they must be fetched again, or `Fetched` never comes.
         for seq in inbox.wanted.iter_within(start, end).collect::<Vec<_>>() {
@@ -266,9 +266,9 @@ impl State {
                     }],
                 });
                 if let Some(r) = self.replicas.get_mut(&feed) {
-                    r.requested.insert(from, from + 1);
+                    r.dl.requested.insert(from, from + 1);
                 } else if let Some(inbox) = self.inboxes.get_mut(&desc.author) {
-                    inbox.requested.insert(from, from + 1);
+                    inbox.dl.requested.insert(from, from + 1);
                 }
                 false
             }

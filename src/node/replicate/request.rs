@@ -115,7 +115,7 @@ impl State {
         };
         let fid = FeedDescriptor::queue(from, self.me).id();
         let base = self.feeds.get(&fid).map_or(0, |f| f.len());
-        let limit = inbox.remote_length;
+        let limit = inbox.dl.announced;
         // How far ahead to download, and from where: messages the reader
         // passed while they were missing stay wanted, so the window runs
         // from the cursor.
@@ -141,16 +141,10 @@ impl State {
             };
             let mut s = a;
             while busy < max_inflight {
-                let done = [
-                    &inbox.held,
-                    &inbox.cleared,
-                    &inbox.requested,
-                    &inbox.refused,
-                ];
-                let Some((gap, gap_end)) = RangeSet::first_uncovered(&done, s, b) else {
+                let skip = [&inbox.cleared, &inbox.refused];
+                let Some((gap, e)) = inbox.dl.next_request(&skip, s, b, per) else {
                     break;
                 };
-                let e = gap_end.min(gap.saturating_add(per));
                 busy += 1;
                 planned.push(Planned {
                     conn: cid,
@@ -161,7 +155,6 @@ impl State {
                     base,
                     known: limit.max(base),
                 });
-                inbox.requested.insert(gap, e);
                 s = e;
             }
             from_seq = b;
@@ -173,13 +166,13 @@ impl State {
         // restart we may hold more than it re-announced).
         let mut tail = limit;
         loop {
-            let next = inbox.cleared.next_gap(inbox.held.next_gap(tail));
+            let next = inbox.cleared.next_gap(inbox.dl.held.next_gap(tail));
             if next == tail {
                 break;
             }
             tail = next;
         }
-        if reach > tail && !conn.standing() && !inbox.requested.contains(tail) {
+        if reach > tail && !conn.standing() && !inbox.dl.requested.contains(tail) {
             let e = tail
                 .saturating_add(per)
                 .min(reach)
@@ -194,7 +187,7 @@ impl State {
                     base,
                     known: limit.max(base),
                 });
-                inbox.requested.insert(tail, e);
+                inbox.dl.requested.insert(tail, e);
             }
         }
         planned
