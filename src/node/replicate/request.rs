@@ -283,3 +283,132 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The planning helpers against brute-force models over small trees.
+
+    use quickcheck::{QuickCheck, TestResult};
+
+    use super::*;
+
+    /// Blocks 0..64, as a model universe.
+    const N: u64 = 64;
+
+    fn set_of(bits: u64) -> RangeSet {
+        let mut s = RangeSet::new();
+        for b in 0..N {
+            if bits >> b & 1 == 1 {
+                s.insert(b, b + 1);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn next_wanted_is_the_first_run_of_window_or_wanted_blocks_from_where_it_starts() {
+        fn prop(ws: u8, we: u8, wanted: u64, limit: u8, from: u8) -> bool {
+            let (ws, we, limit, from) = (
+                ws as u64 % N,
+                we as u64 % N,
+                limit as u64 % N,
+                from as u64 % N,
+            );
+            let want = |b: u64| (ws <= b && b < we) || wanted >> b & 1 == 1;
+            // The model: walk the blocks one by one.
+            let start = (from..limit).find(|&b| want(b));
+            let model = start.map(|a| (a, (a..limit).find(|&b| !want(b)).unwrap_or(limit)));
+            next_wanted((ws, we), &set_of(wanted), limit, from) == model
+        }
+        QuickCheck::new()
+            .tests(2000)
+            .quickcheck(prop as fn(u8, u8, u64, u8, u8) -> bool);
+    }
+
+    #[test]
+    fn an_answer_brings_exactly_the_nodes_its_proof_carries() {
+        fn prop(start: u8, len: u8, known: u8, trusted_at: Option<u8>, i: u8) -> TestResult {
+            let start = start as u64 % N;
+            let end = (start + 1 + len as u64 % 8).min(N);
+            let known = known as u64 % (N + 1);
+            let i = i as u64 % (2 * N);
+            // A trusted node is an ancestor of the requested blocks.
+            let mut trusted = None;
+            if let Some(up) = trusted_at {
+                let mut t = flat::leaf(start);
+                for _ in 0..up % 7 {
+                    t = flat::parent(t);
+                }
+                let (a, b) = flat::blocks(t);
+                if !(a <= start && end <= b) {
+                    return TestResult::discard();
+                }
+                trusted = Some(t);
+            }
+            let asked = Inflight {
+                id: 0,
+                feed: FeedId([0; 32]),
+                start,
+                end,
+                trusted,
+                base: 0,
+                sent: true,
+                standing: false,
+                stale: false,
+            };
+            // The model: the proof climbs from each requested leaf, one
+            // parent at a time, until the trusted node, or a node past the
+            // signed length `known` (the roots take over there), and carries
+            // both children of every node it passes above all the blocks.
+            let mut carried = std::collections::BTreeSet::new();
+            let untrusted_tail = trusted.is_none() && end > known;
+            if !untrusted_tail {
+                for b in start..end {
+                    let mut n = flat::leaf(b);
+                    while Some(n) != trusted {
+                        let p = flat::parent(n);
+                        let (a, z) = flat::blocks(p);
+                        let above_trusted =
+                            trusted.is_some_and(|t| flat::depth(p) > flat::depth(t));
+                        if z > known || above_trusted {
+                            break;
+                        }
+                        // Only a node above every requested block is on the
+                        // one path the proof shares; below it, each block's
+                        // own hashes come with the blocks.
+                        if a <= start && end <= z {
+                            let (l, r) = flat::children(p).expect("a parent has children");
+                            carried.insert(l);
+                            carried.insert(r);
+                        }
+                        n = p;
+                    }
+                }
+            }
+            TestResult::from_bool(brings(&asked, i, known) == carried.contains(&i))
+        }
+        QuickCheck::new()
+            .tests(3000)
+            .quickcheck(prop as fn(u8, u8, u8, Option<u8>, u8) -> TestResult);
+    }
+
+    #[test]
+    fn a_request_stays_open_only_when_its_answer_reached_the_responders_head_short_of_what_was_asked(
+    ) {
+        fn prop(head: Option<u8>, end: u8, asked: u8) -> bool {
+            let (end, asked) = (end as u64, asked as u64);
+            let head = head.map(u64::from);
+            let open = continues(head, end, asked);
+            // The model, in words: the responder had nothing past `end`
+            // (its head ends there), and the request wanted more.
+            let model = match head {
+                Some(h) => h == end && asked > end,
+                None => false,
+            };
+            open == model
+        }
+        QuickCheck::new()
+            .tests(2000)
+            .quickcheck(prop as fn(Option<u8>, u8, u8) -> bool);
+    }
+}
