@@ -7,12 +7,12 @@
 //! connection.
 
 mod addresses;
+mod common;
 mod demo;
 mod follow;
 mod output;
 
 use std::io::{IsTerminal, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -182,7 +182,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(&e),
+        Err(e) => return common::usage_error(&e, &help_for(&e)),
     };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -207,48 +207,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reports a command-line mistake in one line (clap's own report spans
-/// several), with exit code 2; help and version go to stdout with 0.
-fn usage_error(e: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if !e.use_stderr() {
-        let _ = e.print();
-        return ExitCode::SUCCESS;
-    }
-    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        // `peermq` alone: the help is the most useful answer.
-        let _ = e.print();
-        return ExitCode::from(2);
-    }
-    let rendered = e.render().to_string();
-    let mut lines = rendered.lines();
-    let mut message: Vec<&str> = Vec::new();
-    for line in lines.by_ref() {
-        if line.trim().is_empty() {
-            break;
-        }
-        message.push(line.trim());
-    }
-    let tips: Vec<&str> = lines
-        .filter_map(|l| l.trim().strip_prefix("tip:"))
-        .map(str::trim)
-        .collect();
-    let joined = message.join(" ");
-    let mut text = joined
-        .strip_prefix("error: ")
-        .unwrap_or(&joined)
-        .to_string();
-    for tip in tips {
-        text.push_str("; ");
-        text.push_str(tip);
-    }
-    let help = if e.kind() == ErrorKind::InvalidSubcommand {
+/// The help command to point a usage mistake at.
+fn help_for(e: &clap::Error) -> String {
+    if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
         "peermq --help".to_string()
     } else {
         subcommand_help_hint()
-    };
-    eprintln!("error: {text}; see `{help}`");
-    ExitCode::from(2)
+    }
 }
 
 /// `peermq <subcommand> --help` for the subcommand named on the command
@@ -362,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Listen { host, port, json } => {
             let mut stop = Stop::install()?;
-            let addr = resolve_listen(&host, port).await?;
+            let addr = common::resolve(&host, port).await?;
             if cli.mdns && addr.ip().is_loopback() {
                 eprintln!("note: --mdns announces the loopback address {host}, which only this machine can reach; give --host 0.0.0.0 to be reachable from the network");
             }
@@ -502,16 +467,4 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut data)
         .context("cannot read the message from standard input; pass it with --message TEXT")?;
     Ok(data)
-}
-
-/// The address `listen --host H --port P` binds, resolving a host name.
-async fn resolve_listen(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .with_context(|| {
-            format!("cannot resolve --host {host}; give an IP address such as 127.0.0.1 or 0.0.0.0")
-        })?;
-    addrs.next().with_context(|| {
-        format!("--host {host} resolves to no address; give an IP address such as 127.0.0.1")
-    })
 }

@@ -219,15 +219,14 @@ impl State {
             let known = c.remote_heads.entry(feed).or_insert(0);
             *known = (*known).max(head.length);
         }
-        let r = self
-            .replicas
-            .get_mut(&feed)
-            .ok_or(StoreError::Backend("replica cache".into()))?;
-        if head.length > r.dl.announced {
-            r.dl.announced = head.length;
-            return Ok(Some(feed));
+        // Taken on above, unless the quota made room by forgetting it.
+        match self.replicas.get_mut(&feed) {
+            Some(r) if head.length > r.dl.announced => {
+                r.dl.announced = head.length;
+                Ok(Some(feed))
+            }
+            _ => Ok(None),
         }
-        Ok(None)
     }
 
     /// Asks connections that announced `feed` for the blocks we lack.

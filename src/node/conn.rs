@@ -22,7 +22,7 @@ enum Session {
 
 /// A request a peer asked us to serve.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Wanted {
+pub(crate) struct ToServe {
     /// The id the peer gave it, named in our answer.
     pub id: u64,
     pub feed: FeedId,
@@ -83,7 +83,7 @@ pub(crate) struct Conn {
     /// Id of our next request on this connection.
     next_request: u64,
     /// Requests from the peer waiting to be served.
-    pub serve: VecDeque<Wanted>,
+    pub serve: VecDeque<ToServe>,
     /// Broadcast feeds the peer announced, with the length it can serve:
     /// only feeds we hold, so at most as many.
     pub remote_heads: BTreeMap<FeedId, u64>,
@@ -93,7 +93,7 @@ pub(crate) struct Conn {
     pub acks_sent: BTreeMap<FeedId, crate::ranges::RangeSet>,
     /// The peer's requests for blocks of ours not yet written, answered as
     /// soon as they are.
-    pub parked: Vec<Wanted>,
+    pub parked: Vec<ToServe>,
 }
 
 /// A request of ours awaiting its answer.

@@ -102,6 +102,10 @@ pub enum NodeError {
         /// The message.
         seq: u64,
     },
+    /// The Noise library could not make our session keys from the seed.
+    /// It never should; report it as a bug, with the message.
+    #[error("cannot make Noise keys: {0}; this is a bug, please report it")]
+    Keys(String),
     /// A peer cannot send messages to itself.
     #[error("cannot send to our own id {0}")]
     SelfSend(PeerId),
@@ -301,7 +305,7 @@ impl<S: Store> Node<S> {
         let forks = fork::load_all(&txn)?;
         txn.commit()?;
         let noise_key =
-            StaticKey::generate(rng.fork()).map_err(|e| StoreError::Backend(e.to_string()))?;
+            StaticKey::generate(rng.fork()).map_err(|e| NodeError::Keys(e.to_string()))?;
         let me = key.peer_id();
         let signer = Signer::new(key.clone(), nonce_seed);
         Ok(Node {
@@ -549,7 +553,7 @@ impl<S: Store> Node<S> {
     fn finish(&mut self, r: Result<(), NodeError>, now: Instant) -> Result<(), NodeError> {
         let r = r
             .and_then(|()| self.st.issue_requests(&self.store))
-            .and_then(|()| self.st.serve_all(&self.store, now));
+            .and_then(|()| self.st.serve_all(&self.store));
         if r.is_err() {
             self.st.storage_failed(&self.store, now);
         }
@@ -565,7 +569,7 @@ impl<S: Store> Node<S> {
         let r = self
             .st
             .issue_requests(&self.store)
-            .and_then(|()| self.st.serve_all(&self.store, now));
+            .and_then(|()| self.st.serve_all(&self.store));
         if r.is_err() {
             self.st.storage_failed(&self.store, now);
         }

@@ -12,7 +12,9 @@
 //! output resumes where the previous run stopped, unless `--from-scratch`.
 //! Exit codes: 2 for usage errors, 1 for runtime errors.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+#[path = "../common.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,7 +67,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => return usage_error(&e),
+        Err(e) => return common::usage_error(&e, "hypem --help"),
     };
     if args.target_host.len() > 1 && args.target_host.len() != args.target_port.len() {
         eprintln!(
@@ -100,37 +102,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// clap's report, in one line, with exit code 2 (help and version: 0).
-fn usage_error(e: &clap::Error) -> ExitCode {
-    if !e.use_stderr() {
-        let _ = e.print();
-        return ExitCode::SUCCESS;
-    }
-    let rendered = e.render().to_string();
-    let text: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
-        .collect();
-    let text = text.join(" ");
-    let text = text.strip_prefix("error: ").unwrap_or(&text);
-    eprintln!("error: {text}; see `hypem --help`");
-    ExitCode::from(2)
-}
-
-fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    let mut addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve host `{host}`"))?
-        .collect();
-    // Prefer IPv4, as listeners here bind 127.0.0.1 by default.
-    addrs.sort_by_key(|a| !a.is_ipv4());
-    addrs
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("host `{host}` has no address"))
 }
 
 /// Writes one line to stdout at once. In the REPL the line may land after
@@ -192,7 +163,7 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
         em.resume(CONSUMER).await?
     };
     if let Some(port) = args.port {
-        let addr = resolve(&args.host, port)?;
+        let addr = common::resolve(&args.host, port).await?;
         let bound = em.listen(addr).await?;
         status(
             args.no_repl,
@@ -206,7 +177,7 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
             .or(args.target_host.first())
             .map(String::as_str)
             .unwrap_or("127.0.0.1");
-        let addr = resolve(host, *port)?;
+        let addr = common::resolve(host, *port).await?;
         let em = em.clone();
         let no_repl = args.no_repl;
         let host = host.to_string();

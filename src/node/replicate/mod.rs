@@ -29,7 +29,7 @@ use crate::time::Instant;
 use crate::wire::Message;
 
 use crate::node::config::limits;
-use crate::node::conn::{next_message, HandshakeCtx, Inflight, Wanted};
+use crate::node::conn::{next_message, HandshakeCtx, Inflight, ToServe};
 use crate::node::fork::ForkEvidence;
 use crate::node::timer::Timer;
 use crate::node::{CloseReason, ConnId, Event, NodeError, Output, State};
@@ -287,7 +287,7 @@ impl State {
                             r.end - r.start
                         ))));
                     }
-                    conn.serve.push_back(Wanted {
+                    conn.serve.push_back(ToServe {
                         id,
                         feed,
                         start: r.start,

@@ -4,10 +4,9 @@
 use crate::feed::{FeedDescriptor, FeedError};
 use crate::identity::PeerId;
 use crate::store::{Store, Txn};
-use crate::time::Instant;
 use crate::wire::{DataMsg, Message};
 
-use crate::node::conn::Wanted;
+use crate::node::conn::ToServe;
 use crate::node::{ConnId, NodeError, State};
 
 use super::request::continues;
@@ -29,26 +28,33 @@ struct Served {
     bytes: usize,
     /// The rest of the request, when the message reached our signed head
     /// before the request's end: it stays open (PROTOCOL.md section 7).
-    rest: Option<Wanted>,
+    rest: Option<ToServe>,
+}
+
+/// How a request is answered.
+enum Answer {
+    /// With a data message.
+    Data(Served),
+    /// With a refusal: blocks from the request's start up to this one
+    /// cannot be served (beyond our length, pruned, or held only sparsely).
+    Refused(u64),
 }
 
 /// Encodes one data message answering `w` from `feed`, as much of the range
-/// as fits `max_data` bytes (at least one block); or `Err(k)`: blocks
-/// `[w.start, k)` cannot be served (beyond our length, pruned, or held only
-/// sparsely).
+/// as fits `max_data` bytes (at least one block), or refuses.
 fn serve_one<S: Store>(
     txn: &Txn<'_, S>,
     feed: &crate::feed::Feed,
     conn: &mut crate::node::conn::Conn,
-    w: Wanted,
+    w: ToServe,
     max_data: usize,
-) -> Result<Result<Served, u64>, NodeError> {
+) -> Result<Answer, NodeError> {
     let len = feed.len();
     let Some(head) = feed.head().copied() else {
-        return Ok(Err(w.end));
+        return Ok(Answer::Refused(w.end));
     };
     if w.start >= len || w.base > len {
-        return Ok(Err(w.end));
+        return Ok(Answer::Refused(w.end));
     }
     let end = w.end.min(len);
     let mut blocks: Vec<&[u8]> = Vec::new();
@@ -75,7 +81,7 @@ fn serve_one<S: Store>(
         while k < last && feed.get_ref(txn, k)?.is_none() {
             k += 1;
         }
-        return Ok(Err(k));
+        return Ok(Answer::Refused(k));
     }
     // Stop at the requester's trusted node when it is a real one of ours;
     // otherwise prove up to our signed head.
@@ -88,7 +94,7 @@ fn serve_one<S: Store>(
     };
     let proof = match proof {
         Ok(p) => p,
-        Err(FeedError::MissingNode { .. }) => return Ok(Err(w.end)),
+        Err(FeedError::MissingNode { .. }) => return Ok(Answer::Refused(w.end)),
         Err(e) => return Err(e.into()),
     };
     let head = if below.is_some() { None } else { Some(&head) };
@@ -99,13 +105,13 @@ fn serve_one<S: Store>(
         blocks.iter().copied(),
         &mut conn.tx_plain,
     );
-    let rest = continues(head.map(|h| h.length), e, w.end).then_some(Wanted {
+    let rest = continues(head.map(|h| h.length), e, w.end).then_some(ToServe {
         start: e,
         base: len,
         trusted: None,
         ..w
     });
-    Ok(Ok(Served { bytes, rest }))
+    Ok(Answer::Data(Served { bytes, rest }))
 }
 
 impl State {
@@ -113,11 +119,7 @@ impl State {
     /// connection per call so one greedy peer cannot starve the rest; the
     /// remainder is served at the next timeout, which is immediate while work
     /// is queued.
-    pub(in crate::node) fn serve_all<S: Store>(
-        &mut self,
-        store: &S,
-        _now: Instant,
-    ) -> Result<(), NodeError> {
+    pub(in crate::node) fn serve_all<S: Store>(&mut self, store: &S) -> Result<(), NodeError> {
         let busy: Vec<(ConnId, PeerId)> = self
             .conns
             .values()
@@ -148,16 +150,16 @@ impl State {
                         self.feed(&txn, desc)?;
                         match (self.feeds.get(&w.feed), self.conns.get_mut(&cid)) {
                             (Some(feed), Some(conn)) => serve_one(&txn, feed, conn, w, max_data)?,
-                            _ => Err(w.end),
+                            _ => Answer::Refused(w.end),
                         }
                     }
-                    None => Err(w.end),
+                    None => Answer::Refused(w.end),
                 };
                 let Some(conn) = self.conns.get_mut(&cid) else {
                     break;
                 };
                 match served {
-                    Ok(Served { bytes, rest }) => {
+                    Answer::Data(Served { bytes, rest }) => {
                         budget = budget.saturating_sub(bytes.max(1));
                         // The answer reached our head: the rest of the
                         // request stays open (the requester counts on it),
@@ -173,7 +175,7 @@ impl State {
                             }
                         }
                     }
-                    Err(_)
+                    Answer::Refused(_)
                         if w.feed == own_id
                             && w.start >= self.feeds.get(&w.feed).map_or(0, |f| f.len())
                             && conn.parked.len() < MAX_PARKED =>
@@ -184,7 +186,7 @@ impl State {
                         // waiting for the request.
                         conn.parked.push(w);
                     }
-                    Err(until) => {
+                    Answer::Refused(until) => {
                         let blocks = until.saturating_sub(w.start).clamp(1, MAX_PRUNED_SCAN);
                         budget = budget.saturating_sub(REFUSAL_COST_PER_BLOCK * blocks as usize);
                         conn.send(&Message::NoData {
