@@ -87,17 +87,50 @@ enum Modes {
     Fsync,
 }
 
+/// What a child process does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Creates the node's identity and prints its id.
+    Init,
+    /// Appends messages (`append_b1`, `append_b100`).
+    Append,
+    /// Serves a directory to a reader.
+    Serve,
+    /// Reads a served feed, fully or sparsely.
+    Fetch,
+    /// Sends stamped messages one at a time (`latency`).
+    LiveWriter,
+    /// Reads them live and reports each delay.
+    LiveReader,
+}
+
+/// How a fetching reader downloads.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FetchMode {
+    /// Everything, as it is announced.
+    Full,
+    /// Only the blocks it asks for.
+    Sparse,
+}
+
+/// A value's name on the command line.
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
 /// A child process's job (used by the orchestrator; not for people).
 #[derive(Subcommand, Debug)]
 enum Role {
     #[command(hide = true)]
     Role {
-        #[arg(long)]
-        role: String,
+        #[arg(long, value_enum)]
+        role: Part,
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
-        peer: Option<String>,
+        peer: Option<PeerId>,
         #[arg(long)]
         addr: Option<SocketAddr>,
         #[arg(long, default_value_t = 0)]
@@ -110,8 +143,8 @@ enum Role {
         every: u64,
         #[arg(long, default_value_t = 0)]
         warmup: u64,
-        #[arg(long, default_value = "full")]
-        mode: String,
+        #[arg(long, value_enum, default_value_t = FetchMode::Full)]
+        mode: FetchMode,
         #[arg(long)]
         sync: bool,
     },
@@ -121,28 +154,28 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.role {
         Some(Role::Role {
-            ref role,
+            role,
             ref dir,
-            ref peer,
+            peer,
             addr,
             n,
             batch,
             size,
             every,
             warmup,
-            ref mode,
+            mode,
             sync,
         }) => {
             let job = Job {
                 dir: dir.clone(),
-                peer: peer.as_deref().map(str::parse).transpose().ok().flatten(),
+                peer,
                 addr,
                 n,
                 batch,
                 size,
                 every,
                 warmup,
-                full: mode == "full",
+                full: mode == FetchMode::Full,
                 sync,
             };
             block_on(run_role(role, job))
@@ -277,20 +310,19 @@ fn stdin_lines() -> async_channel::Receiver<String> {
     rx
 }
 
-async fn run_role(role: &str, job: Job) -> anyhow::Result<()> {
+async fn run_role(role: Part, job: Job) -> anyhow::Result<()> {
     match role {
-        "append" => role_append(job).await,
-        "serve" => role_serve(job).await,
-        "fetch" => role_fetch(job).await,
-        "live-writer" => role_live_writer(job).await,
-        "live-reader" => role_live_reader(job).await,
-        "init" => {
+        Part::Append => role_append(job).await,
+        Part::Serve => role_serve(job).await,
+        Part::Fetch => role_fetch(job).await,
+        Part::LiveWriter => role_live_writer(job).await,
+        Part::LiveReader => role_live_reader(job).await,
+        Part::Init => {
             let mq = open(&job, Config::default(), TokioRuntime::new())?;
             say(&mq.id().await.to_string());
             mq.shutdown().await?;
             Ok(())
         }
-        other => bail!("unknown role {other}"),
     }
 }
 
@@ -624,10 +656,11 @@ struct Kid {
 }
 
 impl Kid {
-    fn spawn(role: &str, args: &[(&str, String)]) -> anyhow::Result<Kid> {
+    fn spawn(role: Part, args: &[(&str, String)]) -> anyhow::Result<Kid> {
+        let role = value_name(role);
         let exe = std::env::current_exe().context("finding our own executable")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("role").arg("--role").arg(role);
+        cmd.arg("role").arg("--role").arg(&role);
         for (k, v) in args {
             if v.is_empty() {
                 cmd.arg(format!("--{k}"));
@@ -647,7 +680,7 @@ impl Kid {
             child,
             stdin,
             stdout,
-            what: role.to_string(),
+            what: role,
         })
     }
 
@@ -724,7 +757,7 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let init = |name: &str| -> anyhow::Result<(PathBuf, String)> {
         let dir = tmp.join(name);
-        let mut k = Kid::spawn("init", &[("dir", dir.display().to_string())])?;
+        let mut k = Kid::spawn(Part::Init, &[("dir", dir.display().to_string())])?;
         let id = k.line()?;
         k.wait()?;
         Ok((dir, id))
@@ -735,7 +768,7 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
     for (phase, n, batch) in [("append_b1", cli.n_b1, 1u64), ("append_b100", cli.n, 100)] {
         let dir = tmp.join(phase);
         let mut k = Kid::spawn(
-            "append",
+            Part::Append,
             &with(vec![
                 ("dir", dir.display().to_string()),
                 ("peer", reader_id.clone()),
@@ -757,9 +790,12 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
     }
 
     let seed = tmp.join("append_b100");
-    for (phase, mode) in [("replicate_full", "full"), ("replicate_sparse", "sparse")] {
+    for (phase, mode) in [
+        ("replicate_full", FetchMode::Full),
+        ("replicate_sparse", FetchMode::Sparse),
+    ] {
         let mut w = Kid::spawn(
-            "serve",
+            Part::Serve,
             &with(vec![
                 ("dir", seed.display().to_string()),
                 ("peer", reader_id.clone()),
@@ -769,14 +805,14 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
         let rdir = tmp.join(format!("{phase}-reader"));
         copy_dir(&reader_tpl, &rdir)?;
         let mut r = Kid::spawn(
-            "fetch",
+            Part::Fetch,
             &with(vec![
                 ("dir", rdir.display().to_string()),
                 ("peer", wid),
                 ("addr", addr),
                 ("n", cli.n.to_string()),
                 ("every", cli.sparse_every.to_string()),
-                ("mode", mode.into()),
+                ("mode", value_name(mode)),
             ]),
         )?;
         let v = r.json()?;
@@ -799,7 +835,7 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
     {
         let wdir = tmp.join("live-writer");
         let mut w = Kid::spawn(
-            "live-writer",
+            Part::LiveWriter,
             &with(vec![
                 ("dir", wdir.display().to_string()),
                 ("peer", live_id.clone()),
@@ -810,7 +846,7 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
         let rdir = tmp.join("live-reader");
         copy_dir(&live_tpl, &rdir)?;
         let mut r = Kid::spawn(
-            "live-reader",
+            Part::LiveReader,
             &with(vec![
                 ("dir", rdir.display().to_string()),
                 ("peer", wid),
