@@ -417,16 +417,7 @@ impl<S: Store> Node<S> {
     pub fn disconnect(&mut self, peer: &PeerId, now: Instant) {
         self.st.now = now;
         self.st.forget_dial(peer);
-        let ids: Vec<ConnId> = self
-            .st
-            .conns
-            .values()
-            .filter(|c| c.peer.as_ref() == Some(peer) || c.expected.as_ref() == Some(peer))
-            .map(|c| c.id)
-            .collect();
-        for id in ids {
-            self.st.drop_conn(id, CloseReason::Local, true, now);
-        }
+        self.st.close_conns_with(peer, CloseReason::Local, now);
         self.pump(now);
     }
 
@@ -744,6 +735,20 @@ impl State {
         if let Some(d) = self.dials.get_mut(&peer) {
             let at = d.schedule(now, base, cap, &mut self.rng);
             self.timers.set(Timer::Redial(peer), at);
+        }
+    }
+
+    /// Closes every connection with `peer`, or dialed to it, telling it
+    /// `reason`.
+    fn close_conns_with(&mut self, peer: &PeerId, reason: CloseReason, now: Instant) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .values()
+            .filter(|c| c.peer.as_ref() == Some(peer) || c.expected.as_ref() == Some(peer))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.drop_conn(id, reason.clone(), true, now);
         }
     }
 

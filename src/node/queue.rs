@@ -89,16 +89,8 @@ impl<S: Store> Node<S> {
         txn.commit()?;
         let was = self.st.peers.remove(peer);
         self.st.forget_dial(peer);
-        let ids: Vec<_> = self
-            .st
-            .conns
-            .values()
-            .filter(|c| c.peer.as_ref() == Some(peer) || c.expected.as_ref() == Some(peer))
-            .map(|c| c.id)
-            .collect();
-        for id in ids {
-            self.st.drop_conn(id, CloseReason::PeerRemoved, true, now);
-        }
+        self.st
+            .close_conns_with(peer, CloseReason::PeerRemoved, now);
         self.pump(now);
         Ok(was)
     }
