@@ -32,6 +32,7 @@ pub mod wire;
 
 pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError, Sign, Signer, VerifyKey};
+pub use node::pump_pair;
 pub use node::{
     CloseReason, Config, ConnId, Event, Fetch, Footprint, Mailbox, Node, NodeError, Output,
     PeerStatus, Prefetch, RawPeer, Record,

@@ -169,31 +169,7 @@ fn pump(
     y: &mut Node<MemStore>,
     yc: ConnId,
 ) -> (Vec<Output>, Vec<Output>) {
-    let (mut xo, mut yo) = (Vec::new(), Vec::new());
-    loop {
-        let mut moved = false;
-        while let Some(out) = x.poll_output() {
-            match out {
-                Output::Transmit { conn, bytes } if conn == xc => {
-                    moved = true;
-                    y.handle_input(yc, &bytes, NOW).unwrap();
-                }
-                other => xo.push(other),
-            }
-        }
-        while let Some(out) = y.poll_output() {
-            match out {
-                Output::Transmit { conn, bytes } if conn == yc => {
-                    moved = true;
-                    x.handle_input(xc, &bytes, NOW).unwrap();
-                }
-                other => yo.push(other),
-            }
-        }
-        if !moved {
-            return (xo, yo);
-        }
-    }
+    peermq::pump_pair((x, xc), (y, yc), NOW).unwrap()
 }
 
 #[test]

@@ -408,11 +408,7 @@ fn an_address_given_to_add_peer_is_used_by_a_later_connect() {
     let a = s.id("a");
     let b = s.id("b");
     s.ok("a", &["add-peer", &b]);
-    // A port that was free a moment ago; `listen` fails loudly if it is not.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port_outside_the_ephemeral_range();
     let mut listen = s.spawn("a", &["listen", "--port", &port.to_string()]);
     let addr = format!("127.0.0.1:{port}");
     s.ok("b", &["add-peer", &a, "--addr", &addr]);
@@ -434,4 +430,16 @@ fn an_address_given_to_add_peer_is_used_by_a_later_connect() {
 
     s.ok("b", &["remove-peer", &a]);
     assert_eq!(s.ok("b", &["peers"]), "");
+}
+
+/// A port free a moment ago, below Linux's ephemeral range (32768 and up):
+/// one the OS just handed out for `:0` may be handed out again, as the source
+/// port of another test's connection, before `listen` binds it; one below
+/// that range is only ever taken by a process asking for it.
+fn free_port_outside_the_ephemeral_range() -> u16 {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (0..10_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i) % 10_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port between 20000 and 30000")
 }

@@ -1,0 +1,43 @@
+//! Two nodes joined in memory: for tests, benchmarks and in-process links,
+//! the loop every one of them would otherwise write by hand.
+
+use super::{ConnId, Node, NodeError, Output};
+use crate::store::Store;
+use crate::time::Instant;
+
+/// Moves bytes between `a` and `b`, joined by connection `ac` at `a` and `bc`
+/// at `b`, at time `now`, until neither has any to send. Returns the other
+/// outputs of each (events, dials, closes, and bytes for other
+/// connections), in order. Time does not pass: run
+/// [`Node::handle_timeout`] and call it again for what timers bring.
+pub fn pump_pair<S: Store, T: Store>(
+    (a, ac): (&mut Node<S>, ConnId),
+    (b, bc): (&mut Node<T>, ConnId),
+    now: Instant,
+) -> Result<(Vec<Output>, Vec<Output>), NodeError> {
+    let (mut ao, mut bo) = (Vec::new(), Vec::new());
+    loop {
+        let mut moved = false;
+        while let Some(out) = a.poll_output() {
+            match out {
+                Output::Transmit { conn, bytes } if conn == ac => {
+                    moved = true;
+                    b.handle_input(bc, &bytes, now)?;
+                }
+                other => ao.push(other),
+            }
+        }
+        while let Some(out) = b.poll_output() {
+            match out {
+                Output::Transmit { conn, bytes } if conn == bc => {
+                    moved = true;
+                    a.handle_input(ac, &bytes, now)?;
+                }
+                other => bo.push(other),
+            }
+        }
+        if !moved {
+            return Ok((ao, bo));
+        }
+    }
+}
