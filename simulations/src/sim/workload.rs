@@ -1,0 +1,129 @@
+//! What applications do: authorize peers, read, archive, clear, fetch.
+
+use peermq::{Fetch, Instant, Mailbox};
+
+use crate::oracle::Failure;
+use crate::plan::Dice;
+
+use super::*;
+
+impl Sim<'_> {
+    pub(super) fn add_peer(&mut self, node: usize, peer: usize) {
+        if !self.live(node) {
+            return;
+        }
+        let id = self.slots[peer].id;
+        let now = Instant::from_micros(self.now);
+        let r = match self.slots[node].node.as_mut() {
+            Some(x) => x.add_peer(id),
+            None => return,
+        };
+        if self.node_result(node, "add_peer", r).is_some() {
+            self.oracle.auth[node].insert(peer);
+            if self.plan.options.dials(node, peer) {
+                self.slots[node].dials.insert(peer);
+                if let Some(x) = self.slots[node].node.as_mut() {
+                    x.dial(id, now);
+                }
+            }
+        }
+        self.dirty.insert(node);
+    }
+
+    pub(super) fn get(&mut self, node: usize, from: usize, seq: u64) {
+        let now = Instant::from_micros(self.now);
+        let id = self.slots[from].id;
+        self.oracle
+            .asked
+            .entry((node, from))
+            .or_default()
+            .insert(seq);
+        let r = match self.slots[node].node.as_mut() {
+            Some(x) => x.get(id, seq, now),
+            None => return,
+        };
+        match self.node_result(node, "get", r) {
+            Some(Fetch::Ready(data)) => {
+                self.oracle.pending_gets.remove(&(node, from, seq));
+                if let Err(f) = self.oracle.on_record(node, from, seq, &data, false) {
+                    self.fail(f);
+                }
+            }
+            Some(Fetch::Pending) => {
+                self.oracle.pending_gets.insert((node, from, seq));
+            }
+            Some(Fetch::Cleared) | None => {
+                self.oracle.pending_gets.remove(&(node, from, seq));
+            }
+        }
+        self.dirty.insert(node);
+    }
+
+    pub(super) fn read(&mut self, node: usize, limit: usize, archive: u8, clear: u8, seed: u64) {
+        let now = Instant::from_micros(self.now);
+        let r = match self.slots[node].node.as_mut() {
+            Some(x) => x.read(Mailbox::Unread, None, limit),
+            None => return,
+        };
+        let Some(records) = self.node_result(node, "read", r) else {
+            return;
+        };
+        let mut d = Dice::new(seed, "read");
+        for rec in records {
+            let from = self.peer_index(&rec.from);
+            if from == usize::MAX {
+                self.fail(Failure::new(
+                    "phantom",
+                    format!("n{node} read a message from unknown peer {}", rec.from),
+                ));
+                return;
+            }
+            if let Err(f) = self.oracle.on_record(node, from, rec.seq, &rec.data, true) {
+                self.fail(f);
+                return;
+            }
+            let roll = d.range(0, 99) as u8;
+            if roll < archive {
+                let r = match self.slots[node].node.as_mut() {
+                    Some(x) => x.archive(rec.from, rec.seq, now),
+                    None => return,
+                };
+                match self.node_result(node, "archive", r) {
+                    Some(true) => self.oracle.on_archived(node, from, rec.seq),
+                    Some(false) => {
+                        self.fail(Failure::new(
+                            "archived-redelivered",
+                            format!("n{node} read message {} from n{from} as unread, but archive says it was archived", rec.seq),
+                        ));
+                        return;
+                    }
+                    None => {}
+                }
+            } else if roll < archive.saturating_add(clear) {
+                let r = match self.slots[node].node.as_mut() {
+                    Some(x) => x.clear(rec.from, rec.seq, now),
+                    None => return,
+                };
+                match r {
+                    Ok(_) => self.oracle.on_cleared(node, from, rec.seq, true),
+                    Err(e) => {
+                        self.oracle.on_cleared(node, from, rec.seq, false);
+                        self.node_result::<()>(node, "clear", Err(e));
+                    }
+                }
+            }
+        }
+        self.dirty.insert(node);
+    }
+
+    /// After the heal, consumers read and archive everything they have, so
+    /// windowed prefetch keeps moving.
+    pub(super) fn drain_readers(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.plan.options.node[i].sparse || !self.live(i) {
+                continue;
+            }
+            self.read(i, 100_000, 100, 0, 0);
+        }
+    }
+}
