@@ -213,4 +213,57 @@ impl Sim<'_> {
             });
         }
     }
+
+    /// Node `from` dials `to`, which has not authorized it, and sends it a
+    /// message, for `for_`.
+    pub(super) fn intrude(&mut self, from: usize, to: usize, for_: u64) {
+        let now = Instant::from_micros(self.now);
+        if !self.live(from) || self.oracle.auth[to].contains(&from) {
+            return;
+        }
+        let id = self.slots[to].id;
+        let msg = message(
+            from,
+            to,
+            self.oracle.sent(from, to),
+            self.plan.options.msg_extra,
+        );
+        let r = match self.slots[from].node.as_mut() {
+            Some(x) => {
+                x.dial(id, now);
+                x.send(id, &msg, now)
+            }
+            None => return,
+        };
+        if let Some(seq) = self.node_result(from, "send", r) {
+            if let Err(f) = self.oracle.on_sent(from, to, seq, 1) {
+                self.fail(f);
+            }
+        }
+        let inc = self.slots[from].inc;
+        self.at(
+            self.now + for_,
+            Ev::HangUp {
+                node: from,
+                inc,
+                peer: to,
+            },
+        );
+        self.dirty.insert(from);
+    }
+
+    /// The rogue floods its broadcast feed.
+    pub(super) fn flood(&mut self, node: usize, events: u32, size: u32) {
+        if !self.live(node) {
+            return;
+        }
+        let now = Instant::from_micros(self.now);
+        let batch: Vec<Vec<u8>> = (0..events).map(|i| vec![i as u8; size as usize]).collect();
+        let r = match self.slots[node].node.as_mut() {
+            Some(n) => n.broadcast_batch(&batch, now).map(|_| ()),
+            None => return,
+        };
+        self.node_result(node, "broadcast", r);
+        self.dirty.insert(node);
+    }
 }

@@ -645,45 +645,7 @@ impl<'p> Sim<'p> {
         let n = self.plan.options.nodes;
         let now = Instant::from_micros(self.now);
         match op {
-            Op::Send { from, to, count } => {
-                if !self.live(from) || from >= n || to >= n {
-                    return;
-                }
-                let extra = self.plan.options.msg_extra;
-                let to_id = self.slots[to].id;
-                let (start, branch) = if self.oracle.is_rogue(from) {
-                    // It writes on from where its restored feed ends.
-                    let desc = FeedDescriptor::queue(self.slots[from].id, to_id);
-                    let len = match self.slots[from].node.as_mut() {
-                        Some(node) => node.feed_handle(desc).map(|f| f.len()),
-                        None => return,
-                    };
-                    match self.node_result(from, "feed", len) {
-                        Some(len) => (len, 1),
-                        None => return,
-                    }
-                } else {
-                    (self.oracle.sent(from, to), 0)
-                };
-                let msgs: Vec<Vec<u8>> = (0..u64::from(count))
-                    .map(|k| branch_message(from, to, start + k, extra, branch))
-                    .collect();
-                let r = match self.slots[from].node.as_mut() {
-                    Some(node) if count == 1 => node.send(to_id, &msgs[0], now).map(|s| s..s + 1),
-                    Some(node) => node.send_batch(to_id, &msgs, now),
-                    None => return,
-                };
-                if let Some(range) = self.node_result(from, "send", r) {
-                    *self.send_calls.entry((from, to)).or_default() += 1;
-                    if let Err(f) =
-                        self.oracle
-                            .on_sent(from, to, range.start, range.end - range.start)
-                    {
-                        self.fail(f);
-                    }
-                }
-                self.dirty.insert(from);
-            }
+            Op::Send { from, to, count } => self.send(from, to, count),
             Op::Read {
                 node,
                 limit,
@@ -732,40 +694,7 @@ impl<'p> Sim<'p> {
                 self.dirty.insert(node);
                 self.at(self.now + for_, Ev::ReAdd { node, peer });
             }
-            Op::Intrude { from, to, for_ } => {
-                if !self.live(from) || self.oracle.auth[to].contains(&from) {
-                    return;
-                }
-                let id = self.slots[to].id;
-                let msg = message(
-                    from,
-                    to,
-                    self.oracle.sent(from, to),
-                    self.plan.options.msg_extra,
-                );
-                let r = match self.slots[from].node.as_mut() {
-                    Some(x) => {
-                        x.dial(id, now);
-                        x.send(id, &msg, now)
-                    }
-                    None => return,
-                };
-                if let Some(seq) = self.node_result(from, "send", r) {
-                    if let Err(f) = self.oracle.on_sent(from, to, seq, 1) {
-                        self.fail(f);
-                    }
-                }
-                let inc = self.slots[from].inc;
-                self.at(
-                    self.now + for_,
-                    Ev::HangUp {
-                        node: from,
-                        inc,
-                        peer: to,
-                    },
-                );
-                self.dirty.insert(from);
-            }
+            Op::Intrude { from, to, for_ } => self.intrude(from, to, for_),
             Op::Partition { a, b, oneway, for_ } => {
                 self.block(a, b);
                 self.at(self.now + for_, Ev::Unblock { a, b });
@@ -821,63 +750,8 @@ impl<'p> Sim<'p> {
                     self.reset(lid, k as u64);
                 }
             }
-            Op::Stall { pick, for_ } => {
-                let ids: Vec<u64> = self.links.keys().copied().collect();
-                if ids.is_empty() {
-                    return;
-                }
-                let lid = ids[(pick % ids.len() as u64) as usize];
-                let dir = ((pick >> 32) % 2) as usize;
-                let until = self.now + for_;
-                if let Some(l) = self.links.get_mut(&lid) {
-                    let p = &mut l.pipes[dir];
-                    p.busy = p.busy.max(until);
-                    for (t, _) in p.q.iter_mut() {
-                        *t = (*t).max(until);
-                    }
-                    p.last = p.last.max(until);
-                }
-                self.at(until, Ev::Deliver { link: lid, dir });
-            }
-            Op::Corrupt { pick } => {
-                let ids: Vec<u64> = self
-                    .links
-                    .iter()
-                    .filter(|(_, l)| l.open[0] && l.open[1])
-                    .map(|(id, _)| *id)
-                    .collect();
-                if ids.is_empty() {
-                    return;
-                }
-                let lid = ids[(pick % ids.len() as u64) as usize];
-                let dir = ((pick >> 32) % 2) as usize;
-                let now = self.now;
-                if let Some(l) = self.links.get_mut(&lid) {
-                    let p = &mut l.pipes[dir];
-                    let total: usize =
-                        p.q.iter()
-                            .map(|(_, c)| match c {
-                                Chunk::Data(b) => b.len(),
-                                Chunk::Fin => 0,
-                            })
-                            .sum();
-                    if total == 0 {
-                        p.corrupt_next = Some(pick >> 8);
-                    } else {
-                        let mut at = ((pick >> 8) % total as u64) as usize;
-                        for (_, c) in p.q.iter_mut() {
-                            if let Chunk::Data(b) = c {
-                                if at < b.len() {
-                                    b[at] ^= 1 << (pick % 8);
-                                    break;
-                                }
-                                at -= b.len();
-                            }
-                        }
-                        l.corrupted_at = Some(now);
-                    }
-                }
-            }
+            Op::Stall { pick, for_ } => self.stall(pick, for_),
+            Op::Corrupt { pick } => self.corrupt(pick),
             Op::Crash { node, down, silent } => {
                 if self.slots[node].node.is_none() {
                     return;
@@ -905,20 +779,7 @@ impl<'p> Sim<'p> {
                 self.backups.insert(node, copy);
             }
             Op::Restore { node } => self.restore(node),
-            Op::Flood { node, events, size } => {
-                if !self.live(node) {
-                    return;
-                }
-                let now = Instant::from_micros(self.now);
-                let batch: Vec<Vec<u8>> =
-                    (0..events).map(|i| vec![i as u8; size as usize]).collect();
-                let r = match self.slots[node].node.as_mut() {
-                    Some(n) => n.broadcast_batch(&batch, now).map(|_| ()),
-                    None => return,
-                };
-                self.node_result(node, "broadcast", r);
-                self.dirty.insert(node);
-            }
+            Op::Flood { node, events, size } => self.flood(node, events, size),
         }
     }
 }

@@ -331,4 +331,65 @@ impl Sim<'_> {
         }
         self.at(self.now + 2 * keepalive(), Ev::ResetDeadline { link: lid });
     }
+
+    /// One direction of one connection stops moving bytes for `for_`.
+    pub(super) fn stall(&mut self, pick: u64, for_: u64) {
+        let ids: Vec<u64> = self.links.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let lid = ids[(pick % ids.len() as u64) as usize];
+        let dir = ((pick >> 32) % 2) as usize;
+        let until = self.now + for_;
+        if let Some(l) = self.links.get_mut(&lid) {
+            let p = &mut l.pipes[dir];
+            p.busy = p.busy.max(until);
+            for (t, _) in p.q.iter_mut() {
+                *t = (*t).max(until);
+            }
+            p.last = p.last.max(until);
+        }
+        self.at(until, Ev::Deliver { link: lid, dir });
+    }
+
+    /// One byte of one connection is flipped on the wire.
+    pub(super) fn corrupt(&mut self, pick: u64) {
+        let ids: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.open[0] && l.open[1])
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let lid = ids[(pick % ids.len() as u64) as usize];
+        let dir = ((pick >> 32) % 2) as usize;
+        let now = self.now;
+        if let Some(l) = self.links.get_mut(&lid) {
+            let p = &mut l.pipes[dir];
+            let total: usize =
+                p.q.iter()
+                    .map(|(_, c)| match c {
+                        Chunk::Data(b) => b.len(),
+                        Chunk::Fin => 0,
+                    })
+                    .sum();
+            if total == 0 {
+                p.corrupt_next = Some(pick >> 8);
+            } else {
+                let mut at = ((pick >> 8) % total as u64) as usize;
+                for (_, c) in p.q.iter_mut() {
+                    if let Chunk::Data(b) = c {
+                        if at < b.len() {
+                            b[at] ^= 1 << (pick % 8);
+                            break;
+                        }
+                        at -= b.len();
+                    }
+                }
+                l.corrupted_at = Some(now);
+            }
+        }
+    }
 }

@@ -126,4 +126,48 @@ impl Sim<'_> {
             self.read(i, 100_000, 100, 0, 0);
         }
     }
+
+    /// Node `from` sends `count` messages to `to` in one call (a rogue
+    /// writes on from where its restored feed ends).
+    pub(super) fn send(&mut self, from: usize, to: usize, count: u32) {
+        let n = self.plan.options.nodes;
+        let now = Instant::from_micros(self.now);
+        if !self.live(from) || from >= n || to >= n {
+            return;
+        }
+        let extra = self.plan.options.msg_extra;
+        let to_id = self.slots[to].id;
+        let (start, branch) = if self.oracle.is_rogue(from) {
+            // It writes on from where its restored feed ends.
+            let desc = FeedDescriptor::queue(self.slots[from].id, to_id);
+            let len = match self.slots[from].node.as_mut() {
+                Some(node) => node.feed_handle(desc).map(|f| f.len()),
+                None => return,
+            };
+            match self.node_result(from, "feed", len) {
+                Some(len) => (len, 1),
+                None => return,
+            }
+        } else {
+            (self.oracle.sent(from, to), 0)
+        };
+        let msgs: Vec<Vec<u8>> = (0..u64::from(count))
+            .map(|k| branch_message(from, to, start + k, extra, branch))
+            .collect();
+        let r = match self.slots[from].node.as_mut() {
+            Some(node) if count == 1 => node.send(to_id, &msgs[0], now).map(|s| s..s + 1),
+            Some(node) => node.send_batch(to_id, &msgs, now),
+            None => return,
+        };
+        if let Some(range) = self.node_result(from, "send", r) {
+            *self.send_calls.entry((from, to)).or_default() += 1;
+            if let Err(f) = self
+                .oracle
+                .on_sent(from, to, range.start, range.end - range.start)
+            {
+                self.fail(f);
+            }
+        }
+        self.dirty.insert(from);
+    }
 }
