@@ -50,18 +50,8 @@ pub fn run_echo(plan: &Plan, echo: bool) -> Report {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             Report {
-                trace: String::new(),
                 failure: Some(Failure::new("panic", msg)),
-                sim_micros: 0,
-                node_micros: 0,
-                sent: 0,
-                delivered: 0,
-                connections: 0,
-                wire_bytes: 0,
-                faults: 0,
-                sparse_bytes: 0,
-                sparse_blocks: 0,
-                forks: 0,
+                ..Report::default()
             }
         }
     }

@@ -10,11 +10,11 @@
 //! "~t" ++ "ip:port"          ->  ""                      asked for
 //! ```
 //!
-//! The driver decides what to dial; this module only says what was
-//! learned and asked, so that it survives a restart.
+//! The driver decides what to dial, and what an address means: this module
+//! keeps each one as the text it was given (the core opens no socket and
+//! resolves nothing), so that what was learned and asked survives a restart.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::ops::{Bound, ControlFlow};
 
 use crate::identity::PeerId;
@@ -27,9 +27,9 @@ const K_TARGET: &[u8] = b"~t";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Book {
     /// The addresses each author last announced.
-    pub announced: BTreeMap<PeerId, Vec<SocketAddr>>,
+    pub announced: BTreeMap<PeerId, Vec<String>>,
     /// The addresses the application asked to connect to, in order.
-    pub targets: Vec<SocketAddr>,
+    pub targets: Vec<String>,
 }
 
 fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -48,21 +48,20 @@ fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (prefix.to_vec(), hi)
 }
 
-fn encode_addrs(addrs: &[SocketAddr]) -> Vec<u8> {
+fn encode_addrs<A: AsRef<str>>(addrs: &[A]) -> Vec<u8> {
     addrs
         .iter()
-        .map(|a| a.to_string())
+        .map(AsRef::as_ref)
         .collect::<Vec<_>>()
         .join("\n")
         .into_bytes()
 }
 
-/// Lines that are not addresses are skipped: the book only ever advises
-/// where to dial, so a damaged entry costs a dial, not the open.
-fn decode_addrs(bytes: &[u8]) -> Vec<SocketAddr> {
+fn decode_addrs(bytes: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(bytes)
         .lines()
-        .filter_map(|l| l.parse().ok())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
         .collect()
 }
 
@@ -87,11 +86,8 @@ impl Book {
             Table::Events,
             (Bound::Included(&lo[..]), Bound::Excluded(&hi[..])),
             &mut |k, _| {
-                if let Some(a) = std::str::from_utf8(&k[K_TARGET.len()..])
-                    .ok()
-                    .and_then(|s| s.parse::<SocketAddr>().ok())
-                {
-                    book.targets.push(a);
+                if let Ok(a) = std::str::from_utf8(&k[K_TARGET.len()..]) {
+                    book.targets.push(a.to_string());
                 }
                 ControlFlow::Continue(())
             },
@@ -101,10 +97,10 @@ impl Book {
 
     /// Durably records that `author` announced `addrs`, and forgets what
     /// the authors in `forget` announced, in one commit.
-    pub fn save_announced<S: Store>(
+    pub fn save_announced<S: Store, A: AsRef<str>>(
         store: &S,
         author: &PeerId,
-        addrs: &[SocketAddr],
+        addrs: &[A],
         forget: &[PeerId],
     ) -> Result<(), StoreError> {
         let mut txn = Txn::begin(store)?;
@@ -122,8 +118,8 @@ impl Book {
     /// Durably records that the application asked to connect to `addr`.
     /// Returns whether it was new (an address already asked for costs no
     /// write).
-    pub fn add_target<S: Store>(store: &S, addr: SocketAddr) -> Result<bool, StoreError> {
-        let key = prefixed(K_TARGET, addr.to_string().as_bytes());
+    pub fn add_target<S: Store>(store: &S, addr: &str) -> Result<bool, StoreError> {
+        let key = prefixed(K_TARGET, addr.as_bytes());
         let mut txn = Txn::begin(store)?;
         if txn.get(Table::Events, &key)?.is_some() {
             return Ok(false);
@@ -139,31 +135,19 @@ mod tests {
     use super::*;
     use crate::store::MemStore;
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
     #[test]
     fn what_is_saved_loads_again_and_forgotten_authors_are_gone() {
         let store = MemStore::new();
         let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
-        Book::save_announced(&store, &a, &[addr("10.0.0.1:1"), addr("[::1]:2")], &[]).unwrap();
-        Book::save_announced(&store, &b, &[addr("10.0.0.2:1")], &[a]).unwrap();
-        assert!(Book::add_target(&store, addr("127.0.0.1:9")).unwrap());
-        assert!(!Book::add_target(&store, addr("127.0.0.1:9")).unwrap());
+        Book::save_announced(&store, &a, &["10.0.0.1:1", "[::1]:2"], &[]).unwrap();
+        Book::save_announced(&store, &b, &["10.0.0.2:1"], &[a]).unwrap();
+        assert!(Book::add_target(&store, "127.0.0.1:9").unwrap());
+        assert!(!Book::add_target(&store, "127.0.0.1:9").unwrap());
         let book = Book::load(&store).unwrap();
         assert_eq!(
             book.announced,
-            BTreeMap::from([(b, vec![addr("10.0.0.2:1")])])
+            BTreeMap::from([(b, vec!["10.0.0.2:1".to_string()])])
         );
-        assert_eq!(book.targets, vec![addr("127.0.0.1:9")]);
-    }
-
-    #[test]
-    fn a_damaged_line_is_skipped_not_fatal() {
-        assert_eq!(
-            decode_addrs(b"10.0.0.1:1\nnot an address\n[::1]:2"),
-            vec![addr("10.0.0.1:1"), addr("[::1]:2")]
-        );
+        assert_eq!(book.targets, vec!["127.0.0.1:9".to_string()]);
     }
 }

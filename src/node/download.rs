@@ -3,6 +3,8 @@
 //! ([`super::broadcast::Replica`]) share, and the planning step both use to
 //! cut what is missing into requests.
 
+use smallvec::{smallvec, SmallVec};
+
 use crate::ranges::RangeSet;
 
 /// One incoming feed's download.
@@ -27,9 +29,11 @@ impl Download {
         to: u64,
         per: u64,
     ) -> Option<(u64, u64)> {
-        let mut done = vec![&self.held, &self.requested];
+        // Planning runs per request: no allocation for the few sets.
+        let mut done: SmallVec<[&RangeSet; 4]> = smallvec![&self.held, &self.requested];
         done.extend_from_slice(skip);
         let (start, gap_end) = RangeSet::first_uncovered(&done, from, to)?;
+        drop(done);
         let end = gap_end.min(start.saturating_add(per));
         self.requested.insert(start, end);
         Some((start, end))

@@ -270,9 +270,8 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
         Instant::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 
-    /// The service, and what it may use.
-    fn split(&mut self) -> (&mut Sv, Ctx<'_, S>) {
-        let now = self.now();
+    /// The service, and what it may use at time `now`.
+    fn split(&mut self, now: Instant) -> (&mut Sv, Ctx<'_, S>) {
         let cx = Ctx {
             node: &mut self.node,
             now,
@@ -283,8 +282,9 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
 
     pub(crate) async fn run(mut self) {
         let shutdown_reply = loop {
-            if self.service.poll_timeout().is_some_and(|t| t <= self.now()) {
-                let (sv, mut cx) = self.split();
+            let now = self.now();
+            if self.service.poll_timeout().is_some_and(|t| t <= now) {
+                let (sv, mut cx) = self.split(now);
                 sv.on_timeout(&mut cx);
             }
             self.pump();
@@ -400,6 +400,8 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
     /// Executes the node's outputs until it has none, then lets the
     /// service do its deferred work.
     fn pump(&mut self) {
+        // One clock read for the whole pass, however many events it carries.
+        let mut now = self.now();
         loop {
             let mut stuck = Vec::new();
             while let Some(out) = self.node.poll_output() {
@@ -421,7 +423,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                             continue;
                         }
                         let dialed = self.dialed.remove(&conn);
-                        let (sv, mut cx) = self.split();
+                        let (sv, mut cx) = self.split(now);
                         sv.on_close(&mut cx, conn, &reason.to_string());
                         if let (CloseReason::WrongPeer { expected, .. }, Some((addr, rest))) =
                             (&reason, dialed)
@@ -430,7 +432,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                         }
                     }
                     Output::Event(e) => {
-                        let (sv, mut cx) = self.split();
+                        let (sv, mut cx) = self.split(now);
                         sv.on_event(&mut cx, &e);
                     }
                 }
@@ -438,19 +440,19 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             if stuck.is_empty() {
                 break;
             }
-            let now = self.now();
+            now = self.now();
             for conn in stuck {
                 if !self.io.abort(conn) {
                     continue;
                 }
                 warn!(%conn, "peermq: peer stopped reading; closing the connection");
                 self.dialed.remove(&conn);
-                let (sv, mut cx) = self.split();
+                let (sv, mut cx) = self.split(now);
                 sv.on_close(&mut cx, conn, "the peer stopped reading");
                 self.node.handle_closed(conn, now);
             }
         }
-        let (sv, mut cx) = self.split();
+        let (sv, mut cx) = self.split(now);
         sv.after_pump(&mut cx);
     }
 
@@ -526,7 +528,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                 if self.io.close(conn) {
                     self.dialed.remove(&conn);
                     self.node.handle_closed(conn, now);
-                    let (sv, mut cx) = self.split();
+                    let (sv, mut cx) = self.split(now);
                     sv.on_close(&mut cx, conn, "the connection closed");
                 }
             }
@@ -558,7 +560,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                 }
             }
             Io::AddrDialed(addr, transport) => {
-                let (sv, mut cx) = self.split();
+                let (sv, mut cx) = self.split(now);
                 sv.on_dialed(&mut cx, addr, transport);
             }
         }
@@ -643,7 +645,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             }
             Command::Shutdown { reply } => return Some(reply),
             Command::Service(cmd) => {
-                let (sv, mut cx) = self.split();
+                let (sv, mut cx) = self.split(now);
                 sv.on_command(&mut cx, cmd);
             }
         }

@@ -45,7 +45,7 @@ fn corruption_deadline() -> u64 {
 const LIVELOCK_EVENTS: u64 = 1_000_000;
 
 /// What a run produced.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Report {
     /// BLAKE3 of the canonical text of every output of every node.
     pub trace: String,
@@ -261,20 +261,7 @@ impl<'p> Sim<'p> {
             verbose: false,
             drain_soon: BTreeSet::new(),
             last_instant: 0,
-            stats: Report {
-                trace: String::new(),
-                failure: None,
-                sim_micros: 0,
-                node_micros: 0,
-                sent: 0,
-                delivered: 0,
-                connections: 0,
-                wire_bytes: 0,
-                faults: 0,
-                sparse_bytes: 0,
-                sparse_blocks: 0,
-                forks: 0,
-            },
+            stats: Report::default(),
         };
         for (k, op) in plan.ops.iter().enumerate() {
             sim.at(op.at, Ev::Op(k));

@@ -134,12 +134,22 @@ impl Dials {
     pub(crate) fn open<S: Store>(node: &Node<S>) -> Result<Self, EmitterError> {
         let book = Book::load(node.store())?;
         let me = node.id();
-        let mut addrs: BTreeMap<SocketAddr, AddrDial> = book
-            .targets
+        // What does not parse as an address is skipped: the book only ever
+        // advises where to dial, so a damaged entry costs a dial, not the
+        // open.
+        let parse = |list: &[String]| -> Vec<SocketAddr> {
+            list.iter().filter_map(|a| a.parse().ok()).collect()
+        };
+        let announced: BTreeMap<PeerId, Vec<SocketAddr>> = book
+            .announced
             .iter()
-            .map(|a| (*a, AddrDial::new(None)))
+            .map(|(author, list)| (*author, parse(list)))
             .collect();
-        for (author, list) in &book.announced {
+        let mut addrs: BTreeMap<SocketAddr, AddrDial> = parse(&book.targets)
+            .into_iter()
+            .map(|a| (a, AddrDial::new(None)))
+            .collect();
+        for (author, list) in &announced {
             if *author == me || !node.replicates(author) {
                 continue;
             }
@@ -153,8 +163,8 @@ impl Dials {
         Ok(Dials {
             addrs,
             conns: HashMap::new(),
-            announced_order: book.announced.keys().copied().collect(),
-            announced: book.announced,
+            announced_order: announced.keys().copied().collect(),
+            announced,
             advertised: Vec::new(),
         })
     }
@@ -185,7 +195,7 @@ impl Dials {
     /// compares against it.
     pub(crate) fn announced_ours<S: Store>(&mut self, node: &Node<S>, list: Vec<SocketAddr>) {
         let me = node.id();
-        if let Err(e) = Book::save_announced(node.store(), &me, &list, &[]) {
+        if let Err(e) = Book::save_announced(node.store(), &me, &texts(&list), &[]) {
             // At worst the next start announces the same again.
             warn!(error = %e, "peermq: cannot record our announced addresses");
         }
@@ -223,7 +233,8 @@ impl Dials {
             }
             self.announced_order.retain(|a| *a != author);
             self.announced_order.push_back(author);
-            if let Err(e) = Book::save_announced(cx.node.store(), &author, &list, &forget) {
+            let saved = Book::save_announced(cx.node.store(), &author, &texts(&list), &forget);
+            if let Err(e) = saved {
                 warn!(error = %e, "peermq: cannot record a peer's addresses");
             }
             // Learned addresses of forgotten authors go too.
@@ -266,7 +277,7 @@ impl Dials {
         addr: SocketAddr,
         reply: Reply<PeerId, EmitterError>,
     ) {
-        if let Err(e) = Book::add_target(cx.node.store(), addr) {
+        if let Err(e) = Book::add_target(cx.node.store(), &addr.to_string()) {
             return answer(reply, Err(e.into()));
         }
         let now = cx.now;
@@ -434,6 +445,11 @@ impl Dials {
             }
         }
     }
+}
+
+/// Addresses as the book keeps them.
+fn texts(addrs: &[SocketAddr]) -> Vec<String> {
+    addrs.iter().map(SocketAddr::to_string).collect()
 }
 
 /// How long to wait before the dial after `attempts` failed ones.
