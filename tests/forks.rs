@@ -53,11 +53,15 @@ impl Branch {
 
 impl World {
     fn new() -> Self {
+        Self::with(Config::default())
+    }
+
+    fn with(config: Config) -> Self {
         let mut a = Node::open(
             MemStore::new(),
             Config {
                 store_poll_interval: None,
-                ..Config::default()
+                ..config
             },
             peermq::Entropy::deterministic(1),
             NOW,
@@ -112,10 +116,8 @@ impl World {
         }
     }
 
-    /// Answers every request A has open with H from `branch`, each proof
-    /// from the base `base` makes of the one requested. A request answered
-    /// up to the branch's head stays open for the rest, as the protocol says.
-    fn answer(&mut self, branch: &Branch, base: impl Fn(u64) -> u64) -> usize {
+    /// Takes note of the requests A sent since the last call.
+    fn take_requests(&mut self) {
         for (kind, body) in self.raw.messages().unwrap() {
             if let Ok(Message::Request {
                 base,
@@ -129,7 +131,40 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Sends, as the answer to request `id`, blocks `start..stop` of
+    /// `branch` with its head, proven from `base` and showing the roots of
+    /// `shown` blocks.
+    fn send_data(
+        &mut self,
+        branch: &Branch,
+        id: u64,
+        [start, stop]: [u64; 2],
+        base: u64,
+        shown: u64,
+    ) {
         let txn = Txn::begin(&branch.store).unwrap();
+        let proof = branch
+            .feed
+            .prove_showing(&txn, start, stop, base, shown)
+            .unwrap();
+        let blocks: Vec<Vec<u8>> = (start..stop)
+            .map(|s| branch.feed.get(&txn, s).unwrap().unwrap())
+            .collect();
+        self.raw.send(&Message::Data(DataMsg {
+            request: id,
+            head: Some(*branch.feed.head().unwrap()),
+            proof,
+            blocks: blocks.iter().map(|b| b.as_slice()).collect(),
+        }));
+    }
+
+    /// Answers every request A has open with H from `branch`, each proof
+    /// from the base `base` makes of the one requested. A request answered
+    /// up to the branch's head stays open for the rest, as the protocol says.
+    fn answer(&mut self, branch: &Branch, base: impl Fn(u64) -> u64) -> usize {
+        self.take_requests();
         let len = branch.feed.len();
         let mut answered = 0;
         let mut still = Vec::new();
@@ -139,16 +174,8 @@ impl World {
                 still.push((id, start, end, asked));
                 continue;
             }
-            let proof = branch.feed.prove(&txn, start, stop, base(asked)).unwrap();
-            let blocks: Vec<Vec<u8>> = (start..stop)
-                .map(|s| branch.feed.get(&txn, s).unwrap().unwrap())
-                .collect();
-            self.raw.send(&Message::Data(DataMsg {
-                request: id,
-                head: Some(*branch.feed.head().unwrap()),
-                proof,
-                blocks: blocks.iter().map(|b| b.as_slice()).collect(),
-            }));
+            let base = base(asked);
+            self.send_data(branch, id, [start, stop], base, base);
             answered += 1;
             if stop < end {
                 still.push((id, stop, end, stop));
@@ -285,4 +312,100 @@ fn an_honest_extension_proven_from_the_held_length_is_adopted() {
     assert_eq!(w.unread(), ["one", "two", "three"]);
     assert_eq!(w.forked_events(), 0);
     assert_eq!(w.closed, None);
+}
+
+/// A, asking for up to 4 blocks per range.
+fn world_of_small_requests() -> World {
+    World::with(Config {
+        max_request_blocks: 4,
+        ..Config::default()
+    })
+}
+
+/// H announces `announced` (8 blocks); A asks for blocks 0..4 and 4..8 in
+/// one pipeline, both from base 0. Returns the two requests' ids.
+fn ask_two_ranges_from_base_0(w: &mut World, announced: &Branch) -> (u64, u64) {
+    w.raw.send(&announced.head_msg());
+    w.pump();
+    w.take_requests();
+    let id_of = |w: &World, start: u64| {
+        w.open
+            .iter()
+            .find(|r| (r.1, r.3) == (start, 0))
+            .expect("asked from base 0")
+            .0
+    };
+    let (first, second) = (id_of(w, 0), id_of(w, 4));
+    w.open.retain(|r| r.0 != first && r.0 != second);
+    // The first answer will reach H's head at 3: the rest stays open.
+    w.open.push((first, 3, 4, 3));
+    (first, second)
+}
+
+#[test]
+fn a_pipelined_answer_whose_head_grew_is_checked_against_the_head_sent_before_it() {
+    // H appends between its two answers: the second, proven from base 0 as
+    // asked, shows the roots of the 3-block head its first answer carried,
+    // which A holds by then, so A checks the 8-block head against them and
+    // stores it at once, asking for nothing again.
+    let mut w = world_of_small_requests();
+    let three = Branch::new(&w, &["one", "two", "three"]);
+    let eight_blocks = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight",
+    ];
+    let eight = Branch::new(&w, &eight_blocks);
+    let (first, second) = ask_two_ranges_from_base_0(&mut w, &eight);
+    w.send_data(&three, first, [0, 3], 0, 0);
+    w.send_data(&eight, second, [4, 8], 0, 3);
+    w.pump();
+
+    assert_eq!(w.closed, None);
+    assert_eq!(w.forked_events(), 0);
+    let feed =
+        w.a.feed_handle(FeedDescriptor::queue(w.h.peer_id(), w.a.id()))
+            .unwrap();
+    assert_eq!(feed.head(), eight.feed.head(), "the longer head is adopted");
+    w.take_requests();
+    assert!(
+        w.open.iter().all(|r| r.1 >= 3 && r.2 <= 4 || r.1 >= 8),
+        "only block 3, still open, and what H has not written are asked: {:?}",
+        w.open
+    );
+    w.answer(&eight, |b| b);
+    assert_eq!(w.unread(), eight_blocks);
+}
+
+#[test]
+fn a_fork_hidden_inside_a_node_a_pipelined_answer_carries_is_caught() {
+    // The first answer brings a head of 3 blocks (held roots: blocks 0..2
+    // and block 2). The second brings a head of 8 blocks of another tree,
+    // proven from base 0 as asked, but showing nothing more: its proof
+    // carries one node over blocks 0..4, which hides both held roots. A
+    // stores none of it and asks again from what it holds.
+    let mut w = world_of_small_requests();
+    let honest = Branch::new(&w, &["one", "two", "three"]);
+    let fork = Branch::new(
+        &w,
+        &[
+            "one", "two", "TRES", "four", "five", "six", "seven", "eight",
+        ],
+    );
+    let (first, second) = ask_two_ranges_from_base_0(&mut w, &fork);
+    w.send_data(&honest, first, [0, 3], 0, 0);
+    w.send_data(&fork, second, [4, 8], 0, 0);
+    w.pump();
+    for _ in 0..4 {
+        w.answer(&fork, |b| b);
+    }
+
+    assert_eq!(w.forked_events(), 1);
+    let evidence = *w.a.forks().next().expect("evidence kept");
+    assert_eq!(evidence.ours, *honest.feed.head().unwrap());
+    assert_eq!(evidence.theirs.root, fork.feed.head().unwrap().root);
+    assert_eq!(w.closed, None, "a fork closes nothing");
+    assert_eq!(
+        w.unread(),
+        ["one", "two", "three"],
+        "nothing of the fork is stored"
+    );
 }

@@ -117,6 +117,20 @@ pub enum FeedError {
         /// The conflicting head, verified against its own proof.
         theirs: Box<SignedHead>,
     },
+    /// A longer head whose proof, made from a base shorter than the head held
+    /// here (asked before an earlier answer grew the feed), hides a held root
+    /// inside a larger node it carries: the two trees cannot be compared from
+    /// it. Nothing is wrong yet; a proof from the held length, or one block
+    /// past it from base 0, settles it.
+    #[error("feed {feed}: a head at length {length} cannot be compared with the held tree at length {held} from its proof; ask for one proven from {held}")]
+    Unconfirmed {
+        /// The feed.
+        feed: FeedId,
+        /// The length held here.
+        held: u64,
+        /// The unconfirmed head's length.
+        length: u64,
+    },
 }
 
 /// One feed, as loaded from the store.
@@ -386,8 +400,22 @@ impl Feed {
         end: u64,
         base: u64,
     ) -> Result<RangeProof, FeedError> {
+        self.prove_showing(txn, start, end, base, base)
+    }
+
+    /// Like [`Feed::prove`], also showing the full roots of `shown` blocks
+    /// ([`RangeProof::shown`]): a length the verifier may have verified since
+    /// it asked from `base`.
+    pub fn prove_showing<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        start: u64,
+        end: u64,
+        base: u64,
+        shown: u64,
+    ) -> Result<RangeProof, FeedError> {
         let length = self.len();
-        if start > end || end > length || base > length {
+        if start > end || end > length || base > shown || shown > length {
             return Err(FeedError::OutOfRange {
                 feed: self.id,
                 start,
@@ -395,7 +423,7 @@ impl Feed {
                 length,
             });
         }
-        merkle::prove(start, end, length, base, None, |index| {
+        merkle::prove_showing(start, end, length, base, shown, |index| {
             self.stored_node(txn, index)?.ok_or(FeedError::MissingNode {
                 feed: self.id,
                 index,
@@ -619,21 +647,20 @@ impl Feed {
     /// or malice) is caught before anything of the second is stored.
     ///
     /// ```text
-    /// held:   length 5, roots 3 (blocks 0..4) and 8 (block 4)
-    /// longer: proven from base 5, the walk reproduced 3 and 8 from the
+    /// held:   length 3, roots 1 (blocks 0..2) and 4 (block 2)
+    /// longer: proven from base 3, the walk reproduced 1 and 4 from the
     ///         store: it agrees. Proven from a shorter base (asked before
     ///         the last answer grew the feed), each held root the proof
-    ///         shows must equal it; one hidden inside a larger node the
-    ///         proof carries cannot be compared here
+    ///         shows must equal it (the responder shows the roots of the
+    ///         last head it sent us, `RangeProof::shown`); a root hidden
+    ///         inside a larger node the proof carries (blocks 4..8 asked
+    ///         from base 0, showing nothing more, carry node 3 over blocks
+    ///         0..4 and both held roots) cannot be compared: Unconfirmed,
+    ///         and nothing of it is stored
     /// equal:  the same root, or it is a fork
     /// shorter: its full roots are nodes of the held tree, compared with
     ///         the stored ones
     /// ```
-    ///
-    /// The hidden case is what a pipelined reader meets whenever an answer's
-    /// head runs ahead of its range; refusing those answers would reorder
-    /// and re-fetch honest streams. So a fork that shows only there is
-    /// caught later, at the next answer proven from the held length.
     fn check_consistent<S: Store>(
         &self,
         txn: &Txn<'_, S>,
@@ -663,13 +690,23 @@ impl Feed {
             // Full roots of the proof's base were checked against the store
             // by the walk itself.
             let checked = flat::full_roots(proof.base);
+            let mut hidden = false;
             for root in self.roots.iter().filter(|r| !checked.contains(&r.index)) {
-                let shown = verified.learned.iter().find(|n| n.index == root.index);
-                if shown.is_some_and(|n| n != root) {
-                    return Err(fork());
+                match verified.learned.iter().find(|n| n.index == root.index) {
+                    Some(n) if n != root => return Err(fork()),
+                    Some(_) => {}
+                    None => hidden = true,
                 }
             }
-            return Ok(());
+            return if hidden {
+                Err(FeedError::Unconfirmed {
+                    feed: self.id,
+                    held: ours.length,
+                    length: head.length,
+                })
+            } else {
+                Ok(())
+            };
         }
         for n in &verified.roots {
             if self

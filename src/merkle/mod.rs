@@ -8,7 +8,7 @@
 pub mod flat;
 mod proof;
 
-pub use proof::{fits, prove, verify, ProofError, RangeProof, Verified};
+pub use proof::{fits, prove, prove_showing, verify, ProofError, RangeProof, Verified};
 
 use std::fmt;
 

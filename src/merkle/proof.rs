@@ -24,6 +24,12 @@ pub struct RangeProof {
     pub length: u64,
     /// The verifier is assumed to hold the full roots of this length.
     pub base: u64,
+    /// A length between `base` and `length` whose full roots the proof
+    /// shows as well (carried or computed, never hidden inside a larger
+    /// carried node): a verifier that has meanwhile verified this length can
+    /// compare its roots with the new tree. Equal to `base` when no more is
+    /// shown, and always so with a `trusted` node.
+    pub shown: u64,
     /// A node the verifier already holds that covers the range: the walk
     /// starts there instead of at the roots of `length`, so the proof stops
     /// where the verifier's own tree takes over (and needs no signed head).
@@ -93,26 +99,50 @@ pub fn prove<E>(
     length: u64,
     base: u64,
     trusted: Option<u64>,
+    node: impl FnMut(u64) -> Result<Node, E>,
+) -> Result<RangeProof, E> {
+    prove_walk(Walk::new(start, end, base, base, trusted), length, node)
+}
+
+/// Like [`prove`] without a trusted node, also showing the full roots of
+/// `shown` (see [`RangeProof::shown`]). The caller guarantees
+/// `base <= shown <= length`.
+pub fn prove_showing<E>(
+    start: u64,
+    end: u64,
+    length: u64,
+    base: u64,
+    shown: u64,
+    node: impl FnMut(u64) -> Result<Node, E>,
+) -> Result<RangeProof, E> {
+    prove_walk(Walk::new(start, end, base, shown, None), length, node)
+}
+
+fn prove_walk<E>(
+    walk: Walk,
+    length: u64,
     mut node: impl FnMut(u64) -> Result<Node, E>,
 ) -> Result<RangeProof, E> {
-    let walk = Walk::new(start, end, base, trusted);
     let mut nodes = Vec::new();
     for top in walk.tops(length) {
         walk.prove(top, &mut node, &mut nodes)?;
     }
     Ok(RangeProof {
-        start,
-        end,
+        start: walk.start,
+        end: walk.end,
         length,
-        base,
-        trusted,
+        base: walk.base,
+        shown: walk.shown,
+        trusted: walk.top,
         nodes,
     })
 }
 
 /// Whether a proof's shape is consistent: the range within the length, the
 /// base no longer than it, and a trusted node, if any, covering a non-empty
-/// range inside the tree.
+/// range inside the tree. (A proof's `shown` length must also lie between
+/// its base and its length, and equal the base with a trusted node: see
+/// [`verify`].)
 pub fn fits(start: u64, end: u64, length: u64, base: u64, trusted: Option<u64>) -> bool {
     let shape = start <= end && end <= length && base <= length && length <= flat::MAX_LENGTH;
     match trusted {
@@ -144,10 +174,12 @@ pub fn verify<B: AsRef<[u8]>>(
         end,
         length,
         base,
+        shown,
         trusted: top,
         ..
     } = *proof;
-    if !fits(start, end, length, base, top) {
+    let shown_fits = base <= shown && shown <= length && (top.is_none() || shown == base);
+    if !fits(start, end, length, base, top) || !shown_fits {
         return Err(ProofError::Range {
             start,
             end,
@@ -161,7 +193,7 @@ pub fn verify<B: AsRef<[u8]>>(
             got: blocks.len(),
         });
     }
-    let walk = Walk::new(start, end, base, top);
+    let walk = Walk::new(start, end, base, shown, top);
     let mut state = VerifyState {
         blocks,
         proof: proof.nodes.iter(),
@@ -189,6 +221,7 @@ struct Walk {
     end: u64,
     base: u64,
     base_roots: Vec<u64>,
+    shown: u64,
     top: Option<u64>,
 }
 
@@ -202,7 +235,7 @@ enum Step {
 }
 
 impl Walk {
-    fn new(start: u64, end: u64, base: u64, top: Option<u64>) -> Self {
+    fn new(start: u64, end: u64, base: u64, shown: u64, top: Option<u64>) -> Self {
         match top {
             // Below a trusted node the verifier's base plays no part; the
             // trusted node itself is what the walk must reproduce.
@@ -211,6 +244,7 @@ impl Walk {
                 end,
                 base: 0,
                 base_roots: vec![t],
+                shown: 0,
                 top,
             },
             None => Walk {
@@ -218,6 +252,7 @@ impl Walk {
                 end,
                 base,
                 base_roots: flat::full_roots(base),
+                shown,
                 top,
             },
         }
@@ -245,6 +280,10 @@ impl Walk {
         } else if lo < self.base && self.base < hi {
             // Straddles the verifier's old length: its left part is made of
             // base roots the verifier holds.
+            Step::Split
+        } else if lo < self.shown && self.shown < hi {
+            // Straddles the length to show: carried whole, it would hide
+            // the roots of that length inside it.
             Step::Split
         } else {
             Step::Carried
@@ -357,6 +396,36 @@ mod tests {
                         })
                         .unwrap_or_else(|e| panic!("len {len} base {base} {start}..{end}: {e}"));
                         assert_eq!(tree_hash(&v.roots), tree_hash(&roots));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_proof_showing_a_length_reveals_each_of_its_roots() {
+        for len in 1..=17u64 {
+            let (data, map, roots) = tree(len);
+            for base in 0..=len {
+                for shown in base..=len {
+                    for (start, end) in [(0, 0), (len / 2, len / 2 + 1), (len - 1, len)] {
+                        let p = prove_showing(start, end, len, base, shown, |i| {
+                            Ok::<_, ()>(map[&i])
+                        })
+                        .unwrap();
+                        let base_roots = roots_of(&map, base);
+                        let v = verify(&p, &data[start as usize..end as usize], |i| {
+                            base_roots.iter().find(|n| n.index == i).copied()
+                        })
+                        .unwrap_or_else(|e| panic!("len {len} base {base} shown {shown}: {e}"));
+                        assert_eq!(tree_hash(&v.roots), tree_hash(&roots));
+                        for r in roots_of(&map, shown) {
+                            assert!(
+                                base_roots.contains(&r) || v.learned.contains(&r),
+                                "len {len} base {base} shown {shown} {start}..{end}: root {} hidden",
+                                r.index
+                            );
+                        }
                     }
                 }
             }

@@ -87,6 +87,11 @@ pub(crate) struct Conn {
     /// Broadcast feeds the peer announced, with the length it can serve:
     /// only feeds we hold, so at most as many.
     pub remote_heads: BTreeMap<FeedId, u64>,
+    /// Per feed we served, the length of the last head our data carried on
+    /// this connection: later proofs show its roots, so the peer can check a
+    /// pipelined answer's longer head against it (PROTOCOL.md section 6).
+    /// Only feeds we hold, so at most as many.
+    pub heads_sent: BTreeMap<FeedId, u64>,
     /// Summaries and have-lists the peer sent.
     pub exchanges: u32,
     /// Per feed, what our receipts on this connection acknowledged so far.
@@ -144,6 +149,7 @@ impl Conn {
             next_request: 0,
             serve: VecDeque::new(),
             remote_heads: BTreeMap::new(),
+            heads_sent: BTreeMap::new(),
             exchanges: 0,
             acks_sent: BTreeMap::new(),
             parked: Vec::new(),

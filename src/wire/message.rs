@@ -505,6 +505,9 @@ impl<'a> DataMsg<'a> {
         for v in [proof.start, proof.end, proof.base] {
             varint::write(out, v);
         }
+        if head.is_some() {
+            varint::write(out, proof.shown);
+        }
         write_trusted(out, proof.trusted);
         varint::write(out, proof.nodes.len() as u64);
         for n in &proof.nodes {
@@ -535,6 +538,10 @@ impl<'a> DataMsg<'a> {
             }
         };
         let (start, end, base) = (r.varint()?, r.varint()?, r.varint()?);
+        let shown = match head {
+            Some(_) => r.varint()?,
+            None => base,
+        };
         let trusted = r.trusted()?;
         // Without a head, the proof reaches only its trusted node; the
         // shortest tree holding that node stands in for the length.
@@ -552,6 +559,12 @@ impl<'a> DataMsg<'a> {
             return Err(MessageError::Invalid {
                 kind,
                 what: "data range does not fit its head",
+            });
+        }
+        if shown < base || shown > length || (trusted.is_some() && shown != base) {
+            return Err(MessageError::Invalid {
+                kind,
+                what: "data shows a length outside its base and head",
             });
         }
         if end - start > max_blocks {
@@ -597,6 +610,7 @@ impl<'a> DataMsg<'a> {
                 end,
                 length,
                 base,
+                shown,
                 trusted,
                 nodes,
             },
@@ -662,6 +676,7 @@ mod tests {
             end: 3,
             length: 4,
             base: 0,
+            shown: 0,
             trusted: Some(3),
             nodes,
         }
@@ -714,6 +729,7 @@ mod tests {
             end: 3,
             length: 5,
             base: 0,
+            shown: 0,
             trusted: None,
             nodes: vec![node, node],
         };

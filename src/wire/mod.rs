@@ -18,4 +18,4 @@ pub use message::{
 pub use receipt::Receipt;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;

@@ -37,8 +37,10 @@ enum Stored {
     /// request whose earlier answer we did not store.
     Retry,
     /// Not written: its validly signed head does not fit our tree, which is
-    /// either the author's fork or the peer's bad proof. A proof from base 0,
-    /// which stands on its own, tells them apart: ask for one.
+    /// either the author's fork or the peer's bad proof, or its proof cannot
+    /// show whether it fits. A proof from base 0 of the block past our
+    /// length, which stands on its own and shows every root we hold, tells
+    /// them apart: ask for one.
     Probe(u64),
     /// The author signed a head that conflicts with ours (ours, theirs).
     Forked(Box<(SignedHead, SignedHead)>),
@@ -74,6 +76,9 @@ fn store_answer<S: Store>(
             Ok(Stored::Retry)
         }
         Err(FeedError::Fork { ours, theirs, .. }) => Ok(Stored::Forked(Box::new((*ours, *theirs)))),
+        // The proof cannot show whether the longer head extends ours: ask
+        // again, from the length we hold now.
+        Err(FeedError::Unconfirmed { .. }) => Ok(Stored::Retry),
         Err(
             e @ (FeedError::RootMismatch { .. }
             | FeedError::Proof {
@@ -251,6 +256,13 @@ impl State {
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return true;
                 };
+                let asked = |r: &Inflight| {
+                    r.feed == feed && r.base == 0 && (r.start, r.end) == (from, from + 1)
+                };
+                if c.inflight.iter().any(asked) {
+                    // Several answers of one pipeline met the same doubt.
+                    return false;
+                }
                 let id = c.plan_request(feed, from, from + 1, false);
                 if let Some(r) = c.inflight.iter_mut().find(|r| r.id == id) {
                     r.sent = true;

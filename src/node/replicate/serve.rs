@@ -88,16 +88,27 @@ fn serve_one<S: Store>(
     let below = w
         .trusted
         .filter(|&t| crate::merkle::fits(w.start, e, len, 0, Some(t)));
+    // A head sent since the peer asked may be the one it now holds: show
+    // its roots too, so the longer head can be checked against them.
+    let shown = match conn.heads_sent.get(&w.feed) {
+        Some(&sent) if sent > w.base => sent,
+        _ => w.base,
+    };
     let proof = match below {
         Some(t) => feed.prove_below(txn, w.start, e, t),
-        None => feed.prove(txn, w.start, e, w.base),
+        None => feed.prove_showing(txn, w.start, e, w.base, shown),
     };
     let proof = match proof {
         Ok(p) => p,
         Err(FeedError::MissingNode { .. }) => return Ok(Answer::Refused(w.end)),
         Err(e) => return Err(e.into()),
     };
-    let head = if below.is_some() { None } else { Some(&head) };
+    let head = if below.is_some() {
+        None
+    } else {
+        conn.heads_sent.insert(w.feed, len);
+        Some(&head)
+    };
     DataMsg::encode_parts(
         w.id,
         head,
