@@ -409,10 +409,9 @@ mod tests {
             for base in 0..=len {
                 for shown in base..=len {
                     for (start, end) in [(0, 0), (len / 2, len / 2 + 1), (len - 1, len)] {
-                        let p = prove_showing(start, end, len, base, shown, |i| {
-                            Ok::<_, ()>(map[&i])
-                        })
-                        .unwrap();
+                        let p =
+                            prove_showing(start, end, len, base, shown, |i| Ok::<_, ()>(map[&i]))
+                                .unwrap();
                         let base_roots = roots_of(&map, base);
                         let v = verify(&p, &data[start as usize..end as usize], |i| {
                             base_roots.iter().find(|n| n.index == i).copied()

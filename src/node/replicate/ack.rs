@@ -69,8 +69,7 @@ impl State {
         if todo.is_empty() {
             return Ok(0);
         }
-        outbox.pruned.union(&todo);
-        outbox.save(txn, &desc.id());
+        outbox.add_pruned(txn, &desc.id(), &todo);
         let feed = self.feed(txn, desc)?;
         let mut n = 0;
         for (a, b) in todo.ranges() {
