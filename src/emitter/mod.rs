@@ -17,7 +17,7 @@ mod book;
 mod record;
 mod schema;
 
-pub use book::Book;
+pub use book::{event_peer_addresses, Book, Learned, MAX_ADDRS_PER_AUTHOR, MAX_BOOK_AUTHORS};
 pub use record::EventRecord;
 pub use schema::{Schema, SchemaError, ValidationError, EVENT_PEER};
 

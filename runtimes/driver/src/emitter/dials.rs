@@ -5,28 +5,21 @@
 //! Address dials are the emitter's business, not the core's: the core's
 //! dial intents are by key, while an emitter connects to `host:port`
 //! without knowing who answers. The reconnect schedule still takes its
-//! backoff from the core's [`peermq::Config`]. What was learned and asked
-//! is kept in the core's [`Book`], so that it survives a restart.
+//! backoff from the core's [`peermq::Config`]. What was learned and asked,
+//! and how much of it is kept, is the core's [`Book`]: it survives a
+//! restart, and the simulator exercises the same bounds.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 
 use peermq::emitter::Book;
 use peermq::{CloseReason, ConnId, Instant, Node, PeerId, Store};
-use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::driver::{answer, Ctx, Reply};
 use crate::error::EmitterError;
 use crate::runtime::Transport;
 
-/// Addresses learned from one author's announcement; the rest are ignored.
-/// An announcement makes every mesh node that wants its author try these,
-/// so a few must do: one per interface a node listens on.
-const MAX_ADDRS_PER_AUTHOR: usize = 4;
-/// Authors whose announced addresses are remembered; the least recently
-/// announced is forgotten first.
-const MAX_BOOK_AUTHORS: usize = 256;
 /// Failed dials of a learned address before it is left alone, until its
 /// author announces again or the node restarts. Addresses the application
 /// asked for are retried for as long as it wants them.
@@ -81,49 +74,14 @@ impl AddrDial {
     }
 }
 
-/// The addresses `author`'s `EventPeer` value says it listens on (the first
-/// [`MAX_ADDRS_PER_AUTHOR`] we can dial), or `None` when the value speaks
-/// for another id: an author announces only itself, since its signature is
-/// all that vouches for the announcement.
-pub(crate) fn event_peer_addrs(value: &Value, author: &PeerId) -> Option<Vec<SocketAddr>> {
-    if value["id"].as_str() != Some(author.to_string().as_str()) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(MAX_ADDRS_PER_AUTHOR);
-    for a in value["addresses"].as_array().into_iter().flatten() {
-        if out.len() == MAX_ADDRS_PER_AUTHOR {
-            break;
-        }
-        let ip = a["ip"].as_str().and_then(|ip| {
-            if ip == "localhost" {
-                Some(IpAddr::from([127, 0, 0, 1]))
-            } else {
-                ip.parse().ok()
-            }
-        });
-        let port = a["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-        if let (Some(ip), Some(port)) = (ip, port) {
-            let addr = SocketAddr::new(ip, port);
-            // At most a few: looking through them is linear.
-            if !out.contains(&addr) {
-                out.push(addr);
-            }
-        }
-    }
-    out.sort();
-    Some(out)
-}
-
 /// The emitter's address dials and the announcements they come from.
 pub(crate) struct Dials {
     addrs: BTreeMap<SocketAddr, AddrDial>,
     /// The address each connection we dialed went to.
     conns: HashMap<ConnId, SocketAddr>,
-    /// The addresses each author last announced, ours included, at most
-    /// [`MAX_BOOK_AUTHORS`] authors.
-    announced: BTreeMap<PeerId, Vec<SocketAddr>>,
-    /// The authors of `announced`, least recently announced first.
-    announced_order: VecDeque<PeerId>,
+    /// What each author last announced, ours included, and the addresses
+    /// the application asked for.
+    book: Book,
     /// What we announce.
     advertised: Vec<SocketAddr>,
 }
@@ -134,28 +92,17 @@ impl Dials {
     pub(crate) fn open<S: Store>(node: &Node<S>) -> Result<Self, EmitterError> {
         let book = Book::load(node.store())?;
         let me = node.id();
-        // What does not parse as an address is skipped: the book only ever
-        // advises where to dial, so a damaged entry costs a dial, not the
-        // open.
-        let parse = |list: &[String]| -> Vec<SocketAddr> {
-            list.iter().filter_map(|a| a.parse().ok()).collect()
-        };
-        let announced: BTreeMap<PeerId, Vec<SocketAddr>> = book
-            .announced
-            .iter()
-            .map(|(author, list)| (*author, parse(list)))
-            .collect();
-        let mut addrs: BTreeMap<SocketAddr, AddrDial> = parse(&book.targets)
+        let mut addrs: BTreeMap<SocketAddr, AddrDial> = parse(book.targets())
             .into_iter()
             .map(|a| (a, AddrDial::new(None)))
             .collect();
-        for (author, list) in &announced {
+        for (author, list) in book.announced() {
             if *author == me || !node.replicates(author) {
                 continue;
             }
-            for a in list.iter().take(MAX_ADDRS_PER_AUTHOR) {
+            for a in parse(list) {
                 addrs
-                    .entry(*a)
+                    .entry(a)
                     .or_insert_with(|| AddrDial::new(Some(*author)))
                     .owner = Some(*author);
             }
@@ -163,8 +110,7 @@ impl Dials {
         Ok(Dials {
             addrs,
             conns: HashMap::new(),
-            announced_order: announced.keys().copied().collect(),
-            announced,
+            book,
             advertised: Vec::new(),
         })
     }
@@ -183,8 +129,7 @@ impl Dials {
             }
         }
         self.advertised.sort();
-        let me = node.id();
-        if self.announced.get(&me) == Some(&self.advertised) {
+        if self.book.addresses(&node.id()) == Some(&texts(&self.advertised)[..]) {
             return None;
         }
         Some(self.advertised.clone())
@@ -195,11 +140,10 @@ impl Dials {
     /// compares against it.
     pub(crate) fn announced_ours<S: Store>(&mut self, node: &Node<S>, list: Vec<SocketAddr>) {
         let me = node.id();
-        if let Err(e) = Book::save_announced(node.store(), &me, &texts(&list), &[]) {
+        if let Err(e) = self.book.learn(node.store(), &me, me, texts(&list)) {
             // At worst the next start announces the same again.
             warn!(error = %e, "peermq: cannot record our announced addresses");
         }
-        self.announced.insert(me, list);
     }
 
     fn own_addrs<S: Store>(&self, cx: &Ctx<'_, S>) -> Vec<SocketAddr> {
@@ -208,43 +152,34 @@ impl Dials {
         own
     }
 
-    /// `author` announced `list`: remember it, and, if the application
-    /// wants that author's events, keep connections to it.
+    /// `author` announced `list` (read by
+    /// [`peermq::emitter::event_peer_addresses`]): remember it, and, if the
+    /// application wants that author's events, keep connections to it.
     pub(crate) fn learn<S: Store>(
         &mut self,
         cx: &mut Ctx<'_, S>,
         author: PeerId,
-        list: Vec<SocketAddr>,
+        list: Vec<String>,
     ) {
         let me = cx.node.id();
         let own = self.own_addrs(cx);
         let wanted = author != me && cx.node.replicates(&author) && !cx.node.refuses(&author);
-        if self.announced.get(&author) != Some(&list) {
-            let mut forget = Vec::new();
-            if !self.announced.contains_key(&author) {
-                while self.announced.len() >= MAX_BOOK_AUTHORS {
-                    let Some(old) = self.announced_order.pop_front() else {
-                        break;
-                    };
-                    if old != me && self.announced.remove(&old).is_some() {
-                        forget.push(old);
-                    }
-                }
+        match self.book.learn(cx.node.store(), &me, author, list) {
+            Ok(learned) => {
+                // Learned addresses of forgotten authors go too.
+                let forgotten = learned.forgotten;
+                self.addrs.retain(|_, d| {
+                    !d.owner.is_some_and(|o| forgotten.contains(&o)) || d.still_needed()
+                });
             }
-            self.announced_order.retain(|a| *a != author);
-            self.announced_order.push_back(author);
-            let saved = Book::save_announced(cx.node.store(), &author, &texts(&list), &forget);
-            if let Err(e) = saved {
-                warn!(error = %e, "peermq: cannot record a peer's addresses");
-            }
-            // Learned addresses of forgotten authors go too.
-            self.addrs
-                .retain(|_, d| !d.owner.is_some_and(|o| forget.contains(&o)) || d.still_needed());
-            self.announced.insert(author, list.clone());
+            // Not remembered this time: the author's next announcement tries
+            // again, and nothing is dialed on its word meanwhile.
+            Err(e) => return warn!(error = %e, "peermq: cannot record a peer's addresses"),
         }
         if author == me {
             return;
         }
+        let list = parse(self.book.addresses(&author).unwrap_or_default());
         // Addresses it no longer announces are forgotten.
         self.addrs
             .retain(|a, d| d.owner != Some(author) || list.contains(a) || d.still_needed());
@@ -277,7 +212,7 @@ impl Dials {
         addr: SocketAddr,
         reply: Reply<PeerId, EmitterError>,
     ) {
-        if let Err(e) = Book::add_target(cx.node.store(), &addr.to_string()) {
+        if let Err(e) = self.book.add_target(cx.node.store(), &addr.to_string()) {
             return answer(reply, Err(e.into()));
         }
         let now = cx.now;
@@ -450,6 +385,13 @@ impl Dials {
 /// Addresses as the book keeps them.
 fn texts(addrs: &[SocketAddr]) -> Vec<String> {
     addrs.iter().map(SocketAddr::to_string).collect()
+}
+
+/// The book's addresses we can dial. What does not parse is skipped: the
+/// book only advises where to dial, so a bad entry (an announced host name,
+/// a damaged record) costs nothing.
+fn parse(list: &[String]) -> Vec<SocketAddr> {
+    list.iter().filter_map(|a| a.parse().ok()).collect()
 }
 
 /// How long to wait before the dial after `attempts` failed ones.

@@ -12,7 +12,7 @@ use peermq::{ConnId, Event, Instant, Node, PeerId, Store};
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use super::dials::{event_peer_addrs, Dials};
+use super::dials::Dials;
 use crate::driver::{answer, Ctx, Reply, Service};
 use crate::error::EmitterError;
 use crate::mq::{Queue, QueueCommand};
@@ -148,7 +148,7 @@ impl Emitting {
             match d
                 .value
                 .as_ref()
-                .and_then(|v| event_peer_addrs(v, &d.author))
+                .and_then(|v| peermq::emitter::event_peer_addresses(v, &d.author))
             {
                 Some(list) => self.dials.learn(cx, d.author, list),
                 None => {
