@@ -152,12 +152,15 @@ impl State {
 
     /// Whether a head of broadcast feed `desc` is worth looking at: its
     /// author is one we replicate, it has not forked the feed, and we hold
-    /// the feed already or have room for another.
+    /// some of the feed already or have room for another author. (An author
+    /// only announced holds no room: of many announced at once, those whose
+    /// events arrive first take it, and the rest are refused then.)
     pub(super) fn admits_broadcast(&self, desc: &FeedDescriptor) -> bool {
         let id = desc.id();
+        let held = self.replicas.get(&id).is_some_and(|r| !r.is_pending());
         self.author_allowed(&desc.author)
             && !self.forks.contains_key(&id)
-            && (self.replicas.contains_key(&id) || self.quota.held_authors < self.config.max_feeds)
+            && (held || desc.author == self.me || self.quota.held_authors < self.config.max_feeds)
     }
 
     /// Whether this node will not fetch (more of) `author`'s events: it does
@@ -543,8 +546,10 @@ impl<S: Store> Node<S> {
         Ok(feed.get(&txn, seq)?)
     }
 
-    /// The broadcast feeds held here: each author with the number of its
-    /// events held from the start without a gap.
+    /// The broadcast feeds held here, and those only announced so far (at
+    /// most [`limits::MAX_PENDING_AUTHORS`](crate::node::limits)): each
+    /// author with the number of its events held from the start without a
+    /// gap (0 for an author only announced).
     pub fn broadcast_feeds(&self) -> Vec<(PeerId, u64)> {
         self.st
             .replicas

@@ -146,6 +146,14 @@ impl State {
             return Ok(());
         }
         if let Some(desc) = self.replicas.get(&asked.feed).map(|r| r.desc) {
+            if !self.admits_broadcast(&desc) {
+                // Room for another author ran out while this was on its way
+                // (another author's answer took the last): nothing is kept.
+                if let Some(r) = self.replicas.get_mut(&desc.id()) {
+                    r.dl.requested.remove(start, asked.end);
+                }
+                return Ok(());
+            }
             let feed = self.feed(txn, desc)?;
             let stored = store_answer(feed, txn, &d, &asked)?;
             if !matches!(stored, Stored::Yes) {
