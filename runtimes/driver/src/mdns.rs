@@ -1,6 +1,6 @@
 //! Discovery across a LAN with multicast DNS (DNS-SD over mDNS).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,9 @@ const ID_KEY: &str = "id";
 const NAME_ID_CHARS: usize = 16;
 
 /// Most services remembered: anyone on the LAN can announce services, so
-/// what they can make us hold is bounded. Far above any real LAN's peers.
+/// what they can make us hold is bounded, the least recently resolved
+/// forgotten first (a flood cannot keep a peer that announces afterwards
+/// out). Far above any real LAN's peers.
 const MAX_SERVICES: usize = 4096;
 
 /// Most services remembered for one peer id, the newest kept. Anyone can
@@ -67,49 +69,92 @@ impl std::fmt::Debug for MdnsDiscovery {
     }
 }
 
-/// Services by instance name: the peer, its addresses, and when it was last
-/// resolved (a counter).
-type Services = HashMap<String, (PeerId, Vec<SocketAddr>, u64)>;
+/// One resolved service.
+struct Service {
+    peer: PeerId,
+    addrs: Vec<SocketAddr>,
+    /// When it was last resolved, as a counter: its key in the orders below.
+    stamp: u64,
+}
+
+/// The services seen, by instance name (which is what removals name), with
+/// the orders that bound them: every lookup and update costs a few map
+/// operations, however many services a LAN announces.
+#[derive(Default)]
+struct Services {
+    by_name: HashMap<String, Service>,
+    /// Instance names by stamp, oldest first.
+    by_age: BTreeMap<u64, String>,
+    /// Each peer's instance names by stamp.
+    by_peer: HashMap<PeerId, BTreeMap<u64, String>>,
+    next_stamp: u64,
+}
+
+impl Services {
+    /// Remembers a resolved service as the newest, forgetting the oldest of
+    /// its peer's beyond [`MAX_SERVICES_PER_PEER`] and the oldest of all
+    /// beyond [`MAX_SERVICES`].
+    fn insert(&mut self, name: String, (peer, addrs): (PeerId, Vec<SocketAddr>)) {
+        self.remove(&name);
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.by_age.insert(stamp, name.clone());
+        let mine = self.by_peer.entry(peer).or_default();
+        mine.insert(stamp, name.clone());
+        let over = mine.len().saturating_sub(MAX_SERVICES_PER_PEER);
+        let oldest_of_peer: Vec<String> = mine.values().take(over).cloned().collect();
+        self.by_name.insert(name, Service { peer, addrs, stamp });
+        for n in oldest_of_peer {
+            self.remove(&n);
+        }
+        while self.by_name.len() > MAX_SERVICES {
+            let Some((_, n)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.remove(&n);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(old) = self.by_name.remove(name) else {
+            return;
+        };
+        self.by_age.remove(&old.stamp);
+        if let Some(mine) = self.by_peer.get_mut(&old.peer) {
+            mine.remove(&old.stamp);
+            if mine.is_empty() {
+                self.by_peer.remove(&old.peer);
+            }
+        }
+    }
+
+    /// `peer`'s addresses, from its remembered services.
+    fn of(&self, peer: &PeerId) -> impl Iterator<Item = &SocketAddr> {
+        self.by_peer
+            .get(peer)
+            .into_iter()
+            .flat_map(|mine| mine.values())
+            .filter_map(|n| self.by_name.get(n))
+            .flat_map(|s| s.addrs.iter())
+    }
+}
 
 /// The services seen on the network, shared with the browsing thread.
 #[derive(Default)]
 struct Seen {
-    /// By service instance name, which is what removals name.
     services: Mutex<Services>,
     changed: Event,
     stopped: AtomicBool,
 }
 
 impl Seen {
-    /// Remembers a resolved service, forgetting the oldest of its peer's
-    /// beyond [`MAX_SERVICES_PER_PEER`].
-    fn insert(services: &mut Services, name: String, (peer, addrs): (PeerId, Vec<SocketAddr>)) {
-        let stamp = services.values().map(|s| s.2).max().map_or(0, |m| m + 1);
-        services.insert(name, (peer, addrs, stamp));
-        let mut mine: Vec<(u64, String)> = services
-            .iter()
-            .filter(|(_, s)| s.0 == peer)
-            .map(|(n, s)| (s.2, n.clone()))
-            .collect();
-        if mine.len() > MAX_SERVICES_PER_PEER {
-            mine.sort();
-            for (_, n) in &mine[..mine.len() - MAX_SERVICES_PER_PEER] {
-                services.remove(n);
-            }
-        }
-    }
-
     fn addresses(&self, peer: &PeerId) -> Vec<SocketAddr> {
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<SocketAddr> = Vec::new();
-        for (id, addrs, _) in services.values() {
-            if id != peer {
-                continue;
-            }
-            for addr in addrs {
-                if !found.contains(addr) {
-                    found.push(*addr);
-                }
+        for addr in services.of(peer) {
+            // A few services of a few addresses: looking through is linear.
+            if !found.contains(addr) {
+                found.push(*addr);
             }
         }
         found.sort_by_key(dial_preference);
@@ -122,15 +167,7 @@ impl Seen {
                 ServiceEvent::ServiceResolved(service) => match parse(&service) {
                     Some(entry) => {
                         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-                        let name = service.fullname.to_lowercase();
-                        if services.len() >= MAX_SERVICES && !services.contains_key(&name) {
-                            tracing::debug!(
-                                name = %service.fullname,
-                                "peermq: ignoring an mDNS service: {MAX_SERVICES} already known"
-                            );
-                            continue;
-                        }
-                        Self::insert(&mut services, name, entry);
+                        services.insert(service.fullname.to_lowercase(), entry);
                     }
                     None => tracing::debug!(
                         name = %service.fullname,
@@ -449,14 +486,40 @@ mod tests {
         let mut services = seen.services.lock().unwrap();
         for port in 1..=100u16 {
             let addr: SocketAddr = format!("192.0.2.66:{port}").parse().unwrap();
-            Seen::insert(&mut services, format!("spoof-{port}"), (id, vec![addr]));
+            services.insert(format!("spoof-{port}"), (id, vec![addr]));
         }
         let real: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-        Seen::insert(&mut services, "real".into(), (id, vec![real]));
+        services.insert("real".into(), (id, vec![real]));
         drop(services);
         let found = seen.addresses(&id);
         assert_eq!(found.len(), MAX_SERVICES_PER_PEER);
         assert!(found.contains(&real), "{found:?}");
+    }
+
+    #[test]
+    fn a_flood_of_services_of_other_ids_cannot_keep_a_later_peer_out() {
+        let seen = Seen::default();
+        let mut services = seen.services.lock().unwrap();
+        for i in 0..(2 * MAX_SERVICES) as u32 {
+            let mut id = [0; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            let addr: SocketAddr = format!("192.0.2.66:{}", i % 60_000 + 1).parse().unwrap();
+            services.insert(format!("flood-{i}"), (PeerId(id), vec![addr]));
+        }
+        let late = PeerId([0xcd; 32]);
+        let real: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        services.insert("late".into(), (late, vec![real]));
+        assert_eq!(services.by_name.len(), MAX_SERVICES);
+        assert_eq!(services.by_age.len(), MAX_SERVICES);
+        assert!(services.by_peer.len() <= MAX_SERVICES);
+        services.remove("late");
+        services.insert("late".into(), (late, vec![real]));
+        drop(services);
+        assert_eq!(seen.addresses(&late), [real]);
+        assert!(
+            seen.addresses(&PeerId([0; 32])).is_empty(),
+            "the oldest went first"
+        );
     }
 
     #[test]
