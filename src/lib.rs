@@ -37,8 +37,10 @@ pub use node::{
     CloseReason, Config, ConnId, Event, Fetch, Footprint, Mailbox, Node, NodeError, Output,
     PeerStatus, Prefetch, RawPeer, Record,
 };
+pub use ranges::RangeSet;
 pub use rng::{Entropy, RandomSource, SeededRng};
 #[cfg(feature = "lmdb")]
 pub use store::{LmdbOptions, LmdbStore};
 pub use store::{MemStore, Store, StoreError, Txn};
 pub use time::Instant;
+pub use wire::Receipt;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use peermq::ranges::RangeSet;
+use peermq::RangeSet;
 
 /// A broken property.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -298,14 +298,21 @@ impl<S: Store> Node<S> {
         let nonce_seed = entropy.nonce_seed;
         let mut rng = SeededRng::from_seed(entropy.seed);
         drop(entropy);
-        let mut txn = Txn::begin(&store)?;
-        meta::check_format(&mut txn)?;
-        let mut id_rng = rng.fork();
-        let key = meta::identity_or_insert(&mut txn, || Keypair::generate(&mut id_rng))?;
-        let peers: BTreeSet<PeerId> = peer_keys(&txn, Table::Peers, None)?.into_iter().collect();
-        let replicas = broadcast::load_all(&txn)?;
-        let forks = fork::load_all(&txn)?;
-        txn.commit()?;
+        let fresh = Keypair::generate(&mut rng.fork());
+        // Two processes opening one fresh directory at once both try to
+        // store an identity: the loser of that race reads the winner's.
+        let (key, peers, replicas, forks) = retry_on_conflict(|| {
+            let mut txn = Txn::begin(&store)?;
+            meta::check_format(&mut txn)?;
+            let key = meta::identity_or_insert(&mut txn, || fresh.clone())?;
+            let peers: BTreeSet<PeerId> =
+                peer_keys(&txn, Table::Peers, None)?.into_iter().collect();
+            let replicas = broadcast::load_all(&txn)?;
+            let forks = fork::load_all(&txn)?;
+            txn.commit()?;
+            Ok((key, peers, replicas, forks))
+        })?;
+        drop(fresh);
         let noise_key =
             StaticKey::generate(rng.fork()).map_err(|e| NodeError::Keys(e.to_string()))?;
         let me = key.peer_id();

@@ -41,6 +41,9 @@ pub fn identity<S: Store>(txn: &Txn<'_, S>) -> Result<Option<Keypair>, StoreErro
 }
 
 /// The stored identity, or `fresh()` stored as the identity if there is none.
+/// The write is conditional: if another process stores an identity first,
+/// the commit fails with [`StoreError::Conflict`], and a new transaction
+/// reads theirs.
 pub fn identity_or_insert<S: Store>(
     txn: &mut Txn<'_, S>,
     fresh: impl FnOnce() -> Keypair,
@@ -49,7 +52,8 @@ pub fn identity_or_insert<S: Store>(
         return Ok(key);
     }
     let key = fresh();
-    txn.put(Table::Meta, keys::META_IDENTITY, &key.to_bytes());
+    let bytes = key.to_bytes().to_vec();
+    txn.put_expecting(Table::Meta, keys::META_IDENTITY, bytes, None);
     Ok(key)
 }
 
@@ -71,6 +75,21 @@ mod tests {
         check_format(&mut t).unwrap();
         let b =
             identity_or_insert(&mut t, || Keypair::generate(&mut SeededRng::from_u64(2))).unwrap();
+        assert_eq!(a.peer_id(), b.peer_id());
+    }
+
+    #[test]
+    fn of_two_processes_creating_an_identity_at_once_the_second_loses_and_reads_the_first() {
+        let store = MemStore::new();
+        let key = |seed| move || Keypair::generate(&mut SeededRng::from_u64(seed));
+        let mut first = Txn::begin(&store).unwrap();
+        let mut second = Txn::begin(&store).unwrap();
+        let a = identity_or_insert(&mut first, key(1)).unwrap();
+        identity_or_insert(&mut second, key(2)).unwrap();
+        first.commit().unwrap();
+        assert!(matches!(second.commit(), Err(StoreError::Conflict)));
+        let mut again = Txn::begin(&store).unwrap();
+        let b = identity_or_insert(&mut again, key(3)).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
     }
 

@@ -14,7 +14,7 @@ pub mod keys;
 #[cfg(feature = "lmdb")]
 mod lmdb;
 mod mem;
-pub mod meta;
+pub(crate) mod meta;
 mod txn;
 
 pub use batch::WriteBatch;

@@ -376,7 +376,7 @@ pub async fn ten_thousand_small_messages(ra: Arc<dyn Runtime>, rb: Arc<dyn Runti
             assert_eq!(r.seq, i as u64);
             assert_eq!(r.data, format!("message {i}").into_bytes());
         }
-        let mut acked = peermq::ranges::RangeSet::new();
+        let mut acked = peermq::RangeSet::new();
         within(&rb, "acks of all 10,000", async {
             while !acked.contains_range(0, 10_000) {
                 if let Some(MqEvent::Acked { to, start, end }) = b_events.next().await {
@@ -439,7 +439,7 @@ pub async fn acks(ra: Arc<dyn Runtime>, rb: Arc<dyn Runtime>) {
         b.send_batch(ida, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()])
             .await
             .unwrap();
-        let mut acked = peermq::ranges::RangeSet::new();
+        let mut acked = peermq::RangeSet::new();
         within(&rb, "acks of 3 messages", async {
             while !acked.contains_range(0, 3) {
                 if let Some(MqEvent::Acked { to, start, end }) = events.next().await {

@@ -16,11 +16,9 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use peermq::store::meta;
-use peermq::wire::Receipt;
 use peermq::{
-    Config, Entropy, Keypair, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus,
-    SeededRng, Store, StoreError, Txn,
+    Config, Entropy, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus, Receipt,
+    Store,
 };
 
 use crate::discovery::{Discovery, LocalDiscovery, StaticDiscovery};
@@ -156,7 +154,6 @@ impl Builder {
         Sv::Command: From<QueueCommand>,
         E: From<MqError>,
     {
-        ensure_identity(&store)?;
         let mut entropy = Entropy::new(os_random()?);
         if self.sign_ahead {
             entropy = entropy.sign_ahead(os_random()?);
@@ -200,26 +197,6 @@ fn os_random() -> Result<[u8; 32], MqError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| MqError::Randomness(e.to_string()))?;
     Ok(seed)
-}
-
-/// Creates the node's identity from operating-system randomness if the store
-/// has none (the core only ever derives keys from seeds it is given).
-fn ensure_identity<S: Store>(store: &S) -> Result<(), MqError> {
-    let mut txn = Txn::begin(store)?;
-    meta::check_format(&mut txn)?;
-    if meta::identity(&txn)?.is_some() {
-        return Ok(());
-    }
-    let seed = os_random()?;
-    meta::identity_or_insert(&mut txn, || {
-        Keypair::generate(&mut SeededRng::from_seed(seed))
-    })?;
-    match txn.commit() {
-        Ok(()) => Ok(()),
-        // Another process created it at the same moment: use theirs.
-        Err(StoreError::Conflict) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 struct Inner {

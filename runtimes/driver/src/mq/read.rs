@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::Stream;
-use peermq::ranges::RangeSet;
+use peermq::RangeSet;
 use peermq::{Mailbox, PeerId, Record};
 
 use super::service::QueueCommand;

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use peermq::ranges::RangeSet;
-use peermq::wire::Receipt;
+use peermq::RangeSet;
+use peermq::Receipt;
 use peermq::{Event, Fetch, Mailbox, PeerId, PeerStatus, Record, Store};
 use tracing::debug;
 
