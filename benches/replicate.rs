@@ -6,7 +6,6 @@
 //!
 //! Run with `cargo bench -p peermq --bench replicate`.
 
-use std::collections::VecDeque;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
@@ -61,40 +60,13 @@ fn replicate(mut p: Pair) -> Pair {
     let now = Instant::ZERO;
     let b_conn = p.b.connect(p.a.id(), now);
     let a_conn = p.a.accept(now);
-    let mut to_a: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut to_b: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut received = 0usize;
-    let drain =
-        |n: &mut Node<MemStore>, conn: ConnId, q: &mut VecDeque<Vec<u8>>, received: &mut usize| {
-            while let Some(out) = n.poll_output() {
-                match out {
-                    Output::Transmit { conn: c, bytes } if c == conn => q.push_back(bytes),
-                    Output::Event(peermq::Event::Message { .. }) => *received += 1,
-                    _ => {}
-                }
-            }
-        };
-    loop {
-        drain(&mut p.a, a_conn, &mut to_b, &mut received);
-        drain(&mut p.b, b_conn, &mut to_a, &mut 0);
-        if received == MESSAGES {
-            return p;
-        }
-        let mut moved = false;
-        while let Some(bytes) = to_a.pop_front() {
-            p.a.handle_input(a_conn, &bytes, now).unwrap();
-            moved = true;
-        }
-        while let Some(bytes) = to_b.pop_front() {
-            p.b.handle_input(b_conn, &bytes, now).unwrap();
-            moved = true;
-        }
-        if !moved {
-            // Serving is paced by timeouts while requests are queued.
-            p.b.handle_timeout(now).unwrap();
-            p.a.handle_timeout(now).unwrap();
-        }
-    }
+    let (at_a, _) = peermq::pump_pair((&mut p.a, a_conn), (&mut p.b, b_conn), now).unwrap();
+    let received = at_a
+        .iter()
+        .filter(|o| matches!(o, Output::Event(peermq::Event::Message { .. })))
+        .count();
+    assert_eq!(received, MESSAGES);
+    p
 }
 
 /// Runs one node on the current thread until it has received `expect`

@@ -6,10 +6,15 @@ use crate::store::Store;
 use crate::time::Instant;
 
 /// Moves bytes between `a` and `b`, joined by connection `ac` at `a` and `bc`
-/// at `b`, at time `now`, until neither has any to send. Returns the other
-/// outputs of each (events, dials, closes, and bytes for other
-/// connections), in order. Time does not pass: run
-/// [`Node::handle_timeout`] and call it again for what timers bring.
+/// at `b`, at time `now`, running timers due by `now` (a node with work
+/// queued asks for one at once), until neither has anything to send. Returns
+/// the other outputs of each (events, dials, closes, and bytes for other
+/// connections), in order. Time does not pass: for what later timers bring,
+/// call it again with a later `now`.
+///
+/// The first error either node returns ends the pump; what was not moved
+/// yet stays queued in the nodes, so a caller testing failures may call it
+/// again.
 pub fn pump_pair<S: Store, T: Store>(
     (a, ac): (&mut Node<S>, ConnId),
     (b, bc): (&mut Node<T>, ConnId),
@@ -35,6 +40,14 @@ pub fn pump_pair<S: Store, T: Store>(
                 }
                 other => bo.push(other),
             }
+        }
+        if a.poll_timeout().is_some_and(|t| t <= now) {
+            a.handle_timeout(now)?;
+            moved = true;
+        }
+        if b.poll_timeout().is_some_and(|t| t <= now) {
+            b.handle_timeout(now)?;
+            moved = true;
         }
         if !moved {
             return Ok((ao, bo));
