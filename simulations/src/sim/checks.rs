@@ -9,7 +9,19 @@ use peermq::Mailbox;
 use crate::oracle::Failure;
 use crate::plan::{Op, SEC};
 
-use super::*;
+use super::{sparse_budget, Sim};
+
+/// What sparse readers received and what was sent to them, for their
+/// oracle: a sparse reader must not be sent much more than it asked for.
+#[derive(Default)]
+pub(super) struct Tally {
+    /// Bytes each sparse reader received from each sender, per (reader,
+    /// sender), and the connections that carried them.
+    pub sparse_bytes: BTreeMap<(usize, usize), u64>,
+    pub sparse_conns: BTreeMap<(usize, usize), u64>,
+    /// Successful `send` calls per (from, to): each announces a head.
+    pub send_calls: BTreeMap<(usize, usize), u64>,
+}
 
 impl Sim<'_> {
     /// What every node holds in memory stays within what its configuration
@@ -250,19 +262,29 @@ impl Sim<'_> {
                 .filter(|&f| f != i && !self.oracle.is_rogue(f) && !self.oracle.is_rogue(i))
                 .collect();
             for from in from_list {
-                let got = self.sparse_bytes.get(&(i, from)).copied().unwrap_or(0);
+                let got = self
+                    .tally
+                    .sparse_bytes
+                    .get(&(i, from))
+                    .copied()
+                    .unwrap_or(0);
                 let asked = self
                     .oracle
                     .asked
                     .get(&(i, from))
                     .map_or(0, |s| s.len() as u64);
-                let conns = self.sparse_conns.get(&(i, from)).copied().unwrap_or(0);
+                let conns = self
+                    .tally
+                    .sparse_conns
+                    .get(&(i, from))
+                    .copied()
+                    .unwrap_or(0);
                 let limit = sparse_budget(
                     asked,
                     self.oracle.sent(from, i),
                     16 + self.plan.options.msg_extra as u64,
                     conns,
-                    self.send_calls.get(&(from, i)).copied().unwrap_or(0),
+                    self.tally.send_calls.get(&(from, i)).copied().unwrap_or(0),
                     self.now,
                 );
                 if got > limit {

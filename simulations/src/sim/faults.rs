@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use peermq::store::Table;
 use peermq::{ConnId, Feed, FeedDescriptor, Instant, Mailbox, Node, NodeError, PeerId, Txn};
 
-use crate::oracle::{Failure, Rogue};
+use crate::oracle::{message, Failure, Rogue};
 use crate::plan::SEC;
 
-use super::*;
+use super::{corruption_deadline, entropy, Chunk, Ev, Sim};
 
 impl Sim<'_> {
     pub(super) fn check_corruption(&mut self) {
-        let late = self.links.iter().find(|(_, l)| {
+        let late = self.net.links.iter().find(|(_, l)| {
             l.open[0]
                 && l.open[1]
                 && l.corrupted_at
@@ -44,19 +44,20 @@ impl Sim<'_> {
         s.inc += 1;
         s.paused_until = None;
         self.stats.node_micros += self.now.saturating_sub(s.up_since);
-        if let Some(old) = self.wake[node].take() {
-            self.timers.remove(&(old, node));
+        if let Some(old) = self.agenda.wake[node].take() {
+            self.agenda.timers.remove(&(old, node));
         }
         let mine: Vec<(ConnId, u64, usize)> = self
+            .net
             .conn_link
             .range((node, ConnId(0))..=(node, ConnId(u64::MAX)))
             .map(|(&(_, c), &(l, side))| (c, l, side))
             .collect();
         let now = self.now;
         for (c, lid, side) in mine {
-            self.conn_link.remove(&(node, c));
+            self.net.conn_link.remove(&(node, c));
             let mut fin_at = None;
-            if let Some(l) = self.links.get_mut(&lid) {
+            if let Some(l) = self.net.links.get_mut(&lid) {
                 l.open[side] = false;
                 l.pipes[1 - side].q.clear();
                 l.pipes[1 - side].dead = true;
@@ -163,9 +164,9 @@ impl Sim<'_> {
     /// The end of the chaos: the network is whole again, every node is up,
     /// every authorization is restored, and storage works.
     pub(super) fn heal(&mut self) {
-        self.healed = true;
+        self.net.healed = true;
         self.note(format_args!("heal"));
-        self.blocked.clear();
+        self.net.blocked.clear();
         for i in 0..self.slots.len() {
             self.slots[i].store.fail_commits(0);
             if self.slots[i].paused_until.is_some() {

@@ -8,21 +8,25 @@
 //! same trace.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use peermq::{
-    Config, ConnId, Entropy, Event, FeedDescriptor, FeedError, Instant, MemStore, Node, NodeError,
-    Output, PeerId, StoreError,
+    Config, ConnId, Entropy, Event, FeedError, Instant, MemStore, Node, NodeError, Output, PeerId,
+    StoreError,
 };
 
-use crate::oracle::{branch_message, message, Failure, Oracle};
+use crate::oracle::{Failure, Oracle};
 use crate::plan::{Dice, Op, Plan, MS, SEC};
 
 mod checks;
 mod faults;
 mod network;
+mod trace;
 mod workload;
+
+use checks::Tally;
+use network::Net;
+use trace::Trace;
 
 /// Microseconds of a duration of the core's default configuration, which
 /// the nodes run with: the oracles' deadlines follow it, never a copy.
@@ -138,40 +142,53 @@ struct Slot {
 /// A running simulation.
 pub struct Sim<'p> {
     plan: &'p Plan,
+    /// Simulated time, microseconds.
     now: u64,
     end: u64,
-    healed: bool,
-    seq: u64,
-    queue: BTreeMap<(u64, u64), Ev>,
-    timers: BTreeSet<(u64, usize)>,
-    wake: Vec<Option<u64>>,
+    /// What happens next, and when each node's timer is due.
+    agenda: Agenda,
     slots: Vec<Slot>,
     index: BTreeMap<PeerId, usize>,
-    links: BTreeMap<u64, Link>,
-    conn_link: BTreeMap<(usize, ConnId), (u64, usize)>,
-    next_link: u64,
-    blocked: BTreeMap<(usize, usize), u32>,
+    /// The links between nodes and what is in flight on them.
+    net: Net,
     dice: Dice,
-    trace: blake3::Hasher,
-    line: String,
+    trace: Trace,
     oracle: Oracle,
+    /// Nodes whose outputs and timer need a look.
     dirty: BTreeSet<usize>,
     failure: Option<Failure>,
-    /// Bytes each sparse reader received from each sender, per (reader,
-    /// sender), and the connections that carried them.
-    sparse_bytes: BTreeMap<(usize, usize), u64>,
-    sparse_conns: BTreeMap<(usize, usize), u64>,
-    /// Successful `send` calls per (from, to): each announces a head.
-    send_calls: BTreeMap<(usize, usize), u64>,
-    same_instant: u64,
+    /// What sparse readers received, for their oracle.
+    tally: Tally,
     /// Nodes with a consumer drain scheduled.
     drain_soon: BTreeSet<usize>,
     /// Backups of nodes' stores, restored by `Op::Restore`.
     backups: BTreeMap<usize, MemStore>,
-    /// Echo the trace text to stderr, for debugging.
-    verbose: bool,
-    last_instant: u64,
     stats: Report,
+}
+
+/// The event queue and the nodes' timers.
+struct Agenda {
+    /// Tie-breaker: events at one instant run in the order scheduled.
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    timers: BTreeSet<(u64, usize)>,
+    wake: Vec<Option<u64>>,
+    /// Events run at the current instant, to catch a livelock.
+    same_instant: u64,
+    last_instant: u64,
+}
+
+impl Agenda {
+    fn new(nodes: usize) -> Self {
+        Agenda {
+            seq: 0,
+            queue: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            wake: vec![None; nodes],
+            same_instant: 0,
+            last_instant: 0,
+        }
+    }
 }
 impl<'p> Sim<'p> {
     /// Sets up the nodes of `plan`, all authorizing their edges.
@@ -236,31 +253,18 @@ impl<'p> Sim<'p> {
             plan,
             now: 0,
             end,
-            healed: false,
-            seq: 0,
-            queue: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            wake: vec![None; o.nodes],
+            agenda: Agenda::new(o.nodes),
             slots,
             index,
-            links: BTreeMap::new(),
-            conn_link: BTreeMap::new(),
-            next_link: 0,
-            blocked: BTreeMap::new(),
+            net: Net::default(),
             dice: Dice::new(plan.seed, "network"),
-            trace: blake3::Hasher::new(),
-            line: String::new(),
+            trace: Trace::default(),
             oracle,
             dirty: BTreeSet::new(),
             failure: None,
-            sparse_bytes: BTreeMap::new(),
-            sparse_conns: BTreeMap::new(),
-            send_calls: BTreeMap::new(),
-            same_instant: 0,
+            tally: Tally::default(),
             backups: BTreeMap::new(),
-            verbose: false,
             drain_soon: BTreeSet::new(),
-            last_instant: 0,
             stats: Report::default(),
         };
         for (k, op) in plan.ops.iter().enumerate() {
@@ -283,44 +287,34 @@ impl<'p> Sim<'p> {
 
     /// Echoes the trace text to stderr as the run goes.
     pub fn echo(mut self, on: bool) -> Self {
-        self.verbose = on;
+        self.trace.echo = on;
         self
     }
 
     fn at(&mut self, t: u64, ev: Ev) {
-        self.seq += 1;
-        self.queue.insert((t.max(self.now), self.seq), ev);
+        self.agenda.seq += 1;
+        self.agenda
+            .queue
+            .insert((t.max(self.now), self.agenda.seq), ev);
     }
 
     fn fail(&mut self, f: Failure) {
         if self.failure.is_none() {
-            let _ = write!(self.line, "{} FAILED {f}", self.now);
-            self.flush_line();
+            self.trace.note(self.now, format_args!("FAILED {f}"));
             self.failure = Some(f);
         }
     }
 
-    fn flush_line(&mut self) {
-        self.line.push('\n');
-        if self.verbose {
-            eprint!("{}", self.line);
-        }
-        self.trace.update(self.line.as_bytes());
-        self.line.clear();
-    }
-
     fn note(&mut self, s: std::fmt::Arguments<'_>) {
-        let _ = write!(self.line, "{} ", self.now);
-        let _ = self.line.write_fmt(s);
-        self.flush_line();
+        self.trace.note(self.now, s);
     }
 
     /// Runs the plan to its end (or first failure) and reports.
     pub fn run(mut self) -> Report {
         self.drain();
         while self.failure.is_none() {
-            let q = self.queue.first_key_value().map(|(k, _)| k.0);
-            let t = self.timers.first().map(|x| x.0);
+            let q = self.agenda.queue.first_key_value().map(|(k, _)| k.0);
+            let t = self.agenda.timers.first().map(|x| x.0);
             let next = match (q, t) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) => a,
@@ -331,9 +325,9 @@ impl<'p> Sim<'p> {
                 break;
             }
             self.now = next;
-            if self.now == self.last_instant {
-                self.same_instant += 1;
-                if self.same_instant > LIVELOCK_EVENTS {
+            if self.now == self.agenda.last_instant {
+                self.agenda.same_instant += 1;
+                if self.agenda.same_instant > LIVELOCK_EVENTS {
                     self.fail(Failure::new(
                         "livelock",
                         format!("over {LIVELOCK_EVENTS} events at one instant without time moving"),
@@ -341,15 +335,15 @@ impl<'p> Sim<'p> {
                     break;
                 }
             } else {
-                self.last_instant = self.now;
-                self.same_instant = 0;
+                self.agenda.last_instant = self.now;
+                self.agenda.same_instant = 0;
             }
             if q == Some(next) {
-                if let Some((_, ev)) = self.queue.pop_first() {
+                if let Some((_, ev)) = self.agenda.queue.pop_first() {
                     self.event(ev);
                 }
-            } else if let Some((_, i)) = self.timers.pop_first() {
-                self.wake[i] = None;
+            } else if let Some((_, i)) = self.agenda.timers.pop_first() {
+                self.agenda.wake[i] = None;
                 self.timeout(i);
             }
             self.drain();
@@ -365,10 +359,10 @@ impl<'p> Sim<'p> {
         }
         let mut r = self.stats;
         r.sim_micros = self.now;
-        r.trace = self.trace.finalize().to_hex().to_string();
+        r.trace = self.trace.finish();
         r.failure = self.failure;
         r.sent = self.oracle.sent.values().sum();
-        r.sparse_bytes = self.sparse_bytes.values().sum();
+        r.sparse_bytes = self.tally.sparse_bytes.values().sum();
         r.sparse_blocks = self.oracle.asked.values().map(|s| s.len() as u64).sum();
         r
     }
@@ -433,13 +427,13 @@ impl<'p> Sim<'p> {
                 .as_ref()
                 .and_then(|n| n.poll_timeout())
                 .map(|t| t.as_micros().max(self.now));
-            if let Some(old) = self.wake[i].take() {
-                self.timers.remove(&(old, i));
+            if let Some(old) = self.agenda.wake[i].take() {
+                self.agenda.timers.remove(&(old, i));
             }
             if self.slots[i].paused_until.is_none() {
                 if let Some(t) = when {
-                    self.timers.insert((t, i));
-                    self.wake[i] = Some(t);
+                    self.agenda.timers.insert((t, i));
+                    self.agenda.wake[i] = Some(t);
                 }
             }
         }
@@ -448,7 +442,7 @@ impl<'p> Sim<'p> {
     fn output(&mut self, i: usize, out: Output) {
         match out {
             Output::Transmit { conn, bytes } => {
-                self.trace.update(&bytes);
+                self.trace.bytes(&bytes);
                 self.note(format_args!("n{i} tx {} {}", conn.0, bytes.len()));
                 self.stats.wire_bytes += bytes.len() as u64;
                 self.transmit(i, conn, bytes);
@@ -478,12 +472,13 @@ impl<'p> Sim<'p> {
             Event::Connected { conn, peer } => {
                 let p = self.peer_index(&peer);
                 let inbound = self
+                    .net
                     .conn_link
                     .get(&(i, conn))
                     .is_some_and(|&(_, side)| side == 1);
                 if inbound {
-                    if let Some(&(l, _)) = self.conn_link.get(&(i, conn)) {
-                        let dialer = self.links.get(&l).map(|l| l.ends[0].0);
+                    if let Some(&(l, _)) = self.net.conn_link.get(&(i, conn)) {
+                        let dialer = self.net.links.get(&l).map(|l| l.ends[0].0);
                         if dialer != Some(p) {
                             self.fail(Failure::new(
                                 "unauthorized",
@@ -499,7 +494,8 @@ impl<'p> Sim<'p> {
                 self.stats.delivered += 1;
                 // After the heal the consumer keeps up, so a small prefetch
                 // window does not throttle convergence.
-                if self.healed && !self.plan.options.node[i].sparse && self.drain_soon.insert(i) {
+                if self.net.healed && !self.plan.options.node[i].sparse && self.drain_soon.insert(i)
+                {
                     self.at(self.now + MS, Ev::DrainNode { node: i });
                 }
                 let f = self.peer_index(&from);
@@ -576,7 +572,7 @@ impl<'p> Sim<'p> {
             }
             Ev::Block { a, b } => self.block(a, b),
             Ev::Unblock { a, b } => {
-                if let Some(n) = self.blocked.get_mut(&(a, b)) {
+                if let Some(n) = self.net.blocked.get_mut(&(a, b)) {
                     *n = n.saturating_sub(1);
                 }
             }
@@ -592,7 +588,7 @@ impl<'p> Sim<'p> {
             Ev::ResetDeadline { link } => {
                 let now = self.now;
                 let mut fins = Vec::new();
-                if let Some(l) = self.links.get_mut(&link) {
+                if let Some(l) = self.net.links.get_mut(&link) {
                     for (dir, p) in l.pipes.iter_mut().enumerate() {
                         if p.cut_next && !p.dead && !p.fin_sent {
                             p.cut_next = false;
@@ -716,6 +712,7 @@ impl<'p> Sim<'p> {
             }
             Op::Reset { pick } => {
                 let open: Vec<u64> = self
+                    .net
                     .links
                     .iter()
                     .filter(|(_, l)| l.open[0] && l.open[1] && !l.resetting)
@@ -728,6 +725,7 @@ impl<'p> Sim<'p> {
             }
             Op::ResetAll => {
                 let open: Vec<u64> = self
+                    .net
                     .links
                     .iter()
                     .filter(|(_, l)| !l.resetting)
@@ -752,8 +750,8 @@ impl<'p> Sim<'p> {
                 }
                 let until = self.now + for_;
                 self.slots[node].paused_until = Some(until);
-                if let Some(old) = self.wake[node].take() {
-                    self.timers.remove(&(old, node));
+                if let Some(old) = self.agenda.wake[node].take() {
+                    self.agenda.timers.remove(&(old, node));
                 }
                 self.at(until, Ev::Resume { node });
             }

@@ -2,17 +2,31 @@
 //! arbitrary chunks, after latency, jitter and bandwidth), dials, partitions
 //! and resets.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use peermq::{ConnId, Instant, PeerId};
 
 use crate::plan::SEC;
 
-use super::*;
+use super::{keepalive, Chunk, Ev, Link, Pipe, Sim};
+
+/// The links between nodes, what is in flight on them, and the pairs a
+/// partition keeps apart.
+#[derive(Default)]
+pub(super) struct Net {
+    pub links: BTreeMap<u64, Link>,
+    /// Each node's connection to the link and side it is on.
+    pub conn_link: BTreeMap<(usize, ConnId), (u64, usize)>,
+    pub next_link: u64,
+    /// Pairs kept apart, with how many partitions keep them so.
+    pub blocked: BTreeMap<(usize, usize), u32>,
+    /// Whether the final heal has happened: no more faults from then on.
+    pub healed: bool,
+}
 
 impl Sim<'_> {
     fn is_blocked(&self, a: usize, b: usize) -> bool {
-        self.blocked.get(&(a, b)).is_some_and(|&n| n > 0)
+        self.net.blocked.get(&(a, b)).is_some_and(|&n| n > 0)
     }
 
     fn pair_latency(&self, a: usize, b: usize) -> u64 {
@@ -68,9 +82,9 @@ impl Sim<'_> {
         ) else {
             return;
         };
-        let id = self.next_link;
-        self.next_link += 1;
-        self.links.insert(
+        let id = self.net.next_link;
+        self.net.next_link += 1;
+        self.net.links.insert(
             id,
             Link {
                 ends: [(i, ci), (j, cj)],
@@ -81,13 +95,13 @@ impl Sim<'_> {
                 resetting: false,
             },
         );
-        self.conn_link.insert((i, ci), (id, 0));
-        self.conn_link.insert((j, cj), (id, 1));
+        self.net.conn_link.insert((i, ci), (id, 0));
+        self.net.conn_link.insert((j, cj), (id, 1));
         if self.plan.options.node[i].sparse {
-            *self.sparse_conns.entry((i, j)).or_default() += 1;
+            *self.tally.sparse_conns.entry((i, j)).or_default() += 1;
         }
         if self.plan.options.node[j].sparse {
-            *self.sparse_conns.entry((j, i)).or_default() += 1;
+            *self.tally.sparse_conns.entry((j, i)).or_default() += 1;
         }
         self.note(format_args!("link {id} n{i}/{} -> n{j}/{}", ci.0, cj.0));
         self.dirty.insert(i);
@@ -95,15 +109,15 @@ impl Sim<'_> {
     }
 
     pub(super) fn transmit(&mut self, i: usize, conn: ConnId, mut bytes: Vec<u8>) {
-        let Some(&(lid, dir)) = self.conn_link.get(&(i, conn)) else {
+        let Some(&(lid, dir)) = self.net.conn_link.get(&(i, conn)) else {
             return;
         };
-        let to = match self.links.get(&lid) {
+        let to = match self.net.links.get(&lid) {
             Some(l) => l.ends[1 - dir].0,
             None => return,
         };
         if self.is_blocked(i, to) {
-            if let Some(l) = self.links.get_mut(&lid) {
+            if let Some(l) = self.net.links.get_mut(&lid) {
                 let p = &mut l.pipes[dir];
                 p.dead = true;
                 p.q.clear();
@@ -111,14 +125,14 @@ impl Sim<'_> {
             return;
         }
         if self.plan.options.node[to].sparse {
-            *self.sparse_bytes.entry((to, i)).or_default() += bytes.len() as u64;
+            *self.tally.sparse_bytes.entry((to, i)).or_default() += bytes.len() as u64;
         }
         let o = &self.plan.options;
         let (bw, jitter, max_chunk) = (o.bandwidth, o.jitter, o.max_chunk.max(1));
         let now = self.now;
         let cut = self.dice.u64();
         let flip = self.dice.u64();
-        let Some(link) = self.links.get_mut(&lid) else {
+        let Some(link) = self.net.links.get_mut(&lid) else {
             return;
         };
         let latency = link.latency;
@@ -185,10 +199,10 @@ impl Sim<'_> {
     /// Node `i` closed `conn`: what it wrote still travels, then the peer
     /// sees the transport close; what travels towards it is discarded.
     pub(super) fn local_close(&mut self, i: usize, conn: ConnId) {
-        let Some((lid, side)) = self.conn_link.remove(&(i, conn)) else {
+        let Some((lid, side)) = self.net.conn_link.remove(&(i, conn)) else {
             return;
         };
-        let Some(link) = self.links.get_mut(&lid) else {
+        let Some(link) = self.net.links.get_mut(&lid) else {
             return;
         };
         link.open[side] = false;
@@ -212,15 +226,15 @@ impl Sim<'_> {
     }
 
     pub(super) fn maybe_remove_link(&mut self, lid: u64) {
-        if let Some(l) = self.links.get(&lid) {
+        if let Some(l) = self.net.links.get(&lid) {
             if !l.open[0] && !l.open[1] {
-                self.links.remove(&lid);
+                self.net.links.remove(&lid);
             }
         }
     }
 
     pub(super) fn deliver(&mut self, lid: u64, dir: usize) {
-        let Some(link) = self.links.get(&lid) else {
+        let Some(link) = self.net.links.get(&lid) else {
             return;
         };
         let (to, conn) = link.ends[1 - dir];
@@ -233,7 +247,7 @@ impl Sim<'_> {
         }
         let now = Instant::from_micros(self.now);
         loop {
-            let Some(link) = self.links.get_mut(&lid) else {
+            let Some(link) = self.net.links.get_mut(&lid) else {
                 return;
             };
             let due = link.pipes[dir]
@@ -256,7 +270,7 @@ impl Sim<'_> {
                 }
                 Chunk::Fin => {
                     link.open[1 - dir] = false;
-                    self.conn_link.remove(&(to, conn));
+                    self.net.conn_link.remove(&(to, conn));
                     self.note(format_args!("n{to} transport closed {}", conn.0));
                     if let Some(n) = self.slots[to].node.as_mut() {
                         n.handle_closed(conn, now);
@@ -269,10 +283,10 @@ impl Sim<'_> {
     }
 
     pub(super) fn block(&mut self, a: usize, b: usize) {
-        *self.blocked.entry((a, b)).or_default() += 1;
+        *self.net.blocked.entry((a, b)).or_default() += 1;
         // What is in flight from a to b is lost, and so is the link's
         // future in that direction (TCP cannot skip a gap).
-        for l in self.links.values_mut() {
+        for l in self.net.links.values_mut() {
             for dir in 0..2 {
                 if l.ends[dir].0 == a && l.ends[1 - dir].0 == b {
                     l.pipes[dir].dead = true;
@@ -285,7 +299,7 @@ impl Sim<'_> {
     pub(super) fn reset(&mut self, lid: u64, pick: u64) {
         let now = self.now;
         let mut fins = Vec::new();
-        if let Some(l) = self.links.get_mut(&lid) {
+        if let Some(l) = self.net.links.get_mut(&lid) {
             l.resetting = true;
             for (dir, p) in l.pipes.iter_mut().enumerate() {
                 if p.dead || p.fin_sent {
@@ -334,14 +348,14 @@ impl Sim<'_> {
 
     /// One direction of one connection stops moving bytes for `for_`.
     pub(super) fn stall(&mut self, pick: u64, for_: u64) {
-        let ids: Vec<u64> = self.links.keys().copied().collect();
+        let ids: Vec<u64> = self.net.links.keys().copied().collect();
         if ids.is_empty() {
             return;
         }
         let lid = ids[(pick % ids.len() as u64) as usize];
         let dir = ((pick >> 32) % 2) as usize;
         let until = self.now + for_;
-        if let Some(l) = self.links.get_mut(&lid) {
+        if let Some(l) = self.net.links.get_mut(&lid) {
             let p = &mut l.pipes[dir];
             p.busy = p.busy.max(until);
             for (t, _) in p.q.iter_mut() {
@@ -355,6 +369,7 @@ impl Sim<'_> {
     /// One byte of one connection is flipped on the wire.
     pub(super) fn corrupt(&mut self, pick: u64) {
         let ids: Vec<u64> = self
+            .net
             .links
             .iter()
             .filter(|(_, l)| l.open[0] && l.open[1])
@@ -366,7 +381,7 @@ impl Sim<'_> {
         let lid = ids[(pick % ids.len() as u64) as usize];
         let dir = ((pick >> 32) % 2) as usize;
         let now = self.now;
-        if let Some(l) = self.links.get_mut(&lid) {
+        if let Some(l) = self.net.links.get_mut(&lid) {
             let p = &mut l.pipes[dir];
             let total: usize =
                 p.q.iter()

@@ -1,11 +1,11 @@
 //! What applications do: authorize peers, read, archive, clear, fetch.
 
-use peermq::{Fetch, Instant, Mailbox};
+use peermq::{FeedDescriptor, Fetch, Instant, Mailbox};
 
-use crate::oracle::Failure;
+use crate::oracle::{branch_message, Failure};
 use crate::plan::Dice;
 
-use super::*;
+use super::Sim;
 
 impl Sim<'_> {
     pub(super) fn add_peer(&mut self, node: usize, peer: usize) {
@@ -160,7 +160,7 @@ impl Sim<'_> {
             None => return,
         };
         if let Some(range) = self.node_result(from, "send", r) {
-            *self.send_calls.entry((from, to)).or_default() += 1;
+            *self.tally.send_calls.entry((from, to)).or_default() += 1;
             if let Err(f) = self
                 .oracle
                 .on_sent(from, to, range.start, range.end - range.start)
