@@ -197,7 +197,7 @@ fn a_flood_of_authors_announcing_one_head_each_is_bounded_and_stores_nothing() {
     use peermq::feed::{Feed, FeedDescriptor};
     use peermq::store::Table;
     use peermq::wire::Message;
-    use peermq::{Instant, Keypair, MemStore, Node, Output, RawPeer, SeededRng, Txn};
+    use peermq::{Instant, Keypair, MemStore, Node, RawPeer, SeededRng, Txn};
 
     let now = Instant::ZERO;
     let mut a = Node::open(
@@ -210,22 +210,8 @@ fn a_flood_of_authors_announcing_one_head_each_is_bounded_and_stores_nothing() {
     let relay = Keypair::generate(&mut SeededRng::from_u64(77));
     let mut raw = RawPeer::dial(&relay, 3, a.id()).unwrap();
     let conn = a.accept(now);
-    let pump = |a: &mut Node<MemStore>, raw: &mut RawPeer| loop {
-        let mut moved = false;
-        while let Some(out) = a.poll_output() {
-            if let Output::Transmit { bytes, .. } = out {
-                let _ = raw.input(&bytes);
-                moved = true;
-            }
-        }
-        let bytes = raw.output().unwrap();
-        if !bytes.is_empty() {
-            a.handle_input(conn, &bytes, now).unwrap();
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
+    let pump = |a: &mut Node<MemStore>, raw: &mut RawPeer| {
+        raw.pump(a, conn, now).unwrap();
     };
     pump(&mut a, &mut raw);
     assert!(raw.is_open());

@@ -86,32 +86,14 @@ impl World {
     }
 
     fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(out) = self.a.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit { conn, bytes } if conn == self.conn => {
-                        let _ = self.raw.input(&bytes);
-                    }
-                    Output::Close { conn, reason } if conn == self.conn => {
-                        self.closed = Some(reason)
-                    }
-                    Output::Event(e) => self.events.push(e),
-                    _ => {}
-                }
-            }
-            let bytes = self.raw.output().unwrap_or_default();
-            if !bytes.is_empty() && self.closed.is_none() {
-                moved = true;
-                self.a.handle_input(self.conn, &bytes, NOW).unwrap();
-            }
-            if !moved {
-                if self.a.poll_timeout() == Some(NOW) {
-                    self.a.handle_timeout(NOW).unwrap();
-                    continue;
-                }
-                return;
+        if self.closed.is_some() {
+            return;
+        }
+        for out in self.raw.pump(&mut self.a, self.conn, NOW).unwrap() {
+            match out {
+                Output::Close { conn, reason } if conn == self.conn => self.closed = Some(reason),
+                Output::Event(e) => self.events.push(e),
+                _ => {}
             }
         }
     }

@@ -575,38 +575,27 @@ impl SparseFetch {
     /// Moves bytes until quiet; returns the requests A sent meanwhile, as
     /// `(start, trusted node, id)`.
     fn pump(&mut self) -> Vec<(u64, Option<u64>, u64)> {
-        let mut requests = Vec::new();
-        loop {
-            let mut moved = false;
-            while let Some(out) = self.a.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit { bytes, .. } => self.raw.input(&bytes).unwrap(),
-                    Output::Event(e) => self.events.push(e),
-                    _ => {}
-                }
-            }
-            for (kind, body) in self.raw.messages().unwrap() {
-                if let Ok(Message::Request {
-                    first_id, ranges, ..
-                }) = Message::decode(kind, &body, 1 << 20)
-                {
-                    for (r, id) in ranges.into_iter().zip(first_id..) {
-                        requests.push((r.start, r.trusted, id));
-                    }
-                }
-            }
-            let bytes = self.raw.output().unwrap();
-            if !bytes.is_empty() {
-                moved = true;
-                self.a
-                    .handle_input(self.conn, &bytes, Instant::ZERO)
-                    .unwrap();
-            }
-            if !moved {
-                return requests;
+        for out in self
+            .raw
+            .pump(&mut self.a, self.conn, Instant::ZERO)
+            .unwrap()
+        {
+            if let Output::Event(e) = out {
+                self.events.push(e);
             }
         }
+        let mut requests = Vec::new();
+        for (kind, body) in self.raw.messages().unwrap() {
+            if let Ok(Message::Request {
+                first_id, ranges, ..
+            }) = Message::decode(kind, &body, 1 << 20)
+            {
+                for (r, id) in ranges.into_iter().zip(first_id..) {
+                    requests.push((r.start, r.trusted, id));
+                }
+            }
+        }
+        requests
     }
 
     fn get(&mut self, seq: u64) -> peermq::Fetch {

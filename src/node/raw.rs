@@ -97,4 +97,50 @@ impl RawPeer {
         self.conn.rx.drain(..pos);
         Ok(out)
     }
+
+    /// Moves bytes between this raw peer and `node`'s connection `conn` at
+    /// time `now`, running the node's timers due by then, until neither has
+    /// anything to send (as [`crate::pump_pair`] does for two nodes).
+    /// Returns the node's other outputs (events, closes, bytes for other
+    /// connections), in order; the messages this peer received wait in
+    /// [`RawPeer::messages`]. Once this peer fails to read what the node
+    /// sent (the node closed, or sent garbage), nothing more is fed to it.
+    pub fn pump<S: crate::store::Store>(
+        &mut self,
+        node: &mut crate::node::Node<S>,
+        conn: crate::node::ConnId,
+        now: Instant,
+    ) -> Result<Vec<crate::node::Output>, crate::node::NodeError> {
+        use crate::node::Output;
+        let mut others = Vec::new();
+        let mut reading = true;
+        loop {
+            let mut moved = false;
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Transmit { conn: c, bytes } if c == conn => {
+                        moved = true;
+                        reading = reading && self.input(&bytes).is_ok();
+                    }
+                    other => others.push(other),
+                }
+            }
+            let bytes = if reading {
+                self.output().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if !bytes.is_empty() {
+                moved = true;
+                node.handle_input(conn, &bytes, now)?;
+            }
+            if node.poll_timeout().is_some_and(|t| t <= now) {
+                node.handle_timeout(now)?;
+                moved = true;
+            }
+            if !moved {
+                return Ok(others);
+            }
+        }
+    }
 }
