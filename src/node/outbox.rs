@@ -296,6 +296,15 @@ mod tests {
         }
     }
 
+    impl Counting {
+        fn new() -> Self {
+            Counting {
+                inner: MemStore::new(),
+                last: Cell::new(0),
+            }
+        }
+    }
+
     const FEED: FeedId = FeedId([5; 32]);
 
     fn receipt(key: &Keypair, ranges: RangeSet) -> Receipt {
@@ -318,10 +327,7 @@ mod tests {
 
     #[test]
     fn a_receipt_writes_what_it_adds_not_the_whole_acknowledged_set() {
-        let store = Counting {
-            inner: MemStore::new(),
-            last: Cell::new(0),
-        };
+        let store = Counting::new();
         let key = Keypair::generate(&mut SeededRng::from_u64(3));
         let mut outbox = Outbox::default();
         fragment(&store, &key, &mut outbox, 3_000);
@@ -347,10 +353,7 @@ mod tests {
 
     #[test]
     fn the_acknowledged_set_is_rebuilt_from_checkpoint_and_log_after_a_restart() {
-        let store = Counting {
-            inner: MemStore::new(),
-            last: Cell::new(0),
-        };
+        let store = Counting::new();
         let key = Keypair::generate(&mut SeededRng::from_u64(3));
         let mut outbox = Outbox::default();
         fragment(&store, &key, &mut outbox, CHECKPOINT_EVERY * 2 + 7);

@@ -262,23 +262,14 @@ impl Sim<'_> {
                 .filter(|&f| f != i && !self.oracle.is_rogue(f) && !self.oracle.is_rogue(i))
                 .collect();
             for from in from_list {
-                let got = self
-                    .tally
-                    .sparse_bytes
-                    .get(&(i, from))
-                    .copied()
-                    .unwrap_or(0);
+                let count = |m: &BTreeMap<(usize, usize), u64>| m.get(&(i, from)).copied();
+                let got = count(&self.tally.sparse_bytes).unwrap_or(0);
                 let asked = self
                     .oracle
                     .asked
                     .get(&(i, from))
                     .map_or(0, |s| s.len() as u64);
-                let conns = self
-                    .tally
-                    .sparse_conns
-                    .get(&(i, from))
-                    .copied()
-                    .unwrap_or(0);
+                let conns = count(&self.tally.sparse_conns).unwrap_or(0);
                 let limit = sparse_budget(
                     asked,
                     self.oracle.sent(from, i),
