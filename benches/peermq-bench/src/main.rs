@@ -36,7 +36,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures_lite::StreamExt;
 use peermq::{Config, LmdbOptions, Mailbox, PeerId, Prefetch};
 use peermq_tokio::{
-    AsyncRead, AsyncWrite, BoxFuture, Listener, Mq, MqEvent, Runtime, TokioRuntime, Transport,
+    AsyncRead, AsyncWrite, BoxFuture, Connection, Listener, Mq, MqEvent, Runtime, TokioRuntime,
+    Transport,
 };
 use serde_json::{json, Value};
 
@@ -221,15 +222,20 @@ fn lmdb(sync: bool) -> LmdbOptions {
     }
 }
 
-fn open(job: &Job, config: Config, rt: Arc<dyn Runtime>) -> anyhow::Result<Mq> {
+/// Opens a node of the job on tokio, over `transport` if one is given
+/// (else TCP).
+fn open(job: &Job, config: Config, transport: Option<Arc<dyn Transport>>) -> anyhow::Result<Mq> {
     // The bench runs one process per node on a host it controls, nothing
     // snapshots or forks it: signing ahead is safe here, and measured.
-    Ok(Mq::builder(&job.dir)
+    let mut builder = Mq::builder(&job.dir)
         .config(config)
         .sign_ahead(true)
         .lmdb_options(lmdb(job.sync))
-        .local_discovery(false)
-        .open(rt)?)
+        .local_discovery(false);
+    if let Some(t) = transport {
+        builder = builder.transport(t);
+    }
+    Ok(builder.open(TokioRuntime::new())?)
 }
 
 fn say(line: &str) {
@@ -318,7 +324,7 @@ async fn run_role(role: Part, job: Job) -> anyhow::Result<()> {
         Part::LiveWriter => role_live_writer(job).await,
         Part::LiveReader => role_live_reader(job).await,
         Part::Init => {
-            let mq = open(&job, Config::default(), TokioRuntime::new())?;
+            let mq = open(&job, Config::default(), None)?;
             say(&mq.id().await.to_string());
             mq.shutdown().await?;
             Ok(())
@@ -332,7 +338,7 @@ fn peer_of(job: &Job) -> anyhow::Result<PeerId> {
 
 async fn role_append(job: Job) -> anyhow::Result<()> {
     let to = peer_of(&job)?;
-    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    let mq = open(&job, Config::default(), None)?;
     let mut msgs = payloads(job.n, job.size).peekable();
     let mut timed = Duration::ZERO;
     while msgs.peek().is_some() {
@@ -356,7 +362,7 @@ async fn role_append(job: Job) -> anyhow::Result<()> {
 
 async fn role_serve(job: Job) -> anyhow::Result<()> {
     let reader = peer_of(&job)?;
-    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    let mq = open(&job, Config::default(), None)?;
     mq.add_peer(reader, None).await?;
     let addr = mq.listen("127.0.0.1:0".parse()?).await?;
     let lines = stdin_lines();
@@ -374,7 +380,7 @@ async fn role_serve(job: Job) -> anyhow::Result<()> {
 async fn role_fetch(job: Job) -> anyhow::Result<()> {
     let writer = peer_of(&job)?;
     let addr = job.addr.ok_or_else(|| anyhow!("--addr is required"))?;
-    let counting = CountingRuntime::new(TokioRuntime::new());
+    let counting = CountingTcp::new(TokioRuntime::new().default_transport());
     let config = Config {
         prefetch: if job.full {
             Prefetch::All
@@ -383,7 +389,7 @@ async fn role_fetch(job: Job) -> anyhow::Result<()> {
         },
         ..Config::default()
     };
-    let mq = open(&job, config, counting.clone())?;
+    let mq = open(&job, config, Some(counting.clone()))?;
     mq.add_peer(writer, Some(addr)).await?;
     let mut events = mq.events();
     let wanted: Vec<u64> = if job.full {
@@ -450,7 +456,7 @@ async fn role_fetch(job: Job) -> anyhow::Result<()> {
 
 async fn role_live_writer(job: Job) -> anyhow::Result<()> {
     let reader = peer_of(&job)?;
-    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    let mq = open(&job, Config::default(), None)?;
     mq.add_peer(reader, None).await?;
     let addr = mq.listen("127.0.0.1:0".parse()?).await?;
     let lines = stdin_lines();
@@ -481,7 +487,7 @@ async fn role_live_writer(job: Job) -> anyhow::Result<()> {
 async fn role_live_reader(job: Job) -> anyhow::Result<()> {
     let writer = peer_of(&job)?;
     let addr = job.addr.ok_or_else(|| anyhow!("--addr is required"))?;
-    let mq = open(&job, Config::default(), TokioRuntime::new())?;
+    let mq = open(&job, Config::default(), None)?;
     mq.add_peer(writer, Some(addr)).await?;
     let mut events = mq.events();
     mq.connect(writer).await?;
@@ -524,18 +530,18 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 // ------------------------------------------------- wire byte counting
 
-/// Tokio, with every byte through the connections it dials counted, as the
+/// TCP, with every byte through the connections it dials counted, as the
 /// anchor counts `socket.bytesRead + bytesWritten` on the reader.
 #[derive(Debug)]
-struct CountingRuntime {
-    inner: Arc<TokioRuntime>,
+struct CountingTcp {
+    inner: Arc<dyn Transport>,
     rx: Arc<AtomicU64>,
     tx: Arc<AtomicU64>,
 }
 
-impl CountingRuntime {
-    fn new(inner: Arc<TokioRuntime>) -> Arc<Self> {
-        Arc::new(CountingRuntime {
+impl CountingTcp {
+    fn new(inner: Arc<dyn Transport>) -> Arc<Self> {
+        Arc::new(CountingTcp {
             inner,
             rx: Arc::default(),
             tx: Arc::default(),
@@ -584,21 +590,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
-impl Runtime for CountingRuntime {
-    fn spawn(&self, future: BoxFuture<'static, ()>) {
-        self.inner.spawn(future)
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.inner.sleep(duration)
-    }
-
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Transport>> {
+impl Transport for CountingTcp {
+    fn connect(
+        &self,
+        peer: Option<PeerId>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, std::io::Result<Connection>> {
         let (rx, tx) = (self.rx.clone(), self.tx.clone());
-        let connect = self.inner.connect(addr);
+        let connect = self.inner.connect(peer, addr);
         Box::pin(async move {
             let t = connect.await?;
-            Ok(Transport {
+            Ok(Connection {
                 reader: Box::new(Counted {
                     inner: t.reader,
                     count: rx,

@@ -34,7 +34,8 @@ mod adapter {
     use std::time::Duration;
 
     use peermq_driver::{
-        BoxFuture, Emitter, EmitterError, Listener, Mq, MqError, Runtime, Schema, Transport,
+        BoxFuture, Connection, Emitter, EmitterError, Listener, Mq, MqError, PeerId, Runtime,
+        Schema, Transport,
     };
 
     /// The async-std [`Runtime`]: spawns onto async-std's global executor.
@@ -57,8 +58,23 @@ mod adapter {
             Box::pin(async_std::task::sleep(duration))
         }
 
-        fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>> {
-            Box::pin(async move { transport(async_std::net::TcpStream::connect(addr).await?) })
+        fn default_transport(&self) -> Arc<dyn Transport> {
+            Arc::new(AsyncStdTcp)
+        }
+    }
+
+    /// TCP on async-std, with `TCP_NODELAY` (the protocol batches already;
+    /// Nagle's delay would only add latency).
+    #[derive(Debug, Clone, Default)]
+    pub struct AsyncStdTcp;
+
+    impl Transport for AsyncStdTcp {
+        fn connect(
+            &self,
+            _peer: Option<PeerId>,
+            addr: SocketAddr,
+        ) -> BoxFuture<'static, io::Result<Connection>> {
+            Box::pin(async move { connection(async_std::net::TcpStream::connect(addr).await?) })
         }
 
         fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
@@ -72,8 +88,8 @@ mod adapter {
     struct AsyncStdListener(async_std::net::TcpListener);
 
     impl Listener for AsyncStdListener {
-        fn accept(&self) -> BoxFuture<'_, io::Result<Transport>> {
-            Box::pin(async move { transport(self.0.accept().await?.0) })
+        fn accept(&self) -> BoxFuture<'_, io::Result<Connection>> {
+            Box::pin(async move { connection(self.0.accept().await?.0) })
         }
 
         fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -81,9 +97,9 @@ mod adapter {
         }
     }
 
-    fn transport(stream: async_std::net::TcpStream) -> io::Result<Transport> {
+    fn connection(stream: async_std::net::TcpStream) -> io::Result<Connection> {
         stream.set_nodelay(true)?;
-        Ok(Transport {
+        Ok(Connection {
             remote: stream.peer_addr().ok(),
             reader: Box::new(stream.clone()),
             writer: Box::new(stream),
@@ -104,4 +120,4 @@ mod adapter {
 }
 
 #[cfg(feature = "async-std")]
-pub use adapter::{open, open_emitter, AsyncStdRuntime};
+pub use adapter::{open, open_emitter, AsyncStdRuntime, AsyncStdTcp};

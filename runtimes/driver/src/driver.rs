@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::error::MqError;
 use crate::io::{Io, Sockets, IO_BUFFER};
-use crate::runtime::{timeout, BoxFuture, Listener, Runtime, Transport};
+use crate::runtime::{timeout, BoxFuture, Connection, Listener, Runtime, Transport};
 
 /// Where a command's answer goes.
 pub(crate) type Reply<T, E = MqError> = Sender<Result<T, E>>;
@@ -147,7 +147,7 @@ pub(crate) trait Service<S: Store>: Send + 'static {
         &mut self,
         _cx: &mut Ctx<'_, S>,
         _addr: SocketAddr,
-        _transport: Result<Transport, String>,
+        _transport: Result<Connection, String>,
     ) {
     }
 }
@@ -164,13 +164,13 @@ pub(crate) struct Ctx<'a, S: Store> {
 impl<S: Store> Ctx<'_, S> {
     /// Opens a transport to `addr` in the background; the outcome comes
     /// to [`Service::on_dialed`].
-    pub fn dial_addr(&mut self, addr: SocketAddr) {
-        self.io.dial_addr(addr);
+    pub fn dial_addr(&mut self, addr: SocketAddr, expect: Option<PeerId>) {
+        self.io.dial_addr(addr, expect);
     }
 
     /// Runs a connection over `transport`, dialed by the service: expecting
     /// key `expect`, or whoever answers that this node would admit.
-    pub fn open(&mut self, transport: Transport, expect: Option<PeerId>) -> ConnId {
+    pub fn open(&mut self, transport: Connection, expect: Option<PeerId>) -> ConnId {
         let id = match expect {
             Some(peer) => self.node.connect(peer, self.now),
             None => self.node.connect_any(self.now),
@@ -247,6 +247,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
         node: Node<S>,
         service: Sv,
         rt: Arc<dyn Runtime>,
+        transport: Arc<dyn Transport>,
         cmd_rx: Receiver<Command<Sv::Command>>,
         finders: Finders,
     ) -> Self {
@@ -254,7 +255,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             node,
             service,
             start: rt.now(),
-            io: Sockets::new(rt.clone()),
+            io: Sockets::new(rt.clone(), transport),
             rt,
             cmd_rx,
             finders,

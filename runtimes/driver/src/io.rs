@@ -24,7 +24,9 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use peermq::{ConnId, PeerId};
 use tracing::{debug, warn};
 
-use crate::runtime::{timeout, BoxFuture, Listener, ReadHalf, Runtime, Transport, WriteHalf};
+use crate::runtime::{
+    timeout, BoxFuture, Connection, Listener, ReadHalf, Runtime, Transport, WriteHalf,
+};
 
 /// What the I/O tasks tell the driver.
 pub(crate) enum Io {
@@ -33,19 +35,19 @@ pub(crate) enum Io {
     /// The connection's transport closed or failed.
     Closed(ConnId),
     /// A listener accepted a transport.
-    Accepted(Transport),
+    Accepted(Connection),
     /// A transport to `peer` is open at the first address of `addrs`; the
     /// rest are what is left of the lookup, to try if another key answers
     /// there.
     Dialed {
         peer: PeerId,
-        transport: Transport,
+        transport: Connection,
         addrs: Vec<SocketAddr>,
     },
     /// No address of a lookup for `peer` accepted a transport.
     DialFailed(PeerId),
     /// A transport to an address is open, or failed to open (saying why).
-    AddrDialed(SocketAddr, Result<Transport, String>),
+    AddrDialed(SocketAddr, Result<Connection, String>),
 }
 
 /// Bytes read from a socket per read call.
@@ -63,7 +65,7 @@ const MAX_QUEUED: usize = 96 << 20;
 const MAX_QUEUED_TOTAL: usize = 512 << 20;
 /// Writes coalesced into one syscall.
 const WRITE_COALESCE: usize = 256 << 10;
-/// How long one TCP connect may take.
+/// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The driver's handle on one connection's tasks.
@@ -88,6 +90,7 @@ struct ListenerIo {
 /// Every socket task of one driver, and the channel they report on.
 pub(crate) struct Sockets {
     rt: Arc<dyn Runtime>,
+    transport: Arc<dyn Transport>,
     tx: Sender<Io>,
     rx: Receiver<Io>,
     conns: HashMap<ConnId, Socket>,
@@ -102,11 +105,12 @@ pub(crate) struct Sockets {
 }
 
 impl Sockets {
-    pub(crate) fn new(rt: Arc<dyn Runtime>) -> Self {
+    pub(crate) fn new(rt: Arc<dyn Runtime>, transport: Arc<dyn Transport>) -> Self {
         let (tx, rx) = async_channel::bounded(IO_BUFFER);
         let (alive, done) = async_channel::bounded(1);
         Sockets {
             rt,
+            transport,
             tx,
             rx,
             conns: HashMap::new(),
@@ -153,7 +157,7 @@ impl Sockets {
     }
 
     /// Starts the reader and writer tasks of connection `id` over `t`.
-    pub(crate) fn attach(&mut self, id: ConnId, t: Transport, inbound: bool) {
+    pub(crate) fn attach(&mut self, id: ConnId, t: Connection, inbound: bool) {
         let Some(alive) = self.alive.clone() else {
             return;
         };
@@ -256,24 +260,26 @@ impl Sockets {
             .collect()
     }
 
-    /// Looks up `peer`'s addresses with `locate`, then opens a transport to
-    /// the first that accepts one: reported as [`Io::Dialed`], or
+    /// Looks up `peer`'s addresses with `locate`, then opens a connection
+    /// to the first that accepts one: reported as [`Io::Dialed`], or
     /// [`Io::DialFailed`] if none does.
     pub(crate) fn dial_peer(&self, peer: PeerId, locate: BoxFuture<'static, Vec<SocketAddr>>) {
-        let rt = self.rt.clone();
+        let (rt, transport) = (self.rt.clone(), self.transport.clone());
         let tx = self.tx.clone();
         self.rt.spawn(Box::pin(async move {
             let addrs = locate.await;
-            dial_in_turn(&*rt, &tx, peer, addrs).await;
+            dial_in_turn(&*rt, &*transport, &tx, peer, addrs).await;
         }));
     }
 
-    /// Opens a transport to `addr`, reported as [`Io::AddrDialed`].
-    pub(crate) fn dial_addr(&self, addr: SocketAddr) {
-        let rt = self.rt.clone();
+    /// Opens a connection to `addr`, where `expect` should answer if known,
+    /// reported as [`Io::AddrDialed`].
+    pub(crate) fn dial_addr(&self, addr: SocketAddr, expect: Option<PeerId>) {
+        let (rt, transport) = (self.rt.clone(), self.transport.clone());
         let tx = self.tx.clone();
         self.rt.spawn(Box::pin(async move {
-            let t = match timeout(&*rt, CONNECT_TIMEOUT, rt.connect(addr)).await {
+            let dial = transport.connect(expect, addr);
+            let t = match timeout(&*rt, CONNECT_TIMEOUT, dial).await {
                 Some(Ok(t)) => Ok(t),
                 Some(Err(e)) => Err(e.to_string()),
                 None => Err("the connection attempt timed out".into()),
@@ -414,12 +420,18 @@ async fn accept_loop(
     drop(alive);
 }
 
-/// Opens a transport to `peer` at the first of `addrs` that accepts one,
+/// Opens a connection to `peer` at the first of `addrs` that accepts one,
 /// and reports it with the addresses from that one on (the first is where
 /// it went); or reports that none did.
-async fn dial_in_turn(rt: &dyn Runtime, tx: &Sender<Io>, peer: PeerId, addrs: Vec<SocketAddr>) {
+async fn dial_in_turn(
+    rt: &dyn Runtime,
+    transport: &dyn Transport,
+    tx: &Sender<Io>,
+    peer: PeerId,
+    addrs: Vec<SocketAddr>,
+) {
     for (i, &addr) in addrs.iter().enumerate() {
-        match timeout(rt, CONNECT_TIMEOUT, rt.connect(addr)).await {
+        match timeout(rt, CONNECT_TIMEOUT, transport.connect(Some(peer), addr)).await {
             Some(Ok(transport)) => {
                 let addrs = addrs[i..].to_vec();
                 let _ = tx

@@ -7,9 +7,11 @@
 //! bounded channels.
 //!
 //! An async runtime plugs in through the small [`Runtime`] trait (spawn,
-//! sleep, TCP connect and listen, in the style of quinn's), so the tokio,
-//! smol and async-std adapters differ only in a few dozen lines each:
-//! `peermq-tokio`, `peermq-smol` and `peermq-async-std`.
+//! sleep, the clock, in the style of quinn's), and bytes reach peers through
+//! a [`Transport`] (connect, listen): TCP by default, set per node with
+//! [`Builder::transport`]. The tokio, smol and async-std adapters differ
+//! only in a few dozen lines each: `peermq-tokio`, `peermq-smol` and
+//! `peermq-async-std`.
 //!
 //! How [`Mq::connect`] finds a peer's address is up to a [`Discovery`]:
 //! addresses given to [`Mq::add_peer`], [`LocalDiscovery`] for processes on
@@ -24,7 +26,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | `runtime` | the [`Runtime`], [`Listener`] and [`Transport`] seams |
+//! | `runtime` | the [`Runtime`] (executor, clock) and [`Transport`] ([`Connection`]s, [`Listener`]s) seams |
 //! | `error` | [`MqError`] and [`EmitterError`] |
 //! | `discovery`, `mdns` | how a peer's key becomes addresses |
 //! | `io` | socket tasks (read, write, accept, dial), by connection id |
@@ -68,5 +70,7 @@ pub use futures_lite::Stream;
 pub use mdns::MdnsDiscovery;
 pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream};
 pub use peermq::{CloseReason, Config, Mailbox, PeerId, PeerStatus, Prefetch, Record, StoreError};
-pub use runtime::{timeout, BoxFuture, Listener, ReadHalf, Runtime, Transport, WriteHalf};
+pub use runtime::{
+    timeout, BoxFuture, Connection, Listener, ReadHalf, Runtime, Transport, WriteHalf,
+};
 pub use serde_json;

@@ -1,16 +1,19 @@
-//! What the driver needs from an async runtime and a transport: the
-//! bottom layer of this crate, which imports nothing from the rest of it.
+//! What the driver needs from an async runtime (an executor and a clock)
+//! and from a transport (streams to and from peers): the bottom layer of
+//! this crate, which imports nothing from the rest of it.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
+use peermq::PeerId;
 
-/// A boxed, sendable future: what [`Runtime`] methods return, so the trait
-/// stays object-safe and one driver serves every runtime.
+/// A boxed, sendable future: what [`Runtime`] and [`Transport`] methods
+/// return, so the traits stay object-safe and one driver serves them all.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The read half of a connection.
@@ -18,37 +21,59 @@ pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a connection.
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// An open TCP connection, split so that reading and writing run in
-/// separate tasks (a slow writer never stops us reading, which is what keeps
-/// two busy peers from deadlocking on each other's full socket buffers).
-pub struct Transport {
+/// An open connection to a peer: a duplex byte stream, split so that
+/// reading and writing run in separate tasks (a slow writer never stops us
+/// reading, which is what keeps two busy peers from deadlocking on each
+/// other's full buffers). It carries the protocol's Noise bytes as they are,
+/// whatever the transport: authenticating the peer is the protocol's job.
+pub struct Connection {
     /// Bytes from the peer.
     pub reader: ReadHalf,
     /// Bytes to the peer; closing it shuts down our side of the stream.
     pub writer: WriteHalf,
-    /// The peer's address, when the transport has one: the driver bounds
-    /// the connections it accepts from one IP address by it.
+    /// The peer's IP address and port, when the transport has them: the
+    /// driver bounds the connections it accepts from one IP address by it.
     pub remote: Option<SocketAddr>,
 }
 
-impl std::fmt::Debug for Transport {
+impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Transport { .. }")
+        f.debug_struct("Connection")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
     }
 }
 
-/// A bound TCP listener of some runtime.
+/// Where a [`Transport`] accepts connections.
 pub trait Listener: Send + Sync + 'static {
-    /// Waits for the next inbound connection. Implementations set
-    /// `TCP_NODELAY` on it: the protocol already batches, and Nagle's delay
-    /// would only add latency.
-    fn accept(&self) -> BoxFuture<'_, io::Result<Transport>>;
-    /// The address it is bound to (with the port the OS picked, if 0 was
-    /// asked for).
+    /// Waits for the next inbound connection.
+    fn accept(&self) -> BoxFuture<'_, io::Result<Connection>>;
+    /// The address it listens on (with the port picked, if 0 was asked
+    /// for): what discovery tells others to dial.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
-/// What the driver needs from an async runtime.
+/// How bytes reach a peer: TCP by default; anything that gives a duplex
+/// byte stream will do (`runtimes/README.md` shows one over Unix-domain
+/// sockets). Addresses are socket addresses, as discovery finds them and
+/// users type them; a transport that reaches peers by key may read them as
+/// hints, and `peer` says who is expected to answer.
+pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
+    /// Opens a connection to `addr`, where `peer` is expected to answer
+    /// (`None` when dialing an address without knowing who listens there).
+    /// The node checks who answered in its handshake, whatever the
+    /// transport says.
+    fn connect(
+        &self,
+        peer: Option<PeerId>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<Connection>>;
+    /// Starts accepting connections at `addr`.
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+}
+
+/// What the driver needs from an async runtime: an executor and a clock.
+/// How bytes reach a peer is a [`Transport`]'s business.
 ///
 /// Keep implementations thin: everything protocol-related lives in the core
 /// and in this crate's driver.
@@ -57,15 +82,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     fn spawn(&self, future: BoxFuture<'static, ()>);
     /// Completes after `duration`.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
-    /// Opens a TCP connection to `addr`, with `TCP_NODELAY` set.
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>>;
-    /// Binds a TCP listener to `addr`.
-    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
     /// The current time. Only differences matter; the default reads the
     /// monotonic clock.
     fn now(&self) -> std::time::Instant {
         std::time::Instant::now()
     }
+    /// The transport nodes on this runtime use unless their builder is
+    /// given another ([`crate::Builder::transport`]): TCP, for the runtimes
+    /// this project ships.
+    fn default_transport(&self) -> Arc<dyn Transport>;
 }
 
 /// Races `future` against a timer of `runtime`; `None` if time ran out.

@@ -2,7 +2,7 @@
 //!
 //! Runs peermq nodes on smol. The protocol, the node and the [`Mq`] handle
 //! live in `peermq-driver`; this crate only teaches it smol's spawn, timers
-//! and TCP.
+//! and TCP ([`SmolTcp`], the default transport).
 //!
 //! ```no_run
 //! smol::block_on(async {
@@ -47,8 +47,23 @@ impl Runtime for SmolRuntime {
         })
     }
 
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>> {
-        Box::pin(async move { transport(smol::net::TcpStream::connect(addr).await?) })
+    fn default_transport(&self) -> Arc<dyn Transport> {
+        Arc::new(SmolTcp)
+    }
+}
+
+/// TCP on smol, with `TCP_NODELAY` (the protocol batches already; Nagle's
+/// delay would only add latency).
+#[derive(Debug, Clone, Default)]
+pub struct SmolTcp;
+
+impl Transport for SmolTcp {
+    fn connect(
+        &self,
+        _peer: Option<PeerId>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<Connection>> {
+        Box::pin(async move { connection(smol::net::TcpStream::connect(addr).await?) })
     }
 
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
@@ -62,8 +77,8 @@ impl Runtime for SmolRuntime {
 struct SmolListener(smol::net::TcpListener);
 
 impl Listener for SmolListener {
-    fn accept(&self) -> BoxFuture<'_, io::Result<Transport>> {
-        Box::pin(async move { transport(self.0.accept().await?.0) })
+    fn accept(&self) -> BoxFuture<'_, io::Result<Connection>> {
+        Box::pin(async move { connection(self.0.accept().await?.0) })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -71,9 +86,9 @@ impl Listener for SmolListener {
     }
 }
 
-fn transport(stream: smol::net::TcpStream) -> io::Result<Transport> {
+fn connection(stream: smol::net::TcpStream) -> io::Result<Connection> {
     stream.set_nodelay(true)?;
-    Ok(Transport {
+    Ok(Connection {
         remote: stream.peer_addr().ok(),
         reader: Box::new(stream.clone()),
         writer: Box::new(stream),

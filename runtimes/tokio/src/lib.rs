@@ -58,14 +58,41 @@ impl Runtime for TokioRuntime {
         Box::pin(tokio::time::sleep(duration))
     }
 
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Transport>> {
+    fn default_transport(&self) -> Arc<dyn Transport> {
+        Arc::new(TokioTcp {
+            handle: self.handle.clone(),
+        })
+    }
+}
+
+/// TCP on tokio, with `TCP_NODELAY` (the protocol batches already; Nagle's
+/// delay would only add latency). Its sockets live in the runtime behind
+/// its handle, whichever executor polls the driver.
+#[derive(Debug, Clone)]
+pub struct TokioTcp {
+    handle: tokio::runtime::Handle,
+}
+
+impl TokioTcp {
+    /// TCP on the runtime behind `handle`.
+    pub fn with_handle(handle: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(TokioTcp { handle })
+    }
+}
+
+impl Transport for TokioTcp {
+    fn connect(
+        &self,
+        _peer: Option<PeerId>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<Connection>> {
         let handle = self.handle.clone();
         Box::pin(async move {
             let stream = handle
                 .spawn(tokio::net::TcpStream::connect(addr))
                 .await
                 .map_err(io::Error::other)??;
-            transport(stream)
+            connection(stream)
         })
     }
 
@@ -84,8 +111,8 @@ impl Runtime for TokioRuntime {
 struct TokioListener(tokio::net::TcpListener);
 
 impl Listener for TokioListener {
-    fn accept(&self) -> BoxFuture<'_, io::Result<Transport>> {
-        Box::pin(async move { transport(self.0.accept().await?.0) })
+    fn accept(&self) -> BoxFuture<'_, io::Result<Connection>> {
+        Box::pin(async move { connection(self.0.accept().await?.0) })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -93,11 +120,11 @@ impl Listener for TokioListener {
     }
 }
 
-fn transport(stream: tokio::net::TcpStream) -> io::Result<Transport> {
+fn connection(stream: tokio::net::TcpStream) -> io::Result<Connection> {
     stream.set_nodelay(true)?;
     let remote = stream.peer_addr().ok();
     let (r, w) = stream.into_split();
-    Ok(Transport {
+    Ok(Connection {
         reader: Box::new(Compat(r)),
         writer: Box::new(Compat(w)),
         remote,

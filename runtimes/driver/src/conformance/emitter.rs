@@ -722,7 +722,7 @@ pub async fn a_learned_address_that_never_answers_is_dialed_a_bounded_number_of_
             let relay = env.open("relay", &rb);
             let ida = a.id().await;
             let addr_r = relay.listen(loopback()).await.unwrap();
-            let victim = rb.bind(loopback()).await.unwrap();
+            let victim = rb.default_transport().bind(loopback()).await.unwrap();
             let addr_v = victim.local_addr().unwrap();
             let dials = Arc::new(AtomicUsize::new(0));
             let counted = dials.clone();

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::driver::{answer, Ctx, Reply};
 use crate::error::EmitterError;
-use crate::runtime::Transport;
+use crate::runtime::Connection;
 
 /// Failed dials of a learned address before it is left alone, until its
 /// author announces again or the node restarts. Addresses the application
@@ -29,7 +29,7 @@ pub(crate) const MAX_LEARNED_ATTEMPTS: u32 = 8;
 enum DialState {
     /// Dial at that time.
     Waiting(Instant),
-    /// A TCP connect is under way.
+    /// A connection attempt is under way.
     Dialing,
     /// A connection is up (or handshaking).
     Open(ConnId),
@@ -271,7 +271,7 @@ impl Dials {
                 continue;
             }
             d.state = DialState::Dialing;
-            cx.dial_addr(*addr);
+            cx.dial_addr(*addr, d.owner);
         }
     }
 
@@ -281,7 +281,7 @@ impl Dials {
         &mut self,
         cx: &mut Ctx<'_, S>,
         addr: SocketAddr,
-        transport: Result<Transport, String>,
+        transport: Result<Connection, String>,
     ) {
         let Some(d) = self.addrs.get_mut(&addr) else {
             return;

@@ -16,7 +16,7 @@ use super::dials::Dials;
 use crate::driver::{answer, Ctx, Reply, Service};
 use crate::error::EmitterError;
 use crate::mq::{Queue, QueueCommand};
-use crate::runtime::Transport;
+use crate::runtime::Connection;
 
 /// Delivered events buffered per live follower. One that falls further
 /// behind is dropped and reads the persistent log to catch up.
@@ -282,7 +282,7 @@ impl<S: Store> Service<S> for Emitting {
         &mut self,
         cx: &mut Ctx<'_, S>,
         addr: SocketAddr,
-        transport: Result<Transport, String>,
+        transport: Result<Connection, String>,
     ) {
         self.dials.dialed(cx, addr, transport);
     }

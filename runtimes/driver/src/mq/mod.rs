@@ -24,7 +24,7 @@ use peermq::{
 use crate::discovery::{Discovery, LocalDiscovery, StaticDiscovery};
 use crate::driver::{Command, CommandTx, Commands, Driver, Finders, Reply, Service};
 use crate::error::MqError;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Transport};
 
 /// Opens an [`Mq`]: where its data lives, how it is tuned, how it finds
 /// peers.
@@ -36,6 +36,7 @@ pub struct Builder {
     local: bool,
     discoveries: Vec<Arc<dyn Discovery>>,
     sign_ahead: bool,
+    transport: Option<Arc<dyn Transport>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -46,6 +47,7 @@ impl std::fmt::Debug for Builder {
             .field("local_dir", &self.local_dir)
             .field("local", &self.local)
             .field("sign_ahead", &self.sign_ahead)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +64,17 @@ impl Builder {
             local: true,
             discoveries: Vec::new(),
             sign_ahead: false,
+            transport: None,
         }
+    }
+
+    /// Carries connections over `transport` instead of the runtime's own
+    /// ([`Runtime::default_transport`], TCP): `listen` binds with it and
+    /// every dial goes through it. The protocol's bytes are the same over
+    /// any transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// Tunes the core. Its randomness ([`peermq::Entropy`]) is 32 fresh
@@ -177,14 +189,25 @@ impl Builder {
             statics,
             all: Arc::new(all),
         };
+        let transport = self
+            .transport
+            .unwrap_or_else(|| runtime.default_transport());
         let (tx, rx) = async_channel::bounded(64);
-        let driver = Driver::new(node, service, runtime.clone(), rx, finders);
+        let driver = Driver::new(
+            node,
+            service,
+            runtime.clone(),
+            transport.clone(),
+            rx,
+            finders,
+        );
         runtime.spawn(Box::pin(driver.run()));
         let mq = Mq {
             inner: Arc::new(Inner {
                 id,
                 cmd: Box::new(tx.clone()),
                 runtime,
+                transport,
                 subscribers,
             }),
         };
@@ -203,6 +226,7 @@ struct Inner {
     id: PeerId,
     cmd: Box<dyn Commands<QueueCommand>>,
     runtime: Arc<dyn Runtime>,
+    transport: Arc<dyn Transport>,
     subscribers: Subscribers,
 }
 
@@ -359,7 +383,7 @@ impl Mq {
     pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, MqError> {
         let listener = self
             .inner
-            .runtime
+            .transport
             .bind(addr)
             .await
             .map_err(|source| MqError::Listen { addr, source })?;
