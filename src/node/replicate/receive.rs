@@ -34,13 +34,13 @@ enum Stored {
     /// Not written, and nobody's fault: ask for the blocks again. Its proof
     /// stops at a node we expected an earlier answer to bring, which did not
     /// (it was refused or cut short), or it answers the open rest of a
-    /// request whose earlier answer we did not store.
+    /// request whose earlier answer we did not store, or it hides a root we
+    /// hold inside a node it carries ([`FeedError::Unconfirmed`]).
     Retry,
     /// Not written: its validly signed head does not fit our tree, which is
-    /// either the author's fork or the peer's bad proof, or its proof cannot
-    /// show whether it fits. A proof from base 0 of the block past our
-    /// length, which stands on its own and shows every root we hold, tells
-    /// them apart: ask for one.
+    /// either the author's fork or the peer's bad proof. A proof from base 0
+    /// of the block past our length, which stands on its own and shows every
+    /// root we hold, tells them apart: ask for one.
     Probe(u64),
     /// The author signed a head that conflicts with ours (ours, theirs).
     Forked(Box<(SignedHead, SignedHead)>),
