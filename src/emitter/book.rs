@@ -201,7 +201,10 @@ impl Book {
         let mut forgotten = Vec::new();
         if !self.announced.contains_key(&author) {
             let others = |b: &Book| b.announced.len() - usize::from(b.announced.contains_key(me));
-            while author != *me && others(self) >= MAX_BOOK_AUTHORS {
+            // Each author is looked at once at most (ours goes to the back).
+            let mut looks = self.order.len();
+            while author != *me && others(self) >= MAX_BOOK_AUTHORS && looks > 0 {
+                looks -= 1;
                 let Some(old) = self.order.pop_front() else {
                     break;
                 };
