@@ -172,7 +172,6 @@ impl Sockets {
             t.writer,
             rx,
             [queued.clone(), self.queued_total.clone()],
-            self.tx.clone(),
             abort_rx,
             alive,
         )));
@@ -199,8 +198,8 @@ impl Sockets {
         if queued > MAX_QUEUED {
             return Some(id);
         }
-        // A failed send means the writer failed; its Closed report is on
-        // the way.
+        // The writer takes (and, once its socket failed, drops) whatever
+        // is queued until the connection is closed.
         let _ = s.tx.try_send(bytes);
         if total > MAX_QUEUED_TOTAL {
             return self
@@ -336,7 +335,6 @@ async fn write_loop(
     mut writer: WriteHalf,
     rx: Receiver<Vec<u8>>,
     queued: [Arc<AtomicUsize>; 2],
-    tx: Sender<Io>,
     abort: Receiver<()>,
     _alive: Sender<()>,
 ) {
@@ -369,9 +367,25 @@ async fn write_loop(
             None => return give_up(),
             Some(Err(e)) => {
                 debug!(%conn, error = %e, "peermq: write failed");
-                // What was waiting is dropped with the channel.
-                give_up();
-                let _ = tx.send(Io::Closed(conn)).await;
+                for q in &queued {
+                    q.fetch_sub(n, Ordering::Relaxed);
+                }
+                // The peer is gone, but what it sent last (its close
+                // message, say) may still wait in our receive buffer: the
+                // reader delivers it and then reports the end, so closing
+                // here would race it (Unix sockets refuse a write at once
+                // when the peer closed; TCP accepts one more). Until the
+                // driver lets go, what is queued is dropped.
+                while let Some(Ok(more)) = future::or(async { Some(rx.recv().await) }, async {
+                    aborted().await;
+                    None
+                })
+                .await
+                {
+                    for q in &queued {
+                        q.fetch_sub(more.len(), Ordering::Relaxed);
+                    }
+                }
                 return;
             }
             Some(Ok(())) => {
