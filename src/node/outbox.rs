@@ -9,8 +9,9 @@
 //! What a receipt writes is what it adds: itself and a few numbers. The
 //! acknowledged set is the union of a checkpoint and the receipts logged
 //! since, rebuilt when the outbox is loaded; the checkpoint is rewritten once
-//! every [`CHECKPOINT_EVERY`] receipts, so neither a write nor a load grows
-//! with how fragmented the set is beyond that.
+//! every [`CHECKPOINT_EVERY`] receipts (and after one that claims blocks
+//! not written yet, so that a load counts only what exists), so a receipt
+//! costs a write of its own size, and the whole set once per checkpoint.
 //!
 //! ```text
 //! Receipts table, per feed:
@@ -188,7 +189,8 @@ impl Outbox {
         receipt: Receipt,
         length: u64,
     ) -> RangeSet {
-        let mut claimed = receipt.ranges.clone();
+        let receipt_ranges = receipt.ranges.clone();
+        let mut claimed = receipt_ranges.clone();
         claimed.remove(length, u64::MAX);
         let mut newly = claimed.clone();
         newly.subtract(&self.acked);
@@ -215,7 +217,11 @@ impl Outbox {
         receipt.encode(&mut enc);
         txn.put_owned(Table::Receipts, &receipt_key(feed, self.next), enc);
         self.next += 1;
-        if self.next - self.checkpoint >= CHECKPOINT_EVERY {
+        // A receipt claiming blocks past the feed's length is kept whole
+        // (its signature covers all of it), but a load would count all of
+        // it: the clipped set is checkpointed now, after it.
+        let overreaching = claimed != receipt_ranges;
+        if overreaching || self.next - self.checkpoint >= CHECKPOINT_EVERY {
             self.save_checkpoint(txn, feed);
         }
         self.save_header(txn, feed);
@@ -378,6 +384,24 @@ mod tests {
         let txn = Txn::begin(&store).unwrap();
         let again = Outbox::load(&txn, &FEED).unwrap();
         assert_eq!(again.acked, all);
+        assert_eq!(again.receipts(&txn, &FEED).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_receipt_for_blocks_not_written_yet_counts_only_what_exists_after_a_reload_too() {
+        let store = Counting::new();
+        let key = Keypair::generate(&mut SeededRng::from_u64(3));
+        let mut outbox = Outbox::default();
+        let mut txn = Txn::begin(&store).unwrap();
+        let r = receipt(&key, RangeSet::from_range(0, 1_000));
+        assert_eq!(
+            outbox.add(&mut txn, &FEED, r, 10),
+            RangeSet::from_range(0, 10)
+        );
+        txn.commit().unwrap();
+        let txn = Txn::begin(&store).unwrap();
+        let again = Outbox::load(&txn, &FEED).unwrap();
+        assert_eq!(again.acked, RangeSet::from_range(0, 10));
         assert_eq!(again.receipts(&txn, &FEED).unwrap().len(), 1);
     }
 

@@ -91,7 +91,7 @@ fn serve_one<S: Store>(
     // A head sent since the peer asked may be the one it now holds: show
     // its roots too, so the longer head can be checked against them.
     let shown = match conn.heads_sent.get(&w.feed) {
-        Some(&sent) if sent > w.base => sent,
+        Some(&sent) if sent > w.base => sent.min(len),
         _ => w.base,
     };
     let proof = match below {

@@ -129,7 +129,14 @@ impl Dials {
             }
         }
         self.advertised.sort();
-        if self.book.addresses(&node.id()) == Some(&texts(&self.advertised)[..]) {
+        // The book keeps what our announcement said in its own order (as
+        // text); compare as sets, at most as many as an announcement holds.
+        let mut said: Vec<String> = self.book.addresses(&node.id()).unwrap_or_default().to_vec();
+        let mut now = texts(&self.advertised);
+        now.truncate(peermq::emitter::MAX_ADDRS_PER_AUTHOR);
+        said.sort();
+        now.sort();
+        if self.book.addresses(&node.id()).is_some() && said == now {
             return None;
         }
         Some(self.advertised.clone())
@@ -271,7 +278,8 @@ impl Dials {
                 continue;
             }
             d.state = DialState::Dialing;
-            cx.dial_addr(*addr, d.owner);
+            // Only a learned address has an owner to expect there.
+            cx.dial_addr(*addr, d.owner.filter(|_| d.learned));
         }
     }
 
