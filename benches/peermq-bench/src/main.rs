@@ -360,12 +360,21 @@ async fn role_append(job: Job) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn role_serve(job: Job) -> anyhow::Result<()> {
-    let reader = peer_of(&job)?;
-    let mq = open(&job, Config::default(), None)?;
+/// Opens the job's node, authorizes `reader`, listens on loopback, and
+/// returns the node, its address and the orchestrator's commands.
+async fn listen_for(
+    job: &Job,
+    reader: PeerId,
+) -> anyhow::Result<(Mq, SocketAddr, async_channel::Receiver<String>)> {
+    let mq = open(job, Config::default(), None)?;
     mq.add_peer(reader, None).await?;
     let addr = mq.listen("127.0.0.1:0".parse()?).await?;
-    let lines = stdin_lines();
+    Ok((mq, addr, stdin_lines()))
+}
+
+async fn role_serve(job: Job) -> anyhow::Result<()> {
+    let reader = peer_of(&job)?;
+    let (mq, addr, lines) = listen_for(&job, reader).await?;
     say(&format!("listening {addr} {}", mq.id().await));
     while let Ok(line) = lines.recv().await {
         if line == "stats" {
@@ -456,10 +465,7 @@ async fn role_fetch(job: Job) -> anyhow::Result<()> {
 
 async fn role_live_writer(job: Job) -> anyhow::Result<()> {
     let reader = peer_of(&job)?;
-    let mq = open(&job, Config::default(), None)?;
-    mq.add_peer(reader, None).await?;
-    let addr = mq.listen("127.0.0.1:0".parse()?).await?;
-    let lines = stdin_lines();
+    let (mq, addr, lines) = listen_for(&job, reader).await?;
     let template = payloads(1, job.size.max(16))
         .next()
         .ok_or_else(|| anyhow!("no payload"))?;
