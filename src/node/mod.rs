@@ -350,6 +350,15 @@ impl<S: Store> Node<S> {
         self.st.me
     }
 
+    /// This node's key pair, secret included: for a transport that
+    /// authenticates with the node's own key, so that one key is the peer
+    /// id everywhere (an iroh endpoint is keyed by it; a signed discovery
+    /// record is signed with it). Hand it to nothing that might log, print
+    /// or store it.
+    pub fn keypair(&self) -> &Keypair {
+        self.signer.keypair()
+    }
+
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
         &self.st.config

@@ -616,6 +616,7 @@ impl Transport for CountingTcp {
                     count: tx,
                 }),
                 remote: t.remote,
+                route: t.route,
             })
         })
     }

@@ -35,7 +35,9 @@ use tracing::{debug, warn};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::error::MqError;
 use crate::io::{Io, Sockets, IO_BUFFER};
-use crate::runtime::{timeout, BoxFuture, Connection, Listener, Runtime, Transport};
+use crate::runtime::{
+    timeout, BoxFuture, Connection, ConnectionInfo, Listener, Runtime, Transport,
+};
 
 /// Where a command's answer goes.
 pub(crate) type Reply<T, E = MqError> = Sender<Result<T, E>>;
@@ -70,6 +72,9 @@ pub(crate) enum Command<C> {
         peer: PeerId,
         reply: Reply<()>,
     },
+    Connections {
+        reply: Reply<Vec<ConnectionInfo>>,
+    },
     Shutdown {
         reply: Sender<()>,
     },
@@ -85,6 +90,7 @@ impl<C> Command<C> {
             Command::Listen { listener, reply } => Command::Listen { listener, reply },
             Command::Connect { peer, reply } => Command::Connect { peer, reply },
             Command::Disconnect { peer, reply } => Command::Disconnect { peer, reply },
+            Command::Connections { reply } => Command::Connections { reply },
             Command::Shutdown { reply } => Command::Shutdown { reply },
             Command::Service(c) => Command::Service(f(c)),
         }
@@ -545,13 +551,16 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                 mut addrs,
             } => {
                 self.dialing.remove(&peer);
-                if !self.node.wants(&peer) || addrs.is_empty() {
+                if !self.node.wants(&peer) {
                     return;
                 }
-                let addr = addrs.remove(0);
                 let id = self.node.connect(peer, now);
                 self.io.attach(id, transport, false);
-                self.dialed.insert(id, (addr, addrs));
+                // Empty when the transport dialed the key itself.
+                if !addrs.is_empty() {
+                    let addr = addrs.remove(0);
+                    self.dialed.insert(id, (addr, addrs));
+                }
             }
             Io::DialFailed(peer) => {
                 self.dialing.remove(&peer);
@@ -643,6 +652,22 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             Command::Disconnect { peer, reply } => {
                 self.node.disconnect(&peer, now);
                 answer(reply, Ok(()));
+            }
+            Command::Connections { reply } => {
+                let mut live: Vec<ConnectionInfo> = self
+                    .io
+                    .routes()
+                    .filter_map(|(conn, inbound, route)| {
+                        let peer = self.node.peer_of(conn)?;
+                        Some(ConnectionInfo {
+                            peer,
+                            inbound,
+                            route,
+                        })
+                    })
+                    .collect();
+                live.sort_by_key(|c| (c.peer, c.inbound));
+                answer(reply, Ok(live));
             }
             Command::Shutdown { reply } => return Some(reply),
             Command::Service(cmd) => {

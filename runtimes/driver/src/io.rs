@@ -25,7 +25,8 @@ use peermq::{ConnId, PeerId};
 use tracing::{debug, warn};
 
 use crate::runtime::{
-    timeout, BoxFuture, Connection, Listener, ReadHalf, Runtime, Transport, WriteHalf,
+    timeout, BoxFuture, Connection, Listener, ReadHalf, Route, RouteFn, Runtime, Transport,
+    WriteHalf,
 };
 
 /// What the I/O tasks tell the driver.
@@ -38,7 +39,7 @@ pub(crate) enum Io {
     Accepted(Connection),
     /// A transport to `peer` is open at the first address of `addrs`; the
     /// rest are what is left of the lookup, to try if another key answers
-    /// there.
+    /// there. Empty when the transport dialed `peer` by key.
     Dialed {
         peer: PeerId,
         transport: Connection,
@@ -74,6 +75,9 @@ struct Socket {
     queued: Arc<AtomicUsize>,
     /// The peer's address, for an inbound connection.
     inbound_from: Option<SocketAddr>,
+    /// How the connection runs.
+    route: RouteFn,
+    inbound: bool,
     /// Tells the writer to give up on what it still has to write (a stuck
     /// peer); dropping it instead lets the writer finish first.
     abort: Sender<()>,
@@ -181,10 +185,20 @@ impl Sockets {
                 tx,
                 queued,
                 inbound_from: if inbound { t.remote } else { None },
+                route: t.route,
+                inbound,
                 abort: abort_tx,
                 _stop: stop_tx,
             },
         );
+    }
+
+    /// Every connection with running tasks: whether it came in, and how
+    /// it runs now.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (ConnId, bool, Route)> + '_ {
+        self.conns
+            .iter()
+            .map(|(id, s)| (*id, s.inbound, (s.route)()))
     }
 
     /// Queues `bytes` for connection `id`. Returns a connection to close as
@@ -260,8 +274,9 @@ impl Sockets {
     }
 
     /// Looks up `peer`'s addresses with `locate`, then opens a connection
-    /// to the first that accepts one: reported as [`Io::Dialed`], or
-    /// [`Io::DialFailed`] if none does.
+    /// to the first that accepts one (or, over a transport that finds peers
+    /// by key, to the peer with the addresses as hints): reported as
+    /// [`Io::Dialed`], or [`Io::DialFailed`] if none does.
     pub(crate) fn dial_peer(&self, peer: PeerId, locate: BoxFuture<'static, Vec<SocketAddr>>) {
         let (rt, transport) = (self.rt.clone(), self.transport.clone());
         let tx = self.tx.clone();
@@ -289,17 +304,20 @@ impl Sockets {
 
     /// Forgets every connection and waits, up to `limit`, until every
     /// writer has written what was queued and every listening socket is
-    /// closed. Returns whether that happened in time.
+    /// closed; then closes the transport. Returns whether the sockets
+    /// drained in time.
     pub(crate) async fn drain(mut self, limit: Duration) -> bool {
         self.conns.clear();
         self.listeners.clear();
         drop(self.alive.take());
         let done = self.done.clone();
-        timeout(&*self.rt, limit, async move {
+        let drained = timeout(&*self.rt, limit, async move {
             let _ = done.recv().await;
         })
         .await
-        .is_some()
+        .is_some();
+        self.transport.close().await;
+        drained
     }
 }
 
@@ -444,6 +462,27 @@ async fn dial_in_turn(
     peer: PeerId,
     addrs: Vec<SocketAddr>,
 ) {
+    if let Some(dial) = transport.connect_key(peer, addrs.clone()) {
+        let msg = match timeout(rt, CONNECT_TIMEOUT, dial).await {
+            // The transport checked the key it reached: no address to blame
+            // or to try next.
+            Some(Ok(transport)) => Io::Dialed {
+                peer,
+                transport,
+                addrs: Vec::new(),
+            },
+            Some(Err(e)) => {
+                debug!(%peer, error = %e, "peermq: dial by key failed");
+                Io::DialFailed(peer)
+            }
+            None => {
+                debug!(%peer, "peermq: dial by key timed out");
+                Io::DialFailed(peer)
+            }
+        };
+        let _ = tx.send(msg).await;
+        return;
+    }
     for (i, &addr) in addrs.iter().enumerate() {
         match timeout(rt, CONNECT_TIMEOUT, transport.connect(Some(peer), addr)).await {
             Some(Ok(transport)) => {

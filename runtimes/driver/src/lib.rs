@@ -71,6 +71,7 @@ pub use mdns::MdnsDiscovery;
 pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream};
 pub use peermq::{CloseReason, Config, Mailbox, PeerId, PeerStatus, Prefetch, Record, StoreError};
 pub use runtime::{
-    timeout, BoxFuture, Connection, Listener, ReadHalf, Runtime, Transport, WriteHalf,
+    timeout, BoxFuture, Connection, ConnectionInfo, Listener, ReadHalf, Route, RouteFn, Runtime,
+    Transport, WriteHalf,
 };
 pub use serde_json;

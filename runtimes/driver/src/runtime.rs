@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use peermq::PeerId;
+use peermq::{Keypair, PeerId};
 
 /// A boxed, sendable future: what [`Runtime`] and [`Transport`] methods
 /// return, so the traits stay object-safe and one driver serves them all.
@@ -34,15 +34,84 @@ pub struct Connection {
     /// The peer's IP address and port, when the transport has them: the
     /// driver bounds the connections it accepts from one IP address by it.
     pub remote: Option<SocketAddr>,
+    /// How the connection runs, asked whenever the application looks
+    /// ([`crate::Mq::connections`]): a route can change while the
+    /// connection lives (iroh moves from a relay to a direct path once hole
+    /// punching succeeds).
+    pub route: RouteFn,
+}
+
+impl Connection {
+    /// A connection over a transport whose route never changes: `transport`
+    /// names it, `remote` is the peer's address if it has one.
+    pub fn fixed(
+        reader: ReadHalf,
+        writer: WriteHalf,
+        transport: &'static str,
+        remote: Option<SocketAddr>,
+    ) -> Self {
+        let route = Route {
+            transport,
+            relayed: false,
+            remote: remote.map(|a| a.to_string()),
+        };
+        Connection {
+            reader,
+            writer,
+            remote,
+            route: Arc::new(move || route.clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("remote", &self.remote)
+            .field("route", &(self.route)())
             .finish_non_exhaustive()
     }
 }
+
+/// How a connection reaches its peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The transport's name: `tcp`, `iroh`, `unix`...
+    pub transport: &'static str,
+    /// Whether the bytes pass through a relay rather than go directly.
+    pub relayed: bool,
+    /// Where the bytes go, as the transport names it: the peer's address,
+    /// or the relay's URL. `None` when the transport has no address to
+    /// show.
+    pub remote: Option<String>,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.relayed { "relayed" } else { "direct" };
+        write!(f, "{how} over {}", self.transport)?;
+        match &self.remote {
+            Some(remote) if self.relayed => write!(f, " via {remote}"),
+            Some(remote) => write!(f, " to {remote}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A live connection whose handshake told who the peer is, as
+/// [`crate::Mq::connections`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether the peer dialed us.
+    pub inbound: bool,
+    /// How the connection runs now.
+    pub route: Route,
+}
+
+/// Reports a connection's current [`Route`].
+pub type RouteFn = Arc<dyn Fn() -> Route + Send + Sync>;
 
 /// Where a [`Transport`] accepts connections.
 pub trait Listener: Send + Sync + 'static {
@@ -70,6 +139,28 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'static, io::Result<Connection>>;
     /// Starts accepting connections at `addr`.
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// Opens a connection to `peer` by its key, with the addresses
+    /// discovery found as hints (possibly none), for a transport that finds
+    /// peers by key itself (iroh: its own address lookup, relays, hole
+    /// punching). The default, `None`, says this transport cannot: the
+    /// driver then dials each hint in turn with [`Transport::connect`], and
+    /// does not dial at all without one.
+    fn connect_key(
+        &self,
+        peer: PeerId,
+        hints: Vec<SocketAddr>,
+    ) -> Option<BoxFuture<'static, io::Result<Connection>>> {
+        let _ = (peer, hints);
+        None
+    }
+    /// The node using this transport has shut down and its connections
+    /// have drained. A transport made for one node
+    /// ([`Runtime::transport_for`], [`crate::Builder::transport_for`])
+    /// releases what it holds here; one shared between nodes must keep
+    /// serving the others. The default does nothing.
+    fn close(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// What the driver needs from an async runtime: an executor and a clock.
@@ -91,6 +182,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// given another ([`crate::Builder::transport`]): TCP, for the runtimes
     /// this project ships.
     fn default_transport(&self) -> Arc<dyn Transport>;
+    /// The transport for the node whose key is `key`, unless its builder
+    /// is given another: [`Runtime::default_transport`], unless this
+    /// runtime carries connections over a transport keyed by each node's
+    /// identity (as `peermq-iroh`'s tests do, to run the conformance suite
+    /// over iroh).
+    fn transport_for(&self, key: &Keypair) -> io::Result<Arc<dyn Transport>> {
+        let _ = key;
+        Ok(self.default_transport())
+    }
 }
 
 /// Races `future` against a timer of `runtime`; `None` if time ran out.

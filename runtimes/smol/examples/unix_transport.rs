@@ -53,12 +53,13 @@ impl Transport for UnixSockets {
         let path = self.path(addr);
         Box::pin(async move {
             let stream = UnixStream::connect(path).await?;
-            Ok(Connection {
-                reader: Box::new(stream.clone()),
-                writer: Box::new(stream),
-                // No IP: the driver's per-address caps do not apply.
-                remote: None,
-            })
+            // No IP: the driver's per-address caps do not apply.
+            Ok(Connection::fixed(
+                Box::new(stream.clone()),
+                Box::new(stream),
+                "unix",
+                None,
+            ))
         })
     }
 
@@ -89,11 +90,12 @@ impl Listener for UnixListenerAt {
     fn accept(&self) -> BoxFuture<'_, io::Result<Connection>> {
         Box::pin(async move {
             let (stream, _) = self.listener.accept().await?;
-            Ok(Connection {
-                reader: Box::new(stream.clone()),
-                writer: Box::new(stream),
-                remote: None,
-            })
+            Ok(Connection::fixed(
+                Box::new(stream.clone()),
+                Box::new(stream),
+                "unix",
+                None,
+            ))
         })
     }
 

@@ -88,11 +88,13 @@ impl Listener for SmolListener {
 
 fn connection(stream: smol::net::TcpStream) -> io::Result<Connection> {
     stream.set_nodelay(true)?;
-    Ok(Connection {
-        remote: stream.peer_addr().ok(),
-        reader: Box::new(stream.clone()),
-        writer: Box::new(stream),
-    })
+    let remote = stream.peer_addr().ok();
+    Ok(Connection::fixed(
+        Box::new(stream.clone()),
+        Box::new(stream),
+        "tcp",
+        remote,
+    ))
 }
 
 /// Opens the node whose data lives in `dir` on smol, with default settings

@@ -124,11 +124,12 @@ fn connection(stream: tokio::net::TcpStream) -> io::Result<Connection> {
     stream.set_nodelay(true)?;
     let remote = stream.peer_addr().ok();
     let (r, w) = stream.into_split();
-    Ok(Connection {
-        reader: Box::new(Compat(r)),
-        writer: Box::new(Compat(w)),
+    Ok(Connection::fixed(
+        Box::new(Compat(r)),
+        Box::new(Compat(w)),
+        "tcp",
         remote,
-    })
+    ))
 }
 
 /// tokio's I/O traits seen as the `futures` ones the driver uses.

@@ -11,20 +11,21 @@ pub use read::RecordStream;
 pub(crate) use events::Subscribers;
 pub(crate) use service::{Queue, QueueCommand};
 
+use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use peermq::{
-    Config, Entropy, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus, Receipt,
-    Store,
+    Config, Entropy, Keypair, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus,
+    Receipt, Store,
 };
 
 use crate::discovery::{Discovery, LocalDiscovery, StaticDiscovery};
 use crate::driver::{Command, CommandTx, Commands, Driver, Finders, Reply, Service};
 use crate::error::MqError;
-use crate::runtime::{Runtime, Transport};
+use crate::runtime::{ConnectionInfo, Runtime, Transport};
 
 /// Opens an [`Mq`]: where its data lives, how it is tuned, how it finds
 /// peers.
@@ -36,7 +37,25 @@ pub struct Builder {
     local: bool,
     discoveries: Vec<Arc<dyn Discovery>>,
     sign_ahead: bool,
-    transport: Option<Arc<dyn Transport>>,
+    transport: Option<Carrier>,
+}
+
+/// The transport a [`Builder`] was given, or how to make it from the
+/// node's key.
+enum Carrier {
+    Given(Arc<dyn Transport>),
+    Made(MakeTransport),
+}
+
+type MakeTransport = Box<dyn FnOnce(&Keypair) -> io::Result<Arc<dyn Transport>> + Send>;
+
+impl std::fmt::Debug for Carrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Carrier::Given(t) => t.fmt(f),
+            Carrier::Made(_) => f.write_str("made from the node's key"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Builder {
@@ -73,7 +92,20 @@ impl Builder {
     /// every dial goes through it. The protocol's bytes are the same over
     /// any transport.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
-        self.transport = Some(transport);
+        self.transport = Some(Carrier::Given(transport));
+        self
+    }
+
+    /// Carries connections over the transport `make` builds from the
+    /// node's key pair, once the store has given it: for transports that
+    /// authenticate with the node's own key, so that one key is the peer
+    /// id everywhere (`peermq-iroh` keys its endpoint with it). An error
+    /// from `make` fails the open with [`MqError::Transport`].
+    pub fn transport_for(
+        mut self,
+        make: impl FnOnce(&Keypair) -> io::Result<Arc<dyn Transport>> + Send + 'static,
+    ) -> Self {
+        self.transport = Some(Carrier::Made(Box::new(make)));
         self
     }
 
@@ -189,9 +221,13 @@ impl Builder {
             statics,
             all: Arc::new(all),
         };
-        let transport = self
-            .transport
-            .unwrap_or_else(|| runtime.default_transport());
+        let transport = match self.transport {
+            None => runtime
+                .transport_for(node.keypair())
+                .map_err(MqError::Transport)?,
+            Some(Carrier::Given(t)) => t,
+            Some(Carrier::Made(make)) => make(node.keypair()).map_err(MqError::Transport)?,
+        };
         let (tx, rx) = async_channel::bounded(64);
         let driver = Driver::new(
             node,
@@ -397,6 +433,12 @@ impl Mq {
     /// when the connection is up.
     pub async fn connect(&self, peer: PeerId) -> Result<(), MqError> {
         self.call(|reply| Command::Connect { peer, reply }).await
+    }
+
+    /// The live connections whose handshake finished: with whom, which way,
+    /// and how each runs (transport, direct or relayed, remote address).
+    pub async fn connections(&self) -> Result<Vec<ConnectionInfo>, MqError> {
+        self.call(|reply| Command::Connections { reply }).await
     }
 
     /// Stops keeping a connection to `peer` and closes open ones.

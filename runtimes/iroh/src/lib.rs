@@ -1,0 +1,500 @@
+//! # peermq-iroh
+//!
+//! Carries peermq connections over [iroh]: QUIC between endpoints named by
+//! their ed25519 keys, with hole punching through NATs, relay fallback and
+//! port mapping. A node's iroh endpoint is keyed by the node's own identity,
+//! so the peer id a user types is the key iroh dials: one key everywhere.
+//!
+//! ```no_run
+//! # async fn demo(friend: peermq::PeerId) -> Result<(), peermq_tokio::MqError> {
+//! use peermq_iroh::{Iroh, Relays};
+//! use peermq_tokio::{Mq, TokioRuntime};
+//!
+//! let iroh = Iroh::new().relays(Relays::Disabled);
+//! let mq = Mq::builder("peermq-data")
+//!     .transport_for(move |key| iroh.transport(key))
+//!     .open(TokioRuntime::new())?;
+//! mq.listen("0.0.0.0:0".parse().unwrap()).await?;
+//! mq.connect(friend).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What travels how
+//!
+//! One connection is one QUIC connection with the ALPN [`ALPN`] and one
+//! bi-directional stream, which carries the protocol's Noise bytes exactly
+//! as TCP does. iroh's TLS proves the endpoint keys at both ends: a dial
+//! whose answer comes from another key than the one dialed fails before a
+//! byte of ours is sent (and the Noise handshake inside checks it again,
+//! as over any transport). A relay forwards QUIC packets it cannot read.
+//!
+//! The transport binds its endpoint (UDP sockets) at the first `listen`, or
+//! at the first dial if the node dials before it listens; it needs a tokio
+//! runtime, whose handle it captures when made ([`Iroh::transport`] must be
+//! called inside one), and then works under any executor.
+//!
+//! [iroh]: https://docs.rs/iroh
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod stream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::{presets, Connection as QuicConnection, Incoming};
+use iroh::{Endpoint, EndpointAddr, PublicKey, RelayMode, SecretKey};
+use peermq::{Keypair, PeerId};
+use peermq_driver::{BoxFuture, Connection, Listener, Route, Transport};
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tracing::debug;
+
+pub use iroh::RelayUrl;
+
+/// The ALPN this protocol speaks over iroh: a peermq endpoint accepts no
+/// other, and dials with it.
+pub const ALPN: &[u8] = b"peermq/1";
+
+/// Inbound connections whose QUIC handshake (and first stream) may be under
+/// way at once; more are refused until one finishes.
+const MAX_PENDING_ACCEPTS: usize = 64;
+/// How long an inbound connection may take to complete its handshake and
+/// open its stream.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing the endpoint may wait for peers to confirm.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Accepted connections waiting for the driver to take them.
+const ACCEPT_QUEUE: usize = 16;
+
+/// Which relay servers an endpoint uses, when no direct path exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Relays {
+    /// The public relays run by n0 (the makers of iroh): `iroh` names them
+    /// in `iroh::defaults::prod`. They forward encrypted QUIC packets and
+    /// learn which endpoint keys talk to which, when and how much, never
+    /// what is said.
+    #[default]
+    Default,
+    /// No relay: peers meet only on direct paths (both reachable, or hole
+    /// punching with addresses found some other way).
+    Disabled,
+    /// These relays, for example one's own `iroh-relay`.
+    Custom(Vec<RelayUrl>),
+}
+
+impl Relays {
+    fn mode(&self) -> RelayMode {
+        match self {
+            Relays::Default => RelayMode::Default,
+            Relays::Disabled => RelayMode::Disabled,
+            Relays::Custom(urls) => RelayMode::custom(urls.iter().cloned()),
+        }
+    }
+}
+
+/// How to make a node's iroh transport: the relays to use, and the address
+/// to bind when the node dials before it listens.
+#[derive(Clone, Debug, Default)]
+pub struct Iroh {
+    relays: Relays,
+    bind: Option<SocketAddr>,
+    lookups: Vec<Arc<dyn iroh::address_lookup::AddressLookup>>,
+}
+
+impl Iroh {
+    /// The default: n0's public relays, sockets bound on every interface at
+    /// ports the system picks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses `relays` when no direct path exists.
+    pub fn relays(mut self, relays: Relays) -> Self {
+        self.relays = relays;
+        self
+    }
+
+    /// Binds the endpoint at `addr` when the node dials before it listens
+    /// (by default on every interface, at a port the system picks). A
+    /// later `listen` at another address then fails, since one endpoint
+    /// has one socket per address family.
+    pub fn bind_addr(mut self, addr: SocketAddr) -> Self {
+        self.bind = Some(addr);
+        self
+    }
+
+    /// Also finds peers' addresses and relays with `lookup` (for example
+    /// the Mainline DHT), and publishes ours through it.
+    pub fn address_lookup(mut self, lookup: Arc<dyn iroh::address_lookup::AddressLookup>) -> Self {
+        self.lookups.push(lookup);
+        self
+    }
+
+    /// The transport of the node whose key is `key`; for
+    /// `Builder::transport_for`. Call it inside a tokio runtime.
+    pub fn transport(self, key: &Keypair) -> io::Result<Arc<dyn Transport>> {
+        Ok(Arc::new(IrohTransport::new(key, self)?))
+    }
+}
+
+/// A node's iroh transport (see the crate documentation).
+#[derive(Clone)]
+pub struct IrohTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    secret: SecretKey,
+    config: Iroh,
+    runtime: tokio::runtime::Handle,
+    endpoint: OnceCell<Endpoint>,
+    /// Held while the endpoint is being bound, so a `listen` and a dial
+    /// racing agree on where it binds.
+    binding: Mutex<()>,
+}
+
+impl std::fmt::Debug for IrohTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IrohTransport")
+            .field("id", &hex_key(self.inner.secret.public().as_bytes()))
+            .field("relays", &self.inner.config.relays)
+            .field(
+                "bound",
+                &self.inner.endpoint.get().map(|e| e.bound_sockets()),
+            )
+            .finish()
+    }
+}
+
+impl IrohTransport {
+    /// The transport of the node with key `key`, configured by `config`.
+    ///
+    /// # Errors
+    ///
+    /// Outside a tokio runtime.
+    pub fn new(key: &Keypair, config: Iroh) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            io::Error::other(
+                "the iroh transport needs a tokio runtime: make it inside one (for example in #[tokio::main])",
+            )
+        })?;
+        Ok(IrohTransport {
+            inner: Arc::new(Inner {
+                secret: SecretKey::from_bytes(&key.to_bytes()),
+                config,
+                runtime,
+                endpoint: OnceCell::new(),
+                binding: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The endpoint, once bound (by the first `listen` or dial).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.inner.endpoint.get()
+    }
+
+    /// Closes the endpoint: open connections end, and nothing more is
+    /// accepted or dialed.
+    pub async fn close(&self) {
+        if let Some(endpoint) = self.inner.endpoint.get() {
+            endpoint.close().await;
+        }
+    }
+}
+
+impl Inner {
+    /// The endpoint, bound at `addr` (or the configured default) if not
+    /// bound yet.
+    async fn endpoint(&self, addr: Option<SocketAddr>) -> io::Result<Endpoint> {
+        let _guard = self.binding.lock().await;
+        if let Some(endpoint) = self.endpoint.get() {
+            if let Some(addr) = addr.filter(|a| a.port() != 0) {
+                let bound = endpoint.bound_sockets();
+                if !bound.iter().any(|b| b.port() == addr.port()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "the iroh endpoint is already bound at {bound:?} (it dialed first); \
+                             listen before dialing, or listen on port 0"
+                        ),
+                    ));
+                }
+            }
+            return Ok(endpoint.clone());
+        }
+        let mut builder = Endpoint::builder(presets::Minimal)
+            .secret_key(self.secret.clone())
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(self.config.relays.mode());
+        for lookup in &self.config.lookups {
+            builder = builder.address_lookup(SharedLookup(lookup.clone()));
+        }
+        if let Some(addr) = addr.or(self.config.bind) {
+            builder = builder
+                .clear_ip_transports()
+                .bind_addr(addr)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+        let endpoint = builder
+            .bind()
+            .await
+            .map_err(|e| io::Error::other(format!("cannot bind the iroh endpoint: {e}")))?;
+        debug!(id = %endpoint.id().fmt_short(), sockets = ?endpoint.bound_sockets(), "peermq: iroh endpoint bound");
+        let _ = self.endpoint.set(endpoint.clone());
+        Ok(endpoint)
+    }
+}
+
+/// One [`AddressLookup`] given to several endpoints.
+///
+/// [`AddressLookup`]: iroh::address_lookup::AddressLookup
+#[derive(Debug)]
+struct SharedLookup(Arc<dyn iroh::address_lookup::AddressLookup>);
+
+impl iroh::address_lookup::AddressLookup for SharedLookup {
+    fn publish(&self, data: &iroh::address_lookup::EndpointData) {
+        self.0.publish(data);
+    }
+
+    fn resolve(
+        &self,
+        id: iroh::EndpointId,
+    ) -> Option<
+        n0_future::boxed::BoxStream<
+            Result<iroh::address_lookup::Item, iroh::address_lookup::Error>,
+        >,
+    > {
+        self.0.resolve(id)
+    }
+}
+
+/// Dials `peer` over `endpoint`, with `hints` as direct addresses, and opens
+/// the connection's stream.
+async fn dial(endpoint: Endpoint, peer: PeerId, hints: Vec<SocketAddr>) -> io::Result<Connection> {
+    let key = PublicKey::from_bytes(peer.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{peer} is not a valid ed25519 key, so iroh cannot dial it"),
+        )
+    })?;
+    let mut addr = EndpointAddr::new(key);
+    for hint in hints {
+        addr = addr.with_ip_addr(hint);
+    }
+    let conn = endpoint
+        .connect(addr, ALPN)
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))?;
+    // iroh's TLS already ties the connection to the key dialed; say so
+    // here too, so that no change below can weaken it unnoticed.
+    if conn.remote_id() != key {
+        conn.close(0u32.into(), b"wrong key");
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "dialed {peer} but {} answered",
+                hex_key(conn.remote_id().as_bytes())
+            ),
+        ));
+    }
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e.to_string()))?;
+    Ok(stream::connection(&conn, send, recv))
+}
+
+fn hex_key(bytes: &[u8; 32]) -> String {
+    PeerId(*bytes).to_string()
+}
+
+impl Transport for IrohTransport {
+    fn connect(
+        &self,
+        peer: Option<PeerId>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<Connection>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let peer = peer.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("iroh dials a key, not an address: give the key of the peer at {addr}"),
+                )
+            })?;
+            let runtime = inner.runtime.clone();
+            join(runtime.spawn(async move {
+                let endpoint = inner.endpoint(None).await?;
+                dial(endpoint, peer, vec![addr]).await
+            }))
+            .await
+        })
+    }
+
+    fn connect_key(
+        &self,
+        peer: PeerId,
+        hints: Vec<SocketAddr>,
+    ) -> Option<BoxFuture<'static, io::Result<Connection>>> {
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            let runtime = inner.runtime.clone();
+            join(runtime.spawn(async move {
+                let endpoint = inner.endpoint(None).await?;
+                dial(endpoint, peer, hints).await
+            }))
+            .await
+        }))
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let Some(endpoint) = inner.endpoint.get().cloned() else {
+                return;
+            };
+            // Tells the peers at once instead of leaving them to time out;
+            // bounded, as a peer that vanished never answers.
+            let closing = inner.runtime.spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.close()).await;
+            });
+            let _ = closing.await;
+        })
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let runtime = inner.runtime.clone();
+            let endpoint = join(runtime.spawn({
+                let inner = inner.clone();
+                async move { inner.endpoint(Some(addr)).await }
+            }))
+            .await?;
+            let local = endpoint
+                .bound_sockets()
+                .into_iter()
+                .find(|a| a.is_ipv4() == addr.is_ipv4())
+                .or_else(|| endpoint.bound_sockets().into_iter().next())
+                .unwrap_or(addr);
+            let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
+            let task = runtime.spawn(accept_loop(endpoint, tx));
+            Ok(Box::new(IrohListener {
+                rx: Mutex::new(rx),
+                local,
+                task: task.abort_handle(),
+            }) as Box<dyn Listener>)
+        })
+    }
+}
+
+/// Awaits a task spawned on the transport's runtime.
+async fn join<T>(task: tokio::task::JoinHandle<io::Result<T>>) -> io::Result<T> {
+    task.await
+        .map_err(|e| io::Error::other(format!("the iroh task failed: {e}")))?
+}
+
+/// Accepts connections on `endpoint`, completing each one's handshake in
+/// its own task (at most [`MAX_PENDING_ACCEPTS`] at once, each within
+/// [`ACCEPT_TIMEOUT`]), and queues the ready ones.
+async fn accept_loop(endpoint: Endpoint, tx: tokio::sync::mpsc::Sender<io::Result<Connection>>) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_ACCEPTS));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            debug!("peermq: too many iroh handshakes under way; refusing one");
+            incoming.refuse();
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(ACCEPT_TIMEOUT, accept_one(incoming)).await;
+            drop(permit);
+            match ready {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => debug!(error = %e, "peermq: inbound iroh connection failed"),
+                Err(_) => debug!("peermq: inbound iroh connection timed out"),
+            }
+        });
+    }
+    let _ = tx
+        .send(Err(io::Error::other("the iroh endpoint was closed")))
+        .await;
+}
+
+/// Completes an inbound connection's handshake and takes its stream.
+async fn accept_one(incoming: Incoming) -> io::Result<Connection> {
+    let conn: QuicConnection = incoming
+        .accept()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    if conn.alpn() != ALPN {
+        conn.close(0u32.into(), b"unknown protocol");
+        return Err(io::Error::other("a peer asked for another protocol"));
+    }
+    let (send, recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(stream::connection(&conn, send, recv))
+}
+
+/// Inbound iroh connections, for the driver.
+struct IrohListener {
+    rx: Mutex<tokio::sync::mpsc::Receiver<io::Result<Connection>>>,
+    local: SocketAddr,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for IrohListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Listener for IrohListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<Connection>> {
+        Box::pin(async move {
+            match self.rx.lock().await.recv().await {
+                Some(conn) => conn,
+                None => Err(io::Error::other("the iroh endpoint was closed")),
+            }
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// How an iroh connection runs now: over its selected path, direct or
+/// through a relay.
+fn route(conn: &iroh::endpoint::WeakConnectionHandle) -> Route {
+    let mut route = Route {
+        transport: "iroh",
+        relayed: false,
+        remote: None,
+    };
+    if let Some(conn) = conn.upgrade() {
+        let paths = conn.paths();
+        if let Some(path) = paths.iter().find(|p| p.is_selected()) {
+            route.relayed = path.is_relay();
+            route.remote = Some(transport_addr(path.remote_addr()));
+        }
+    }
+    route
+}
+
+fn transport_addr(addr: &iroh::TransportAddr) -> String {
+    match addr {
+        iroh::TransportAddr::Ip(ip) => ip.to_string(),
+        iroh::TransportAddr::Relay(url) => url.to_string(),
+        other => format!("{other:?}"),
+    }
+}
