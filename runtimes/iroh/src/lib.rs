@@ -100,6 +100,7 @@ impl Relays {
 #[derive(Clone, Debug, Default)]
 pub struct Iroh {
     relays: Relays,
+    relay_only: bool,
     bind: Option<SocketAddr>,
     lookups: Vec<Arc<dyn iroh::address_lookup::AddressLookup>>,
 }
@@ -114,6 +115,15 @@ impl Iroh {
     /// Uses `relays` when no direct path exists.
     pub fn relays(mut self, relays: Relays) -> Self {
         self.relays = relays;
+        self
+    }
+
+    /// Sends every byte through a relay, never on a direct path: the
+    /// endpoint binds no IP socket of its own, so peers never learn this
+    /// node's addresses (the relay does). Needs relays; slower than a
+    /// direct path.
+    pub fn relay_only(mut self, yes: bool) -> Self {
+        self.relay_only = yes;
         self
     }
 
@@ -233,7 +243,9 @@ impl Inner {
         for lookup in &self.config.lookups {
             builder = builder.address_lookup(SharedLookup(lookup.clone()));
         }
-        if let Some(addr) = addr.or(self.config.bind) {
+        if self.config.relay_only {
+            builder = builder.clear_ip_transports();
+        } else if let Some(addr) = addr.or(self.config.bind) {
             builder = builder
                 .clear_ip_transports()
                 .bind_addr(addr)
@@ -272,9 +284,15 @@ impl iroh::address_lookup::AddressLookup for SharedLookup {
     }
 }
 
-/// Dials `peer` over `endpoint`, with `hints` as direct addresses, and opens
-/// the connection's stream.
-async fn dial(endpoint: Endpoint, peer: PeerId, hints: Vec<SocketAddr>) -> io::Result<Connection> {
+/// Dials `peer` over `endpoint`, with `hints` as direct addresses and
+/// `relays` as where it may be reached otherwise, and opens the
+/// connection's stream.
+async fn dial(
+    endpoint: Endpoint,
+    peer: PeerId,
+    hints: Vec<SocketAddr>,
+    relays: &Relays,
+) -> io::Result<Connection> {
     let key = PublicKey::from_bytes(peer.as_bytes()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -284,6 +302,15 @@ async fn dial(endpoint: Endpoint, peer: PeerId, hints: Vec<SocketAddr>) -> io::R
     let mut addr = EndpointAddr::new(key);
     for hint in hints {
         addr = addr.with_ip_addr(hint);
+    }
+    // Nodes told to use the same relays of their own (a private network,
+    // a lab) meet there even when no lookup says where the peer is; iroh
+    // still prefers a direct path once it finds one. n0's public relays
+    // are many and regional: for them a lookup must say.
+    if let Relays::Custom(urls) = relays {
+        for url in urls {
+            addr = addr.with_relay_url(url.clone());
+        }
     }
     let conn = endpoint
         .connect(addr, ALPN)
@@ -308,6 +335,30 @@ async fn dial(endpoint: Endpoint, peer: PeerId, hints: Vec<SocketAddr>) -> io::R
     Ok(stream::connection(&conn, send, recv))
 }
 
+/// Dials `peer` with every hint at once, as iroh prefers (it races the
+/// paths); if that fails, with each hint alone, since iroh gives up on a
+/// peer once the first path it tries ends in a failed handshake, which is
+/// what a stale or planted hint where another key listens gives.
+async fn dial_hints(
+    endpoint: Endpoint,
+    peer: PeerId,
+    hints: Vec<SocketAddr>,
+    relays: &Relays,
+) -> io::Result<Connection> {
+    let first = match dial(endpoint.clone(), peer, hints.clone(), relays).await {
+        Ok(conn) => return Ok(conn),
+        Err(e) if hints.len() < 2 => return Err(e),
+        Err(e) => e,
+    };
+    for hint in hints {
+        match dial(endpoint.clone(), peer, vec![hint], relays).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => debug!(%peer, %hint, error = %e, "peermq: iroh dial failed"),
+        }
+    }
+    Err(first)
+}
+
 fn hex_key(bytes: &[u8; 32]) -> String {
     PeerId(*bytes).to_string()
 }
@@ -329,7 +380,7 @@ impl Transport for IrohTransport {
             let runtime = inner.runtime.clone();
             join(runtime.spawn(async move {
                 let endpoint = inner.endpoint(None).await?;
-                dial(endpoint, peer, vec![addr]).await
+                dial(endpoint, peer, vec![addr], &inner.config.relays).await
             }))
             .await
         })
@@ -345,7 +396,7 @@ impl Transport for IrohTransport {
             let runtime = inner.runtime.clone();
             join(runtime.spawn(async move {
                 let endpoint = inner.endpoint(None).await?;
-                dial(endpoint, peer, hints).await
+                dial_hints(endpoint, peer, hints, &inner.config.relays).await
             }))
             .await
         }))

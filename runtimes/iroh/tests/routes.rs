@@ -1,0 +1,129 @@
+//! How iroh connections reach their peer: the key dialed is the key
+//! reached, a direct path where one exists, a relay where none does.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use iroh_relay::server::{RelayConfig, Server, ServerConfig};
+use peermq_iroh::{Iroh, IrohTransport, Relays};
+use peermq_tokio::{Mailbox, Mq, MqEvent, TokioRuntime, Transport};
+
+fn loopback() -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, 0).into()
+}
+
+/// Waits up to 20 s for `f` to give `Some`.
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn open(dir: &tempfile::TempDir, name: &str, iroh: Iroh) -> Mq {
+    Mq::builder(dir.path().join(name))
+        .discovery_dir(dir.path().join("discovery"))
+        .transport_for(move |key| iroh.transport(key))
+        .open(TokioRuntime::new())
+        .expect("open a node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_answered_by_another_key_fails_and_the_key_is_still_reached_at_its_own_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let direct = || Iroh::new().relays(Relays::Disabled);
+    let (a, c) = (open(&dir, "a", direct()), open(&dir, "c", direct()));
+    let (ida, idc) = (a.id().await, c.id().await);
+    let at_a = a.listen(loopback()).await.unwrap();
+    let at_c = c.listen(loopback()).await.unwrap();
+    assert_ne!(ida, idc);
+
+    let b_key = peermq::Keypair::from_bytes(&[7; 32]);
+    let b = IrohTransport::new(&b_key, direct()).unwrap();
+    let wrong = b.connect(Some(ida), at_c).await;
+    assert!(wrong.is_err(), "C's endpoint answered for A's key");
+    let by_key = b
+        .connect_key(ida, vec![at_c, at_a])
+        .expect("iroh dials by key")
+        .await
+        .expect("A is reached at its own address");
+    let route = (by_key.route)();
+    assert_eq!(route.transport, "iroh");
+    assert!(!route.relayed);
+    assert_eq!(route.remote, Some(at_a.to_string()));
+    b.close().await;
+    for n in [a, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_direct_path_messages_and_acks_go_through_a_relay() {
+    let mut config = ServerConfig::default();
+    config.relay = Some(RelayConfig::new(loopback()));
+    let relay = Server::spawn(config).await.expect("start a relay");
+    let url: peermq_iroh::RelayUrl = format!("http://{}", relay.http_addr().unwrap())
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relayed = || {
+        Iroh::new()
+            .relays(Relays::Custom(vec![url.clone()]))
+            .relay_only(true)
+    };
+    let (a, b) = (open(&dir, "a", relayed()), open(&dir, "b", relayed()));
+    let (ida, idb) = (a.id().await, b.id().await);
+    a.add_peer(idb, None).await.unwrap();
+    a.listen(loopback()).await.unwrap();
+    let mut events = b.events();
+    for text in ["one", "two", "three"] {
+        b.send(ida, text).await.unwrap();
+    }
+    b.connect(ida).await.unwrap();
+
+    let mut inbox = a.read_stream(Mailbox::Unread, true);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let next = tokio::time::timeout(Duration::from_secs(20), inbox.next())
+            .await
+            .expect("messages arrive through the relay")
+            .expect("stream open")
+            .expect("read");
+        a.archive(next.from, next.seq).await.unwrap();
+        got.push(String::from_utf8(next.data).unwrap());
+    }
+    assert_eq!(got, ["one", "two", "three"]);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = events.next().await {
+            if matches!(e, MqEvent::Acked { end: 3, .. }) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the acknowledgements come back through the relay");
+
+    let live = eventually("B's connection listed", async || {
+        b.connections()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.peer == ida)
+    })
+    .await;
+    assert_eq!(live.route.transport, "iroh");
+    assert!(live.route.relayed, "{}", live.route);
+    assert_eq!(live.route.remote, Some(url.to_string()));
+    for n in [b, a] {
+        n.shutdown().await.unwrap();
+    }
+    relay.shutdown().await.unwrap();
+}
