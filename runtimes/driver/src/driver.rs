@@ -231,6 +231,9 @@ pub(crate) struct Driver<S: Store, Sv: Service<S>> {
     finders: Finders,
     /// Peers a lookup and dial is under way for.
     dialing: HashSet<PeerId>,
+    /// Peers whose last dial reached none of the addresses found: the next
+    /// lookup asks every discovery, not only the first that answers.
+    unreached: HashSet<PeerId>,
     /// For connections dialed by key: the address it went to, and what is
     /// left of the lookup to try if another key answers there.
     dialed: HashMap<ConnId, (SocketAddr, Vec<SocketAddr>)>,
@@ -266,6 +269,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             cmd_rx,
             finders,
             dialing: HashSet::new(),
+            unreached: HashSet::new(),
             dialed: HashMap::new(),
             suspect_addrs: VecDeque::new(),
             closing: false,
@@ -472,9 +476,17 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
         let rt = self.rt.clone();
         let discoveries = self.finders.all.clone();
         let suspect: Vec<SocketAddr> = self.suspect_addrs.iter().copied().collect();
+        let thorough = self.unreached.contains(&peer);
         let locate = async move {
             let mut addrs: Vec<SocketAddr> = Vec::new();
             for d in discoveries.iter() {
+                // The discoveries are in order of speed (given addresses,
+                // this machine, the LAN, then the DHT): a slow one is asked
+                // only when the fast ones found nothing, or their
+                // addresses failed last time.
+                if !addrs.is_empty() && !thorough {
+                    break;
+                }
                 match timeout(&*rt, LOCATE_TIMEOUT, d.locate(&peer)).await {
                     Some(Ok(found)) => {
                         for a in found {
@@ -551,6 +563,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                 mut addrs,
             } => {
                 self.dialing.remove(&peer);
+                self.unreached.remove(&peer);
                 if !self.node.wants(&peer) {
                     return;
                 }
@@ -565,6 +578,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             Io::DialFailed(peer) => {
                 self.dialing.remove(&peer);
                 if self.node.wants(&peer) {
+                    self.unreached.insert(peer);
                     debug!(%peer, "peermq: peer not reachable yet; retrying with backoff");
                     self.node.dial_failed(peer, now);
                 }

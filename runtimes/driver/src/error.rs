@@ -39,6 +39,10 @@ pub enum MqError {
     /// ([`crate::Builder::transport_for`]).
     #[error("cannot start the transport: {0}")]
     Transport(#[source] std::io::Error),
+    /// A discovery made for the node's key failed to start
+    /// ([`crate::Builder::discovery_for`]).
+    #[error("cannot start peer discovery: {0}")]
+    Discovery(#[source] std::io::Error),
     /// The operating system gave no randomness for a new identity.
     #[error("the operating system gave no randomness to create an identity or session keys: {0}")]
     Randomness(String),

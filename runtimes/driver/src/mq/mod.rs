@@ -35,7 +35,7 @@ pub struct Builder {
     lmdb: LmdbOptions,
     local_dir: Option<PathBuf>,
     local: bool,
-    discoveries: Vec<Arc<dyn Discovery>>,
+    discoveries: Vec<Finder>,
     sign_ahead: bool,
     transport: Option<Carrier>,
 }
@@ -48,6 +48,15 @@ enum Carrier {
 }
 
 type MakeTransport = Box<dyn FnOnce(&Keypair) -> io::Result<Arc<dyn Transport>> + Send>;
+
+/// A discovery a [`Builder`] was given, or how to make it from the node's
+/// key.
+enum Finder {
+    Given(Arc<dyn Discovery>),
+    Made(MakeDiscovery),
+}
+
+type MakeDiscovery = Box<dyn FnOnce(&Keypair) -> io::Result<Arc<dyn Discovery>> + Send>;
 
 impl std::fmt::Debug for Carrier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,7 +160,20 @@ impl Builder {
     /// Adds a discovery mechanism, asked after the addresses given with
     /// [`Mq::add_peer`] and after local-machine discovery.
     pub fn discovery(mut self, discovery: Arc<dyn Discovery>) -> Self {
-        self.discoveries.push(discovery);
+        self.discoveries.push(Finder::Given(discovery));
+        self
+    }
+
+    /// Adds the discovery mechanism `make` builds from the node's key
+    /// pair, once the store has given it: for one that publishes records
+    /// signed by the node's key (`peermq-dht`). Asked in the order added,
+    /// as [`Builder::discovery`]. An error from `make` fails the open with
+    /// [`MqError::Discovery`].
+    pub fn discovery_for(
+        mut self,
+        make: impl FnOnce(&Keypair) -> io::Result<Arc<dyn Discovery>> + Send + 'static,
+    ) -> Self {
+        self.discoveries.push(Finder::Made(Box::new(make)));
         self
     }
 
@@ -216,7 +238,12 @@ impl Builder {
             };
             all.push(Arc::new(local));
         }
-        all.extend(self.discoveries);
+        for finder in self.discoveries {
+            all.push(match finder {
+                Finder::Given(d) => d,
+                Finder::Made(make) => make(node.keypair()).map_err(MqError::Discovery)?,
+            });
+        }
         let finders = Finders {
             statics,
             all: Arc::new(all),
