@@ -38,6 +38,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod lookup;
 mod stream;
 
 use std::io;
@@ -136,8 +137,18 @@ impl Iroh {
         self
     }
 
-    /// Also finds peers' addresses and relays with `lookup` (for example
-    /// the Mainline DHT), and publishes ours through it.
+    /// Publishes this node's relay and addresses on the Mainline DHT
+    /// through `dht`, and looks peers up there: a peer is then reached by
+    /// its key alone, wherever it is. Give the same [`Dht`] to the node's
+    /// discovery (`Builder::discovery_for`), so that it is joined once.
+    ///
+    /// [`Dht`]: peermq_dht::Dht
+    pub fn dht(self, dht: Arc<peermq_dht::Dht>) -> Self {
+        self.address_lookup(Arc::new(lookup::DhtLookup(dht)))
+    }
+
+    /// Also finds peers' addresses and relays with `lookup`, and publishes
+    /// ours through it.
     pub fn address_lookup(mut self, lookup: Arc<dyn iroh::address_lookup::AddressLookup>) -> Self {
         self.lookups.push(lookup);
         self

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use iroh_relay::server::{RelayConfig, Server, ServerConfig};
+use peermq_dht::{Dht, DhtConfig};
 use peermq_iroh::{Iroh, IrohTransport, Relays};
 use peermq_tokio::{Mailbox, Mq, MqEvent, TokioRuntime, Transport};
 
@@ -126,4 +127,47 @@ async fn without_a_direct_path_messages_and_acks_go_through_a_relay() {
         n.shutdown().await.unwrap();
     }
     relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_reached_by_its_key_alone_through_the_dht() {
+    let net = mainline::Testnet::builder(5).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let config = DhtConfig::default()
+            .bootstrap(net.bootstrap.clone())
+            .loopback(true);
+        Mq::builder(dir.path().join(name))
+            // No local discovery, no relay, no address: only the DHT says
+            // where A is.
+            .local_discovery(false)
+            .transport_for(move |key| {
+                let dht = Dht::new(key, config)?;
+                Iroh::new()
+                    .relays(Relays::Disabled)
+                    .bind_addr(loopback())
+                    .dht(dht)
+                    .transport(key)
+            })
+            .open(TokioRuntime::new())
+            .unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    let (ida, idb) = (a.id().await, b.id().await);
+    a.add_peer(idb, None).await.unwrap();
+    a.listen(loopback()).await.unwrap();
+    b.send(ida, "by key").await.unwrap();
+    b.connect(ida).await.unwrap();
+    let mut inbox = a.read_stream(Mailbox::Unread, true);
+    let got = tokio::time::timeout(Duration::from_secs(60), inbox.next())
+        .await
+        .expect("B finds A through the DHT")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.data, b"by key");
+    let live = b.connections().await.unwrap();
+    assert!(live.iter().any(|c| c.peer == ida && !c.route.relayed));
+    for n in [b, a] {
+        n.shutdown().await.unwrap();
+    }
 }
