@@ -10,6 +10,7 @@ mod addresses;
 mod common;
 mod demo;
 mod follow;
+mod network;
 mod output;
 
 use std::io::{IsTerminal, Read};
@@ -60,6 +61,8 @@ struct Cli {
     /// other machines can reach it).
     #[arg(long, global = true)]
     mdns: bool,
+    #[command(flatten)]
+    net: network::NetworkArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -285,9 +288,18 @@ pub(crate) fn node_config() -> Config {
 }
 
 /// Opens the node of `datadir`, with `book` as a further way to find peers,
-/// and mDNS if `mdns`.
-fn open(datadir: &Path, book: Option<AddressBook>, mdns: bool) -> anyhow::Result<Mq> {
+/// mDNS if `mdns`, and the transport and DHT `net` asks for (TCP alone
+/// without it).
+fn open(
+    datadir: &Path,
+    book: Option<AddressBook>,
+    mdns: bool,
+    net: Option<&network::NetworkArgs>,
+) -> anyhow::Result<Mq> {
     let mut builder = Mq::builder(datadir).config(node_config());
+    if let Some(net) = net {
+        builder = net.apply(builder);
+    }
     if let Some(book) = book {
         builder = builder.discovery(Arc::new(book));
     }
@@ -315,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = addr {
                 book.insert(key, addr);
             }
-            let mq = open(&dir, Some(book), cli.mdns)?;
+            let mq = open(&dir, Some(book), cli.mdns, Some(&cli.net))?;
             // Subscribe first: no acknowledgement may slip by unprinted.
             let events = mq.events();
             let r = match mq.connect(key).await {
@@ -331,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.mdns && addr.ip().is_loopback() {
                 eprintln!("note: --mdns announces the loopback address {host}, which only this machine can reach; give --host 0.0.0.0 to be reachable from the network");
             }
-            let mq = open(&dir, None, cli.mdns)?;
+            let mq = open(&dir, None, cli.mdns, Some(&cli.net))?;
             let events = mq.events();
             let r = match mq.listen(addr).await {
                 Ok(bound) => {
@@ -348,7 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(m) => m.into_bytes(),
                 None => read_stdin()?,
             };
-            let mq = open(&dir, None, false)?;
+            let mq = open(&dir, None, false, None)?;
             let r = mq.send(to, data).await;
             mq.shutdown().await?;
             let seq = r?;
@@ -356,7 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            let mq = open(&dir, None, false)?;
+            let mq = open(&dir, None, false, None)?;
             let r = one_shot(&mq, &dir, command, &mut printer).await;
             mq.shutdown().await?;
             r

@@ -39,6 +39,10 @@ impl Sandbox {
             .env("PEERMQ_DISCOVERY_DIR", self.dir("discovery"))
             .env_remove("RUST_LOG")
             .env_remove("PEERMQ_DATADIR")
+            .env_remove("PEERMQ_TRANSPORT")
+            .env_remove("PEERMQ_DHT")
+            .env_remove("PEERMQ_BOOTSTRAP")
+            .env_remove("PEERMQ_RELAY")
             .stdin(Stdio::null());
         cmd
     }
@@ -329,6 +333,25 @@ fn messages_flow_both_ways_on_the_connection_b_dialed() {
     );
 }
 
+#[test]
+fn the_walk_through_runs_over_iroh() {
+    let s = Sandbox::new();
+    let a = s.id("a");
+    let b = s.id("b");
+    s.ok("a", &["add-peer", &b]);
+    let iroh = ["--transport", "iroh", "--relay", "none"];
+    s.send("b", &a, "over quic");
+    let mut listen = s.spawn("a", &[&["listen"][..], &iroh].concat());
+    let mut connect = s.spawn("b", &[&["connect", &a][..], &iroh].concat());
+    assert_eq!(listen.line(), format!("MESSAGE {b}@0 over quic"));
+    assert_eq!(connect.line(), format!("ACK {a}@0"));
+    s.send("b", &a, "and again");
+    assert_eq!(listen.line(), format!("MESSAGE {b}@1 and again"));
+    assert_eq!(connect.line(), format!("ACK {a}@1"));
+    assert_clean_stop("connect", &connect.interrupt());
+    assert_clean_stop("listen", &listen.interrupt());
+}
+
 /// The one line a failing command writes, checked to be exactly one line
 /// with no panic or backtrace.
 fn one_error_line(out: &Output) -> String {
@@ -356,6 +379,12 @@ fn mistakes_get_one_line_and_the_right_exit_code() {
     assert!(e.contains("unrecognized subcommand 'frobnicate'"), "{e}");
     let e = usage(&["connect", &"ab".repeat(32), "--addr", "nowhere"]);
     assert!(e.contains("HOST:PORT"), "{e}");
+    let e = usage(&["listen", "--dht", "--bootstrap", "nowhere"]);
+    assert!(e.contains("HOST:PORT"), "{e}");
+    let e = usage(&["listen", "--transport", "iroh", "--relay", "relay.example"]);
+    assert!(e.contains("not a relay URL"), "{e}");
+    let e = usage(&["listen", "--transport", "pigeon"]);
+    assert!(e.contains("tcp") && e.contains("iroh"), "{e}");
 
     let runtime = |dir: &Path, args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_peermq"))
