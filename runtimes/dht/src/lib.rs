@@ -58,12 +58,13 @@ pub const MISS_MEMORY: Duration = Duration::from_secs(10);
 pub const MAX_MISSES: usize = 1024;
 /// Lookups under way at once; more answer "not found" at once.
 pub const MAX_LOOKUPS: usize = 16;
-/// How long a found record is used before it is looked up again.
-const CACHE_TTL_SECS: u32 = 30;
 /// Records kept in pkarr's cache.
 const CACHE_SIZE: usize = 1024;
-/// Between failed publish attempts.
-const PUBLISH_RETRY: Duration = Duration::from_secs(20);
+/// After a failed publish attempt (most often: the client has not joined
+/// the DHT yet), the first retry; each next waits twice as long, up to
+/// [`PUBLISH_RETRY_MAX`].
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Where the DHT is: the public Mainline DHT by default, or a network of
 /// one's own (a test network, a private deployment).
@@ -177,13 +178,7 @@ impl Dht {
     /// When the DHT client cannot start (no UDP socket could be bound).
     pub fn new(key: &Keypair, config: DhtConfig) -> io::Result<Arc<Dht>> {
         let mut builder = Client::builder();
-        // A cached record is used for at most a lookup timeout's worth of
-        // retries: a peer that restarted elsewhere is found soon after.
-        builder
-            .no_relays()
-            .cache_size(CACHE_SIZE)
-            .minimum_ttl(0)
-            .maximum_ttl(CACHE_TTL_SECS);
+        builder.no_relays().cache_size(CACHE_SIZE);
         if let Some(nodes) = &config.bootstrap {
             builder.bootstrap(nodes);
         }
@@ -217,21 +212,31 @@ impl Dht {
     /// Publishes `relay` as where this node is reachable besides its
     /// addresses (iroh's home relay), or none.
     pub fn set_relay(&self, relay: Option<String>) {
-        let changed = {
-            let mut ours = lock(&self.shared.record);
-            std::mem::replace(&mut ours.relay, relay.clone()) != relay
-        };
-        if changed {
-            let _ = self.publish.send(());
-        }
+        self.update(|ours| ours.relay = relay);
     }
 
     /// Publishes `addrs` as this node's addresses, replacing those
     /// announced before.
     pub fn set_addresses(&self, addrs: Vec<SocketAddr>) {
+        self.update(|ours| ours.announced = addrs);
+    }
+
+    /// Publishes `record` (addresses and relay) as this node's, at once.
+    pub fn set_record(&self, record: Record) {
+        self.update(|ours| {
+            ours.announced = record.addrs;
+            ours.relay = record.relay;
+        });
+    }
+
+    /// Changes what we publish with `change`, in one step, and has it
+    /// published if that changed anything.
+    fn update(&self, change: impl FnOnce(&mut Ours)) {
         let changed = {
             let mut ours = lock(&self.shared.record);
-            std::mem::replace(&mut ours.announced, addrs.clone()) != addrs
+            let before = (ours.announced.clone(), ours.relay.clone());
+            change(&mut ours);
+            before != (ours.announced.clone(), ours.relay.clone())
         };
         if changed {
             let _ = self.publish.send(());
@@ -270,9 +275,13 @@ impl Dht {
         self.shared.lookups.load(Ordering::Acquire)
     }
 
+    /// Asks the DHT for `peer`'s newest record. Not the first answer, nor
+    /// a cached one: a node that restarted elsewhere leaves its old record
+    /// on some DHT nodes for hours, and a dialer is asking because the
+    /// addresses it had did not answer.
     async fn lookup(&self, peer: &PeerId) -> Option<Record> {
         let key = pkarr::PublicKey::try_from(peer.as_bytes()).ok()?;
-        let packet = match self.client.resolve(&key, ResolvePolicy::CacheFirst).await {
+        let packet = match self.client.resolve(&key, ResolvePolicy::NetworkOnly).await {
             Ok(packet) => packet,
             Err(e) => {
                 debug!(%peer, error = %e, "peermq: DHT lookup found nothing");
@@ -328,26 +337,18 @@ impl Discovery for Dht {
                 format!("this DHT discovery publishes for {}, not {me}", self.me),
             ));
         }
-        let mut addrs = self.record_announced();
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
-            self.set_addresses(addrs);
-        }
+        self.update(|ours| {
+            if !ours.announced.contains(&addr) {
+                ours.announced.push(addr);
+            }
+        });
         Ok(())
     }
 
     fn withdraw(&self, me: &PeerId, addr: SocketAddr) {
         if *me == self.me {
-            let mut addrs = self.record_announced();
-            addrs.retain(|a| *a != addr);
-            self.set_addresses(addrs);
+            self.update(|ours| ours.announced.retain(|a| *a != addr));
         }
-    }
-}
-
-impl Dht {
-    fn record_announced(&self) -> Vec<SocketAddr> {
-        lock(&self.shared.record).announced.clone()
     }
 }
 
@@ -416,7 +417,11 @@ fn publish_loop(
             }
             Err(e) => {
                 debug!(error = %e, "peermq: publishing our DHT record failed; retrying");
-                PUBLISH_RETRY
+                if wait >= REPUBLISH {
+                    PUBLISH_RETRY
+                } else {
+                    (wait * 2).min(PUBLISH_RETRY_MAX)
+                }
             }
         };
     }

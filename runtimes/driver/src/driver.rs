@@ -651,6 +651,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                 answer(reply, self.node.add_peer(peer).map_err(Into::into));
             }
             Command::RemovePeer { peer, reply } => {
+                self.unreached.remove(&peer);
                 let r = self.node.remove_peer(&peer, now);
                 answer(reply, r.map_err(Into::into));
             }
@@ -664,6 +665,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                 answer(reply, Ok(()));
             }
             Command::Disconnect { peer, reply } => {
+                self.unreached.remove(&peer);
                 self.node.disconnect(&peer, now);
                 answer(reply, Ok(()));
             }

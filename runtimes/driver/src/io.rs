@@ -462,7 +462,7 @@ async fn dial_in_turn(
     peer: PeerId,
     addrs: Vec<SocketAddr>,
 ) {
-    if let Some(dial) = transport.connect_key(peer, addrs.clone()) {
+    if let Some(dial) = transport.connect_key(peer, &addrs) {
         let msg = match timeout(rt, CONNECT_TIMEOUT, dial).await {
             // The transport checked the key it reached: no address to blame
             // or to try next.

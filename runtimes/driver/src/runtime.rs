@@ -148,7 +148,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     fn connect_key(
         &self,
         peer: PeerId,
-        hints: Vec<SocketAddr>,
+        hints: &[SocketAddr],
     ) -> Option<BoxFuture<'static, io::Result<Connection>>> {
         let _ = (peer, hints);
         None

@@ -41,6 +41,7 @@
 mod lookup;
 mod stream;
 
+use std::future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -172,9 +173,6 @@ struct Inner {
     config: Iroh,
     runtime: tokio::runtime::Handle,
     endpoint: OnceCell<Endpoint>,
-    /// Held while the endpoint is being bound, so a `listen` and a dial
-    /// racing agree on where it binds.
-    binding: Mutex<()>,
 }
 
 impl std::fmt::Debug for IrohTransport {
@@ -208,7 +206,6 @@ impl IrohTransport {
                 config,
                 runtime,
                 endpoint: OnceCell::new(),
-                binding: Mutex::new(()),
             }),
         })
     }
@@ -229,24 +226,26 @@ impl IrohTransport {
 
 impl Inner {
     /// The endpoint, bound at `addr` (or the configured default) if not
-    /// bound yet.
+    /// bound yet. A `listen` and a dial racing to bind it agree: the cell
+    /// runs one bind, and the other waits for it.
     async fn endpoint(&self, addr: Option<SocketAddr>) -> io::Result<Endpoint> {
-        let _guard = self.binding.lock().await;
-        if let Some(endpoint) = self.endpoint.get() {
-            if let Some(addr) = addr.filter(|a| a.port() != 0) {
-                let bound = endpoint.bound_sockets();
-                if !bound.iter().any(|b| b.port() == addr.port()) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "the iroh endpoint is already bound at {bound:?} (it dialed first); \
-                             listen before dialing, or listen on port 0"
-                        ),
-                    ));
-                }
+        let endpoint = self.endpoint.get_or_try_init(|| self.bind(addr)).await?;
+        if let Some(addr) = addr.filter(|a| a.port() != 0 && !self.config.relay_only) {
+            let bound = endpoint.bound_sockets();
+            if !bound.iter().any(|b| b.port() == addr.port()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "the iroh endpoint is already bound at {bound:?} (it dialed first); \
+                         listen before dialing, or listen on port 0"
+                    ),
+                ));
             }
-            return Ok(endpoint.clone());
         }
+        Ok(endpoint.clone())
+    }
+
+    async fn bind(&self, addr: Option<SocketAddr>) -> io::Result<Endpoint> {
         let mut builder = Endpoint::builder(presets::Minimal)
             .secret_key(self.secret.clone())
             .alpns(vec![ALPN.to_vec()])
@@ -267,8 +266,18 @@ impl Inner {
             .await
             .map_err(|e| io::Error::other(format!("cannot bind the iroh endpoint: {e}")))?;
         debug!(id = %endpoint.id().fmt_short(), sockets = ?endpoint.bound_sockets(), "peermq: iroh endpoint bound");
-        let _ = self.endpoint.set(endpoint.clone());
         Ok(endpoint)
+    }
+
+    /// Dials `peer` with `hints` from a task on the transport's runtime
+    /// (iroh needs tokio; the caller may run on any executor).
+    async fn dial(self: Arc<Self>, peer: PeerId, hints: Vec<SocketAddr>) -> io::Result<Connection> {
+        let runtime = self.runtime.clone();
+        join(runtime.spawn(async move {
+            let endpoint = self.endpoint(None).await?;
+            dial_hints(endpoint, peer, hints, &self.config.relays).await
+        }))
+        .await
     }
 }
 
@@ -380,37 +389,21 @@ impl Transport for IrohTransport {
         peer: Option<PeerId>,
         addr: SocketAddr,
     ) -> BoxFuture<'static, io::Result<Connection>> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let peer = peer.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("iroh dials a key, not an address: give the key of the peer at {addr}"),
-                )
-            })?;
-            let runtime = inner.runtime.clone();
-            join(runtime.spawn(async move {
-                let endpoint = inner.endpoint(None).await?;
-                dial(endpoint, peer, vec![addr], &inner.config.relays).await
-            }))
-            .await
-        })
+        match peer {
+            Some(peer) => Box::pin(self.inner.clone().dial(peer, vec![addr])),
+            None => Box::pin(future::ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("iroh dials a key, not an address: give the key of the peer at {addr}"),
+            )))),
+        }
     }
 
     fn connect_key(
         &self,
         peer: PeerId,
-        hints: Vec<SocketAddr>,
+        hints: &[SocketAddr],
     ) -> Option<BoxFuture<'static, io::Result<Connection>>> {
-        let inner = self.inner.clone();
-        Some(Box::pin(async move {
-            let runtime = inner.runtime.clone();
-            join(runtime.spawn(async move {
-                let endpoint = inner.endpoint(None).await?;
-                dial_hints(endpoint, peer, hints, &inner.config.relays).await
-            }))
-            .await
-        }))
+        Some(Box::pin(self.inner.clone().dial(peer, hints.to_vec())))
     }
 
     fn close(&self) -> BoxFuture<'static, ()> {

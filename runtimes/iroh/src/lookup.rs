@@ -8,7 +8,7 @@ use iroh::{EndpointId, RelayUrl};
 use n0_future::boxed::BoxStream;
 use n0_future::StreamExt;
 use peermq::PeerId;
-use peermq_dht::Dht;
+use peermq_dht::{Dht, Record};
 
 /// Where a lookup's answer came from, as iroh's logs name it.
 const PROVENANCE: &str = "peermq-dht";
@@ -19,9 +19,10 @@ pub(crate) struct DhtLookup(pub(crate) Arc<Dht>);
 
 impl AddressLookup for DhtLookup {
     fn publish(&self, data: &EndpointData) {
-        self.0
-            .set_relay(data.relay_urls().next().map(|u| u.to_string()));
-        self.0.set_addresses(data.ip_addrs().copied().collect());
+        self.0.set_record(Record {
+            addrs: data.ip_addrs().copied().collect(),
+            relay: data.relay_urls().next().map(|u| u.to_string()),
+        });
     }
 
     fn resolve(&self, id: EndpointId) -> Option<BoxStream<Result<Item, Error>>> {

@@ -52,7 +52,7 @@ async fn a_dial_answered_by_another_key_fails_and_the_key_is_still_reached_at_it
     let wrong = b.connect(Some(ida), at_c).await;
     assert!(wrong.is_err(), "C's endpoint answered for A's key");
     let by_key = b
-        .connect_key(ida, vec![at_c, at_a])
+        .connect_key(ida, &[at_c, at_a])
         .expect("iroh dials by key")
         .await
         .expect("A is reached at its own address");

@@ -35,37 +35,15 @@ pub struct Builder {
     lmdb: LmdbOptions,
     local_dir: Option<PathBuf>,
     local: bool,
-    discoveries: Vec<Finder>,
+    /// Each made from the node's key once the store has given it (one
+    /// given ready-made ignores the key).
+    discoveries: Vec<MakeDiscovery>,
     sign_ahead: bool,
-    transport: Option<Carrier>,
-}
-
-/// The transport a [`Builder`] was given, or how to make it from the
-/// node's key.
-enum Carrier {
-    Given(Arc<dyn Transport>),
-    Made(MakeTransport),
+    transport: Option<MakeTransport>,
 }
 
 type MakeTransport = Box<dyn FnOnce(&Keypair) -> io::Result<Arc<dyn Transport>> + Send>;
-
-/// A discovery a [`Builder`] was given, or how to make it from the node's
-/// key.
-enum Finder {
-    Given(Arc<dyn Discovery>),
-    Made(MakeDiscovery),
-}
-
 type MakeDiscovery = Box<dyn FnOnce(&Keypair) -> io::Result<Arc<dyn Discovery>> + Send>;
-
-impl std::fmt::Debug for Carrier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Carrier::Given(t) => t.fmt(f),
-            Carrier::Made(_) => f.write_str("made from the node's key"),
-        }
-    }
-}
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +53,8 @@ impl std::fmt::Debug for Builder {
             .field("local_dir", &self.local_dir)
             .field("local", &self.local)
             .field("sign_ahead", &self.sign_ahead)
-            .field("transport", &self.transport)
+            .field("transport", &self.transport.is_some())
+            .field("discoveries", &self.discoveries.len())
             .finish_non_exhaustive()
     }
 }
@@ -101,7 +80,7 @@ impl Builder {
     /// every dial goes through it. The protocol's bytes are the same over
     /// any transport.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
-        self.transport = Some(Carrier::Given(transport));
+        self.transport = Some(Box::new(move |_| Ok(transport)));
         self
     }
 
@@ -114,7 +93,7 @@ impl Builder {
         mut self,
         make: impl FnOnce(&Keypair) -> io::Result<Arc<dyn Transport>> + Send + 'static,
     ) -> Self {
-        self.transport = Some(Carrier::Made(Box::new(make)));
+        self.transport = Some(Box::new(make));
         self
     }
 
@@ -160,7 +139,7 @@ impl Builder {
     /// Adds a discovery mechanism, asked after the addresses given with
     /// [`Mq::add_peer`] and after local-machine discovery.
     pub fn discovery(mut self, discovery: Arc<dyn Discovery>) -> Self {
-        self.discoveries.push(Finder::Given(discovery));
+        self.discoveries.push(Box::new(move |_| Ok(discovery)));
         self
     }
 
@@ -173,7 +152,7 @@ impl Builder {
         mut self,
         make: impl FnOnce(&Keypair) -> io::Result<Arc<dyn Discovery>> + Send + 'static,
     ) -> Self {
-        self.discoveries.push(Finder::Made(Box::new(make)));
+        self.discoveries.push(Box::new(make));
         self
     }
 
@@ -238,23 +217,18 @@ impl Builder {
             };
             all.push(Arc::new(local));
         }
-        for finder in self.discoveries {
-            all.push(match finder {
-                Finder::Given(d) => d,
-                Finder::Made(make) => make(node.keypair()).map_err(MqError::Discovery)?,
-            });
+        for make in self.discoveries {
+            all.push(make(node.keypair()).map_err(MqError::Discovery)?);
         }
         let finders = Finders {
             statics,
             all: Arc::new(all),
         };
         let transport = match self.transport {
-            None => runtime
-                .transport_for(node.keypair())
-                .map_err(MqError::Transport)?,
-            Some(Carrier::Given(t)) => t,
-            Some(Carrier::Made(make)) => make(node.keypair()).map_err(MqError::Transport)?,
-        };
+            None => runtime.transport_for(node.keypair()),
+            Some(make) => make(node.keypair()),
+        }
+        .map_err(MqError::Transport)?;
         let (tx, rx) = async_channel::bounded(64);
         let driver = Driver::new(
             node,
