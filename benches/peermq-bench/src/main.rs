@@ -1,4 +1,5 @@
-//! `peermq-bench`: peermq end to end, on tokio with LMDB over loopback TCP,
+//! `peermq-bench`: peermq end to end, on tokio with LMDB over loopback TCP
+//! (and, with `--transports tcp,iroh`, over iroh beside it, relays off),
 //! in the phases and JSON-line fields of the hypercore JS anchor
 //! (`shared/anchors/hypercore-js/bench.mjs`), so the two compare directly.
 //!
@@ -35,6 +36,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_lite::StreamExt;
 use peermq::{Config, LmdbOptions, Mailbox, PeerId, Prefetch};
+use peermq_iroh::{Iroh, Relays};
 use peermq_tokio::{
     AsyncRead, AsyncWrite, BoxFuture, Connection, Listener, Mq, MqEvent, Runtime, TokioRuntime,
     Transport,
@@ -69,6 +71,11 @@ struct Cli {
     /// Which durability modes to run.
     #[arg(long, value_enum, default_value_t = Modes::Both)]
     durability: Modes,
+    /// The transports to run every phase over, in turn within each run
+    /// (for example `tcp,iroh`, relays off, over loopback); phases over a
+    /// transport other than TCP are reported as `PHASE@TRANSPORT`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
+    transports: Vec<Net>,
     /// Also run the JS anchor, one of its runs after each of our no-sync
     /// runs, and print the ratios of the medians.
     #[arg(long = "compare-js")]
@@ -86,6 +93,15 @@ enum Modes {
     Both,
     Nosync,
     Fsync,
+}
+
+/// How the nodes connect.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Net {
+    /// TCP (the default transport).
+    Tcp,
+    /// iroh (QUIC), relays off.
+    Iroh,
 }
 
 /// What a child process does.
@@ -148,6 +164,8 @@ enum Role {
         mode: FetchMode,
         #[arg(long)]
         sync: bool,
+        #[arg(long, value_enum, default_value_t = Net::Tcp)]
+        transport: Net,
     },
 }
 
@@ -166,6 +184,7 @@ fn main() -> std::process::ExitCode {
             warmup,
             mode,
             sync,
+            transport,
         }) => {
             let job = Job {
                 dir: dir.clone(),
@@ -178,6 +197,7 @@ fn main() -> std::process::ExitCode {
                 warmup,
                 full: mode == FetchMode::Full,
                 sync,
+                transport,
             };
             block_on(run_role(role, job))
         }
@@ -213,6 +233,7 @@ struct Job {
     warmup: u64,
     full: bool,
     sync: bool,
+    transport: Net,
 }
 
 fn lmdb(sync: bool) -> LmdbOptions {
@@ -222,9 +243,9 @@ fn lmdb(sync: bool) -> LmdbOptions {
     }
 }
 
-/// Opens a node of the job on tokio, over `transport` if one is given
-/// (else TCP).
-fn open(job: &Job, config: Config, transport: Option<Arc<dyn Transport>>) -> anyhow::Result<Mq> {
+/// Opens a node of the job on tokio, over the job's transport, counting
+/// the bytes of the connections it dials into `counts` if given.
+fn open(job: &Job, config: Config, counts: Option<Arc<Counts>>) -> anyhow::Result<Mq> {
     // The bench runs one process per node on a host it controls, nothing
     // snapshots or forks it: signing ahead is safe here, and measured.
     let mut builder = Mq::builder(&job.dir)
@@ -232,9 +253,20 @@ fn open(job: &Job, config: Config, transport: Option<Arc<dyn Transport>>) -> any
         .sign_ahead(true)
         .lmdb_options(lmdb(job.sync))
         .local_discovery(false);
-    if let Some(t) = transport {
-        builder = builder.transport(t);
-    }
+    let net = job.transport;
+    builder = builder.transport_for(move |key| {
+        let inner = match net {
+            Net::Tcp => TokioRuntime::new().default_transport(),
+            Net::Iroh => Iroh::new()
+                .relays(Relays::Disabled)
+                .bind_addr("127.0.0.1:0".parse().expect("an address"))
+                .transport(key)?,
+        };
+        Ok(match counts {
+            Some(counts) => Arc::new(Counting { inner, counts }),
+            None => inner,
+        })
+    });
     Ok(builder.open(TokioRuntime::new())?)
 }
 
@@ -389,7 +421,7 @@ async fn role_serve(job: Job) -> anyhow::Result<()> {
 async fn role_fetch(job: Job) -> anyhow::Result<()> {
     let writer = peer_of(&job)?;
     let addr = job.addr.ok_or_else(|| anyhow!("--addr is required"))?;
-    let counting = CountingTcp::new(TokioRuntime::new().default_transport());
+    let counts = Arc::new(Counts::default());
     let config = Config {
         prefetch: if job.full {
             Prefetch::All
@@ -398,7 +430,7 @@ async fn role_fetch(job: Job) -> anyhow::Result<()> {
         },
         ..Config::default()
     };
-    let mq = open(&job, config, Some(counting.clone()))?;
+    let mq = open(&job, config, Some(counts.clone()))?;
     mq.add_peer(writer, Some(addr)).await?;
     let mut events = mq.events();
     let wanted: Vec<u64> = if job.full {
@@ -443,7 +475,7 @@ async fn role_fetch(job: Job) -> anyhow::Result<()> {
         wanted.len() as u64
     };
     let secs = t0.elapsed().as_secs_f64();
-    let wire = counting.rx.load(Ordering::Relaxed) + counting.tx.load(Ordering::Relaxed);
+    let wire = counts.rx.load(Ordering::Relaxed) + counts.tx.load(Ordering::Relaxed);
     let st = mq.peers().await?;
     let received = st
         .iter()
@@ -536,22 +568,37 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 // ------------------------------------------------- wire byte counting
 
-/// TCP, with every byte through the connections it dials counted, as the
-/// anchor counts `socket.bytesRead + bytesWritten` on the reader.
-#[derive(Debug)]
-struct CountingTcp {
-    inner: Arc<dyn Transport>,
+/// Bytes through the connections a node dials, both ways, as the anchor
+/// counts `socket.bytesRead + bytesWritten` on the reader. Over iroh these
+/// are the stream's bytes (QUIC's own framing and encryption come on top).
+#[derive(Debug, Default)]
+struct Counts {
     rx: Arc<AtomicU64>,
     tx: Arc<AtomicU64>,
 }
 
-impl CountingTcp {
-    fn new(inner: Arc<dyn Transport>) -> Arc<Self> {
-        Arc::new(CountingTcp {
-            inner,
-            rx: Arc::default(),
-            tx: Arc::default(),
-        })
+/// A transport whose dialed connections are counted into [`Counts`].
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Transport>,
+    counts: Arc<Counts>,
+}
+
+impl Counts {
+    /// `t`, its bytes counted here.
+    fn count(&self, t: Connection) -> Connection {
+        Connection {
+            reader: Box::new(Counted {
+                inner: t.reader,
+                count: self.rx.clone(),
+            }),
+            writer: Box::new(Counted {
+                inner: t.writer,
+                count: self.tx.clone(),
+            }),
+            remote: t.remote,
+            route: t.route,
+        }
     }
 }
 
@@ -596,33 +643,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
-impl Transport for CountingTcp {
+impl Transport for Counting {
     fn connect(
         &self,
         peer: Option<PeerId>,
         addr: SocketAddr,
     ) -> BoxFuture<'static, std::io::Result<Connection>> {
-        let (rx, tx) = (self.rx.clone(), self.tx.clone());
+        let counts = self.counts.clone();
         let connect = self.inner.connect(peer, addr);
-        Box::pin(async move {
-            let t = connect.await?;
-            Ok(Connection {
-                reader: Box::new(Counted {
-                    inner: t.reader,
-                    count: rx,
-                }),
-                writer: Box::new(Counted {
-                    inner: t.writer,
-                    count: tx,
-                }),
-                remote: t.remote,
-                route: t.route,
-            })
-        })
+        Box::pin(async move { Ok(counts.count(connect.await?)) })
+    }
+
+    fn connect_key(
+        &self,
+        peer: PeerId,
+        hints: &[SocketAddr],
+    ) -> Option<BoxFuture<'static, std::io::Result<Connection>>> {
+        let counts = self.counts.clone();
+        let connect = self.inner.connect_key(peer, hints)?;
+        Some(Box::pin(async move { Ok(counts.count(connect.await?)) }))
     }
 
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn Listener>>> {
         self.inner.bind(addr)
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        self.inner.close()
     }
 }
 
@@ -752,13 +799,12 @@ fn listening(kid: &mut Kid) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
+fn run_once(cli: &Cli, sync: bool, net: Net, tmp: &Path) -> anyhow::Result<Vec<Row>> {
     let dur = if sync { "fsync" } else { "nosync" };
-    let sync_arg: Vec<(&str, String)> = if sync {
-        vec![("sync", String::new())]
-    } else {
-        vec![]
-    };
+    let mut sync_arg: Vec<(&str, String)> = vec![("transport", value_name(net))];
+    if sync {
+        sync_arg.push(("sync", String::new()));
+    }
     let with = |mut v: Vec<(&'static str, String)>| {
         v.extend(sync_arg.iter().cloned());
         v
@@ -896,6 +942,13 @@ fn run_once(cli: &Cli, sync: bool, tmp: &Path) -> anyhow::Result<Vec<Row>> {
             peak_rss_mib: max_opt(num(&v, "peak_rss_MiB"), num(&ws, "peak_rss_MiB")),
             ..Row::default()
         });
+    }
+    if net != Net::Tcp {
+        // Appending never touches the network: its rows are TCP's.
+        rows.retain(|r| !r.phase.starts_with("append"));
+        for r in &mut rows {
+            r.phase = format!("{}@{}", r.phase, value_name(net));
+        }
     }
     Ok(rows)
 }
@@ -1082,7 +1135,11 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
                 if sync { "fsync" } else { "nosync" }
             ));
             std::fs::create_dir_all(&dir)?;
-            report_run("peermq", run, run_once(cli, sync, &dir)?, &mut rows);
+            for &net in &cli.transports {
+                let dir = dir.join(value_name(net));
+                std::fs::create_dir_all(&dir)?;
+                report_run("peermq", run, run_once(cli, sync, net, &dir)?, &mut rows);
+            }
             let _ = std::fs::remove_dir_all(&dir);
             if sync && modes.len() > 1 {
                 continue;
