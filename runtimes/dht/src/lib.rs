@@ -53,8 +53,11 @@ pub const REPUBLISH: Duration = Duration::from_secs(30 * 60);
 /// How long a lookup that found nothing is remembered: lookups of the same
 /// key meanwhile answer at once, from memory.
 pub const MISS_MEMORY: Duration = Duration::from_secs(10);
-/// Keys whose missed lookups are remembered at once; the oldest is
-/// forgotten first.
+/// A key looked up again within this time after it was found gets the
+/// newest record the DHT holds, not the first answer (see `Dht::resolve`).
+pub const REASK: Duration = Duration::from_secs(60);
+/// Keys whose missed (or found) lookups are remembered at once; the oldest
+/// is forgotten first.
 pub const MAX_MISSES: usize = 1024;
 /// Lookups under way at once; more answer "not found" at once.
 pub const MAX_LOOKUPS: usize = 16;
@@ -113,8 +116,12 @@ impl std::fmt::Debug for Dht {
 struct Shared {
     /// What we publish.
     record: Mutex<Ours>,
-    /// Keys recently not found, oldest first.
-    misses: Mutex<Misses>,
+    /// Keys recently not found.
+    misses: Mutex<Recent>,
+    /// Keys recently found: asked again soon, the dialer most likely
+    /// failed at the addresses found, so the next lookup asks for the
+    /// newest record.
+    found: Mutex<Recent>,
     lookups: AtomicUsize,
 }
 
@@ -126,16 +133,18 @@ struct Ours {
     loopback: bool,
 }
 
+/// Keys seen recently, at most [`MAX_MISSES`], the oldest forgotten first.
 #[derive(Default)]
-struct Misses {
+struct Recent {
     at: HashMap<PeerId, Instant>,
     order: VecDeque<PeerId>,
 }
 
-impl Misses {
-    fn recent(&mut self, peer: &PeerId, now: Instant) -> bool {
+impl Recent {
+    /// Whether `peer` was inserted less than `within` before `now`.
+    fn recent(&mut self, peer: &PeerId, now: Instant, within: Duration) -> bool {
         match self.at.get(peer) {
-            Some(t) if now.duration_since(*t) < MISS_MEMORY => true,
+            Some(t) if now.duration_since(*t) < within => true,
             Some(_) => {
                 self.at.remove(peer);
                 false
@@ -245,16 +254,21 @@ impl Dht {
 
     /// Looks `peer`'s record up: `None` if the DHT has none (or none that
     /// passes the checks of [`Record::open`]), also when too many lookups
-    /// are under way or `peer` was just looked up in vain.
+    /// are under way or `peer` was just looked up in vain. The first fresh
+    /// answer, unless `peer` was found within [`REASK`]: then the newest.
     pub async fn resolve(&self, peer: &PeerId) -> Option<Record> {
-        if lock(&self.shared.misses).recent(peer, Instant::now()) {
+        let now = Instant::now();
+        if lock(&self.shared.misses).recent(peer, now, MISS_MEMORY) {
             return None;
         }
+        let newest = lock(&self.shared.found).recent(peer, now, REASK);
         let _slot = Slot::take(&self.shared.lookups)?;
-        let found = self.lookup(peer).await;
-        if found.is_none() {
-            lock(&self.shared.misses).insert(*peer, Instant::now());
-        }
+        let found = self.lookup(peer, newest).await;
+        let table = match found {
+            Some(_) => &self.shared.found,
+            None => &self.shared.misses,
+        };
+        lock(table).insert(*peer, Instant::now());
         found
     }
 
@@ -267,7 +281,7 @@ impl Dht {
     /// Whether a lookup of `peer` found nothing within [`MISS_MEMORY`], so
     /// that the next answers at once.
     pub fn is_remembered_miss(&self, peer: &PeerId) -> bool {
-        lock(&self.shared.misses).recent(peer, Instant::now())
+        lock(&self.shared.misses).recent(peer, Instant::now(), MISS_MEMORY)
     }
 
     /// Lookups running now (at most [`MAX_LOOKUPS`]).
@@ -275,13 +289,20 @@ impl Dht {
         self.shared.lookups.load(Ordering::Acquire)
     }
 
-    /// Asks the DHT for `peer`'s newest record. Not the first answer, nor
-    /// a cached one: a node that restarted elsewhere leaves its old record
-    /// on some DHT nodes for hours, and a dialer is asking because the
-    /// addresses it had did not answer.
-    async fn lookup(&self, peer: &PeerId) -> Option<Record> {
+    /// Asks the DHT for `peer`'s record: the first fresh answer (a few
+    /// milliseconds), or with `newest` the newest any DHT node holds (all
+    /// of them asked: about two seconds). A node that restarted elsewhere
+    /// leaves its old record on some DHT nodes for hours; a key looked up
+    /// again soon after it was found is one whose addresses most likely
+    /// did not answer, so that lookup asks for the newest.
+    async fn lookup(&self, peer: &PeerId, newest: bool) -> Option<Record> {
         let key = pkarr::PublicKey::try_from(peer.as_bytes()).ok()?;
-        let packet = match self.client.resolve(&key, ResolvePolicy::NetworkOnly).await {
+        let policy = if newest {
+            ResolvePolicy::NetworkOnly
+        } else {
+            ResolvePolicy::CacheFirst
+        };
+        let packet = match self.client.resolve(&key, policy).await {
             Ok(packet) => packet,
             Err(e) => {
                 debug!(%peer, error = %e, "peermq: DHT lookup found nothing");
@@ -450,7 +471,7 @@ mod tests {
 
     #[test]
     fn missed_keys_are_remembered_up_to_the_bound_newest_kept() {
-        let mut misses = Misses::default();
+        let mut misses = Recent::default();
         let now = Instant::now();
         for i in 0..3 * MAX_MISSES as u32 {
             misses.insert(peer(i), now);
@@ -458,9 +479,9 @@ mod tests {
             assert!(misses.order.len() <= 2 * MAX_MISSES + 1);
         }
         let last = 3 * MAX_MISSES as u32 - 1;
-        assert!(misses.recent(&peer(last), now));
-        assert!(!misses.recent(&peer(0), now));
-        assert!(!misses.recent(&peer(last), now + MISS_MEMORY));
+        assert!(misses.recent(&peer(last), now, MISS_MEMORY));
+        assert!(!misses.recent(&peer(0), now, MISS_MEMORY));
+        assert!(!misses.recent(&peer(last), now + MISS_MEMORY, MISS_MEMORY));
     }
 
     #[test]
