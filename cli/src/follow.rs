@@ -9,7 +9,11 @@ use futures_lite::StreamExt;
 use peermq::wire::CloseCode;
 use peermq_tokio::{CloseReason, EventStream, Mailbox, Mq, MqEvent, PeerId};
 
+use crate::live::LiveFile;
 use crate::output::{ack_line, message_line, Printer, PROGRESS_TICK};
+
+/// How often the connections' routes are looked at for `status`.
+const ROUTE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Ctrl-C (and, on Unix, SIGTERM): the request to stop cleanly.
 ///
@@ -81,10 +85,15 @@ pub async fn follow(
     printer: &mut Printer,
     stop: &mut Stop,
     json: bool,
+    live: &mut LiveFile,
 ) -> anyhow::Result<()> {
     let mut unread = mq.read_stream(Mailbox::Unread, true);
     let mut tick = tokio::time::interval(PROGRESS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Connections come and go with events; their routes change without
+    // one (iroh moves from a relay to a direct path), so look now and then.
+    let mut routes = tokio::time::interval(ROUTE_TICK);
+    routes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut warned: HashSet<(Option<PeerId>, String)> = HashSet::new();
     loop {
         // Each branch's body runs to completion once chosen, so a stop
@@ -98,9 +107,13 @@ pub async fn follow(
                         printer.line(&ack_line(to, seq, json))?;
                     }
                 }
-                Some(MqEvent::Connected { peer }) => tracing::info!(%peer, "connected"),
+                Some(MqEvent::Connected { peer }) => {
+                    tracing::info!(%peer, "connected");
+                    live.update(mq.connections().await?);
+                }
                 Some(MqEvent::Disconnected { peer, reason }) => {
                     tracing::info!(?peer, %reason, "disconnected");
+                    live.update(mq.connections().await?);
                     if let Some(advice) = refusal_advice(mq, peer, &reason).await {
                         if warned.insert((peer, advice.clone())) {
                             eprintln!("warning: {advice}");
@@ -123,6 +136,7 @@ pub async fn follow(
                 Some(Err(e)) => return Err(e.into()),
                 None => bail!("the peermq node stopped unexpectedly; run the command again"),
             },
+            _ = routes.tick() => live.update(mq.connections().await?),
             _ = tick.tick(), if printer.wants_progress() => {
                 let (acked, sent) = mq
                     .peers()

@@ -10,6 +10,7 @@ mod addresses;
 mod common;
 mod demo;
 mod follow;
+mod live;
 mod network;
 mod output;
 
@@ -174,8 +175,10 @@ enum Command {
         #[arg(value_name = "SEQ")]
         seq: u64,
     },
-    /// Show this node's id and, per peer, the feeds both ways: messages
-    /// sent and acknowledged, received and unread.
+    /// Show this node's id and, per peer, the feeds both ways (messages
+    /// sent and acknowledged, received and unread) and the connections of
+    /// `listen` or `connect` running on this data directory: transport,
+    /// direct or relayed, and the remote address.
     Status,
     /// Run two nodes in this process, on temporary directories, and show
     /// messages and acknowledgements flowing both ways.
@@ -330,8 +333,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mq = open(&dir, Some(book), cli.mdns, Some(&cli.net))?;
             // Subscribe first: no acknowledgement may slip by unprinted.
             let events = mq.events();
+            let mut live = live::LiveFile::new(&dir);
             let r = match mq.connect(key).await {
-                Ok(()) => follow::follow(&mq, events, &mut printer, &mut stop, json).await,
+                Ok(()) => {
+                    follow::follow(&mq, events, &mut printer, &mut stop, json, &mut live).await
+                }
                 Err(e) => Err(e.into()),
             };
             follow::shutdown(&mq, &mut stop).await?;
@@ -348,7 +354,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = match mq.listen(addr).await {
                 Ok(bound) => {
                     tracing::info!(%bound, id = %mq.id().await, "listening");
-                    follow::follow(&mq, events, &mut printer, &mut stop, json).await
+                    let mut live = live::LiveFile::new(&dir);
+                    follow::follow(&mq, events, &mut printer, &mut stop, json, &mut live).await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -438,6 +445,7 @@ async fn one_shot(
         Command::Status => {
             printer.line(&format!("id {}", mq.id().await))?;
             let peers = mq.peers().await?;
+            let live = live::read_all(dir);
             if peers.is_empty() {
                 printer.line("no peers yet: `peermq add-peer KEY` allows one to connect, `peermq send --to KEY` queues a message")?;
             }
@@ -456,6 +464,12 @@ async fn one_shot(
                     "  feed from peer: {} received, {} unread",
                     p.received, p.unread
                 ))?;
+                for c in live.iter().filter(|c| c.peer == p.peer) {
+                    printer.line(&format!(
+                        "  connection:     {}, {} (process {})",
+                        c.route, c.way, c.pid
+                    ))?;
+                }
             }
         }
         Command::Demo | Command::Connect { .. } | Command::Listen { .. } | Command::Send { .. } => {

@@ -289,6 +289,12 @@ fn messages_flow_both_ways_on_the_connection_b_dialed() {
     );
     let ack: serde_json::Value = serde_json::from_str(&connect.line()).expect("ndjson");
     assert_eq!(ack, serde_json::json!({"to": a, "seq": 0, "acked": true}));
+    let status = s.ok("a", &["status"]);
+    assert!(
+        status.contains("connection:     direct over tcp to 127.0.0.1:")
+            && status.contains("inbound (process "),
+        "{status}"
+    );
 
     // A answers B, which never authorized A: B dialed, so it accepts.
     let mut send = s
@@ -348,7 +354,25 @@ fn the_walk_through_runs_over_iroh() {
     s.send("b", &a, "and again");
     assert_eq!(listen.line(), format!("MESSAGE {b}@1 and again"));
     assert_eq!(connect.line(), format!("ACK {a}@1"));
+    // `status`, another process, shows how the running connect's
+    // connection runs.
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let shown = loop {
+        let status = s.ok("b", &["status"]);
+        if let Some(line) = status.lines().find(|l| l.contains("connection:")) {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection in status: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(shown.contains("direct over iroh to 127.0.0.1:"), "{shown}");
+    assert!(shown.contains("outbound"), "{shown}");
     assert_clean_stop("connect", &connect.interrupt());
+    // Once it stopped, nothing is shown as connected.
+    assert!(!s.ok("b", &["status"]).contains("connection:"));
     assert_clean_stop("listen", &listen.interrupt());
 }
 

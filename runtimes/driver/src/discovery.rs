@@ -332,7 +332,10 @@ fn reachable_locally(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
+/// Whether process `pid` still runs, where the system tells (Linux's
+/// `/proc`); elsewhere it is assumed to. For files a process leaves for
+/// others to read (discovery entries, a running command's connections).
+pub fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

@@ -58,7 +58,7 @@ pub mod emitter;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use discovery::{Discovery, LocalDiscovery, StaticDiscovery};
+pub use discovery::{process_alive, Discovery, LocalDiscovery, StaticDiscovery};
 pub use emitter::{
     Consumer, Delivered, DeliveryStream, Emitter, EmitterBuilder, HandlerError, HandlerErrors,
     ListenerId, Schema, StartAt,
