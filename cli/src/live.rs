@@ -104,7 +104,7 @@ pub fn read_all(datadir: &Path) -> Vec<Live> {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         out.extend(text.lines().filter_map(|l| parse(l, pid)));
     }
-    out.sort_by(|a, b| (a.peer, a.pid).cmp(&(b.peer, b.pid)));
+    out.sort_by_key(|c| (c.peer, c.pid));
     out
 }
 
