@@ -14,31 +14,10 @@ use anyhow::Context;
 use peermq::PeerId;
 use peermq_tokio::{BoxFuture, Discovery};
 
+pub use crate::common::parse_host_port;
+
 /// The file, inside the data directory (LMDB only touches its own files).
 const FILE: &str = "peermq-cli-addresses.txt";
-
-/// Checks a `HOST:PORT` given on the command line.
-pub fn parse_host_port(s: &str) -> Result<String, String> {
-    const HINT: &str = "expected HOST:PORT, such as 127.0.0.1:4000 or example.org:4000 (an IPv6 address in brackets: [::1]:4000)";
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return if addr.port() == 0 {
-            Err(format!("port 0 cannot be dialed; {HINT}"))
-        } else {
-            Ok(s.to_string())
-        };
-    }
-    match s.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty()
-                && !host.contains(':')
-                && !host.contains(char::is_whitespace)
-                && port.parse::<u16>().is_ok_and(|p| p != 0) =>
-        {
-            Ok(s.to_string())
-        }
-        _ => Err(HINT.to_string()),
-    }
-}
 
 /// The remembered addresses of one data directory.
 #[derive(Debug, Default, Clone)]

@@ -61,3 +61,26 @@ pub async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         format!("host `{host}` resolves to no address; give an IP address such as 127.0.0.1")
     })
 }
+
+/// Checks a `HOST:PORT` given on the command line.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    const HINT: &str = "expected HOST:PORT, such as 127.0.0.1:4000 or example.org:4000 (an IPv6 address in brackets: [::1]:4000)";
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(format!("port 0 cannot be dialed; {HINT}"))
+        } else {
+            Ok(s.to_string())
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains(':')
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p != 0) =>
+        {
+            Ok(s.to_string())
+        }
+        _ => Err(HINT.to_string()),
+    }
+}

@@ -7,7 +7,7 @@ use peermq_dht::{Dht, DhtConfig};
 use peermq_iroh::{Iroh, RelayUrl, Relays};
 use peermq_tokio::Builder;
 
-use crate::addresses::parse_host_port;
+use crate::common::parse_host_port;
 
 /// The transports a node may use.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

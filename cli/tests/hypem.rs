@@ -41,6 +41,15 @@ fn hypem(db: &Path, extra: &[&str]) -> Proc {
         .arg(db)
         .args(extra)
         .arg(schema())
+        // Nodes of one test find each other by key here, and only here.
+        .env(
+            "PEERMQ_DISCOVERY_DIR",
+            db.parent().expect("a parent").join("discovery"),
+        )
+        .env_remove("PEERMQ_TRANSPORT")
+        .env_remove("PEERMQ_DHT")
+        .env_remove("PEERMQ_RELAY")
+        .env_remove("PEERMQ_BOOTSTRAP")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -162,6 +171,30 @@ fn two_processes_exchange_events_resume_and_replay() {
 }
 
 #[test]
+fn two_processes_over_iroh_meet_by_key() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (db_a, db_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let iroh = ["--transport", "iroh", "--relay", "none"];
+    let mut a = hypem(&db_a, &[&["--port", "0"][..], &iroh].concat());
+    assert!(a.next_err().starts_with("listening on "));
+    let peer = a.next_out();
+    let id = peer
+        .strip_prefix(r#"{"name":"EventPeer","payload":{"id":""#)
+        .and_then(|r| r.get(..64))
+        .expect("A's EventPeer names its key")
+        .to_string();
+
+    let b = hypem(&db_b, &[&["--target-key", &id][..], &iroh].concat());
+    assert_eq!(b.next_err(), format!("connected to {id}"));
+    assert_eq!(b.next_out(), peer, "B receives A's EventPeer");
+    a.send(r#"{"name":"Hello","payload":{"from":"Matteo"}}"#);
+    assert_eq!(a.next_event(), HELLO);
+    assert_eq!(b.next_event(), HELLO);
+    b.stop();
+    a.stop();
+}
+
+#[test]
 fn usage_and_runtime_errors_are_one_line_with_exit_codes() {
     let out = Command::new(env!("CARGO_BIN_EXE_hypem"))
         .output()
@@ -170,6 +203,23 @@ fn usage_and_runtime_errors_are_one_line_with_exit_codes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--db"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hypem"))
+        .args([
+            "--db",
+            "x",
+            "--transport",
+            "iroh",
+            "--relay",
+            "nonsense",
+            "s.proto",
+        ])
+        .output()
+        .expect("run hypem");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not a relay URL"), "{err}");
 
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_hypem"))

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! hypem --db DIR [--host H] [--port P] [--target-host H --target-port P]...
-//!       [--no-repl] [--from-scratch] [--allow KEY]... SCHEMA.proto
+//!       [--target-key KEY]... [--transport tcp|iroh] [--dht] [--bootstrap HOST:PORT]...
+//!       [--relay URL] [--no-repl] [--from-scratch] [--allow KEY]... SCHEMA.proto
 //! ```
 //!
 //! With a REPL (the default), `emit Hello {"from":"Matteo"}` emits an event
@@ -14,6 +15,8 @@
 
 #[path = "../common.rs"]
 mod common;
+#[path = "../network.rs"]
+mod network;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +51,13 @@ struct Args {
     /// Port of a peer to connect to; may be repeated.
     #[arg(long = "target-port", value_name = "P")]
     target_port: Vec<u16>,
+    /// A peer to connect to by its key (found on this machine, on the DHT
+    /// with --dht, or through its relay with --transport iroh); may be
+    /// repeated.
+    #[arg(long = "target-key", value_name = "KEY")]
+    target_key: Vec<PeerId>,
+    #[command(flatten)]
+    net: network::NetworkArgs,
     /// Read events as ndjson from stdin and write every event as ndjson to
     /// stdout, instead of the REPL.
     #[arg(long)]
@@ -154,6 +164,13 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
     for key in &args.allow {
         builder = builder.allow(*key);
     }
+    // Emitters find each other by address (HyperEmitter's way); by key,
+    // this machine's discovery directory answers first.
+    let by_key = !args.target_key.is_empty()
+        || args.net.dht
+        || args.net.transport == network::TransportKind::Iroh;
+    let net = args.net.clone();
+    builder = builder.node(move |b| net.apply(b).local_discovery(by_key));
     let em = builder
         .open(TokioRuntime::new(), schema)
         .with_context(|| format!("cannot open the data directory {}", args.db.display()))?;
@@ -186,6 +203,28 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
             match em.connect(addr).await {
                 Ok(_) => status(no_repl, &format!("connected to {host} {port}")),
                 Err(e) => eprintln!("warning: {e}"),
+            }
+        });
+    }
+
+    if !args.target_key.is_empty() {
+        let mut events = em.events();
+        let mut waiting: Vec<PeerId> = args.target_key.clone();
+        for key in &args.target_key {
+            em.mq().connect(*key).await?;
+        }
+        let no_repl = args.no_repl;
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let peermq_tokio::MqEvent::Connected { peer } = event {
+                    if let Some(i) = waiting.iter().position(|k| *k == peer) {
+                        waiting.swap_remove(i);
+                        status(no_repl, &format!("connected to {peer}"));
+                    }
+                    if waiting.is_empty() {
+                        return;
+                    }
+                }
             }
         });
     }
