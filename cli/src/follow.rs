@@ -75,6 +75,17 @@ pub async fn shutdown(mq: &Mq, stop: &mut Stop) -> anyhow::Result<()> {
     }
 }
 
+/// When `connect --wait` gives up: if no connection to `peer` is up after
+/// `after`.
+pub struct GiveUp {
+    /// The peer dialed.
+    pub peer: PeerId,
+    /// How long to wait for it.
+    pub after: std::time::Duration,
+    /// The ways it was looked for, in words, for the error.
+    pub tried: String,
+}
+
 /// Prints and archives every unread message, old ones first, then new ones
 /// as they arrive, and prints acknowledgements from `events`, until a stop
 /// request. Refused connections get a warning on stderr saying how to fix
@@ -86,7 +97,15 @@ pub async fn follow(
     stop: &mut Stop,
     json: bool,
     live: &mut LiveFile,
+    give_up: Option<GiveUp>,
 ) -> anyhow::Result<()> {
+    let deadline = tokio::time::sleep(
+        give_up
+            .as_ref()
+            .map_or(std::time::Duration::MAX / 4, |g| g.after),
+    );
+    tokio::pin!(deadline);
+    let mut waiting = give_up.is_some();
     let mut unread = mq.read_stream(Mailbox::Unread, true);
     let mut tick = tokio::time::interval(PROGRESS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -101,6 +120,15 @@ pub async fn follow(
         tokio::select! {
             biased;
             () = stop.recv() => break,
+            () = &mut deadline, if waiting => {
+                let g = give_up.as_ref().expect("armed only with a GiveUp");
+                bail!(
+                    "{} was not found within {} s (looked for it: {}); what is queued for it stays queued and goes out on a later connect",
+                    g.peer,
+                    g.after.as_secs(),
+                    g.tried
+                );
+            }
             event = events.next() => match event {
                 Some(MqEvent::Acked { to, start, end }) => {
                     for seq in start..end {
@@ -109,6 +137,9 @@ pub async fn follow(
                 }
                 Some(MqEvent::Connected { peer }) => {
                     tracing::info!(%peer, "connected");
+                    if give_up.as_ref().is_some_and(|g| g.peer == peer) {
+                        waiting = false;
+                    }
                     live.update(mq.connections().await?);
                 }
                 Some(MqEvent::Disconnected { peer, reason }) => {

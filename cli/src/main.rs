@@ -127,6 +127,10 @@ enum Command {
         /// Print ndjson: {"from","seq","data"} per message, {"to","seq","acked"} per ACK.
         #[arg(long)]
         json: bool,
+        /// Give up, with exit code 1, if no connection to the peer is up
+        /// within SECONDS (by default `connect` waits until Ctrl-C).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
     /// Accept connections from authorized peers until Ctrl-C.
     ///
@@ -324,19 +328,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Demo => demo::run(&mut printer).await,
-        Command::Connect { key, addr, json } => {
+        Command::Connect {
+            key,
+            addr,
+            json,
+            wait,
+        } => {
             let mut stop = Stop::install()?;
             let mut book = AddressBook::load(&dir)?;
             if let Some(addr) = addr {
                 book.insert(key, addr);
             }
+            let give_up = wait.map(|secs| follow::GiveUp {
+                peer: key,
+                after: Duration::from_secs(secs),
+                tried: ways_tried(!book.get(&key).is_empty(), cli.mdns, &cli.net),
+            });
             let mq = open(&dir, Some(book), cli.mdns, Some(&cli.net))?;
             // Subscribe first: no acknowledgement may slip by unprinted.
             let events = mq.events();
             let mut live = live::LiveFile::new(&dir);
             let r = match mq.connect(key).await {
                 Ok(()) => {
-                    follow::follow(&mq, events, &mut printer, &mut stop, json, &mut live).await
+                    follow::follow(
+                        &mq,
+                        events,
+                        &mut printer,
+                        &mut stop,
+                        json,
+                        &mut live,
+                        give_up,
+                    )
+                    .await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -355,7 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(bound) => {
                     tracing::info!(%bound, id = %mq.id().await, "listening");
                     let mut live = live::LiveFile::new(&dir);
-                    follow::follow(&mq, events, &mut printer, &mut stop, json, &mut live).await
+                    follow::follow(&mq, events, &mut printer, &mut stop, json, &mut live, None)
+                        .await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -381,6 +405,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             r
         }
     }
+}
+
+/// The ways `connect` looks a peer up, in words.
+fn ways_tried(given: bool, mdns: bool, net: &network::NetworkArgs) -> String {
+    let mut ways = Vec::new();
+    if given {
+        ways.push("the address given");
+    }
+    ways.push("this machine's discovery directory");
+    if mdns {
+        ways.push("mDNS on the LAN");
+    }
+    if net.dht {
+        ways.push("the Mainline DHT");
+    }
+    if net.transport == network::TransportKind::Iroh && net.relay != network::RelayChoice::Off {
+        ways.push("iroh's relays");
+    }
+    ways.join(", ")
 }
 
 /// The commands that do one thing and return.

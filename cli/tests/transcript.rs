@@ -376,6 +376,31 @@ fn the_walk_through_runs_over_iroh() {
     assert_clean_stop("listen", &listen.interrupt());
 }
 
+#[test]
+fn a_key_not_found_within_the_wait_is_one_line_and_loses_nothing() {
+    let s = Sandbox::new();
+    let a = s.id("a");
+    let b = s.id("b");
+    s.send("b", &a, "still here");
+    let out = s.output("b", &["connect", &a, "--wait", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = one_error_line(&out);
+    assert!(e.contains(&a) && e.contains("within 1 s"), "{e}");
+    assert!(e.contains("this machine's discovery directory"), "{e}");
+    assert!(
+        s.ok("b", &["status"]).contains("1 sent, 0 acknowledged"),
+        "the message stays queued"
+    );
+    // It goes out on a later connect.
+    s.ok("a", &["add-peer", &b]);
+    let mut listen = s.spawn("a", &["listen"]);
+    let mut connect = s.spawn("b", &["connect", &a, "--wait", "20"]);
+    assert_eq!(listen.line(), format!("MESSAGE {b}@0 still here"));
+    assert_eq!(connect.line(), format!("ACK {a}@0"));
+    assert_clean_stop("connect", &connect.interrupt());
+    assert_clean_stop("listen", &listen.interrupt());
+}
+
 /// The one line a failing command writes, checked to be exactly one line
 /// with no panic or backtrace.
 fn one_error_line(out: &Output) -> String {
@@ -407,6 +432,8 @@ fn mistakes_get_one_line_and_the_right_exit_code() {
     assert!(e.contains("HOST:PORT"), "{e}");
     let e = usage(&["listen", "--transport", "iroh", "--relay", "relay.example"]);
     assert!(e.contains("not a relay URL"), "{e}");
+    let e = usage(&["connect", &"ab".repeat(32), "--wait", "soon"]);
+    assert!(e.contains("--wait"), "{e}");
     let e = usage(&["listen", "--transport", "pigeon"]);
     assert!(e.contains("tcp") && e.contains("iroh"), "{e}");
 
