@@ -38,30 +38,65 @@ fn open(dir: &tempfile::TempDir, name: &str, iroh: Iroh) -> Mq {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dial_answered_by_another_key_fails_and_the_key_is_still_reached_at_its_own_address() {
+async fn a_dial_answered_by_another_key_fails_and_a_planted_address_does_not_keep_the_key_out_of_reach(
+) {
     let dir = tempfile::tempdir().unwrap();
     let direct = || Iroh::new().relays(Relays::Disabled);
     let (a, c) = (open(&dir, "a", direct()), open(&dir, "c", direct()));
-    let (ida, idc) = (a.id().await, c.id().await);
+    let (ida, idb) = (a.id().await, {
+        let b = open(&dir, "b-id", direct());
+        let id = b.id().await;
+        b.shutdown().await.unwrap();
+        id
+    });
     let at_a = a.listen(loopback()).await.unwrap();
     let at_c = c.listen(loopback()).await.unwrap();
-    assert_ne!(ida, idc);
 
-    let b_key = peermq::Keypair::from_bytes(&[7; 32]);
-    let b = IrohTransport::new(&b_key, direct()).unwrap();
-    let wrong = b.connect(Some(ida), at_c).await;
-    assert!(wrong.is_err(), "C's endpoint answered for A's key");
-    let by_key = b
-        .connect_key(ida, &[at_c, at_a])
-        .expect("iroh dials by key")
+    // At C's address, C's endpoint answers: a dial for A's key fails there
+    // (iroh's TLS proves the key) before a byte of ours is sent.
+    let probe = IrohTransport::new(&peermq::Keypair::from_bytes(&[7; 32]), direct()).unwrap();
+    assert!(probe.connect(Some(ida), at_c).await.is_err());
+    probe.close().await;
+
+    // Someone plants C's address under A's key, newer than A's own entry.
+    // B still reaches A (iroh may race the planted path and lose the dial;
+    // the core's backoff dials again), and the connection it lists goes to
+    // A's own address.
+    let planted = dir.path().join("discovery").join(format!(
+        "{ida}.{}.{}.addr",
+        std::process::id(),
+        at_c.port()
+    ));
+    std::fs::write(&planted, format!("{at_c}\n")).unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&planted)
+        .and_then(|f| f.set_modified(later))
+        .unwrap();
+    a.add_peer(idb, None).await.unwrap();
+    let b = open(&dir, "b-id", direct());
+    b.send(ida, "through").await.unwrap();
+    b.connect(ida).await.unwrap();
+    let mut inbox = a.read_stream(Mailbox::Unread, true);
+    let got = tokio::time::timeout(Duration::from_secs(30), inbox.next())
         .await
-        .expect("A is reached at its own address");
-    let route = (by_key.route)();
-    assert_eq!(route.transport, "iroh");
-    assert!(!route.relayed);
-    assert_eq!(route.remote, Some(at_a.to_string()));
-    b.close().await;
-    for n in [a, c] {
+        .expect("B reaches A despite the planted address")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.data, b"through");
+    let live = eventually("B's connection listed", async || {
+        b.connections()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.peer == ida)
+    })
+    .await;
+    assert_eq!(live.route.transport, "iroh");
+    assert!(!live.route.relayed);
+    assert_eq!(live.route.remote, Some(at_a.to_string()));
+    for n in [b, a, c] {
         n.shutdown().await.unwrap();
     }
 }
