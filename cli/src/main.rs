@@ -140,9 +140,11 @@ enum Command {
     /// restarts. Peers on this machine find the listener by its key.
     Listen {
         /// Address to listen on; 0.0.0.0 accepts connections from other
-        /// machines.
-        #[arg(long, value_name = "H", default_value = "127.0.0.1")]
-        host: String,
+        /// machines. By default 127.0.0.1 (this machine only), or 0.0.0.0
+        /// with `--transport iroh` or `--dht`, which are for reaching
+        /// peers elsewhere.
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
         /// Port to listen on; 0 lets the system choose (run with
         /// RUST_LOG=info to see which).
         #[arg(long, value_name = "P", default_value_t = 0)]
@@ -368,6 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Listen { host, port, json } => {
             let mut stop = Stop::install()?;
+            let host = host.unwrap_or_else(|| cli.net.default_host().to_string());
             let addr = common::resolve(&host, port).await?;
             if cli.mdns && addr.ip().is_loopback() {
                 eprintln!("note: --mdns announces the loopback address {host}, which only this machine can reach; give --host 0.0.0.0 to be reachable from the network");

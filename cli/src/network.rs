@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use peermq_dht::{Dht, DhtConfig};
-use peermq_iroh::{Iroh, RelayUrl, Relays};
+use peermq_iroh::{Iroh, RelayCertificates, RelayUrl, Relays};
 use peermq_tokio::Builder;
 
 use crate::common::parse_host_port;
@@ -46,6 +46,12 @@ pub fn parse_relay(s: &str) -> Result<RelayChoice, String> {
     }
 }
 
+/// Reads `--relay-ca`: a PEM file of certificates.
+pub fn parse_relay_ca(path: &str) -> Result<RelayCertificates, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    RelayCertificates::from_pem(&pem).map_err(|e| format!("`{path}`: {e}"))
+}
+
 /// The network options every command takes (used by `listen` and
 /// `connect`, the commands that keep connections).
 #[derive(clap::Args, Clone, Debug)]
@@ -56,7 +62,8 @@ pub struct NetworkArgs {
     pub transport: TransportKind,
     /// Find peers by key on the BitTorrent Mainline DHT, and publish this
     /// node's addresses (and relay, with iroh) there, signed by its key.
-    #[arg(long, global = true, env = "PEERMQ_DHT")]
+    /// `PEERMQ_DHT` takes 1/0, true/false, yes/no or on/off.
+    #[arg(long, global = true, env = "PEERMQ_DHT", value_parser = clap::builder::BoolishValueParser::new())]
     pub dht: bool,
     /// A DHT node to join through (HOST:PORT) instead of the public
     /// bootstrap nodes, for a test or private network; repeat, or separate
@@ -68,9 +75,25 @@ pub struct NetworkArgs {
     /// encrypted packets and see only who talks to whom), or `none`.
     #[arg(long, global = true, env = "PEERMQ_RELAY", value_name = "URL", value_parser = parse_relay, default_value = "default")]
     pub relay: RelayChoice,
+    /// With iroh: also trust the certificates in this PEM file for the
+    /// relay's TLS (a relay of your own with a self-signed certificate or
+    /// a private CA).
+    #[arg(long = "relay-ca", global = true, env = "PEERMQ_RELAY_CA", value_name = "FILE", value_parser = parse_relay_ca)]
+    pub relay_ca: Option<RelayCertificates>,
 }
 
 impl NetworkArgs {
+    /// Where `listen` binds when not told: every interface when these
+    /// options are for reaching peers elsewhere (iroh, the DHT), else
+    /// this machine only.
+    pub fn default_host(&self) -> &'static str {
+        if self.transport == TransportKind::Iroh || self.dht {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        }
+    }
+
     /// `builder` set up to reach peers as these options say.
     pub fn apply(&self, mut builder: Builder) -> Builder {
         let mut config = DhtConfig::default();
@@ -93,8 +116,9 @@ impl NetworkArgs {
                     RelayChoice::Off => Relays::Disabled,
                     RelayChoice::Url(url) => Relays::Custom(vec![url.clone()]),
                 };
+                let roots = self.relay_ca.clone().unwrap_or_default();
                 builder = builder.transport_for(move |key| {
-                    let mut iroh = Iroh::new().relays(relays);
+                    let mut iroh = Iroh::new().relays(relays).relay_certificates(roots);
                     if dht {
                         iroh = iroh.dht(Dht::new(key, config)?);
                     }

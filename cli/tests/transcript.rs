@@ -436,6 +436,26 @@ fn mistakes_get_one_line_and_the_right_exit_code() {
     assert!(e.contains("--wait"), "{e}");
     let e = usage(&["listen", "--transport", "pigeon"]);
     assert!(e.contains("tcp") && e.contains("iroh"), "{e}");
+    let missing = s.dir("no-such.pem");
+    let e = usage(&["listen", "--relay-ca", missing.to_str().unwrap()]);
+    assert!(e.contains("cannot read"), "{e}");
+    let not_pem = s.dir("not.pem");
+    std::fs::write(&not_pem, "a note, no certificate\n").unwrap();
+    let e = usage(&["listen", "--relay-ca", not_pem.to_str().unwrap()]);
+    assert!(e.contains("no certificate"), "{e}");
+    let out = s
+        .command("a", &["id"])
+        .env("PEERMQ_DHT", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_error_line(&out).contains("--dht"));
+    let out = s
+        .command("a", &["id"])
+        .env("PEERMQ_DHT", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "PEERMQ_DHT=1 turns the DHT on");
 
     let runtime = |dir: &Path, args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_peermq"))

@@ -38,9 +38,10 @@ struct Args {
     /// Data directory (created if missing).
     #[arg(long, value_name = "DIR")]
     db: PathBuf,
-    /// Address to listen on (with --port).
-    #[arg(long, value_name = "H", default_value = "127.0.0.1")]
-    host: String,
+    /// Address to listen on (with --port). By default 127.0.0.1 (this
+    /// machine only), or 0.0.0.0 with `--transport iroh` or `--dht`.
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
     /// Port to listen on; peers learn it from our EventPeer event.
     #[arg(long, value_name = "P")]
     port: Option<u16>,
@@ -180,7 +181,8 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
         em.resume(CONSUMER).await?
     };
     if let Some(port) = args.port {
-        let addr = common::resolve(&args.host, port).await?;
+        let host = args.host.as_deref().unwrap_or(args.net.default_host());
+        let addr = common::resolve(host, port).await?;
         let bound = em.listen(addr).await?;
         status(
             args.no_repl,

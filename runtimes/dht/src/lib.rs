@@ -351,6 +351,10 @@ impl Discovery for Dht {
         })
     }
 
+    fn is_slow(&self) -> bool {
+        true
+    }
+
     fn announce(&self, me: &PeerId, addr: SocketAddr) -> io::Result<()> {
         if *me != self.me {
             return Err(io::Error::new(

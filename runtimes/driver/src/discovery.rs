@@ -12,14 +12,22 @@ use crate::runtime::BoxFuture;
 
 /// A way to learn the addresses of a peer, and to tell others ours.
 ///
-/// The driver asks every configured discovery in turn each time the core
-/// wants to dial a peer, and tries the addresses in the order returned. When
-/// none answers, the core's backoff schedules the next attempt, so a peer
-/// that shows up later is still found.
+/// The driver asks the configured discoveries, quick ones first and in
+/// order, each time the core wants to dial a peer, and tries the addresses
+/// in the order returned. When none answers, the core's backoff schedules
+/// the next attempt, so a peer that shows up later is still found.
 pub trait Discovery: Send + Sync + 'static {
     /// Addresses where `peer` may be listening, best first. An empty list
     /// means "not found (yet)".
     fn locate<'a>(&'a self, peer: &'a PeerId) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>>;
+
+    /// Whether a lookup may take long, as a search of the internet (the
+    /// DHT) does. The driver asks slow discoveries only when the quick
+    /// ones know nothing (or their addresses failed), and keeps asking the
+    /// quick ones while a slow one searches. The default: quick.
+    fn is_slow(&self) -> bool {
+        false
+    }
 
     /// This node (`me`) now listens on `addr`. The default does nothing.
     fn announce(&self, me: &PeerId, addr: SocketAddr) -> io::Result<()> {

@@ -211,6 +211,10 @@ const MAX_DIAL_ADDRS: usize = 16;
 const MAX_SUSPECT_ADDRS: usize = 256;
 /// How long one discovery lookup may take.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon the quick discoveries are asked again while a slow one
+/// searches; the wait doubles up to [`REASK_MAX`].
+const REASK_FIRST: Duration = Duration::from_millis(10);
+const REASK_MAX: Duration = Duration::from_millis(500);
 /// How long shutdown waits for sockets to drain.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -478,25 +482,20 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
         let suspect: Vec<SocketAddr> = self.suspect_addrs.iter().copied().collect();
         let thorough = self.unreached.contains(&peer);
         let locate = async move {
-            let mut addrs: Vec<SocketAddr> = Vec::new();
-            for d in discoveries.iter() {
-                // The discoveries are in order of speed (given addresses,
-                // this machine, the LAN, then the DHT): a slow one is asked
-                // only when the fast ones found nothing, or their
-                // addresses failed last time.
-                if !addrs.is_empty() && !thorough {
-                    break;
-                }
-                match timeout(&*rt, LOCATE_TIMEOUT, d.locate(&peer)).await {
-                    Some(Ok(found)) => {
-                        for a in found {
-                            if addrs.len() < MAX_DIAL_ADDRS && !addrs.contains(&a) {
-                                addrs.push(a);
-                            }
-                        }
-                    }
-                    Some(Err(e)) => debug!(%peer, error = %e, "peermq: discovery failed"),
-                    None => debug!(%peer, "peermq: discovery timed out"),
+            let (quick, slow): (Vec<_>, Vec<_>) =
+                discoveries.iter().cloned().partition(|d| !d.is_slow());
+            let mut addrs = ask(&*rt, &quick, &peer, !thorough).await;
+            // A slow discovery (the DHT) is asked only when the quick ones
+            // found nothing, or their addresses failed last time.
+            if !slow.is_empty() && (addrs.is_empty() || thorough) {
+                let search = ask(&*rt, &slow, &peer, false);
+                if thorough {
+                    merge(&mut addrs, search.await);
+                } else {
+                    // While it searches, the quick ones are asked again now
+                    // and then: a peer that starts nearby meanwhile is
+                    // dialed at once, not after the search gives up.
+                    addrs = future::or(search, ask_until_found(&*rt, &quick, &peer)).await;
                 }
             }
             // Stable: otherwise in the order the discoveries gave.
@@ -712,5 +711,54 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
         }
         self.io.listen(listener, addr);
         Ok(addr)
+    }
+}
+
+/// Asks `discoveries` in order where `peer` is (each within
+/// [`LOCATE_TIMEOUT`]); with `first_only`, stops at the first that knows.
+async fn ask(
+    rt: &dyn Runtime,
+    discoveries: &[Arc<dyn Discovery>],
+    peer: &PeerId,
+    first_only: bool,
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for d in discoveries {
+        if first_only && !addrs.is_empty() {
+            break;
+        }
+        match timeout(rt, LOCATE_TIMEOUT, d.locate(peer)).await {
+            Some(Ok(found)) => merge(&mut addrs, found),
+            Some(Err(e)) => debug!(%peer, error = %e, "peermq: discovery failed"),
+            None => debug!(%peer, "peermq: discovery timed out"),
+        }
+    }
+    addrs
+}
+
+/// Asks `discoveries` again and again, waiting longer each time, until one
+/// knows where `peer` is.
+async fn ask_until_found(
+    rt: &dyn Runtime,
+    discoveries: &[Arc<dyn Discovery>],
+    peer: &PeerId,
+) -> Vec<SocketAddr> {
+    let mut wait = REASK_FIRST;
+    loop {
+        rt.sleep(wait).await;
+        let found = ask(rt, discoveries, peer, true).await;
+        if !found.is_empty() {
+            return found;
+        }
+        wait = (wait * 2).min(REASK_MAX);
+    }
+}
+
+/// Adds `found` to `addrs`, without repeats, up to [`MAX_DIAL_ADDRS`].
+fn merge(addrs: &mut Vec<SocketAddr>, found: Vec<SocketAddr>) {
+    for a in found {
+        if addrs.len() < MAX_DIAL_ADDRS && !addrs.contains(&a) {
+            addrs.push(a);
+        }
     }
 }

@@ -48,9 +48,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iroh::endpoint::{presets, Connection as QuicConnection, Incoming};
+use iroh::tls::CaTlsConfig;
 use iroh::{Endpoint, EndpointAddr, PublicKey, RelayMode, SecretKey};
 use peermq::{Keypair, PeerId};
 use peermq_driver::{BoxFuture, Connection, Listener, Route, Transport};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 use tracing::debug;
 
@@ -105,6 +108,51 @@ pub struct Iroh {
     relay_only: bool,
     bind: Option<SocketAddr>,
     lookups: Vec<Arc<dyn iroh::address_lookup::AddressLookup>>,
+    relay_roots: RelayCertificates,
+}
+
+/// Certificates to trust for relays' TLS besides the web's usual roots:
+/// those of a relay with a private CA or a self-signed certificate.
+///
+/// TLS to a relay protects only the relay's view of who is who: the
+/// packets it forwards are end-to-end encrypted whatever its certificate.
+#[derive(Clone, Debug, Default)]
+pub struct RelayCertificates(Vec<CertificateDer<'static>>);
+
+impl RelayCertificates {
+    /// The certificates in `pem`: one or more `BEGIN CERTIFICATE` blocks
+    /// (other blocks, such as keys, are skipped).
+    ///
+    /// # Errors
+    ///
+    /// When a certificate block is malformed, or there is none.
+    pub fn from_pem(pem: &[u8]) -> io::Result<Self> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not a PEM certificate file ({e})"),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no certificate in it: give a PEM file with a BEGIN CERTIFICATE block",
+            ));
+        }
+        Ok(RelayCertificates(certs))
+    }
+
+    /// How many certificates there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Iroh {
@@ -152,6 +200,14 @@ impl Iroh {
     /// ours through it.
     pub fn address_lookup(mut self, lookup: Arc<dyn iroh::address_lookup::AddressLookup>) -> Self {
         self.lookups.push(lookup);
+        self
+    }
+
+    /// Also trusts `certificates` for the relays' TLS (the relay of a lab
+    /// or a private network often has a certificate of its own making).
+    /// Without this, relays need a certificate from a public CA.
+    pub fn relay_certificates(mut self, certificates: RelayCertificates) -> Self {
+        self.relay_roots.0.extend(certificates.0);
         self
     }
 
@@ -250,6 +306,11 @@ impl Inner {
             .secret_key(self.secret.clone())
             .alpns(vec![ALPN.to_vec()])
             .relay_mode(self.config.relays.mode());
+        if !self.config.relay_roots.is_empty() {
+            builder = builder.ca_tls_config(
+                CaTlsConfig::embedded().with_extra_roots(self.config.relay_roots.0.clone()),
+            );
+        }
         for lookup in &self.config.lookups {
             builder = builder.address_lookup(SharedLookup(lookup.clone()));
         }
@@ -551,5 +612,25 @@ fn transport_addr(addr: &iroh::TransportAddr) -> String {
         iroh::TransportAddr::Ip(ip) => ip.to_string(),
         iroh::TransportAddr::Relay(url) => url.to_string(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_certificates_come_from_pem_and_anything_else_is_refused() {
+        let cert = rcgen::generate_simple_self_signed(vec!["10.0.0.1".into()]).unwrap();
+        let pem = cert.cert.pem();
+        let key = cert.signing_key.serialize_pem();
+        let certs = RelayCertificates::from_pem(format!("{key}{pem}{pem}").as_bytes()).unwrap();
+        assert_eq!(certs.len(), 2, "keys are skipped, every certificate kept");
+
+        let none = RelayCertificates::from_pem(b"just words").unwrap_err();
+        assert!(none.to_string().contains("no certificate"), "{none}");
+        let broken = pem.replace('M', "*");
+        let err = RelayCertificates::from_pem(broken.as_bytes()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 }

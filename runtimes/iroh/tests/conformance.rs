@@ -47,7 +47,7 @@ fn run(test: Test) {
 // Every test of the suite but the planted discovery entry, whose point is
 // how the driver recovers from meeting the wrong key at an address: over
 // iroh the dial itself fails there (TLS proves the key), which
-// `tests/keys.rs` checks.
+// `tests/routes.rs` checks.
 peermq_tokio::conformance_suite!(@tests run;
     readme_scenario,
     both_directions,
@@ -59,5 +59,6 @@ peermq_tokio::conformance_suite!(@tests run;
     sparse_read,
     acks,
     shutdown_flushes,
+    a_slow_search_does_not_delay_a_peer_found_nearby,
     a_service_beside_the_queue_sees_every_arrival
 );

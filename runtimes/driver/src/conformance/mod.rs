@@ -40,6 +40,7 @@ macro_rules! conformance_suite {
             acks,
             shutdown_flushes,
             a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach,
+            a_slow_search_does_not_delay_a_peer_found_nearby,
             a_service_beside_the_queue_sees_every_arrival
         );
     };

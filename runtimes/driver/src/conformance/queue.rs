@@ -559,6 +559,97 @@ pub async fn a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach(
     .await
 }
 
+/// A discovery that searches and never finds: a DHT with no answer for
+/// the key. It records when each search started and how long it ran
+/// before the driver dropped it.
+#[derive(Default)]
+struct EndlessSearch {
+    searches: std::sync::Mutex<Vec<Option<Duration>>>,
+}
+
+/// Marks one search of [`EndlessSearch`] as over when dropped.
+struct Searching<'a> {
+    search: &'a EndlessSearch,
+    index: usize,
+    started: std::time::Instant,
+}
+
+impl Drop for Searching<'_> {
+    fn drop(&mut self) {
+        self.search.searches.lock().unwrap()[self.index] = Some(self.started.elapsed());
+    }
+}
+
+impl crate::Discovery for EndlessSearch {
+    fn locate<'a>(
+        &'a self,
+        _peer: &'a peermq::PeerId,
+    ) -> crate::BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
+        Box::pin(async move {
+            let index = {
+                let mut searches = self.searches.lock().unwrap();
+                searches.push(None);
+                searches.len() - 1
+            };
+            let _searching = Searching {
+                search: self,
+                index,
+                started: std::time::Instant::now(),
+            };
+            std::future::pending().await
+        })
+    }
+
+    fn is_slow(&self) -> bool {
+        true
+    }
+}
+
+/// B looks for A while A is not listening yet: this machine's discovery
+/// knows nothing, so B's slow discovery (a DHT search that never answers)
+/// starts. A then starts listening: B finds it on this machine and reaches
+/// it at once, dropping the search, instead of waiting for the search to
+/// give up (after 5 s) first.
+pub async fn a_slow_search_does_not_delay_a_peer_found_nearby(
+    ra: Arc<dyn Runtime>,
+    rb: Arc<dyn Runtime>,
+) {
+    limited(&ra.clone(), "a_slow_search_does_not_delay", async move {
+        let env = Env::new();
+        let search = Arc::new(EndlessSearch::default());
+        let a = env.open("a", &ra);
+        let b = Mq::builder(env.data("b"))
+            .config(config())
+            .discovery_dir(env.tmp.path().join("discovery"))
+            .discovery(search.clone())
+            .open(rb.clone())
+            .expect("open a node");
+        let (ida, idb) = (a.id().await, b.id().await);
+        a.add_peer(idb, None).await.unwrap();
+        b.send(ida, "found nearby").await.unwrap();
+        b.connect(ida).await.unwrap();
+        within(&rb, "B's slow search for A", async {
+            while search.searches.lock().unwrap().is_empty() {
+                rb.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        a.listen(loopback()).await.unwrap();
+        let mut unread = a.read_stream(Mailbox::Unread, true);
+        let got = take(&ra, &mut unread, 1).await;
+        assert_eq!(texts(&got), pairs(&[(0, "found nearby")]));
+        let first = search.searches.lock().unwrap()[0];
+        let ran = first.expect("the search ended when A was found nearby");
+        assert!(
+            ran < Duration::from_secs(4),
+            "B dropped the search when it found A on this machine, not when the search timed out: it ran {ran:?}"
+        );
+        b.shutdown().await.unwrap();
+        a.shutdown().await.unwrap();
+    })
+    .await
+}
+
 /// A service registered beside the queue (`stats.rs`: a counter of
 /// arrivals per peer) sees every message arrive, and the queue works as
 /// before around it.
