@@ -34,13 +34,14 @@ pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError, Sign, Signer, VerifyKey};
 pub use node::pump_pair;
 pub use node::{
-    CloseReason, Config, ConnId, Event, Fetch, Footprint, Mailbox, Node, NodeError, Output,
-    PeerStatus, Prefetch, RawPeer, Record,
+    Category, CategoryCount, CategoryError, CloseReason, Config, ConnId, DeadReason, Event, Fetch,
+    Footprint, Lease, Mailbox, Node, NodeError, Output, PeerStatus, Prefetch, RawPeer, Record,
+    Released, RetryPolicy, Taken, MAX_CATEGORY_LEN,
 };
 pub use ranges::RangeSet;
 pub use rng::{Entropy, RandomSource, SeededRng};
 #[cfg(feature = "lmdb")]
 pub use store::{LmdbOptions, LmdbStore};
 pub use store::{MemStore, Store, StoreError, Txn};
-pub use time::Instant;
+pub use time::{Instant, Timestamp};
 pub use wire::Receipt;

@@ -96,6 +96,18 @@ pub enum Event {
         /// The feed.
         feed: crate::feed::FeedId,
     },
+    /// Message `seq` from `from` went to the dead-letter category
+    /// ([`crate::Category::DEAD`]) instead of being delivered again.
+    DeadLettered {
+        /// The sender.
+        from: PeerId,
+        /// The message.
+        seq: u64,
+        /// Why.
+        reason: crate::DeadReason,
+        /// How many times it had been delivered.
+        deliveries: u32,
+    },
     /// `to` durably acknowledged messages `start..end` of our feed to it.
     Acked {
         /// The recipient.

@@ -8,13 +8,12 @@
 //! concurrent writers never lose each other's updates.
 
 use super::download::Download;
+use super::marks::{corrupt, Marks, MAX_STORED_RANGES};
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, StoreError, Table, Txn};
 
 const INBOX_VERSION: u8 = 1;
-/// Ranges a persisted set may hold; far more than any real pattern needs.
-const MAX_STORED_RANGES: usize = 1 << 20;
 
 /// The state of messages from one sender.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +25,8 @@ pub(crate) struct Inbox {
     pub cleared: RangeSet,
     /// Blocks the application archived (processed).
     pub archived: RangeSet,
+    /// Blocks the application moved into a named category.
+    pub moved: RangeSet,
     /// The held record as last committed (`None`: absent).
     held_record: Option<Vec<u8>>,
     /// In memory only: blocks below this were announced by `Event::Message`.
@@ -39,57 +40,6 @@ pub(crate) struct Inbox {
     /// without archiving moves the prefetch window too, or a live reader
     /// that only reads would stall one window past its cursor.
     pub read_to: u64,
-}
-
-/// The marks record: what the application did with the messages.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Marks {
-    pub cleared: RangeSet,
-    pub archived: RangeSet,
-}
-
-fn marks_key(from: &PeerId) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[..32].copy_from_slice(&from.0);
-    k[32] = b'm';
-    k
-}
-
-fn corrupt(from: &PeerId) -> StoreError {
-    StoreError::Corrupted(format!("inbox of messages from {from} is damaged"))
-}
-
-impl Marks {
-    /// The committed marks, and their raw record for a conditional write.
-    pub fn load<'t, S: Store>(
-        txn: &'t Txn<'_, S>,
-        from: &PeerId,
-    ) -> Result<(Self, Option<&'t [u8]>), StoreError> {
-        let raw = txn.committed(Table::Inbox, &marks_key(from))?;
-        let Some(bytes) = raw else {
-            return Ok((Marks::default(), None));
-        };
-        let (&v, rest) = bytes.split_first().ok_or_else(|| corrupt(from))?;
-        if v != INBOX_VERSION {
-            return Err(corrupt(from));
-        }
-        let (cleared, rest) =
-            RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(|| corrupt(from))?;
-        let (archived, rest) =
-            RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(|| corrupt(from))?;
-        if !rest.is_empty() {
-            return Err(corrupt(from));
-        }
-        Ok((Marks { cleared, archived }, raw))
-    }
-
-    /// Writes the marks, on condition the store still holds `before`.
-    pub fn save<S: Store>(&self, txn: &mut Txn<'_, S>, from: &PeerId, before: Option<&[u8]>) {
-        let mut out = vec![INBOX_VERSION];
-        self.cleared.encode(&mut out);
-        self.archived.encode(&mut out);
-        txn.put_expecting(Table::Inbox, &marks_key(from), out, before);
-    }
 }
 
 impl Inbox {
@@ -115,6 +65,7 @@ impl Inbox {
                 held,
                 ..Download::default()
             },
+            moved: marks.moved_union(),
             cleared: marks.cleared,
             archived: marks.archived,
             held_record: raw.map(<[u8]>::to_vec),
@@ -132,29 +83,43 @@ impl Inbox {
     }
 
     /// Adopts marks read from the store (another process may have written).
-    pub fn set_marks(&mut self, marks: Marks) {
-        self.cleared = marks.cleared;
-        self.archived = marks.archived;
+    /// Returns whether they differ from what it had.
+    pub fn set_marks(&mut self, marks: &Marks) -> bool {
+        let moved = marks.moved_union();
+        let changed =
+            self.cleared != marks.cleared || self.archived != marks.archived || self.moved != moved;
+        self.cleared = marks.cleared.clone();
+        self.archived = marks.archived.clone();
+        self.moved = moved;
+        changed
     }
 
-    /// Whether `seq` is held, not archived and not cleared.
+    /// Whether `seq` is held and still unread: not archived, moved or
+    /// cleared.
     pub fn is_unread(&self, seq: u64) -> bool {
-        self.dl.held.contains(seq) && !self.archived.contains(seq) && !self.cleared.contains(seq)
+        self.dl.held.contains(seq)
+            && !self.archived.contains(seq)
+            && !self.cleared.contains(seq)
+            && !self.moved.contains(seq)
     }
 
-    /// Held messages neither archived nor cleared.
+    /// Held messages not archived, moved or cleared.
     pub fn unread(&self) -> RangeSet {
         let mut r = self.dl.held.clone();
         r.subtract(&self.archived);
         r.subtract(&self.cleared);
+        r.subtract(&self.moved);
         r
     }
 
-    /// The reader's cursor: the first message neither archived nor cleared.
+    /// The reader's cursor: the first message not archived, moved or
+    /// cleared.
     pub fn cursor(&self) -> u64 {
         let mut at = 0;
         loop {
-            let next = self.cleared.next_gap(self.archived.next_gap(at));
+            let next = self
+                .moved
+                .next_gap(self.cleared.next_gap(self.archived.next_gap(at)));
             if next == at {
                 return at;
             }

@@ -26,6 +26,7 @@
 //! ```
 
 mod broadcast;
+mod category;
 mod config;
 mod conn;
 mod dial;
@@ -34,12 +35,15 @@ mod event;
 mod fork;
 mod inbox;
 mod link;
+mod marks;
 mod outbox;
 mod queue;
 mod raw;
 mod replicate;
 mod timer;
+mod work;
 
+pub use category::{Category, CategoryError, DeadReason, MAX_CATEGORY_LEN};
 pub use config::{limits, Config, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
 pub use fork::ForkEvidence;
@@ -47,6 +51,7 @@ pub use link::pump_pair;
 pub use outbox::MAX_ACKED_RANGES;
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 pub use raw::RawPeer;
+pub use work::{CategoryCount, Lease, Released, RetryPolicy, Taken};
 
 use std::borrow::Cow;
 use std::collections::btree_map::Entry;
@@ -111,6 +116,18 @@ pub enum NodeError {
     /// A peer cannot send messages to itself.
     #[error("cannot send to our own id {0}")]
     SelfSend(PeerId),
+    /// Messages can only be moved into a category that exists.
+    #[error("there is no category `{0}`; create it first (Node::create_category, `peermq categories --create {0}`)")]
+    UnknownCategory(Category),
+    /// The lease is no longer held: it lapsed and another consumer took the
+    /// message, or the message was archived, moved or cleared meanwhile.
+    #[error("the lease on message {seq} from {from} is no longer held: it lapsed and the message was taken again, or it was archived, moved or cleared")]
+    LeaseLost {
+        /// The sender.
+        from: PeerId,
+        /// The message.
+        seq: u64,
+    },
 }
 
 impl NodeError {
@@ -926,10 +943,9 @@ impl State {
         }
         let senders: Vec<PeerId> = self.inboxes.keys().copied().collect();
         for from in senders {
-            let (marks, _) = inbox::Marks::load(&txn, &from)?;
+            let (marks, _) = marks::Marks::load(&txn, &from)?;
             if let Some(inbox) = self.inboxes.get_mut(&from) {
-                if inbox.cleared != marks.cleared || inbox.archived != marks.archived {
-                    inbox.set_marks(marks);
+                if inbox.set_marks(&marks) {
                     self.schedule_requests(from);
                 }
             }

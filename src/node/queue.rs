@@ -10,19 +10,47 @@ use crate::store::{Store, Table, Txn};
 use crate::time::Instant;
 use crate::wire::Receipt;
 
-use super::inbox::Marks;
+use super::category::Category;
+use super::marks::Marks;
 use super::{retry_on_conflict, CloseReason, Node, NodeError};
 
 /// Room a data message needs besides its block: header, head, range, proof.
 const DATA_OVERHEAD: usize = 8 << 10;
 
-/// Which messages [`Node::read`] returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a received message is, and which messages [`Node::read`]
+/// returns: every held message is in exactly one of these (or cleared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mailbox {
-    /// Arrived, neither archived nor cleared.
+    /// Arrived, and not yet archived, moved or cleared: where new messages
+    /// land. Taken messages stay here until archived or moved.
     Unread,
-    /// Archived (processed), not cleared.
+    /// Archived (processed).
     Archived,
+    /// Moved into a category ([`Node::move_to`]); [`Category::DEAD`]
+    /// holds the dead letters.
+    Category(Category),
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mailbox::Unread => f.write_str("unread"),
+            Mailbox::Archived => f.write_str("archived"),
+            Mailbox::Category(c) => f.write_str(c.as_str()),
+        }
+    }
+}
+
+impl std::str::FromStr for Mailbox {
+    type Err = super::category::CategoryError;
+    /// `unread`, `archived`, or a category name.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unread" => Ok(Mailbox::Unread),
+            "archived" => Ok(Mailbox::Archived),
+            name => Category::new(name).map(Mailbox::Category),
+        }
+    }
 }
 
 /// A received message.
@@ -197,6 +225,13 @@ impl<S: Store> Node<S> {
             let mut set = match mailbox {
                 Mailbox::Unread => inbox.unread(),
                 Mailbox::Archived => set_intersect(&inbox.dl.held, &inbox.archived),
+                Mailbox::Category(c) => {
+                    let (marks, _) = Marks::load(&txn, &from)?;
+                    match marks.moved.get(&c) {
+                        Some(moved) => set_intersect(&inbox.dl.held, moved),
+                        None => continue,
+                    }
+                }
             };
             set.subtract(&inbox.cleared);
             let first = match after {
@@ -272,6 +307,7 @@ impl<S: Store> Node<S> {
             if marks.archived.contains(seq) {
                 return Ok(false);
             }
+            marks.unplace(seq);
             marks.archived.insert(seq, seq + 1);
             Ok(true)
         })?;
@@ -291,8 +327,8 @@ impl<S: Store> Node<S> {
             if marks.cleared.contains(seq) {
                 return Ok(false);
             }
+            marks.unplace(seq);
             marks.cleared.insert(seq, seq + 1);
-            marks.archived.remove(seq, seq + 1);
             Ok(true)
         })?;
         if changed {
@@ -314,7 +350,7 @@ impl<S: Store> Node<S> {
     /// Reads the sender's marks fresh from the store, lets `change` edit
     /// them, and writes them back on condition nobody else did meanwhile,
     /// retrying if another process did. Returns what `change` returned.
-    fn update_marks(
+    pub(super) fn update_marks(
         &mut self,
         from: PeerId,
         mut change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
@@ -324,14 +360,14 @@ impl<S: Store> Node<S> {
             let (mut marks, raw) = Marks::load(&txn, &from)?;
             let raw = raw.map(<[u8]>::to_vec);
             let inbox = self.st.inbox(&txn, from)?;
-            inbox.set_marks(marks.clone());
+            inbox.set_marks(&marks);
             if !change(inbox, &mut marks)? {
                 return Ok(false);
             }
             marks.save(&mut txn, &from, raw.as_deref());
             txn.commit()?;
             if let Some(inbox) = self.st.inboxes.get_mut(&from) {
-                inbox.set_marks(marks);
+                inbox.set_marks(&marks);
             }
             Ok(true)
         })

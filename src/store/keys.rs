@@ -5,3 +5,6 @@
 pub const META_IDENTITY: &[u8] = b"identity";
 /// Meta key of the store format version.
 pub const META_FORMAT: &[u8] = b"format";
+/// Meta key of the categories the application created for received
+/// messages.
+pub const META_CATEGORIES: &[u8] = b"categories";
