@@ -221,19 +221,23 @@ impl<S: Store> Node<S> {
                 break;
             }
             let me = self.st.me;
+            // Fresh marks: another process on the data directory may have
+            // archived, moved or cleared since.
+            let (marks, _) = Marks::load(&txn, &from)?;
             let inbox = self.st.inbox(&txn, from)?;
+            let changed = inbox.set_marks(&marks);
             let mut set = match mailbox {
                 Mailbox::Unread => inbox.unread(),
                 Mailbox::Archived => set_intersect(&inbox.dl.held, &inbox.archived),
-                Mailbox::Category(c) => {
-                    let (marks, _) = Marks::load(&txn, &from)?;
-                    match marks.moved.get(&c) {
-                        Some(moved) => set_intersect(&inbox.dl.held, moved),
-                        None => continue,
-                    }
-                }
+                Mailbox::Category(c) => match marks.moved.get(&c) {
+                    Some(moved) => set_intersect(&inbox.dl.held, moved),
+                    None => RangeSet::new(),
+                },
             };
             set.subtract(&inbox.cleared);
+            if changed {
+                self.st.schedule_requests(from);
+            }
             let first = match after {
                 Some((p, seq)) if p == from => seq.saturating_add(1),
                 _ => 0,
