@@ -68,8 +68,11 @@ pub use futures_lite::io::{AsyncRead, AsyncWrite};
 pub use futures_lite::Stream;
 #[cfg(feature = "mdns")]
 pub use mdns::MdnsDiscovery;
-pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream};
-pub use peermq::{CloseReason, Config, Mailbox, PeerId, PeerStatus, Prefetch, Record, StoreError};
+pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream, Worker};
+pub use peermq::{
+    Category, CategoryCount, CloseReason, Config, DeadReason, Lease, Mailbox, PeerId, PeerStatus,
+    Prefetch, Record, Released, RetryPolicy, StoreError, Taken, Timestamp,
+};
 pub use runtime::{
     timeout, BoxFuture, Connection, ConnectionInfo, Listener, ReadHalf, Route, RouteFn, Runtime,
     Transport, WriteHalf,

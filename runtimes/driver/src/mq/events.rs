@@ -47,6 +47,18 @@ pub enum MqEvent {
         /// Its seq.
         seq: u64,
     },
+    /// Message `seq` from `from` went to the dead-letter category
+    /// ([`peermq::Category::DEAD`]) instead of being delivered again.
+    DeadLettered {
+        /// The sender.
+        from: PeerId,
+        /// The message.
+        seq: u64,
+        /// Why.
+        reason: peermq::DeadReason,
+        /// How many times it had been delivered.
+        deliveries: u32,
+    },
     /// This subscriber fell behind and `missed` events were dropped for it
     /// (events are buffered per subscriber, up to a bound, so that a
     /// forgotten subscriber cannot grow memory without limit).

@@ -4,9 +4,11 @@
 mod events;
 mod read;
 mod service;
+mod work;
 
 pub use events::{EventStream, MqEvent};
 pub use read::RecordStream;
+pub use work::Worker;
 
 pub(crate) use events::Subscribers;
 pub(crate) use service::{Queue, QueueCommand};

@@ -4,10 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::time::Duration;
 
 use peermq::RangeSet;
 use peermq::Receipt;
-use peermq::{Event, Fetch, Mailbox, PeerId, PeerStatus, Record, Store};
+use peermq::{
+    Category, CategoryCount, DeadReason, Event, Fetch, Lease, Mailbox, PeerId, PeerStatus, Record,
+    Released, RetryPolicy, Store, Taken, Timestamp,
+};
 use tracing::debug;
 
 use super::events::{MqEvent, Subscribers};
@@ -55,6 +59,55 @@ pub(crate) enum QueueCommand {
         to: PeerId,
         reply: Reply<Option<Receipt>>,
     },
+    Work(WorkCommand),
+}
+
+/// What a [`crate::Worker`] and the category calls ask of the queue.
+pub(crate) enum WorkCommand {
+    Take {
+        max: usize,
+        lease_for: Duration,
+        policy: RetryPolicy,
+        reply: Reply<Vec<Taken>>,
+    },
+    Extend {
+        lease: Lease,
+        lease_for: Duration,
+        reply: Reply<Timestamp>,
+    },
+    Release {
+        lease: Lease,
+        delay: Option<Duration>,
+        policy: RetryPolicy,
+        reply: Reply<Released>,
+    },
+    Move {
+        from: PeerId,
+        seq: u64,
+        to: Mailbox,
+        reply: Reply<bool>,
+    },
+    CreateCategory {
+        category: Category,
+        reply: Reply<bool>,
+    },
+    Categories {
+        reply: Reply<Vec<CategoryCount>>,
+    },
+    DeadReason {
+        from: PeerId,
+        seq: u64,
+        reply: Reply<Option<(DeadReason, u32)>>,
+    },
+}
+
+/// The wall-clock time leases are measured in, shared by every process
+/// on the data directory.
+pub(crate) fn wall_clock() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_unix(since)
 }
 
 /// Where the answer of a sparse `get` goes.
@@ -166,6 +219,58 @@ impl Queue {
     }
 }
 
+impl Queue {
+    fn on_work<S: Store>(&mut self, cx: &mut Ctx<'_, S>, cmd: WorkCommand) {
+        let now = wall_clock();
+        match cmd {
+            WorkCommand::Take {
+                max,
+                lease_for,
+                policy,
+                reply,
+            } => {
+                let r = cx.node.take(max, lease_for, &policy, now);
+                self.wake_readers();
+                answer(reply, r.map_err(Into::into));
+            }
+            WorkCommand::Extend {
+                lease,
+                lease_for,
+                reply,
+            } => answer(reply, cx.node.extend(&lease, lease_for, now).map_err(Into::into)),
+            WorkCommand::Release {
+                lease,
+                delay,
+                policy,
+                reply,
+            } => {
+                let r = cx.node.release(&lease, delay, &policy, now);
+                self.wake_readers();
+                answer(reply, r.map_err(Into::into));
+            }
+            WorkCommand::Move {
+                from,
+                seq,
+                to,
+                reply,
+            } => {
+                let r = cx.node.move_to(from, seq, to, cx.now);
+                self.wake_readers();
+                answer(reply, r.map_err(Into::into));
+            }
+            WorkCommand::CreateCategory { category, reply } => {
+                answer(reply, cx.node.create_category(category).map_err(Into::into));
+            }
+            WorkCommand::Categories { reply } => {
+                answer(reply, cx.node.categories(now).map_err(Into::into));
+            }
+            WorkCommand::DeadReason { from, seq, reply } => {
+                answer(reply, cx.node.dead_reason(from, seq).map_err(Into::into));
+            }
+        }
+    }
+}
+
 impl<S: Store> Service<S> for Queue {
     type Command = QueueCommand;
 
@@ -226,6 +331,7 @@ impl<S: Store> Service<S> for Queue {
             QueueCommand::Receipt { to, reply } => {
                 answer(reply, cx.node.receipt(to).map_err(Into::into));
             }
+            QueueCommand::Work(cmd) => self.on_work(cx, cmd),
         }
     }
 
@@ -247,6 +353,17 @@ impl<S: Store> Service<S> for Queue {
                 self.arrived(cx, from, seq);
                 MqEvent::Fetched { from, seq }
             }
+            Event::DeadLettered {
+                from,
+                seq,
+                reason,
+                deliveries,
+            } => MqEvent::DeadLettered {
+                from,
+                seq,
+                reason,
+                deliveries,
+            },
             _ => {
                 debug!(?event, "peermq: event not surfaced to Mq");
                 return;
