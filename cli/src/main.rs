@@ -10,9 +10,11 @@ mod addresses;
 mod common;
 mod demo;
 mod follow;
+mod jobs;
 mod live;
 mod network;
 mod output;
+mod work;
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -156,12 +158,106 @@ enum Command {
     /// Print received messages without archiving them.
     Read {
         /// Print the archived messages instead of the unread ones.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "category")]
         archived: bool,
+        /// Print the messages in this category (`unread`, `archived`,
+        /// `dead`, or one made with `categories --create`).
+        #[arg(long, value_name = "NAME", value_parser = parse_mailbox)]
+        category: Option<Mailbox>,
         /// Print ndjson: {"from","seq","data"}; data that is not UTF-8 is
         /// base64, marked "encoding":"base64".
         #[arg(long)]
         json: bool,
+    },
+    /// Take up to N unread messages with a lease, as a job-queue worker:
+    /// until you `archive` one, `release` it or the lease runs out, no
+    /// other `take` (or `work`) gets it.
+    ///
+    /// Prints `TAKEN <from>@<seq> lease=<L> delivery=<n> <data>` for
+    /// each; give `<from> <seq> <L>` to `release`.
+    Take {
+        /// How many to take at most.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 1)]
+        n: usize,
+        /// How long each lease lasts (`300`, `30s`, `5m`).
+        #[arg(long, value_name = "DURATION", value_parser = jobs::parse_lease, default_value = "5m")]
+        lease: Duration,
+        /// Print ndjson: {"from","seq","lease","delivery","deadline_unix_ms","data"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run CMD once per received message, as a job-queue worker, until
+    /// Ctrl-C; the node stays online meanwhile, as with `listen`.
+    ///
+    /// Each message is taken with a lease (extended while CMD runs) and
+    /// given to CMD on standard input, with PEERMQ_FROM, PEERMQ_SEQ and
+    /// PEERMQ_DELIVERY in its environment. Exit 0 archives it; any other
+    /// exit gives it back for a retry after the backoff, and after
+    /// --max-deliveries it goes to the `dead` category. Prints `DONE`,
+    /// `FAILED` or `DEAD <from>@<seq>` per run. Ctrl-C stops taking work
+    /// and waits for running jobs; if the worker is killed, its leases run
+    /// out and the jobs are handed out again.
+    Work {
+        /// Jobs to run at once.
+        #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: u16,
+        /// How long a lease lasts before it is extended (`30s`, `5m`).
+        #[arg(long, value_name = "DURATION", value_parser = jobs::parse_lease, default_value = "60s")]
+        lease: Duration,
+        /// Deliveries before a message goes to `dead`.
+        #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        max_deliveries: u32,
+        /// Delays before the second delivery, the third, ... (the last
+        /// repeats), comma-separated.
+        #[arg(long, value_name = "DURATIONS", value_delimiter = ',', value_parser = jobs::parse_duration, default_value = "1s,10s,60s")]
+        backoff: Vec<Duration>,
+        /// Address to listen on, as for `listen`.
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// Port to listen on, as for `listen`.
+        #[arg(long, value_name = "P", default_value_t = 0)]
+        port: u16,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Give back a message taken with `take`, unprocessed: it is handed
+    /// out again after DELAY (by default the retry backoff), or goes to
+    /// the `dead` category if it was delivered the maximum number of times.
+    Release {
+        /// The sender's id.
+        #[arg(value_name = "FROM")]
+        from: PeerId,
+        /// The message's seq.
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+        /// The lease, as `take` printed it (`lease=<L>`).
+        #[arg(value_name = "LEASE")]
+        lease: u64,
+        /// Hand it out again after this long (`0`, `30s`, `5m`).
+        #[arg(long, value_name = "DURATION", value_parser = jobs::parse_duration)]
+        delay: Option<Duration>,
+    },
+    /// Move message SEQ from FROM into CATEGORY: one made with
+    /// `categories --create`, `dead`, `archived`, or back to `unread`.
+    Move {
+        /// The sender's id.
+        #[arg(value_name = "FROM")]
+        from: PeerId,
+        /// The message's seq.
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+        /// Where to.
+        #[arg(value_name = "CATEGORY", value_parser = parse_mailbox)]
+        category: Mailbox,
+    },
+    /// List the categories of received messages with their counts:
+    /// unread (and how many are taken), archived, dead, and those made
+    /// with --create.
+    Categories {
+        /// Make this category first; repeat for several.
+        #[arg(long, value_name = "NAME", value_parser = parse_category)]
+        create: Vec<peermq::Category>,
     },
     /// Mark message SEQ from FROM processed: it leaves the unread messages.
     Archive {
@@ -297,6 +393,16 @@ pub(crate) fn node_config() -> Config {
 }
 
 /// Opens the node of `datadir`, with `book` as a further way to find peers,
+/// Parses a category argument: `unread`, `archived` or a category name.
+fn parse_mailbox(s: &str) -> Result<Mailbox, String> {
+    s.parse().map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Parses a name for `categories --create`.
+fn parse_category(s: &str) -> Result<peermq::Category, String> {
+    s.parse().map_err(|e| format!("`{s}`: {e}"))
+}
+
 /// mDNS if `mdns`, and the transport and DHT `net` asks for (TCP alone
 /// without it).
 fn open(
@@ -389,6 +495,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow::shutdown(&mq, &mut stop).await?;
             r
         }
+        Command::Work {
+            jobs,
+            lease,
+            max_deliveries,
+            backoff,
+            host,
+            port,
+            command,
+        } => {
+            let mut stop = Stop::install()?;
+            let host = host.unwrap_or_else(|| cli.net.default_host().to_string());
+            let addr = common::resolve(&host, port).await?;
+            let mq = open(&dir, None, cli.mdns, Some(&cli.net))?;
+            let r = match mq.listen(addr).await {
+                Ok(bound) => {
+                    tracing::info!(%bound, id = %mq.id().await, "listening");
+                    let mut live = live::LiveFile::new(&dir);
+                    let worker = mq.worker(work::policy(backoff, max_deliveries), lease);
+                    let job = work::Job {
+                        command,
+                        parallel: usize::from(jobs),
+                    };
+                    work::run(&mq, worker, job, &mut printer, &mut stop, &mut live).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            follow::shutdown(&mq, &mut stop).await?;
+            r
+        }
         Command::Send { to, message } => {
             let data = match message {
                 Some(m) => m.into_bytes(),
@@ -467,17 +602,35 @@ async fn one_shot(
                 printer.line(&line)?;
             }
         }
-        Command::Read { archived, json } => {
-            let mailbox = if archived {
-                Mailbox::Archived
-            } else {
-                Mailbox::Unread
+        Command::Read {
+            archived,
+            category,
+            json,
+        } => {
+            let mailbox = match category {
+                Some(c) => c,
+                None if archived => Mailbox::Archived,
+                None => Mailbox::Unread,
             };
+            jobs::check_exists(mq, mailbox).await?;
             let mut records = mq.read_stream(mailbox, false);
             while let Some(r) = records.next().await {
                 printer.line(&message_line(&r?, json))?;
             }
         }
+        Command::Take { n, lease, json } => jobs::take(mq, printer, n, lease, json).await?,
+        Command::Release {
+            from,
+            seq,
+            lease,
+            delay,
+        } => jobs::release(mq, from, seq, lease, delay).await?,
+        Command::Move {
+            from,
+            seq,
+            category,
+        } => jobs::move_to(mq, from, seq, category).await?,
+        Command::Categories { create } => jobs::categories(mq, printer, &create).await?,
         Command::Archive { from, seq } => {
             if !mq.archive(from, seq).await? {
                 eprintln!("note: message {from}@{seq} was already archived");
@@ -518,7 +671,11 @@ async fn one_shot(
                 }
             }
         }
-        Command::Demo | Command::Connect { .. } | Command::Listen { .. } | Command::Send { .. } => {
+        Command::Demo
+        | Command::Connect { .. }
+        | Command::Listen { .. }
+        | Command::Work { .. }
+        | Command::Send { .. } => {
             bail!("internal: long-running command dispatched as a one-shot one")
         }
     }

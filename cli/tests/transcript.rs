@@ -483,6 +483,13 @@ fn mistakes_get_one_line_and_the_right_exit_code() {
     let a = s.id("a");
     let e = runtime(&s.dir("a"), &["send", "--to", &a, "-m", "me"]);
     assert!(e.contains("own id"), "{e}");
+    let e = runtime(&s.dir("a"), &["read", "--category", "later"]);
+    assert!(e.contains("no category `later`"), "{e}");
+    let b = s.id("b");
+    let e = runtime(&s.dir("a"), &["release", &b, "0", "7"]);
+    assert!(e.contains("no longer held"), "{e}");
+    let e = runtime(&s.dir("a"), &["move", &b, "0", "dead"]);
+    assert!(e.contains("has not arrived"), "{e}");
 }
 
 #[test]
@@ -542,4 +549,75 @@ fn free_port_outside_the_ephemeral_range() -> u16 {
         .map(|i| 20_000 + (start - 20_000 + i) % 10_000)
         .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         .expect("a free port between 20000 and 30000")
+}
+
+/// `peermq work`: jobs arrive while it runs, each runs once with the
+/// message on stdin; a worker killed with SIGKILL mid-job loses nothing:
+/// restarted, it runs the killed job again once its lease lapses.
+#[test]
+fn work_runs_every_job_and_a_killed_worker_loses_none() {
+    let s = Sandbox::new();
+    let (a, b) = (s.id("a"), s.id("b"));
+    s.ok("a", &["add-peer", &b]);
+    for i in 0..4 {
+        s.send("b", &a, &format!("job {i}"));
+    }
+    let log = s.dir("jobs.log");
+    // Job 1 hangs on its first delivery: that is where the worker dies.
+    let script = format!(
+        "read -r body; echo \"start $PEERMQ_SEQ $PEERMQ_DELIVERY $body\" >> {log}; \
+         if [ $PEERMQ_SEQ = 1 ] && [ $PEERMQ_DELIVERY = 1 ]; then exec sleep 30; fi; \
+         echo \"end $PEERMQ_SEQ\" >> {log}",
+        log = log.display()
+    );
+    let work_args = [
+        "work", "-j", "2", "--lease", "1s", "--", "sh", "-c", &script,
+    ];
+    let mut worker = s.spawn("a", &work_args);
+    let mut connect = s.spawn("b", &["connect", &a]);
+    let mut done: Vec<String> = (0..3).map(|_| worker.line()).collect();
+    done.sort();
+    assert_eq!(
+        done,
+        [0, 2, 3]
+            .iter()
+            .map(|i| format!("DONE {b}@{i} delivery=1"))
+            .collect::<Vec<_>>()
+    );
+    for i in 0..4 {
+        assert_eq!(connect.line(), format!("ACK {a}@{i}"));
+    }
+    // SIGKILL: no chance to release anything.
+    worker.child.kill().unwrap();
+    worker.child.wait().unwrap();
+    drop(worker);
+
+    let mut worker = s.spawn("a", &work_args);
+    assert_eq!(worker.line(), format!("DONE {b}@1 delivery=2"));
+    assert_clean_stop("work", &worker.interrupt());
+    assert_clean_stop("connect", &connect.interrupt());
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    let mut starts: Vec<&str> = log.lines().filter(|l| l.starts_with("start")).collect();
+    starts.sort();
+    assert_eq!(
+        starts,
+        [
+            "start 0 1 job 0",
+            "start 1 1 job 1",
+            "start 1 2 job 1",
+            "start 2 1 job 2",
+            "start 3 1 job 3"
+        ],
+        "each job once, the killed one twice"
+    );
+    let mut ends: Vec<&str> = log.lines().filter(|l| l.starts_with("end")).collect();
+    ends.sort();
+    assert_eq!(
+        ends,
+        ["end 0", "end 1", "end 2", "end 3"],
+        "every job completed"
+    );
+    let categories = s.ok("a", &["categories"]);
+    assert_eq!(categories, "unread 0 (0 taken)\narchived 4\ndead 0\n");
 }

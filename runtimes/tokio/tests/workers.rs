@@ -86,7 +86,12 @@ fn two_worker_processes_do_each_job_exactly_once() {
         .map(|i| {
             let out = tmp.path().join(format!("done-{i}"));
             let child = Command::new(&exe)
-                .args(["--ignored", "--exact", "child_process_worker", "--nocapture"])
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "child_process_worker",
+                    "--nocapture",
+                ])
                 .env(
                     CHILD_ENV,
                     format!("{}|{}", tmp.path().join("a").display(), out.display()),

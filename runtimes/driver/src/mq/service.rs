@@ -237,7 +237,10 @@ impl Queue {
                 lease,
                 lease_for,
                 reply,
-            } => answer(reply, cx.node.extend(&lease, lease_for, now).map_err(Into::into)),
+            } => answer(
+                reply,
+                cx.node.extend(&lease, lease_for, now).map_err(Into::into),
+            ),
             WorkCommand::Release {
                 lease,
                 delay,

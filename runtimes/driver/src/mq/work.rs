@@ -57,7 +57,11 @@ impl Worker {
     /// Gives `lease`'s message back unprocessed: handed out again after
     /// `delay`, or the policy's backoff when `None`; dead-lettered if it
     /// had the policy's maximum deliveries.
-    pub async fn release(&self, lease: &Lease, delay: Option<Duration>) -> Result<Released, MqError> {
+    pub async fn release(
+        &self,
+        lease: &Lease,
+        delay: Option<Duration>,
+    ) -> Result<Released, MqError> {
         let lease = *lease;
         self.work(|reply| WorkCommand::Release {
             lease,
@@ -106,8 +110,15 @@ impl Mq {
     /// message is in one place at a time, and a lease on it ends. Returns
     /// `false` if it already was there.
     pub async fn move_to(&self, from: PeerId, seq: u64, to: Mailbox) -> Result<bool, MqError> {
-        self.queue(|reply| QueueCommand::Work(WorkCommand::Move { from, seq, to, reply }))
-            .await
+        self.queue(|reply| {
+            QueueCommand::Work(WorkCommand::Move {
+                from,
+                seq,
+                to,
+                reply,
+            })
+        })
+        .await
     }
 
     /// Creates `category`; returns whether it is new.
