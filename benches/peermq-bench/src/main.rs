@@ -15,6 +15,8 @@
 //! | `replicate_full` | writer serves the `append_b100` directory, a fresh reader dials it | connect to last block stored |
 //! | `replicate_sparse` | same, reader with prefetch off `get`s every 100th block | connect to last of those stored |
 //! | `latency` | writer sends one message stamped with the wall clock, the reader's live stream yields it | stamp to yield, ping-pong paced |
+//! | `work` | `--workers` processes share the `replicate_full` reader's directory, each taking batches of jobs with leases, running nothing, archiving each | first take to last archive; take-to-archive p50/p99 per job |
+//! | `archive_each` | one process archives every message of that directory, one commit each: what one commit per job allows | first to last archive |
 //!
 //! Every phase runs in two durability modes: `nosync` (LMDB `MDB_NOSYNC`:
 //! commits survive a process crash, not a power loss; the anchor's mode,
@@ -65,6 +67,12 @@ struct Cli {
     /// Latency samples discarded first.
     #[arg(long = "lat-warmup", default_value_t = 20)]
     lat_warmup: u64,
+    /// Worker processes in the `work` phase.
+    #[arg(long, default_value_t = 4)]
+    workers: u64,
+    /// Jobs a worker takes at once in the `work` phase.
+    #[arg(long = "take-batch", default_value_t = 16)]
+    take_batch: u64,
     /// Runs per phase; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -119,6 +127,10 @@ enum Part {
     LiveWriter,
     /// Reads them live and reports each delay.
     LiveReader,
+    /// Takes jobs with leases and archives each (`work`).
+    Worker,
+    /// Archives every unread message, one commit each (`work`'s baseline).
+    ArchiveEach,
 }
 
 /// How a fetching reader downloads.
@@ -353,6 +365,8 @@ async fn run_role(role: Part, job: Job) -> anyhow::Result<()> {
         Part::Append => role_append(job).await,
         Part::Serve => role_serve(job).await,
         Part::Fetch => role_fetch(job).await,
+        Part::Worker => role_worker(job).await,
+        Part::ArchiveEach => role_archive_each(job).await,
         Part::LiveWriter => role_live_writer(job).await,
         Part::LiveReader => role_live_reader(job).await,
         Part::Init => {
@@ -558,6 +572,83 @@ async fn role_live_reader(job: Job) -> anyhow::Result<()> {
 }
 
 /// Nearest-rank percentile, as the anchor computes it.
+/// Takes jobs in batches with leases, "runs" each (nothing) and archives
+/// it, until none is left; reports its span and every job's
+/// take-to-archive time.
+async fn role_worker(job: Job) -> anyhow::Result<()> {
+    let mq = open(&job, Config::default(), None)?;
+    let worker = mq.worker(peermq::RetryPolicy::default(), Duration::from_secs(60));
+    let lines = stdin_lines();
+    say("ready");
+    if lines.recv().await.ok().as_deref() != Some("go") {
+        bail!("expected go");
+    }
+    let (mut first, mut last, mut done) = (0u64, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    loop {
+        let t0 = std::time::Instant::now();
+        let start = wall_ns();
+        let taken = worker.take(job.batch as usize).await?;
+        if first == 0 {
+            first = start;
+        }
+        if taken.is_empty() {
+            let left = mq.categories().await?[0].messages;
+            if left == 0 {
+                break;
+            }
+            // The others hold the rest: look again shortly.
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
+        for t in &taken {
+            if !worker.archive(&t.lease).await? {
+                bail!("job {} was archived by another worker", t.lease.seq);
+            }
+            latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+            done += 1;
+        }
+        last = wall_ns();
+    }
+    say(&json!({
+        "first_ns": first,
+        "last_ns": last,
+        "done": done,
+        "latencies_us": latencies.iter().map(|l| r1(*l)).collect::<Vec<_>>(),
+        "peak_rss_MiB": peak_rss_mib(),
+    })
+    .to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+/// Archives every unread message, one at a time: one commit per job.
+async fn role_archive_each(job: Job) -> anyhow::Result<()> {
+    let mq = open(&job, Config::default(), None)?;
+    let unread: Vec<(PeerId, u64)> = {
+        let mut records = mq.read_stream(Mailbox::Unread, false);
+        let mut out = Vec::new();
+        while let Some(r) = records.next().await {
+            let r = r?;
+            out.push((r.from, r.seq));
+        }
+        out
+    };
+    let t0 = std::time::Instant::now();
+    for &(from, seq) in &unread {
+        mq.archive(from, seq).await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    say(&json!({
+        "secs": r3(secs),
+        "msgs_per_s": (unread.len() as f64 / secs).round(),
+        "peak_rss_MiB": peak_rss_mib(),
+    })
+    .to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -884,6 +975,9 @@ fn run_once(cli: &Cli, sync: bool, net: Net, tmp: &Path) -> anyhow::Result<Vec<R
             peak_rss_mib: max_opt(num(&v, "peak_rss_MiB"), num(&ws, "peak_rss_MiB")),
             ..Row::default()
         });
+        if phase == "replicate_full" {
+            rows.extend(work_phases(cli, dur, &rdir, tmp, &with)?);
+        }
         let _ = std::fs::remove_dir_all(&rdir);
     }
 
@@ -950,6 +1044,88 @@ fn run_once(cli: &Cli, sync: bool, net: Net, tmp: &Path) -> anyhow::Result<Vec<R
             r.phase = format!("{}@{}", r.phase, value_name(net));
         }
     }
+    Ok(rows)
+}
+
+/// The `work` and `archive_each` phases, on copies of `jobs`, a reader's
+/// directory holding every message unread.
+fn work_phases(
+    cli: &Cli,
+    dur: &str,
+    jobs: &Path,
+    tmp: &Path,
+    with: &dyn Fn(Vec<(&'static str, String)>) -> Vec<(&'static str, String)>,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let dir = tmp.join("work");
+    copy_dir(jobs, &dir)?;
+    let mut kids = (0..cli.workers)
+        .map(|_| {
+            Kid::spawn(
+                Part::Worker,
+                &with(vec![
+                    ("dir", dir.display().to_string()),
+                    ("batch", cli.take_batch.to_string()),
+                ]),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for k in &mut kids {
+        let ready = k.line()?;
+        if ready != "ready" {
+            bail!("a worker said {ready:?}");
+        }
+    }
+    for k in &mut kids {
+        k.tell("go")?;
+    }
+    let (mut first, mut last, mut done) = (u64::MAX, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    let mut rss: Option<f64> = None;
+    for mut k in kids {
+        let v = k.json()?;
+        k.wait()?;
+        first = first.min(num(&v, "first_ns").unwrap_or(f64::MAX) as u64);
+        last = last.max(num(&v, "last_ns").unwrap_or(0.0) as u64);
+        done += num(&v, "done").unwrap_or(0.0) as u64;
+        rss = max_opt(rss, num(&v, "peak_rss_MiB"));
+        if let Some(l) = v["latencies_us"].as_array() {
+            latencies.extend(l.iter().filter_map(Value::as_f64));
+        }
+    }
+    if done != cli.n {
+        bail!("the workers archived {done} jobs of {}", cli.n);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let secs = last.saturating_sub(first) as f64 / 1e9;
+    rows.push(Row {
+        phase: "work".into(),
+        durability: dur.into(),
+        msgs_per_s: Some((done as f64 / secs).round()),
+        secs: Some(r3(secs)),
+        p50_us: Some(r1(pct(&latencies, 50.0))),
+        p99_us: Some(r1(pct(&latencies, 99.0))),
+        peak_rss_mib: rss,
+        ..Row::default()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+
+    copy_dir(jobs, &dir)?;
+    let mut k = Kid::spawn(
+        Part::ArchiveEach,
+        &with(vec![("dir", dir.display().to_string())]),
+    )?;
+    let v = k.json()?;
+    k.wait()?;
+    rows.push(Row {
+        phase: "archive_each".into(),
+        durability: dur.into(),
+        msgs_per_s: num(&v, "msgs_per_s"),
+        secs: num(&v, "secs"),
+        peak_rss_mib: num(&v, "peak_rss_MiB"),
+        ..Row::default()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
 }
 
