@@ -1047,6 +1047,9 @@ fn run_once(cli: &Cli, sync: bool, net: Net, tmp: &Path) -> anyhow::Result<Vec<R
     Ok(rows)
 }
 
+/// A child's command-line arguments, as `--name value` pairs.
+type Args = Vec<(&'static str, String)>;
+
 /// The `work` and `archive_each` phases, on copies of `jobs`, a reader's
 /// directory holding every message unread.
 fn work_phases(
@@ -1054,7 +1057,7 @@ fn work_phases(
     dur: &str,
     jobs: &Path,
     tmp: &Path,
-    with: &dyn Fn(Vec<(&'static str, String)>) -> Vec<(&'static str, String)>,
+    with: &dyn Fn(Args) -> Args,
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let dir = tmp.join("work");
