@@ -298,6 +298,25 @@ pub enum Op {
         /// Seed of the per-message choices.
         seed: u64,
     },
+    /// A worker at `node` takes up to `max` unread messages, each with a
+    /// lease of `lease`; then, for each, it archives it (`ok`%), releases
+    /// it as failed (`fail`%), or drops it (the rest: a crash mid-job, or,
+    /// for half of those, a pause that ends after the lease lapsed, when it
+    /// archives late).
+    Work {
+        /// The worker's node.
+        node: usize,
+        /// Most messages taken.
+        max: u32,
+        /// Lease time (microseconds).
+        lease: u64,
+        /// Percent archived.
+        ok: u8,
+        /// Percent released.
+        fail: u8,
+        /// Seed of the per-message choices.
+        seed: u64,
+    },
     /// Sparse reader `node` asks for `count` random messages of `from`'s feed
     /// with `Node::get`.
     Get {
@@ -444,6 +463,7 @@ impl Op {
             self,
             Op::Send { .. }
                 | Op::Read { .. }
+                | Op::Work { .. }
                 | Op::Get { .. }
                 | Op::RemovePeer { .. }
                 | Op::Intrude { .. }
@@ -468,6 +488,18 @@ impl fmt::Display for Op {
             } => write!(
                 f,
                 "read n{node} limit={limit} archive={archive}% clear={clear}% seed={seed}"
+            ),
+            Op::Work {
+                node,
+                max,
+                lease,
+                ok,
+                fail,
+                seed,
+            } => write!(
+                f,
+                "work n{node} max={max} lease={} ok={ok}% fail={fail}% seed={seed}",
+                secs(*lease)
             ),
             Op::Get {
                 node,
@@ -925,6 +957,29 @@ fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
                         node,
                         from: d.pick(&froms),
                         count: d.range(1, 5) as u32,
+                        seed: d.u64(),
+                    },
+                });
+                t += every;
+            }
+            continue;
+        }
+        if d.chance(40) {
+            // A worker: takes with leases, fails some jobs, crashes or
+            // pauses mid-job.
+            let every = d.range(100, 3000) * MS;
+            let ok = d.range(40, 95) as u8;
+            let fail = d.range(0, u64::from(100 - ok)) as u8;
+            let mut t = d.range(0, every);
+            while t < o.chaos {
+                ops.push(TimedOp {
+                    at: t,
+                    op: Op::Work {
+                        node,
+                        max: d.range(1, 50) as u32,
+                        lease: d.range(1, 10) * SEC,
+                        ok,
+                        fail,
                         seed: d.u64(),
                     },
                 });

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use peermq::node::limits;
-use peermq::Mailbox;
+use peermq::{Category, Mailbox};
 
 use crate::oracle::Failure;
 use crate::plan::{Op, SEC};
@@ -139,7 +139,10 @@ impl Sim<'_> {
                 ));
                 return;
             }
-            for mailbox in [Mailbox::Unread, Mailbox::Archived] {
+            // Every message ends unread (still pending), archived, or
+            // dead-lettered by a worker: never lost.
+            let dead = Mailbox::Category(Category::DEAD);
+            for mailbox in [Mailbox::Unread, Mailbox::Archived, dead] {
                 let r = match self.slots[i].node.as_mut() {
                     Some(x) => x.read(mailbox, None, usize::MAX),
                     None => return,

@@ -22,6 +22,7 @@ mod checks;
 mod faults;
 mod network;
 mod trace;
+mod work;
 mod workload;
 
 use checks::Tally;
@@ -161,6 +162,8 @@ pub struct Sim<'p> {
     tally: Tally,
     /// Nodes with a consumer drain scheduled.
     drain_soon: BTreeSet<usize>,
+    /// What the workers' oracle knows of each taken message.
+    jobs: work::Jobs,
     /// Backups of nodes' stores, restored by `Op::Restore`.
     backups: BTreeMap<usize, MemStore>,
     stats: Report,
@@ -263,6 +266,7 @@ impl<'p> Sim<'p> {
             dirty: BTreeSet::new(),
             failure: None,
             tally: Tally::default(),
+            jobs: work::Jobs::default(),
             backups: BTreeMap::new(),
             drain_soon: BTreeSet::new(),
             stats: Report::default(),
@@ -522,6 +526,15 @@ impl<'p> Sim<'p> {
                     ))
                 }
             }
+            Event::DeadLettered {
+                from,
+                seq,
+                reason,
+                deliveries,
+            } => {
+                let f = self.peer_index(&from);
+                self.on_dead_lettered(i, f, seq, reason, deliveries)
+            }
             // Broadcast feeds are the emitter's; the queue workload
             // never writes one.
             _ => Ok(()),
@@ -641,6 +654,14 @@ impl<'p> Sim<'p> {
                 }
                 self.read(node, limit as usize, archive, clear, seed);
             }
+            Op::Work {
+                node,
+                max,
+                lease,
+                ok,
+                fail,
+                seed,
+            } => self.work(node, max as usize, lease, ok, fail, seed),
             Op::Get {
                 node,
                 from,
