@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::Net;
 use peermq::{
-    Category, DeadReason, Event, Mailbox, NodeError, PeerId, Released, RetryPolicy, Timestamp,
+    Category, DeadReason, Event, Mailbox, NodeError, PeerId, Released, RetryPolicy, Taken,
+    Timestamp,
 };
 
 const A: usize = 0;
@@ -29,7 +30,19 @@ fn at(secs: u64) -> Timestamp {
     Timestamp::from_micros(1_700_000_000_000_000 + secs * 1_000_000)
 }
 
-fn seqs(taken: &[peermq::Taken]) -> Vec<u64> {
+/// What A's worker takes at `secs`.
+fn take(net: &mut Net, max: usize, policy: &RetryPolicy, secs: u64) -> Vec<Taken> {
+    net.node(A).take(max, LEASE, policy, at(secs)).unwrap()
+}
+
+/// The one message A's worker takes at `secs`.
+fn take_one(net: &mut Net, policy: &RetryPolicy, secs: u64) -> Taken {
+    let mut taken = take(net, 1, policy, secs);
+    assert_eq!(taken.len(), 1, "one message to take at {secs} s");
+    taken.remove(0)
+}
+
+fn seqs(taken: &[Taken]) -> Vec<u64> {
     taken.iter().map(|t| t.lease.seq).collect()
 }
 
@@ -53,7 +66,7 @@ fn dead_events(net: &mut Net) -> Vec<(u64, DeadReason, u32)> {
 fn a_taken_message_goes_to_no_other_taker_until_its_lease_lapses() {
     let (mut net, b) = jobs(3);
     let policy = RetryPolicy::default();
-    let first = net.node(A).take(2, LEASE, &policy, at(0)).unwrap();
+    let first = take(&mut net, 2, &policy, 0);
     assert_eq!(seqs(&first), vec![0, 1]);
     assert_eq!(first[0].data, b"job 0");
     assert_eq!(first[0].lease.from, b);
@@ -76,7 +89,7 @@ fn taken_messages_stay_unread_until_archived_and_are_archived_once() {
     let (mut net, b) = jobs(2);
     let policy = RetryPolicy::default();
     let now = net.now;
-    let taken = net.node(A).take(1, LEASE, &policy, at(0)).unwrap();
+    let taken = take(&mut net, 1, &policy, 0);
     assert_eq!(
         net.node(A).read(Mailbox::Unread, None, 10).unwrap().len(),
         2
@@ -85,7 +98,7 @@ fn taken_messages_stay_unread_until_archived_and_are_archived_once() {
     assert!(!net.node(A).archive(b, taken[0].lease.seq, now).unwrap());
     // Archived, the message is never handed out again, even after its
     // lease would have lapsed.
-    let later = net.node(A).take(5, LEASE, &policy, at(100)).unwrap();
+    let later = take(&mut net, 5, &policy, 100);
     assert_eq!(seqs(&later), vec![1]);
     let lost = net
         .node(A)
@@ -104,51 +117,28 @@ fn a_released_message_waits_out_the_backoff_then_comes_back_with_its_count() {
         backoff: vec![Duration::from_secs(5), Duration::from_secs(50)],
         max_deliveries: 10,
     };
-    let t = net
-        .node(A)
-        .take(1, LEASE, &policy, at(0))
-        .unwrap()
-        .remove(0);
+    let t = take_one(&mut net, &policy, 0);
     let r = net.node(A).release(&t.lease, None, &policy, at(1)).unwrap();
     assert_eq!(r, Released::RetryAt(at(6)));
-    assert!(net
-        .node(A)
-        .take(1, LEASE, &policy, at(5))
-        .unwrap()
-        .is_empty());
-    let t = net
-        .node(A)
-        .take(1, LEASE, &policy, at(6))
-        .unwrap()
-        .remove(0);
+    assert!(take(&mut net, 1, &policy, 5).is_empty());
+    let t = take_one(&mut net, &policy, 6);
     assert_eq!(t.delivery, 2);
     let r = net.node(A).release(&t.lease, None, &policy, at(7)).unwrap();
     assert_eq!(r, Released::RetryAt(at(57)), "the second backoff");
-    let t = net
-        .node(A)
-        .take(1, LEASE, &policy, at(57))
-        .unwrap()
-        .remove(0);
+    let t = take_one(&mut net, &policy, 57);
     let r = net
         .node(A)
         .release(&t.lease, None, &policy, at(58))
         .unwrap();
     assert_eq!(r, Released::RetryAt(at(108)), "the last backoff repeats");
     // An explicit delay overrides the policy.
-    let t = net
-        .node(A)
-        .take(1, LEASE, &policy, at(108))
-        .unwrap()
-        .remove(0);
+    let t = take_one(&mut net, &policy, 108);
     let r = net
         .node(A)
         .release(&t.lease, Some(Duration::ZERO), &policy, at(109))
         .unwrap();
     assert_eq!(r, Released::RetryAt(at(109)));
-    assert_eq!(
-        net.node(A).take(1, LEASE, &policy, at(109)).unwrap()[0].delivery,
-        5
-    );
+    assert_eq!(take(&mut net, 1, &policy, 109)[0].delivery, 5);
 }
 
 #[test]
@@ -160,11 +150,7 @@ fn a_message_that_keeps_failing_is_dead_lettered_after_exactly_the_maximum() {
     };
     net.take_events(A);
     for delivery in 1..=3 {
-        let t = net
-            .node(A)
-            .take(1, LEASE, &policy, at(delivery))
-            .unwrap()
-            .remove(0);
+        let t = take(&mut net, 1, &policy, delivery).remove(0);
         assert_eq!((t.lease.seq, t.delivery), (0, delivery as u32));
         let r = net
             .node(A)
@@ -190,24 +176,14 @@ fn a_message_that_keeps_failing_is_dead_lettered_after_exactly_the_maximum() {
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].data, b"job 0");
-    assert_eq!(
-        seqs(&net.node(A).take(5, LEASE, &policy, at(10)).unwrap()),
-        vec![1]
-    );
+    assert_eq!(seqs(&take(&mut net, 5, &policy, 10)), vec![1]);
 
     // A lease that lapses for the last time dead-letters at the next take.
     for n in 0..2 {
-        let t = net
-            .node(A)
-            .take(1, LEASE, &policy, at(100 + 100 * n))
-            .unwrap();
+        let t = take(&mut net, 1, &policy, 100 + 100 * n);
         assert_eq!(seqs(&t), vec![1]);
     }
-    assert!(net
-        .node(A)
-        .take(1, LEASE, &policy, at(500))
-        .unwrap()
-        .is_empty());
+    assert!(take(&mut net, 1, &policy, 500).is_empty());
     assert_eq!(
         dead_events(&mut net),
         vec![(1, DeadReason::MaxDeliveries, 3)]
@@ -218,22 +194,10 @@ fn a_message_that_keeps_failing_is_dead_lettered_after_exactly_the_maximum() {
 fn an_extended_lease_holds_the_message_and_a_lapsed_holder_cannot_extend() {
     let (mut net, _) = jobs(1);
     let policy = RetryPolicy::default();
-    let t = net
-        .node(A)
-        .take(1, LEASE, &policy, at(0))
-        .unwrap()
-        .remove(0);
+    let t = take_one(&mut net, &policy, 0);
     assert_eq!(net.node(A).extend(&t.lease, LEASE, at(20)).unwrap(), at(50));
-    assert!(net
-        .node(A)
-        .take(1, LEASE, &policy, at(40))
-        .unwrap()
-        .is_empty());
-    let next = net
-        .node(A)
-        .take(1, LEASE, &policy, at(50))
-        .unwrap()
-        .remove(0);
+    assert!(take(&mut net, 1, &policy, 40).is_empty());
+    let next = take_one(&mut net, &policy, 50);
     assert_eq!(next.delivery, 2);
     let lost = net.node(A).extend(&t.lease, LEASE, at(51)).unwrap_err();
     assert!(matches!(lost, NodeError::LeaseLost { .. }), "{lost}");
@@ -294,7 +258,7 @@ fn categories_hold_moved_messages_one_place_at_a_time_and_survive_a_restart() {
     // Back to unread: taken again as a first delivery.
     assert!(net.node(A).move_to(b, 0, Mailbox::Unread, now).unwrap());
     let policy = RetryPolicy::default();
-    let t = net.node(A).take(5, LEASE, &policy, at(0)).unwrap();
+    let t = take(&mut net, 5, &policy, 0);
     assert_eq!(seqs(&t), vec![0, 3]);
     assert!(t.iter().all(|t| t.delivery == 1));
 }
@@ -304,11 +268,7 @@ fn moving_a_taken_message_ends_its_lease() {
     let (mut net, b) = jobs(1);
     let now = net.now;
     let policy = RetryPolicy::default();
-    let t = net
-        .node(A)
-        .take(1, LEASE, &policy, at(0))
-        .unwrap()
-        .remove(0);
+    let t = take_one(&mut net, &policy, 0);
     let done = Category::new("done").unwrap();
     net.node(A).create_category(done).unwrap();
     assert!(net
@@ -320,9 +280,5 @@ fn moving_a_taken_message_ends_its_lease() {
         .release(&t.lease, None, &policy, at(1))
         .unwrap_err();
     assert!(matches!(lost, NodeError::LeaseLost { .. }), "{lost}");
-    assert!(net
-        .node(A)
-        .take(1, LEASE, &policy, at(100))
-        .unwrap()
-        .is_empty());
+    assert!(take(&mut net, 1, &policy, 100).is_empty());
 }

@@ -302,12 +302,7 @@ impl<S: Store> Node<S> {
     pub fn archive(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
         self.st.now = now;
         let changed = self.update_marks(from, |inbox, marks| {
-            if marks.cleared.contains(seq) {
-                return Err(NodeError::Cleared { from, seq });
-            }
-            if !inbox.dl.held.contains(seq) {
-                return Err(NodeError::NotHeld { from, seq });
-            }
+            check_movable(inbox, marks, from, seq)?;
             if marks.archived.contains(seq) {
                 return Ok(false);
             }
@@ -458,6 +453,23 @@ impl<S: Store> Node<S> {
         }
         Ok(out)
     }
+}
+
+/// Whether message `seq` from `from` can be archived or moved: it arrived
+/// and was not cleared.
+pub(super) fn check_movable(
+    inbox: &super::inbox::Inbox,
+    marks: &Marks,
+    from: PeerId,
+    seq: u64,
+) -> Result<(), NodeError> {
+    if marks.cleared.contains(seq) {
+        return Err(NodeError::Cleared { from, seq });
+    }
+    if !inbox.dl.held.contains(seq) {
+        return Err(NodeError::NotHeld { from, seq });
+    }
+    Ok(())
 }
 
 fn set_intersect(a: &RangeSet, b: &RangeSet) -> RangeSet {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::category::{Category, DeadReason};
 use super::event::{Event, Output};
 use super::marks::{Job, Marks};
-use super::queue::Mailbox;
+use super::queue::{check_movable, Mailbox};
 use super::{peer_keys, retry_on_conflict, Node, NodeError};
 use crate::feed::FeedDescriptor;
 use crate::identity::PeerId;
@@ -205,12 +205,7 @@ impl<S: Store> Node<S> {
         }
         self.st.now = now;
         let changed = self.update_marks(from, |inbox, marks| {
-            if marks.cleared.contains(seq) {
-                return Err(NodeError::Cleared { from, seq });
-            }
-            if !inbox.dl.held.contains(seq) {
-                return Err(NodeError::NotHeld { from, seq });
-            }
+            check_movable(inbox, marks, from, seq)?;
             match to {
                 Mailbox::Category(c) if marks.category_of(seq) == Some(c) => Ok(false),
                 Mailbox::Category(c) => {
