@@ -92,6 +92,18 @@ struct Cli {
     /// `npm ci` installs it unless it brings node_modules).
     #[arg(long = "js-dir", default_value = "../shared/anchors/hypercore-js")]
     js_dir: PathBuf,
+    /// Also run the NATS JetStream work-queue anchor, with confirmed and
+    /// with fire-and-forget acks, after each of our no-sync runs, and
+    /// print the `work` phase's ratios to it.
+    #[arg(long = "compare-nats")]
+    compare_nats: bool,
+    /// Where the NATS anchor's bench.py is.
+    #[arg(long = "nats-dir", default_value = "../shared/anchors/nats-jetstream")]
+    nats_dir: PathBuf,
+    /// The Python that runs it (with nats-py installed); it needs
+    /// nats-server on PATH.
+    #[arg(long = "nats-python", default_value = "python3")]
+    nats_python: PathBuf,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -1221,6 +1233,109 @@ fn prepare_js(cli: &Cli, tmp: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// One run of the JS anchor (its own `--runs 1`), as rows.
+/// One run of the NATS JetStream anchor in each ack mode: rows
+/// `wq_work (acks confirmed)`, `wq_work (acks not confirmed)` and
+/// `wq_latency`.
+fn run_nats(cli: &Cli) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for ack in ["sync", "async"] {
+        let out = Command::new(&cli.nats_python)
+            .arg(cli.nats_dir.join("bench.py"))
+            .args(["--runs", "1", "--jobs", &cli.n.to_string()])
+            .args(["--workers", &cli.workers.to_string(), "--ack", ack])
+            .stderr(Stdio::inherit())
+            .output()
+            .context(
+                "running the NATS anchor (needs nats-server on PATH and nats-py in --nats-python)",
+            )?;
+        if !out.status.success() {
+            bail!("the NATS anchor failed: {}", out.status);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let phase = match (v["phase"].as_str(), ack) {
+                (Some("wq_work"), "sync") => "wq_work (acks confirmed)",
+                (Some("wq_work"), _) => "wq_work (acks not confirmed)",
+                // The latency phase always confirms its ack.
+                (Some("wq_latency"), "sync") => "wq_latency",
+                _ => continue,
+            };
+            rows.push(Row {
+                phase: phase.into(),
+                durability: "no fsync per message".into(),
+                msgs_per_s: num(&v, "jobs_per_s"),
+                secs: num(&v, "secs"),
+                p50_us: num(&v, "p50_us"),
+                p99_us: num(&v, "p99_us"),
+                peak_rss_mib: num(&v, "server_peak_rss_MiB"),
+                ..Row::default()
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The `work` phase (no fsync) against the NATS anchor: the issue's
+/// targets, as JSON lines and a table.
+fn report_nats(ours: &[Row], nats: &[Row]) {
+    let Some(work) = ours
+        .iter()
+        .find(|r| r.phase == "work" && r.durability == "nosync")
+    else {
+        return;
+    };
+    let find = |phase: &str| nats.iter().find(|r| r.phase == phase);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut checks = Vec::new();
+    if let Some(n) = find("wq_work (acks confirmed)") {
+        let r = ratio(work.msgs_per_s, n.msgs_per_s);
+        checks.push(("jobs/s ≥ 10× (acks confirmed)", r, r >= Some(10.0)));
+    }
+    if let Some(n) = find("wq_work (acks not confirmed)") {
+        let r = ratio(work.msgs_per_s, n.msgs_per_s);
+        checks.push(("jobs/s ≥ 3× (acks not confirmed)", r, r >= Some(3.0)));
+    }
+    if let Some(n) = find("wq_latency") {
+        let r = ratio(work.p50_us, n.p50_us);
+        checks.push(("p50 ≤ 1/5", r, r.is_some_and(|r| r <= 0.2)));
+    }
+    if checks.is_empty() {
+        return;
+    }
+    eprintln!();
+    eprintln!(
+        "| NATS JetStream phase (Python client) | jobs/s | p50 µs | p99 µs | server peak RSS MiB |"
+    );
+    eprintln!("|---|---|---|---|---|");
+    for r in nats {
+        eprintln!(
+            "| {} | {} | {} | {} | {} |",
+            r.phase,
+            fmt(r.msgs_per_s),
+            fmt(r.p50_us),
+            fmt(r.p99_us),
+            fmt(r.peak_rss_mib)
+        );
+    }
+    eprintln!();
+    eprintln!("| work (nosync) vs NATS JetStream (its client is Python) | measured | met |");
+    eprintln!("|---|---|---|");
+    for (what, v, ok) in checks {
+        let line = json!({"type": "ratio", "phase": "work", "vs": "nats-jetstream", "target": what, "ratio": v.map(r3), "met": ok});
+        println!("{line}");
+        eprintln!(
+            "| {what} | {} | {} |",
+            v.map_or("–".into(), |v| format!("{v:.3}")),
+            if ok { "yes" } else { "no" }
+        );
+    }
+}
+
 fn run_js(cli: &Cli, work: &Path, run: usize) -> anyhow::Result<Vec<Row>> {
     let out = Command::new("node")
         .arg("bench.mjs")
@@ -1302,8 +1417,10 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
         false => None,
     };
     let mut js_failed = None;
+    let mut nats_failed: Option<anyhow::Error> = None;
     let mut rows = Vec::new();
     let mut js_rows = Vec::new();
+    let mut nats_rows = Vec::new();
     // Our runs and the anchor's alternate, so that both sample the same
     // spells of a machine whose speed drifts from one minute to the next.
     // The anchor never syncs, so its run follows our no-sync one.
@@ -1323,6 +1440,15 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
             if sync && modes.len() > 1 {
                 continue;
             }
+            if cli.compare_nats && nats_failed.is_none() {
+                match run_nats(cli) {
+                    Ok(nats) => report_run("nats-jetstream", run, nats, &mut nats_rows),
+                    Err(e) => {
+                        eprintln!("the NATS anchor failed in run {run}, so it runs no more: {e:#}");
+                        nats_failed = Some(e);
+                    }
+                }
+            }
             let Some(work) = &js_work else { continue };
             match run_js(cli, work, run) {
                 Ok(js) => report_run("hypercore-js", run, js, &mut js_rows),
@@ -1337,6 +1463,16 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
     }
     let ours = summarize(&rows);
     let js = summarize(&js_rows);
+    let nats = summarize(&nats_rows);
+    for r in &nats {
+        let mut j = r.to_json("nats-jetstream");
+        j["type"] = json!("summary");
+        println!("{j}");
+    }
+    report_nats(&ours, &nats);
+    if let Some(e) = nats_failed {
+        return Err(e.context("the NATS anchor failed; its ratios cover only its runs before"));
+    }
     for (name, summary) in [("peermq", &ours), ("hypercore-js", &js)] {
         for r in summary {
             let mut j = r.to_json(name);
