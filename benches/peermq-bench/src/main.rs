@@ -71,7 +71,7 @@ struct Cli {
     #[arg(long, default_value_t = 4)]
     workers: u64,
     /// Jobs a worker takes at once in the `work` phase.
-    #[arg(long = "take-batch", default_value_t = 16)]
+    #[arg(long = "take-batch", default_value_t = 4)]
     take_batch: u64,
     /// Runs per phase; the median is reported.
     #[arg(long, default_value_t = 3)]
