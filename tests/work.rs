@@ -282,3 +282,30 @@ fn moving_a_taken_message_ends_its_lease() {
     assert!(matches!(lost, NodeError::LeaseLost { .. }), "{lost}");
     assert!(take(&mut net, 1, &policy, 100).is_empty());
 }
+
+#[test]
+fn a_batch_of_jobs_is_archived_in_one_commit_all_or_none() {
+    let (mut net, b) = jobs(4);
+    let now = net.now;
+    let policy = RetryPolicy::default();
+    let taken = take(&mut net, 3, &policy, 0);
+    let seqs: Vec<u64> = seqs(&taken);
+    assert!(net.node(A).clear(b, 3, now).unwrap());
+    let err = net.node(A).archive_many(b, &[0, 3], now).unwrap_err();
+    assert!(matches!(err, NodeError::Cleared { seq: 3, .. }), "{err}");
+    assert_eq!(
+        net.node(A).read(Mailbox::Archived, None, 10).unwrap().len(),
+        0,
+        "nothing archived when one fails"
+    );
+    assert!(net.node(A).archive(b, 1, now).unwrap());
+    assert_eq!(
+        net.node(A).archive_many(b, &seqs, now).unwrap(),
+        vec![true, false, true]
+    );
+    assert_eq!(
+        net.node(A).read(Mailbox::Archived, None, 10).unwrap().len(),
+        3
+    );
+    assert!(take(&mut net, 5, &policy, 100).is_empty());
+}

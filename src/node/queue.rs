@@ -317,6 +317,38 @@ impl<S: Store> Node<S> {
         Ok(changed)
     }
 
+    /// Archives messages `seqs` from `from` in one commit, all or none (an
+    /// error for one, such as [`NodeError::Cleared`], archives nothing).
+    /// Returns, for each, whether it was newly archived; as
+    /// [`Node::archive`] otherwise.
+    pub fn archive_many(
+        &mut self,
+        from: PeerId,
+        seqs: &[u64],
+        now: Instant,
+    ) -> Result<Vec<bool>, NodeError> {
+        self.st.now = now;
+        let mut fresh = Vec::with_capacity(seqs.len());
+        let changed = self.update_marks(from, |inbox, marks| {
+            fresh.clear();
+            for &seq in seqs {
+                check_movable(inbox, marks, from, seq)?;
+                let new = !marks.archived.contains(seq);
+                if new {
+                    marks.unplace(seq);
+                    marks.archived.insert(seq, seq + 1);
+                }
+                fresh.push(new);
+            }
+            Ok(fresh.contains(&true))
+        })?;
+        if changed {
+            self.st.schedule_requests(from);
+            self.pump(now);
+        }
+        Ok(fresh)
+    }
+
     /// Drops message `seq` from `from` locally: its bytes are deleted, it
     /// leaves both mailboxes, and it is never downloaded again (it may not
     /// have arrived yet). Returns `false` if it already was cleared.

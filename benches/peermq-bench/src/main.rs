@@ -16,6 +16,7 @@
 //! | `replicate_sparse` | same, reader with prefetch off `get`s every 100th block | connect to last of those stored |
 //! | `latency` | writer sends one message stamped with the wall clock, the reader's live stream yields it | stamp to yield, ping-pong paced |
 //! | `work` | `--workers` processes share the `replicate_full` reader's directory, each taking batches of jobs with leases, running nothing, archiving each | first take to last archive; take-to-archive p50/p99 per job |
+//! | `work_batch` | with `--work-batch-archive`: as `work`, each worker archiving a taken batch in one commit | as `work` |
 //! | `archive_each` | one process archives every message of that directory, one commit each: what one commit per job allows | first to last archive |
 //!
 //! Every phase runs in two durability modes: `nosync` (LMDB `MDB_NOSYNC`:
@@ -73,6 +74,10 @@ struct Cli {
     /// Jobs a worker takes at once in the `work` phase.
     #[arg(long = "take-batch", default_value_t = 4)]
     take_batch: u64,
+    /// Also run `work_batch`: the `work` phase with each worker archiving
+    /// a taken batch in one commit (`Worker::archive_all`).
+    #[arg(long = "work-batch-archive")]
+    work_batch_archive: bool,
     /// Runs per phase; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -613,12 +618,22 @@ async fn role_worker(job: Job) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_micros(200)).await;
             continue;
         }
-        for t in &taken {
-            if !worker.archive(&t.lease).await? {
-                bail!("job {} was archived by another worker", t.lease.seq);
+        if job.every == 0 {
+            let leases: Vec<peermq::Lease> = taken.iter().map(|t| t.lease).collect();
+            if worker.archive_all(&leases).await?.contains(&false) {
+                bail!("a job was archived by another worker");
             }
-            latencies.push(t0.elapsed().as_secs_f64() * 1e6);
-            done += 1;
+            let each = t0.elapsed().as_secs_f64() * 1e6;
+            latencies.extend(std::iter::repeat_n(each, taken.len()));
+            done += taken.len() as u64;
+        } else {
+            for t in &taken {
+                if !worker.archive(&t.lease).await? {
+                    bail!("job {} was archived by another worker", t.lease.seq);
+                }
+                latencies.push(t0.elapsed().as_secs_f64() * 1e6);
+                done += 1;
+            }
         }
         last = wall_ns();
     }
@@ -1073,7 +1088,41 @@ fn work_phases(
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let dir = tmp.join("work");
+    rows.push(work_phase(cli, dur, jobs, &dir, with, false)?);
+    if cli.work_batch_archive {
+        rows.push(work_phase(cli, dur, jobs, &dir, with, true)?);
+    }
+
     copy_dir(jobs, &dir)?;
+    let mut k = Kid::spawn(
+        Part::ArchiveEach,
+        &with(vec![("dir", dir.display().to_string())]),
+    )?;
+    let v = k.json()?;
+    k.wait()?;
+    rows.push(Row {
+        phase: "archive_each".into(),
+        durability: dur.into(),
+        msgs_per_s: num(&v, "msgs_per_s"),
+        secs: num(&v, "secs"),
+        peak_rss_mib: num(&v, "peak_rss_MiB"),
+        ..Row::default()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+/// One `work` phase on a copy of `jobs` in `dir`; with `batch_archive`,
+/// each worker archives a taken batch in one commit (`work_batch`).
+fn work_phase(
+    cli: &Cli,
+    dur: &str,
+    jobs: &Path,
+    dir: &Path,
+    with: &dyn Fn(Args) -> Args,
+    batch_archive: bool,
+) -> anyhow::Result<Row> {
+    copy_dir(jobs, dir)?;
     let mut kids = (0..cli.workers)
         .map(|_| {
             Kid::spawn(
@@ -1081,6 +1130,7 @@ fn work_phases(
                 &with(vec![
                     ("dir", dir.display().to_string()),
                     ("batch", cli.take_batch.to_string()),
+                    ("every", if batch_archive { "0" } else { "1" }.to_string()),
                 ]),
             )
         })
@@ -1113,8 +1163,9 @@ fn work_phases(
     }
     latencies.sort_by(f64::total_cmp);
     let secs = last.saturating_sub(first) as f64 / 1e9;
-    rows.push(Row {
-        phase: "work".into(),
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(Row {
+        phase: if batch_archive { "work_batch" } else { "work" }.into(),
         durability: dur.into(),
         msgs_per_s: Some((done as f64 / secs).round()),
         secs: Some(r3(secs)),
@@ -1122,26 +1173,7 @@ fn work_phases(
         p99_us: Some(r1(pct(&latencies, 99.0))),
         peak_rss_mib: rss,
         ..Row::default()
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-
-    copy_dir(jobs, &dir)?;
-    let mut k = Kid::spawn(
-        Part::ArchiveEach,
-        &with(vec![("dir", dir.display().to_string())]),
-    )?;
-    let v = k.json()?;
-    k.wait()?;
-    rows.push(Row {
-        phase: "archive_each".into(),
-        durability: dur.into(),
-        msgs_per_s: num(&v, "msgs_per_s"),
-        secs: num(&v, "secs"),
-        peak_rss_mib: num(&v, "peak_rss_MiB"),
-        ..Row::default()
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(rows)
+    })
 }
 
 fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -1277,34 +1309,10 @@ fn run_nats(cli: &Cli) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The `work` phase (no fsync) against the NATS anchor: the issue's
+/// The `work` phases (no fsync) against the NATS anchor: the issue's
 /// targets, as JSON lines and a table.
 fn report_nats(ours: &[Row], nats: &[Row]) {
-    let Some(work) = ours
-        .iter()
-        .find(|r| r.phase == "work" && r.durability == "nosync")
-    else {
-        return;
-    };
-    let find = |phase: &str| nats.iter().find(|r| r.phase == phase);
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
-    let mut checks = Vec::new();
-    if let Some(n) = find("wq_work (acks confirmed)") {
-        let r = ratio(work.msgs_per_s, n.msgs_per_s);
-        checks.push(("jobs/s ≥ 10× (acks confirmed)", r, r >= Some(10.0)));
-    }
-    if let Some(n) = find("wq_work (acks not confirmed)") {
-        let r = ratio(work.msgs_per_s, n.msgs_per_s);
-        checks.push(("jobs/s ≥ 3× (acks not confirmed)", r, r >= Some(3.0)));
-    }
-    if let Some(n) = find("wq_latency") {
-        let r = ratio(work.p50_us, n.p50_us);
-        checks.push(("p50 ≤ 1/5", r, r.is_some_and(|r| r <= 0.2)));
-    }
-    if checks.is_empty() {
+    if nats.is_empty() {
         return;
     }
     eprintln!();
@@ -1322,17 +1330,45 @@ fn report_nats(ours: &[Row], nats: &[Row]) {
             fmt(r.peak_rss_mib)
         );
     }
+    let find = |phase: &str| nats.iter().find(|r| r.phase == phase);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
     eprintln!();
-    eprintln!("| work (nosync) vs NATS JetStream (its client is Python) | measured | met |");
-    eprintln!("|---|---|---|");
-    for (what, v, ok) in checks {
-        let line = json!({"type": "ratio", "phase": "work", "vs": "nats-jetstream", "target": what, "ratio": v.map(r3), "met": ok});
-        println!("{line}");
-        eprintln!(
-            "| {what} | {} | {} |",
-            v.map_or("–".into(), |v| format!("{v:.3}")),
-            if ok { "yes" } else { "no" }
-        );
+    eprintln!(
+        "| ours (nosync) vs NATS JetStream (its client is Python) | target | measured | met |"
+    );
+    eprintln!("|---|---|---|---|");
+    for phase in ["work", "work_batch"] {
+        let Some(work) = ours
+            .iter()
+            .find(|r| r.phase == phase && r.durability == "nosync")
+        else {
+            continue;
+        };
+        let mut checks = Vec::new();
+        if let Some(n) = find("wq_work (acks confirmed)") {
+            let r = ratio(work.msgs_per_s, n.msgs_per_s);
+            checks.push(("jobs/s ≥ 10× (acks confirmed)", r, r >= Some(10.0)));
+        }
+        if let Some(n) = find("wq_work (acks not confirmed)") {
+            let r = ratio(work.msgs_per_s, n.msgs_per_s);
+            checks.push(("jobs/s ≥ 3× (acks not confirmed)", r, r >= Some(3.0)));
+        }
+        if let Some(n) = find("wq_latency") {
+            let r = ratio(work.p50_us, n.p50_us);
+            checks.push(("p50 ≤ 1/5", r, r.is_some_and(|r| r <= 0.2)));
+        }
+        for (what, v, ok) in checks {
+            let line = json!({"type": "ratio", "phase": phase, "vs": "nats-jetstream", "target": what, "ratio": v.map(r3), "met": ok});
+            println!("{line}");
+            eprintln!(
+                "| {phase} | {what} | {} | {} |",
+                v.map_or("–".into(), |v| format!("{v:.3}")),
+                if ok { "yes" } else { "no" }
+            );
+        }
     }
 }
 

@@ -397,6 +397,13 @@ impl Mq {
             .await
     }
 
+    /// Archives messages `seqs` from `from` in one commit, all or none.
+    /// Returns, for each, whether it was newly archived.
+    pub async fn archive_many(&self, from: PeerId, seqs: Vec<u64>) -> Result<Vec<bool>, MqError> {
+        self.queue(|reply| QueueCommand::ArchiveMany { from, seqs, reply })
+            .await
+    }
+
     /// Drops message `seq` from `from` locally; it is never downloaded
     /// again. Returns `false` if it already was cleared.
     pub async fn clear(&self, from: PeerId, seq: u64) -> Result<bool, MqError> {

@@ -50,6 +50,11 @@ pub(crate) enum QueueCommand {
         seq: u64,
         reply: Reply<bool>,
     },
+    ArchiveMany {
+        from: PeerId,
+        seqs: Vec<u64>,
+        reply: Reply<Vec<bool>>,
+    },
     Clear {
         from: PeerId,
         seq: u64,
@@ -323,6 +328,11 @@ impl<S: Store> Service<S> for Queue {
             },
             QueueCommand::Archive { from, seq, reply } => {
                 let r = cx.node.archive(from, seq, now);
+                self.wake_readers();
+                answer(reply, r.map_err(Into::into));
+            }
+            QueueCommand::ArchiveMany { from, seqs, reply } => {
+                let r = cx.node.archive_many(from, &seqs, now);
                 self.wake_readers();
                 answer(reply, r.map_err(Into::into));
             }

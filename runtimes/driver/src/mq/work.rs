@@ -79,6 +79,27 @@ impl Worker {
         self.mq.archive(lease.from, lease.seq).await
     }
 
+    /// Archives the messages of `leases`, done, with one commit per sender
+    /// (usually one). Returns, for each, whether it was newly archived.
+    pub async fn archive_all(&self, leases: &[Lease]) -> Result<Vec<bool>, MqError> {
+        let mut fresh = vec![false; leases.len()];
+        let mut senders: Vec<PeerId> = leases.iter().map(|l| l.from).collect();
+        senders.sort();
+        senders.dedup();
+        for from in senders {
+            let (idx, seqs): (Vec<usize>, Vec<u64>) = leases
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.from == from)
+                .map(|(i, l)| (i, l.seq))
+                .unzip();
+            for (i, new) in idx.into_iter().zip(self.mq.archive_many(from, seqs).await?) {
+                fresh[i] = new;
+            }
+        }
+        Ok(fresh)
+    }
+
     /// The retry policy.
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
