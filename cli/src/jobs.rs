@@ -135,14 +135,6 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("`{s}` is too long a duration"))
 }
 
-/// The system clock as leases measure it.
-pub fn now() -> Timestamp {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_unix(since)
-}
-
 /// Parses a lease time: a duration longer than zero.
 pub fn parse_lease(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {

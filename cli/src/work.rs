@@ -109,7 +109,7 @@ async fn finish(
     };
     match worker.release(&l, None).await {
         Ok(Released::RetryAt(at)) => {
-            let wait = at.saturating_since(crate::jobs::now());
+            let wait = at.saturating_since(peermq_tokio::wall_clock());
             printer.line(&format!(
                 "FAILED {name} delivery={} ({status}); retry in {:.1}s",
                 taken.delivery,

@@ -300,21 +300,7 @@ impl<S: Store> Node<S> {
     /// it already was archived, so a consumer can process each message
     /// exactly once, even with several processes on one data directory.
     pub fn archive(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
-        self.st.now = now;
-        let changed = self.update_marks(from, |inbox, marks| {
-            check_movable(inbox, marks, from, seq)?;
-            if marks.archived.contains(seq) {
-                return Ok(false);
-            }
-            marks.unplace(seq);
-            marks.archived.insert(seq, seq + 1);
-            Ok(true)
-        })?;
-        if changed {
-            self.st.schedule_requests(from);
-            self.pump(now);
-        }
-        Ok(changed)
+        Ok(self.archive_many(from, &[seq], now)?[0])
     }
 
     /// Archives messages `seqs` from `from` in one commit, all or none (an
@@ -327,9 +313,8 @@ impl<S: Store> Node<S> {
         seqs: &[u64],
         now: Instant,
     ) -> Result<Vec<bool>, NodeError> {
-        self.st.now = now;
         let mut fresh = Vec::with_capacity(seqs.len());
-        let changed = self.update_marks(from, |inbox, marks| {
+        self.update_places(from, now, |inbox, marks| {
             fresh.clear();
             for &seq in seqs {
                 check_movable(inbox, marks, from, seq)?;
@@ -342,10 +327,6 @@ impl<S: Store> Node<S> {
             }
             Ok(fresh.contains(&true))
         })?;
-        if changed {
-            self.st.schedule_requests(from);
-            self.pump(now);
-        }
         Ok(fresh)
     }
 
@@ -372,6 +353,24 @@ impl<S: Store> Node<S> {
                 inbox.wanted.remove(seq, seq + 1);
             }
             self.st.send_ack(from);
+            self.st.schedule_requests(from);
+            self.pump(now);
+        }
+        Ok(changed)
+    }
+
+    /// [`Node::update_marks`] for a change of where messages are: when it
+    /// changed anything, the download window may have moved, so requests
+    /// are scheduled and the outputs pumped. Returns what `change` returned.
+    pub(super) fn update_places(
+        &mut self,
+        from: PeerId,
+        now: Instant,
+        change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
+    ) -> Result<bool, NodeError> {
+        self.st.now = now;
+        let changed = self.update_marks(from, change)?;
+        if changed {
             self.st.schedule_requests(from);
             self.pump(now);
         }

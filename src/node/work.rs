@@ -203,8 +203,7 @@ impl<S: Store> Node<S> {
         if to == Mailbox::Archived {
             return self.archive(from, seq, now);
         }
-        self.st.now = now;
-        let changed = self.update_marks(from, |inbox, marks| {
+        self.update_places(from, now, |inbox, marks| {
             check_movable(inbox, marks, from, seq)?;
             match to {
                 Mailbox::Category(c) if marks.category_of(seq) == Some(c) => Ok(false),
@@ -218,12 +217,7 @@ impl<S: Store> Node<S> {
                     Ok(true)
                 }
             }
-        })?;
-        if changed {
-            self.st.schedule_requests(from);
-            self.pump(now);
-        }
-        Ok(changed)
+        })
     }
 
     /// Takes up to `max` unread messages, each with a lease of `lease_for`

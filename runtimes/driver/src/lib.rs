@@ -74,7 +74,7 @@ pub use peermq::{
     Prefetch, Record, Released, RetryPolicy, StoreError, Taken, Timestamp,
 };
 pub use runtime::{
-    timeout, BoxFuture, Connection, ConnectionInfo, Listener, ReadHalf, Route, RouteFn, Runtime,
-    Transport, WriteHalf,
+    timeout, wall_clock, BoxFuture, Connection, ConnectionInfo, Listener, ReadHalf, Route, RouteFn,
+    Runtime, Transport, WriteHalf,
 };
 pub use serde_json;

@@ -206,3 +206,13 @@ pub async fn timeout<T>(
     })
     .await
 }
+
+/// The system clock as a [`peermq::Timestamp`]: what lease deadlines are
+/// measured in, shared by every process on a data directory (a monotonic
+/// clock's origin is one process's own).
+pub fn wall_clock() -> peermq::Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    peermq::Timestamp::from_unix(since)
+}

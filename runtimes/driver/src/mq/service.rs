@@ -106,15 +106,6 @@ pub(crate) enum WorkCommand {
     },
 }
 
-/// The wall-clock time leases are measured in, shared by every process
-/// on the data directory.
-pub(crate) fn wall_clock() -> Timestamp {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_unix(since)
-}
-
 /// Where the answer of a sparse `get` goes.
 type FetchReply = Reply<Option<Vec<u8>>>;
 
@@ -226,7 +217,7 @@ impl Queue {
 
 impl Queue {
     fn on_work<S: Store>(&mut self, cx: &mut Ctx<'_, S>, cmd: WorkCommand) {
-        let now = wall_clock();
+        let now = crate::runtime::wall_clock();
         match cmd {
             WorkCommand::Take {
                 max,
