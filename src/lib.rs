@@ -44,4 +44,5 @@ pub use rng::{Entropy, RandomSource, SeededRng};
 pub use store::{LmdbOptions, LmdbStore};
 pub use store::{MemStore, Store, StoreError, Txn};
 pub use time::{Instant, Timestamp};
+pub use wire::envelope::{Due, Schedule};
 pub use wire::Receipt;

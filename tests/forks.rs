@@ -8,7 +8,7 @@ use peermq::feed::{Feed, FeedDescriptor};
 use peermq::wire::{DataMsg, Message};
 use peermq::{
     CloseReason, Config, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer,
-    SeededRng, Txn,
+    SeededRng, Timestamp, Txn,
 };
 
 const NOW: Instant = Instant::ZERO;
@@ -171,7 +171,7 @@ impl World {
     /// A's unread messages from H.
     fn unread(&mut self) -> Vec<String> {
         self.a
-            .read(Mailbox::Unread, None, 100)
+            .read(Mailbox::Unread, None, 100, Timestamp::EPOCH)
             .unwrap()
             .into_iter()
             .map(|r| String::from_utf8(r.data).unwrap())

@@ -8,7 +8,7 @@ use peermq::wire::frame::{write_frame, FrameReader};
 use peermq::wire::{HandshakePayload, PROTOCOL_VERSION};
 use peermq::{
     CloseReason, Config, ConnId, Entropy, Event, Instant, Keypair, Mailbox, MemStore, Node, Output,
-    SeededRng,
+    SeededRng, Timestamp,
 };
 
 const NOW: Instant = Instant::ZERO;
@@ -211,7 +211,10 @@ fn a_restricted_node_that_dials_an_address_refuses_a_stranger_who_answers() {
         None,
         "nothing of A's feed was served"
     );
-    assert!(a.read(Mailbox::Unread, None, 10).unwrap().is_empty());
+    assert!(a
+        .read(Mailbox::Unread, None, 10, Timestamp::EPOCH)
+        .unwrap()
+        .is_empty());
     assert_eq!(
         s.feed_handle(FeedDescriptor::broadcast(a.id()))
             .unwrap()
@@ -231,7 +234,7 @@ fn a_node_that_dials_an_address_talks_to_an_authorized_peer_there() {
     let bc = b.accept(NOW);
     let (ao, _) = pump(&mut a, ac, &mut b, bc);
     assert_eq!(outcome(&ao, ac), Ok(b.id()));
-    let unread = a.read(Mailbox::Unread, None, 10).unwrap();
+    let unread = a.read(Mailbox::Unread, None, 10, Timestamp::EPOCH).unwrap();
     assert_eq!(unread.len(), 1);
     assert_eq!(unread[0].data, b"hello");
 }

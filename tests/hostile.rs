@@ -4,10 +4,11 @@
 
 use peermq::feed::{Feed, FeedDescriptor};
 use peermq::ranges::RangeSet;
+use peermq::wire::envelope::MAGIC;
 use peermq::wire::{DataMsg, Message, RangeRequest, Receipt};
 use peermq::{
-    CloseReason, ConnId, Event, Instant, Keypair, Mailbox, MemStore, Node, Output, RawPeer,
-    SeededRng, Txn,
+    CloseReason, ConnId, DeadReason, Event, Instant, Keypair, Mailbox, MemStore, Node, NodeError,
+    Output, RawPeer, SeededRng, Timestamp, Txn,
 };
 use quickcheck::{QuickCheck, TestResult};
 
@@ -123,7 +124,7 @@ impl World {
 
     fn unread(&mut self) -> Vec<Vec<u8>> {
         self.a
-            .read(Mailbox::Unread, None, 100)
+            .read(Mailbox::Unread, None, 100, Timestamp::EPOCH)
             .unwrap()
             .into_iter()
             .map(|r| r.data)
@@ -249,7 +250,7 @@ fn a_head_with_a_bad_signature_closes_the_connection() {
 #[test]
 fn unrequested_data_is_unexpected() {
     let reason = run(|w, raw| {
-        let (feed, store) = hostile_feed(w);
+        let (feed, store) = hostile_feed(w, &[b"one", b"two", b"three"]);
         let txn = Txn::begin(&store).unwrap();
         // A asks H for what H has not written yet (from block 0); block 1 on
         // its own was never asked for.
@@ -277,31 +278,30 @@ fn a_refusal_of_nothing_is_unexpected() {
 }
 
 /// A real feed from H to A, with three blocks.
-fn hostile_feed(w: &World) -> (Feed, MemStore) {
+fn hostile_feed(w: &World, blocks: &[&[u8]]) -> (Feed, MemStore) {
     let store = MemStore::new();
     let mut feed = Feed::new(FeedDescriptor::queue(w.h.peer_id(), w.a.id()));
     let mut txn = Txn::begin(&store).unwrap();
-    feed.append_batch(
-        &mut txn,
-        &mut w.h.clone(),
-        &[b"one".as_slice(), b"two", b"three"],
-    )
-    .unwrap();
+    feed.append_batch(&mut txn, &mut w.h.clone(), blocks)
+        .unwrap();
     txn.commit().unwrap();
     (feed, store)
 }
 
-#[test]
-fn a_tampered_block_is_rejected_and_not_stored() {
-    let mut w = World::new();
-    let (mut raw, conn) = w.hostile(8);
-    let (feed, store) = hostile_feed(&w);
+/// The raw peer announces `feed` to A and answers A's first request for
+/// it with a valid proof and the blocks, changed by `alter` first.
+fn serve_first_request(
+    w: &mut World,
+    raw: &mut RawPeer,
+    conn: ConnId,
+    (feed, store): &(Feed, MemStore),
+    alter: impl FnOnce(&mut Vec<Vec<u8>>),
+) {
     raw.send(&Message::Head {
         desc: *feed.descriptor(),
         head: *feed.head().unwrap(),
     });
-    w.pump(Some((&mut raw, conn)));
-    // A asked for the blocks; answer with a valid proof and a forged block.
+    w.pump(Some((raw, conn)));
     let requests = raw.messages().unwrap();
     let (kind, body) = requests
         .iter()
@@ -317,13 +317,13 @@ fn a_tampered_block_is_rejected_and_not_stored() {
         panic!()
     };
     let (start, end) = (ranges[0].start, ranges[0].end);
-    let txn = Txn::begin(&store).unwrap();
+    let txn = Txn::begin(store).unwrap();
     let end = end.min(feed.len());
     let proof = feed.prove(&txn, start, end, base).unwrap();
     let mut blocks: Vec<Vec<u8>> = (start..end)
         .map(|s| feed.get(&txn, s).unwrap().unwrap())
         .collect();
-    blocks[0][0] ^= 1;
+    alter(&mut blocks);
     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
     raw.send(&Message::Data(DataMsg {
         request: first_id,
@@ -331,17 +331,56 @@ fn a_tampered_block_is_rejected_and_not_stored() {
         proof,
         blocks: refs,
     }));
-    w.pump(Some((&mut raw, conn)));
+    w.pump(Some((raw, conn)));
+}
+
+#[test]
+fn a_tampered_block_is_rejected_and_not_stored() {
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(8);
+    let feed = hostile_feed(&w, &[b"one", b"two", b"three"]);
+    serve_first_request(&mut w, &mut raw, conn, &feed, |blocks| blocks[0][0] ^= 1);
     let reason = w.closed_with(conn).expect("closed");
     assert!(matches!(reason, CloseReason::BadData(_)), "{reason:?}");
     let from_h =
-        w.a.read(Mailbox::Unread, None, 100)
+        w.a.read(Mailbox::Unread, None, 100, Timestamp::EPOCH)
             .unwrap()
             .into_iter()
             .filter(|r| r.from == w.h.peer_id())
             .count();
     assert_eq!(from_h, 0, "nothing of the forged feed was kept");
     w.still_serving();
+}
+
+#[test]
+fn a_signed_envelope_this_build_cannot_open_is_dead_lettered_and_the_rest_delivered() {
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(8);
+    // A newer build's field 9, or a damaged envelope: signed all the same.
+    let newer = [&MAGIC[..], b"\x09\x01x\x00payload"].concat();
+    let cut = [&MAGIC[..], b"\x01\x08abc"].concat();
+    let feed = hostile_feed(&w, &[&newer, b"fine", &cut]);
+    serve_first_request(&mut w, &mut raw, conn, &feed, |_| {});
+    assert_eq!(w.closed_with(conn), None, "the blocks are genuine");
+    let h = w.h.peer_id();
+    let from_h: Vec<(u64, Vec<u8>)> =
+        w.a.read(Mailbox::Unread, None, 100, Timestamp::EPOCH)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.from == h)
+            .map(|r| (r.seq, r.data))
+            .collect();
+    assert_eq!(from_h, vec![(1, b"fine".to_vec())]);
+    for seq in [0, 2] {
+        assert_eq!(
+            w.a.dead_reason(h, seq).unwrap(),
+            Some((DeadReason::Unreadable, 0))
+        );
+        let err =
+            w.a.get(h, seq, Instant::ZERO, Timestamp::EPOCH)
+                .unwrap_err();
+        assert!(matches!(err, NodeError::Unreadable { .. }), "{err}");
+    }
 }
 
 #[test]
@@ -410,7 +449,7 @@ fn random_bytes_never_panic_before_or_after_the_handshake() {
 #[test]
 fn a_data_message_claiming_huge_block_counts_is_refused() {
     let reason = run(|w, raw| {
-        let (feed, _) = hostile_feed(w);
+        let (feed, _) = hostile_feed(w, &[b"one", b"two", b"three"]);
         let head = *feed.head().unwrap();
         // A data header claiming 3 blocks but carrying no bytes for them.
         // Request id 0, a head, blocks 0..3, base 0, no trusted node, no
@@ -599,7 +638,9 @@ impl SparseFetch {
     }
 
     fn get(&mut self, seq: u64) -> peermq::Fetch {
-        self.a.get(self.h.peer_id(), seq, Instant::ZERO).unwrap()
+        self.a
+            .get(self.h.peer_id(), seq, Instant::ZERO, Timestamp::EPOCH)
+            .unwrap()
     }
 
     /// Answers request `id` with block `start`, proven up to `trusted` or

@@ -11,7 +11,8 @@ use peermq::ranges::RangeSet;
 use peermq::wire::{
     CloseCode, DataMsg, HandshakePayload, Message, RangeRequest, Receipt, PROTOCOL_VERSION,
 };
-use peermq::{Keypair, MemStore, Txn};
+use peermq::wire::envelope;
+use peermq::{Keypair, MemStore, Schedule, Timestamp, Txn};
 
 fn encode(m: &Message<'_>) -> String {
     let mut out = Vec::new();
@@ -118,6 +119,19 @@ fn vectors() -> BTreeMap<&'static str, String> {
     let receipt = Receipt::sign(&recipient, desc.id(), RangeSet::from_range(0, 3));
     v.insert("msg_ack", encode(&Message::Ack(receipt)));
     v.insert("msg_keepalive", encode(&Message::Keepalive));
+
+    let times = Schedule {
+        not_before: Some(Timestamp::from_micros(1_800_000_000_000_000)),
+        expires_at: Some(Timestamp::from_micros(1_800_003_600_000_000)),
+    };
+    v.insert(
+        "envelope_hello_not_before_expires",
+        hex::encode(envelope::wrap(&times, b"hello")),
+    );
+    v.insert(
+        "envelope_magic_escaped",
+        hex::encode(envelope::wrap(&Schedule::NONE, &envelope::MAGIC)),
+    );
     v.insert(
         "msg_close",
         encode(&Message::Close {

@@ -5,14 +5,14 @@ mod common;
 use std::time::Duration;
 
 use common::Net;
-use peermq::{CloseReason, Config, Event, Fetch, Mailbox, Prefetch};
+use peermq::{CloseReason, Config, Event, Fetch, Mailbox, Prefetch, Timestamp};
 
 const A: usize = 0;
 const B: usize = 1;
 
 fn texts(net: &mut Net, i: usize, mailbox: Mailbox) -> Vec<(u64, String)> {
     net.node(i)
-        .read(mailbox, None, 1000)
+        .read(mailbox, None, 1000, Timestamp::EPOCH)
         .unwrap()
         .into_iter()
         .map(|r| (r.seq, String::from_utf8(r.data).unwrap()))
@@ -21,7 +21,11 @@ fn texts(net: &mut Net, i: usize, mailbox: Mailbox) -> Vec<(u64, String)> {
 
 fn archive_all(net: &mut Net, i: usize) {
     let now = net.now;
-    for r in net.node(i).read(Mailbox::Unread, None, 1000).unwrap() {
+    for r in net
+        .node(i)
+        .read(Mailbox::Unread, None, 1000, Timestamp::EPOCH)
+        .unwrap()
+    {
         assert!(net.node(i).archive(r.from, r.seq, now).unwrap());
     }
 }
@@ -195,7 +199,10 @@ fn corrupted_bytes_on_the_wire_close_the_connection_and_nothing_bad_is_stored() 
         net.disconnect_reasons(A)
     );
     // After reconnecting, the true bytes arrive.
-    let got = net.node(A).read(Mailbox::Unread, None, 10).unwrap();
+    let got = net
+        .node(A)
+        .read(Mailbox::Unread, None, 10, Timestamp::EPOCH)
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data, vec![7u8; 500]);
 }
@@ -292,20 +299,26 @@ fn reading_without_archiving_moves_the_prefetch_window() {
     // Reading the archived mailbox is no sign of progress.
     assert!(net
         .node(A)
-        .read(Mailbox::Archived, None, 100)
+        .read(Mailbox::Archived, None, 100, Timestamp::EPOCH)
         .unwrap()
         .is_empty());
     net.run_for(Duration::from_secs(1));
     assert_eq!(held(&mut net), 4);
     // Reading two unread messages, archiving none, moves the window by two.
-    let read = net.node(A).read(Mailbox::Unread, None, 2).unwrap();
+    let read = net
+        .node(A)
+        .read(Mailbox::Unread, None, 2, Timestamp::EPOCH)
+        .unwrap();
     assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
     net.run_for(Duration::from_secs(1));
     assert_eq!(held(&mut net), 6);
     // A live reader that keeps reading gets everything, one window ahead.
     let mut after = Some((b, 1));
     loop {
-        let page = net.node(A).read(Mailbox::Unread, after, 100).unwrap();
+        let page = net
+            .node(A)
+            .read(Mailbox::Unread, after, 100, Timestamp::EPOCH)
+            .unwrap();
         let Some(last) = page.last() else { break };
         after = Some((last.from, last.seq));
         net.run_for(Duration::from_secs(1));
@@ -313,7 +326,10 @@ fn reading_without_archiving_moves_the_prefetch_window() {
     assert_eq!(after, Some((b, 9)));
     assert_eq!(held(&mut net), 10);
     assert_eq!(
-        net.node(A).read(Mailbox::Unread, None, 100).unwrap().len(),
+        net.node(A)
+            .read(Mailbox::Unread, None, 100, Timestamp::EPOCH)
+            .unwrap()
+            .len(),
         10
     );
 }
@@ -322,11 +338,17 @@ fn reading_without_archiving_moves_the_prefetch_window() {
 fn messages_a_reader_passed_while_missing_still_arrive() {
     let (mut net, b) = window_of_four();
     let now = net.now;
-    assert_eq!(net.node(A).get(b, 8, now).unwrap(), Fetch::Pending);
+    assert_eq!(
+        net.node(A).get(b, 8, now, Timestamp::EPOCH).unwrap(),
+        Fetch::Pending
+    );
     net.run_for(Duration::from_secs(1));
     // Held: 0..4 and 8. Reading them passes the gap 4..8.
     let seqs = |net: &mut Net| -> Vec<u64> {
-        let page = net.node(A).read(Mailbox::Unread, None, 100).unwrap();
+        let page = net
+            .node(A)
+            .read(Mailbox::Unread, None, 100, Timestamp::EPOCH)
+            .unwrap();
         page.iter().map(|r| r.seq).collect()
     };
     assert_eq!(seqs(&mut net), vec![0, 1, 2, 3, 8]);
@@ -345,13 +367,16 @@ fn sparse_reading_moves_only_what_is_read() {
     let wanted = [3u64, 777, 1234, 2500, 4096, 5000, 6001, 7777, 8888, 9999];
     for &seq in &wanted {
         let now = net.now;
-        assert_eq!(net.node(A).get(b, seq, now).unwrap(), Fetch::Pending);
+        assert_eq!(
+            net.node(A).get(b, seq, now, Timestamp::EPOCH).unwrap(),
+            Fetch::Pending
+        );
     }
     net.run_for(Duration::from_secs(1));
     for &seq in &wanted {
         let now = net.now;
         assert_eq!(
-            net.node(A).get(b, seq, now).unwrap(),
+            net.node(A).get(b, seq, now, Timestamp::EPOCH).unwrap(),
             Fetch::Ready(msgs[seq as usize].clone())
         );
     }
@@ -380,13 +405,13 @@ fn sparse_reading_moves_only_what_is_read() {
     let more = [5u64, 780, 1240, 2510, 4100, 5003, 6010, 7790, 8880, 9990];
     for &seq in &more {
         let now = net.now;
-        net.node(A).get(b, seq, now).unwrap();
+        net.node(A).get(b, seq, now, Timestamp::EPOCH).unwrap();
     }
     net.run_for(Duration::from_secs(1));
     for &seq in &more {
         let now = net.now;
         assert_eq!(
-            net.node(A).get(b, seq, now).unwrap(),
+            net.node(A).get(b, seq, now, Timestamp::EPOCH).unwrap(),
             Fetch::Ready(msgs[seq as usize].clone())
         );
     }
@@ -434,7 +459,10 @@ fn a_receiver_restarting_mid_transfer_gets_everything_exactly_once() {
             break;
         }
     }
-    let got_before = net.node(A).read(Mailbox::Unread, None, 10_000).unwrap();
+    let got_before = net
+        .node(A)
+        .read(Mailbox::Unread, None, 10_000, Timestamp::EPOCH)
+        .unwrap();
     assert!(
         !got_before.is_empty() && got_before.len() < 2000,
         "{}",
@@ -449,8 +477,14 @@ fn a_receiver_restarting_mid_transfer_gets_everything_exactly_once() {
     net.restart(A);
     net.take_events(A);
     net.run_for(Duration::from_secs(60));
-    let unread = net.node(A).read(Mailbox::Unread, None, 10_000).unwrap();
-    let archived = net.node(A).read(Mailbox::Archived, None, 10_000).unwrap();
+    let unread = net
+        .node(A)
+        .read(Mailbox::Unread, None, 10_000, Timestamp::EPOCH)
+        .unwrap();
+    let archived = net
+        .node(A)
+        .read(Mailbox::Archived, None, 10_000, Timestamp::EPOCH)
+        .unwrap();
     assert_eq!(archived.len(), 50);
     assert_eq!(unread.len(), 1950);
     assert!(unread.iter().all(|r| r.seq >= 50));
@@ -472,7 +506,7 @@ fn a_sender_restarting_mid_transfer_resumes() {
     net.run_for(Duration::from_secs(60));
     assert_eq!(
         net.node(A)
-            .read(Mailbox::Unread, None, 10_000)
+            .read(Mailbox::Unread, None, 10_000, Timestamp::EPOCH)
             .unwrap()
             .len(),
         1000
@@ -647,14 +681,17 @@ fn a_cleared_message_is_never_downloaded_and_a_cleared_one_is_gone() {
     net.run_for(Duration::from_secs(2));
     let seqs: Vec<u64> = net
         .node(A)
-        .read(Mailbox::Unread, None, 10)
+        .read(Mailbox::Unread, None, 10, Timestamp::EPOCH)
         .unwrap()
         .iter()
         .map(|r| r.seq)
         .collect();
     assert_eq!(seqs, vec![0, 2]);
     let now = net.now;
-    assert_eq!(net.node(A).get(b, 1, now).unwrap(), Fetch::Cleared);
+    assert_eq!(
+        net.node(A).get(b, 1, now, Timestamp::EPOCH).unwrap(),
+        Fetch::Cleared
+    );
     // Only two of the three 1000-byte blocks crossed the wire.
     assert!(
         net.sent_bytes[B] < 2 * 1000 + 1500,
@@ -670,11 +707,14 @@ fn a_cleared_message_is_never_downloaded_and_a_cleared_one_is_gone() {
     assert!(net.node(A).clear(b, 0, now).unwrap());
     assert!(net
         .node(A)
-        .read(Mailbox::Archived, None, 10)
+        .read(Mailbox::Archived, None, 10, Timestamp::EPOCH)
         .unwrap()
         .is_empty());
     assert_eq!(
-        net.node(A).read(Mailbox::Unread, None, 10).unwrap().len(),
+        net.node(A)
+            .read(Mailbox::Unread, None, 10, Timestamp::EPOCH)
+            .unwrap()
+            .len(),
         1
     );
     assert!(matches!(

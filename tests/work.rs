@@ -91,7 +91,10 @@ fn taken_messages_stay_unread_until_archived_and_are_archived_once() {
     let now = net.now;
     let taken = take(&mut net, 1, &policy, 0);
     assert_eq!(
-        net.node(A).read(Mailbox::Unread, None, 10).unwrap().len(),
+        net.node(A)
+            .read(Mailbox::Unread, None, 10, Timestamp::EPOCH)
+            .unwrap()
+            .len(),
         2
     );
     assert!(net.node(A).archive(b, taken[0].lease.seq, now).unwrap());
@@ -172,7 +175,12 @@ fn a_message_that_keeps_failing_is_dead_lettered_after_exactly_the_maximum() {
     );
     let dead = net
         .node(A)
-        .read(Mailbox::Category(Category::DEAD), None, 10)
+        .read(
+            Mailbox::Category(Category::DEAD),
+            None,
+            10,
+            Timestamp::EPOCH,
+        )
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].data, b"job 0");
@@ -252,7 +260,7 @@ fn categories_hold_moved_messages_one_place_at_a_time_and_survive_a_restart() {
     );
     let read = net
         .node(A)
-        .read(Mailbox::Category(later), None, 10)
+        .read(Mailbox::Category(later), None, 10, Timestamp::EPOCH)
         .unwrap();
     assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
     // Back to unread: taken again as a first delivery.
@@ -294,7 +302,10 @@ fn a_batch_of_jobs_is_archived_in_one_commit_all_or_none() {
     let err = net.node(A).archive_many(b, &[0, 3], now).unwrap_err();
     assert!(matches!(err, NodeError::Cleared { seq: 3, .. }), "{err}");
     assert_eq!(
-        net.node(A).read(Mailbox::Archived, None, 10).unwrap().len(),
+        net.node(A)
+            .read(Mailbox::Archived, None, 10, Timestamp::EPOCH)
+            .unwrap()
+            .len(),
         0,
         "nothing archived when one fails"
     );
@@ -304,7 +315,10 @@ fn a_batch_of_jobs_is_archived_in_one_commit_all_or_none() {
         vec![true, false, true]
     );
     assert_eq!(
-        net.node(A).read(Mailbox::Archived, None, 10).unwrap().len(),
+        net.node(A)
+            .read(Mailbox::Archived, None, 10, Timestamp::EPOCH)
+            .unwrap()
+            .len(),
         3
     );
     assert!(take(&mut net, 5, &policy, 100).is_empty());

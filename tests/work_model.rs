@@ -265,7 +265,7 @@ impl World {
             for (mailbox, place) in places {
                 let got: Vec<u64> = self
                     .node(process)
-                    .read(mailbox, None, 100)
+                    .read(mailbox, None, 100, Timestamp::EPOCH)
                     .map_err(|e| e.to_string())?
                     .iter()
                     .map(|r| r.seq)

@@ -111,7 +111,7 @@ pub async fn check_exists(mq: &Mq, mailbox: Mailbox) -> anyhow::Result<()> {
 }
 
 /// Parses a duration: a number of seconds (`30`, `1.5`), or a number with
-/// a unit: `ms`, `s`, `m`, `h` (`500ms`, `5m`).
+/// a unit: `ms`, `s`, `m`, `h`, `d` (`500ms`, `5m`, `1d`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
@@ -123,11 +123,12 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("`{s}` has an unknown unit; give seconds, or a number with ms, s, m or h (`30`, `500ms`, `5m`)")),
+        "d" => 86_400.0,
+        _ => return Err(format!("`{s}` has an unknown unit; give seconds, or a number with ms, s, m, h or d (`30`, `500ms`, `5m`, `1d`)")),
     };
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration; give seconds, or a number with ms, s, m or h (`30`, `500ms`, `5m`)"))?;
+        .map_err(|_| format!("`{s}` is not a duration; give seconds, or a number with ms, s, m, h or d (`30`, `500ms`, `5m`, `1d`)"))?;
     if !value.is_finite() || value < 0.0 {
         return Err(format!("`{s}` is not a duration: it must be zero or more"));
     }
@@ -155,6 +156,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         for bad in ["-1", "soon", "5 parsecs", "", "NaN", "1e400"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

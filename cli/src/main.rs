@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_lite::StreamExt;
 use peermq::{Config, PeerId};
-use peermq_tokio::{Mailbox, MdnsDiscovery, Mq, TokioRuntime};
+use peermq_tokio::{wall_clock, Mailbox, MdnsDiscovery, Mq, Schedule, TokioRuntime};
 
 use crate::addresses::{parse_host_port, AddressBook};
 use crate::follow::Stop;
@@ -98,6 +98,20 @@ enum Command {
     },
     /// List the authorized peers, one per line, with remembered addresses.
     Peers,
+    /// Free the space of sent messages no longer needed: those the
+    /// recipient acknowledged, and those that expired unacknowledged more
+    /// than GRACE ago (`send --expire-in`). Their hashes stay, so the feed
+    /// stays verifiable. Prints `PRUNED <KEY> acknowledged=N expired=M`
+    /// per recipient.
+    Prune {
+        /// Only messages to this peer (by default, to every peer).
+        #[arg(long, value_name = "KEY")]
+        to: Option<PeerId>,
+        /// How long after its expiry an unacknowledged message is dropped:
+        /// room for the recipient's clock running behind ours.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = jobs::parse_duration)]
+        grace: Duration,
+    },
     /// Queue a message for peer KEY.
     ///
     /// It is stored durably when this returns, even with no connection, and
@@ -111,6 +125,15 @@ enum Command {
         /// (all of it, as bytes).
         #[arg(short = 'm', long, value_name = "TEXT")]
         message: Option<String>,
+        /// Not to be delivered before DURATION from now (`90s`, `10m`,
+        /// `2h`, `1d`), by this machine's clock; the recipient's clock
+        /// decides when that is.
+        #[arg(long, value_name = "DURATION", value_parser = jobs::parse_duration)]
+        delay: Option<std::time::Duration>,
+        /// Expires DURATION from now: if the recipient has not delivered
+        /// it by then, it goes to its `dead` category instead.
+        #[arg(long, value_name = "DURATION", value_parser = jobs::parse_duration)]
+        expire_in: Option<std::time::Duration>,
     },
     /// Connect to peer KEY and stay connected until Ctrl-C.
     ///
@@ -524,15 +547,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow::shutdown(&mq, &mut stop).await?;
             r
         }
-        Command::Send { to, message } => {
+        Command::Send {
+            to,
+            message,
+            delay,
+            expire_in,
+        } => {
+            if let (Some(d), Some(e)) = (delay, expire_in) {
+                if e <= d {
+                    bail!("--expire-in {e:?} is not after --delay {d:?}: the message could never be delivered; give a longer --expire-in");
+                }
+            }
             let data = match message {
                 Some(m) => m.into_bytes(),
                 None => read_stdin()?,
             };
+            let schedule = Schedule::from_now(wall_clock(), delay, expire_in);
             let mq = open(&dir, None, false, None)?;
-            let r = mq.send(to, data).await;
+            let r = mq.send_scheduled(to, vec![data], schedule).await;
             mq.shutdown().await?;
-            let seq = r?;
+            let seq = r?.start;
             tracing::info!(%to, seq, "queued");
             Ok(())
         }
@@ -589,6 +623,16 @@ async fn one_shot(
             }
             if !was {
                 eprintln!("note: {key} was not an authorized peer; nothing changed");
+            }
+        }
+        Command::Prune { to, grace } => {
+            let peers = match to {
+                Some(to) => vec![to],
+                None => mq.peers().await?.iter().filter(|p| p.sent > 0).map(|p| p.peer).collect(),
+            };
+            for peer in peers {
+                let (acked, expired) = mq.prune(peer, Some(grace)).await?;
+                printer.line(&format!("PRUNED {peer} acknowledged={acked} expired={expired}"))?;
             }
         }
         Command::Peers => {

@@ -621,3 +621,52 @@ fn work_runs_every_job_and_a_killed_worker_loses_none() {
     let categories = s.ok("a", &["categories"]);
     assert_eq!(categories, "unread 0 (0 taken)\narchived 4\ndead 0\n");
 }
+
+#[test]
+fn a_delayed_message_waits_for_its_time_and_an_expired_one_goes_to_dead() {
+    let s = Sandbox::new();
+    let (a, b) = (s.id("a"), s.id("b"));
+    s.ok("a", &["add-peer", &b]);
+    let send = |m: &str, extra: &[&str]| {
+        let args = [&["send", "--to", &a, "--message", m][..], extra].concat();
+        assert_eq!(s.ok("b", &args), "");
+    };
+    send("stale", &["--expire-in", "500ms"]);
+    send("now", &[]);
+    let sent_later = std::time::Instant::now();
+    send("later", &["--delay", "3s"]);
+    // The expiry passes while A cannot be reached.
+    std::thread::sleep(Duration::from_millis(600));
+
+    let mut listen = s.spawn("a", &["listen"]);
+    let mut connect = s.spawn("b", &["connect", &a]);
+    assert_eq!(listen.line(), format!("MESSAGE {b}@1 now"));
+    assert_eq!(listen.line(), format!("MESSAGE {b}@2 later"));
+    assert!(
+        sent_later.elapsed() >= Duration::from_secs(3),
+        "delivered before its time"
+    );
+    for seq in 0..3 {
+        assert_eq!(connect.line(), format!("ACK {a}@{seq}"));
+    }
+    assert_clean_stop("connect", &connect.interrupt());
+    assert_clean_stop("listen", &listen.interrupt());
+    assert_eq!(
+        s.ok("a", &["read", "--category", "dead"]),
+        format!("MESSAGE {b}@0 stale\n")
+    );
+    assert_eq!(
+        s.ok("b", &["prune"]),
+        format!("PRUNED {a} acknowledged=3 expired=0\n")
+    );
+
+    let out = s.output(
+        "b",
+        &["send", "--to", &a, "-m", "x", "--delay", "5s", "--expire-in", "1s"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&out).contains("could never be delivered"));
+    let out = s.output("b", &["send", "--to", &a, "-m", "x", "--delay", "-1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(s.ok("b", &["status"]).contains("3 sent"), "nothing was queued");
+}

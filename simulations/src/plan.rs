@@ -188,6 +188,10 @@ pub struct NodeOptions {
     pub backoff_cap_ms: u64,
     /// Whether acknowledged blocks are pruned at the sender.
     pub prune_acked: bool,
+    /// How far the node's wall clock is ahead of virtual time
+    /// (microseconds): delivery times and leases are judged by it, so
+    /// nodes disagree as real machines do.
+    pub clock_skew: u64,
 }
 
 /// An authorized pair: both add each other; `dialer` keeps a connection to
@@ -283,6 +287,11 @@ pub enum Op {
         to: usize,
         /// How many.
         count: u32,
+        /// Not to be delivered before this long after the send, by the
+        /// sender's clock (microseconds; 0: at once).
+        delay: u64,
+        /// Expires this long after the send (microseconds; 0: never).
+        expire: u64,
     },
     /// `node`'s consumer reads up to `limit` unread messages and archives
     /// (`archive`%) or clears (`clear`%) each, the rest left unread.
@@ -478,7 +487,22 @@ fn secs(us: u64) -> String {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Send { from, to, count } => write!(f, "send n{from} -> n{to} x{count}"),
+            Op::Send {
+                from,
+                to,
+                count,
+                delay,
+                expire,
+            } => {
+                write!(f, "send n{from} -> n{to} x{count}")?;
+                if *delay > 0 {
+                    write!(f, " delay={}", secs(*delay))?;
+                }
+                if *expire > 0 {
+                    write!(f, " expire={}", secs(*expire))?;
+                }
+                Ok(())
+            }
             Op::Read {
                 node,
                 limit,
@@ -574,7 +598,7 @@ impl Plan {
         let mut s = format!("plan for seed {}: {}\n", self.seed, self.options.summary());
         for (i, n) in self.options.node.iter().enumerate() {
             s += &format!(
-                "  n{i}: prefetch={:?}{} request-blocks={} inflight={} data-bytes={} backoff={}..{}ms prune={}\n",
+                "  n{i}: prefetch={:?}{} request-blocks={} inflight={} data-bytes={} backoff={}..{}ms prune={} clock=+{}\n",
                 n.prefetch,
                 if n.sparse { " (sparse reader)" } else { "" },
                 n.max_request_blocks,
@@ -582,7 +606,8 @@ impl Plan {
                 n.max_data_bytes,
                 n.backoff_base_ms,
                 n.backoff_cap_ms,
-                n.prune_acked
+                n.prune_acked,
+                secs(n.clock_skew)
             );
         }
         for e in &self.options.edges {
@@ -709,6 +734,11 @@ pub fn generate(seed: u64, params: &Params) -> Plan {
             backoff_base_ms: d.range(50, 500),
             backoff_cap_ms: d.range(2, 20) * 1000,
             prune_acked: d.chance(30),
+            clock_skew: if d.chance(50) {
+                d.range(0, 2_000) * MS
+            } else {
+                0
+            },
         })
         .collect();
     let mut edges = Vec::new();
@@ -831,7 +861,9 @@ fn heal_bound(o: &Options, ops: &[TimedOp]) -> u64 {
     for op in ops {
         match op.op {
             // A sparse reader downloads only what it asks for.
-            Op::Send { from, to, count } if !o.node[to].sparse => {
+            Op::Send {
+                from, to, count, ..
+            } if !o.node[to].sparse => {
                 *bytes_per_pair.entry((from, to)).or_default() += u64::from(count) * block;
             }
             Op::Get {
@@ -892,6 +924,8 @@ fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
                         from: 0,
                         to: 1,
                         count: batch,
+                        delay: 0,
+                        expire: 0,
                     },
                 });
             }
@@ -932,9 +966,28 @@ fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
         } else {
             d.range(2, big) as u32
         };
+        // Some messages carry delivery times: a short delay (due well
+        // before the end), an expiry that may pass before a reader gets
+        // there, or both.
+        let delay = if d.chance(15) {
+            d.range(100, 5_000) * MS
+        } else {
+            0
+        };
+        let expire = if d.chance(15) {
+            delay + d.range(500, 30_000) * MS
+        } else {
+            0
+        };
         ops.push(TimedOp {
             at: d.range(0, o.chaos),
-            op: Op::Send { from, to, count: c },
+            op: Op::Send {
+                from,
+                to,
+                count: c,
+                delay,
+                expire,
+            },
         });
     }
     // Readers, each at its own pace.

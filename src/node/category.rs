@@ -118,8 +118,11 @@ pub enum DeadReason {
     /// It was delivered the maximum number of times of the consumer's
     /// [`crate::RetryPolicy`] and never archived.
     MaxDeliveries,
-    /// Its sender's expiry time passed before it was archived.
+    /// Its sender's expiry time passed before it was delivered.
     Expired,
+    /// Its envelope could not be opened (a field this build does not know,
+    /// or a damaged envelope), so it was never delivered.
+    Unreadable,
 }
 
 impl DeadReason {
@@ -127,6 +130,7 @@ impl DeadReason {
         match self {
             DeadReason::MaxDeliveries => 1,
             DeadReason::Expired => 2,
+            DeadReason::Unreadable => 3,
         }
     }
 
@@ -134,6 +138,7 @@ impl DeadReason {
         match code {
             1 => Some(DeadReason::MaxDeliveries),
             2 => Some(DeadReason::Expired),
+            3 => Some(DeadReason::Unreadable),
             _ => None,
         }
     }
@@ -144,6 +149,7 @@ impl fmt::Display for DeadReason {
         f.write_str(match self {
             DeadReason::MaxDeliveries => "delivered the maximum number of times",
             DeadReason::Expired => "expired",
+            DeadReason::Unreadable => "unreadable",
         })
     }
 }

@@ -128,6 +128,26 @@ pub enum NodeError {
         /// The message.
         seq: u64,
     },
+    /// A message's not-before time is not before its expiry, so it could
+    /// never be delivered.
+    #[error("the message would expire ({expires_at:?}) before it may be delivered ({not_before:?}); give it a later expiry or an earlier delivery time")]
+    NeverDeliverable {
+        /// Its not-before time.
+        not_before: crate::time::Timestamp,
+        /// Its expiry.
+        expires_at: crate::time::Timestamp,
+    },
+    /// The message's envelope could not be opened (a newer build's field,
+    /// or a damaged envelope its author signed): it is not delivered.
+    #[error("message {seq} from {from} cannot be read: {error}")]
+    Unreadable {
+        /// The sender.
+        from: PeerId,
+        /// The message.
+        seq: u64,
+        /// What is wrong with it.
+        error: crate::wire::envelope::EnvelopeError,
+    },
 }
 
 impl NodeError {

@@ -1,16 +1,19 @@
 //! The message-queue commands: peers, send, read, get, archive, clear,
 //! receipts.
 
+use std::borrow::Cow;
 use std::ops::{Bound, ControlFlow, Range};
 
 use crate::feed::FeedDescriptor;
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, Table, Txn};
-use crate::time::Instant;
+use crate::time::{Instant, Timestamp};
+use crate::wire::envelope::{self, Due, Schedule};
 use crate::wire::Receipt;
 
-use super::category::Category;
+use super::category::{Category, DeadReason};
+use super::event::{Event, Output};
 use super::marks::Marks;
 use super::{retry_on_conflict, CloseReason, Node, NodeError};
 
@@ -73,6 +76,12 @@ pub enum Fetch {
     Pending,
     /// It was cleared and will not be fetched again.
     Cleared,
+    /// It is here, unread, and its sender asked that it not be delivered
+    /// before this time.
+    NotYet(Timestamp),
+    /// It is here, unread, and its sender's expiry passed: it will not be
+    /// delivered.
+    Expired,
 }
 
 /// What a node knows about its exchange with one peer.
@@ -156,16 +165,44 @@ impl<S: Store> Node<S> {
         messages: &[B],
         now: Instant,
     ) -> Result<Range<u64>, NodeError> {
+        self.send_scheduled(to, messages, &Schedule::NONE, now)
+    }
+
+    /// [`Node::send_batch`] with delivery times: the recipient delivers
+    /// none of `messages` before `schedule.not_before`, and dead-letters
+    /// them as expired once `schedule.expires_at` passed, both by its own
+    /// clock. The times are signed with the messages (PROTOCOL.md,
+    /// "Delivery times").
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::NeverDeliverable`] when the expiry is not after the
+    /// not-before time; as [`Node::send_batch`] otherwise.
+    pub fn send_scheduled<B: AsRef<[u8]>>(
+        &mut self,
+        to: PeerId,
+        messages: &[B],
+        schedule: &Schedule,
+        now: Instant,
+    ) -> Result<Range<u64>, NodeError> {
         self.st.now = now;
         if to == self.st.me {
             return Err(NodeError::SelfSend(to));
         }
-        let limit = self.max_send_size();
-        if let Some(big) = messages
+        if let (Some(not_before), Some(expires_at)) = (schedule.not_before, schedule.expires_at) {
+            if !schedule.is_deliverable() {
+                return Err(NodeError::NeverDeliverable {
+                    not_before,
+                    expires_at,
+                });
+            }
+        }
+        let messages: Vec<Cow<'_, [u8]>> = messages
             .iter()
-            .map(|m| m.as_ref().len())
-            .find(|&n| n > limit)
-        {
+            .map(|m| envelope::wrap(schedule, m.as_ref()))
+            .collect();
+        let limit = self.max_send_size();
+        if let Some(big) = messages.iter().map(|m| m.len()).find(|&n| n > limit) {
             return Err(NodeError::TooLarge { size: big, limit });
         }
         let desc = FeedDescriptor::queue(self.st.me, to);
@@ -177,7 +214,7 @@ impl<S: Store> Node<S> {
                 return Ok((start, None));
             }
             let appended = feed
-                .append_batch(&mut txn, &mut self.signer, messages)
+                .append_batch(&mut txn, &mut self.signer, &messages)
                 .and_then(|h| Ok(txn.commit().map(|_| h)?));
             match appended {
                 Ok(h) => Ok((start, Some(h))),
@@ -207,15 +244,25 @@ impl<S: Store> Node<S> {
     /// downloaded are fetched as reading reaches them: reading the unread
     /// mailbox moves the prefetch window ([`crate::Prefetch::Window`]) past
     /// what was read, as archiving does.
+    ///
+    /// The unread mailbox keeps the sender's delivery times by `now` (a
+    /// wall-clock time): a message whose not-before time has not come is
+    /// skipped (read again later; [`Node::next_due`] says when), and one
+    /// whose expiry passed, or whose envelope cannot be opened, moves to
+    /// [`Category::DEAD`] with [`Event::DeadLettered`] instead of being
+    /// returned. A message that cannot be opened is never returned from any
+    /// mailbox.
     pub fn read(
         &mut self,
         mailbox: Mailbox,
         after: Option<(PeerId, u64)>,
         limit: usize,
+        now: Timestamp,
     ) -> Result<Vec<Record>, NodeError> {
+        let mut out = Vec::new();
+        let mut doomed = Vec::new();
         let txn = Txn::begin(&self.store)?;
         let senders = super::peer_keys(&txn, Table::Inbox, after.as_ref().map(|(p, _)| p))?;
-        let mut out = Vec::new();
         for from in senders {
             if out.len() >= limit {
                 break;
@@ -242,20 +289,27 @@ impl<S: Store> Node<S> {
                 Some((p, seq)) if p == from => seq.saturating_add(1),
                 _ => 0,
             };
-            let seqs: Vec<u64> = set
-                .iter_within(first, u64::MAX)
-                .take(limit - out.len())
-                .collect();
-            if seqs.is_empty() {
-                continue;
-            }
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-            for &seq in &seqs {
-                if let Some(data) = feed.get(&txn, seq)? {
-                    out.push(Record { from, seq, data });
+            let unread = mailbox == Mailbox::Unread;
+            let mut last = None;
+            for seq in set.iter_within(first, u64::MAX) {
+                if out.len() >= limit {
+                    break;
+                }
+                last = Some(seq);
+                let Some(block) = feed.get(&txn, seq)? else {
+                    continue;
+                };
+                match deliverable(block, unread.then_some(now)) {
+                    Ok(data) => out.push(Record { from, seq, data }),
+                    Err(hold) => {
+                        if let Some(reason) = hold.dead_reason() {
+                            doomed.push((from, seq, reason));
+                        }
+                    }
                 }
             }
-            if let (Mailbox::Unread, Some(&last)) = (mailbox, seqs.last()) {
+            if let (true, Some(last)) = (unread, last) {
                 if self
                     .st
                     .inbox(&txn, from)?
@@ -265,14 +319,99 @@ impl<S: Store> Node<S> {
                 }
             }
         }
+        drop(txn);
+        self.dead_letter_unread(&doomed, now)?;
         Ok(out)
+    }
+
+    /// The earliest time a held unread message that [`Node::read`] now
+    /// skips for its not-before time becomes due, if there is one.
+    pub fn next_due(&mut self, now: Timestamp) -> Result<Option<Timestamp>, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        let me = self.st.me;
+        let mut next: Option<Timestamp> = None;
+        for from in super::peer_keys(&txn, Table::Inbox, None)? {
+            let (marks, _) = Marks::load(&txn, &from)?;
+            let inbox = self.st.inbox(&txn, from)?;
+            inbox.set_marks(&marks);
+            let mut unread = inbox.unread();
+            unread.subtract(&inbox.cleared);
+            let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
+            for seq in unread.iter_within(0, u64::MAX) {
+                if let Some(block) = feed.get(&txn, seq)? {
+                    if let Ok(opened) = envelope::open(&block) {
+                        if let Due::At(t) = opened.schedule.due(now) {
+                            next = Some(next.map_or(t, |n| n.min(t)));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Moves `doomed` messages (expired or unreadable, found unread by a
+    /// reader) to [`Category::DEAD`], those still unread and not held by a
+    /// live lease, and says so with [`Event::DeadLettered`].
+    pub(super) fn dead_letter_unread(
+        &mut self,
+        doomed: &[(PeerId, u64, DeadReason)],
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        let mut i = 0;
+        while i < doomed.len() {
+            let from = doomed[i].0;
+            let n = doomed[i..].iter().take_while(|d| d.0 == from).count();
+            let these = &doomed[i..i + n];
+            i += n;
+            let mut moved = Vec::new();
+            self.update_marks(from, |inbox, marks| {
+                moved.clear();
+                for &(_, seq, reason) in these {
+                    let job = marks.jobs.get(&seq).copied().unwrap_or_default();
+                    if !inbox.is_unread(seq) || job.is_leased(now) {
+                        continue;
+                    }
+                    marks.move_to(seq, Category::DEAD);
+                    marks.dead.insert(seq, (reason, job.deliveries));
+                    moved.push((seq, reason, job.deliveries));
+                }
+                Ok(!moved.is_empty())
+            })?;
+            if !moved.is_empty() {
+                self.st.schedule_requests(from);
+            }
+            for (seq, reason, deliveries) in moved {
+                self.st.out.push_back(Output::Event(Event::DeadLettered {
+                    from,
+                    seq,
+                    reason,
+                    deliveries,
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// Message `seq` from `from`: here, being fetched, or cleared. Asking
     /// for one not yet downloaded fetches it (with its proof) even outside
     /// the prefetch window; [`super::Event::Fetched`] tells when it arrives.
     /// The request lives in memory: after a restart, ask again.
-    pub fn get(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<Fetch, NodeError> {
+    ///
+    /// An unread message keeps its sender's delivery times by `wall`:
+    /// before its not-before time it is [`Fetch::NotYet`], after its
+    /// expiry [`Fetch::Expired`] (a reader dead-letters it).
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Unreadable`] when its envelope cannot be opened.
+    pub fn get(
+        &mut self,
+        from: PeerId,
+        seq: u64,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Result<Fetch, NodeError> {
         self.st.now = now;
         let txn = Txn::begin(&self.store)?;
         let me = self.st.me;
@@ -281,9 +420,15 @@ impl<S: Store> Node<S> {
             return Ok(Fetch::Cleared);
         }
         if inbox.dl.held.contains(seq) {
+            let unread = inbox.is_unread(seq);
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-            if let Some(data) = feed.get(&txn, seq)? {
-                return Ok(Fetch::Ready(data));
+            if let Some(block) = feed.get(&txn, seq)? {
+                return match deliverable(block, unread.then_some(wall)) {
+                    Ok(data) => Ok(Fetch::Ready(data)),
+                    Err(Hold::Until(t)) => Ok(Fetch::NotYet(t)),
+                    Err(Hold::Expired) => Ok(Fetch::Expired),
+                    Err(Hold::Unreadable(error)) => Err(NodeError::Unreadable { from, seq, error }),
+                };
             }
         }
         if let Some(inbox) = self.st.inboxes.get_mut(&from) {
@@ -436,6 +581,56 @@ impl<S: Store> Node<S> {
         Ok(n)
     }
 
+    /// Drops the bytes of every message to `to` that it has not
+    /// acknowledged and whose expiry passed `grace` before `now` (a grace
+    /// for the recipient's clock running behind ours: PROTOCOL.md,
+    /// "Message envelopes and delivery times"). The recipient, asking for
+    /// one, gets a refusal, and would not have delivered it anyway.
+    /// Returns how many were dropped.
+    pub fn prune_expired(
+        &mut self,
+        to: PeerId,
+        now: Timestamp,
+        grace: std::time::Duration,
+    ) -> Result<u64, NodeError> {
+        let desc = FeedDescriptor::queue(self.st.me, to);
+        let mut txn = Txn::begin(&self.store)?;
+        let length = self.st.feed(&txn, desc)?.len();
+        let outbox = self.st.outbox(&txn, to)?;
+        let mut todo = RangeSet::from_range(0, length);
+        todo.subtract(&outbox.acked);
+        todo.subtract(&outbox.pruned);
+        let feed = self.st.feed(&txn, desc)?;
+        let mut expired = RangeSet::new();
+        for seq in todo.iter_within(0, length) {
+            let Some(block) = feed.get(&txn, seq)? else {
+                continue;
+            };
+            let ends = envelope::open(&block)
+                .ok()
+                .and_then(|o| o.schedule.expires_at);
+            if ends.is_some_and(|t| t + grace <= now) {
+                expired.insert(seq, seq + 1);
+            }
+        }
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for seq in expired.iter_within(0, length) {
+            n += u64::from(feed.drop_block(&mut txn, seq)?);
+        }
+        self.st
+            .outbox(&txn, to)?
+            .add_pruned(&mut txn, &desc.id(), &expired);
+        if let Err(e) = txn.commit() {
+            self.st.outboxes.remove(&to);
+            self.st.feeds.remove(&desc.id());
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+
     /// A summary of the exchange with every peer we know of: authorized,
     /// connected, or one we sent to or received from.
     pub fn status(&self) -> Result<Vec<PeerStatus>, NodeError> {
@@ -501,6 +696,42 @@ pub(super) fn check_movable(
         return Err(NodeError::NotHeld { from, seq });
     }
     Ok(())
+}
+
+/// Why a held message is not delivered now.
+pub(super) enum Hold {
+    /// Its not-before time is later.
+    Until(Timestamp),
+    /// Its expiry passed.
+    Expired,
+    /// Its envelope cannot be opened.
+    Unreadable(envelope::EnvelopeError),
+}
+
+impl Hold {
+    /// Why it goes to [`Category::DEAD`], if it does.
+    pub(super) fn dead_reason(&self) -> Option<DeadReason> {
+        match self {
+            Hold::Until(_) => None,
+            Hold::Expired => Some(DeadReason::Expired),
+            Hold::Unreadable(_) => Some(DeadReason::Unreadable),
+        }
+    }
+}
+
+/// The payload of `block` if a reader may have it: always when `now` is
+/// `None` (a mailbox that keeps no times), else by the block's schedule.
+/// A block whose envelope cannot be opened is never delivered.
+pub(super) fn deliverable(mut block: Vec<u8>, now: Option<Timestamp>) -> Result<Vec<u8>, Hold> {
+    let opened = envelope::open(&block).map_err(Hold::Unreadable)?;
+    match now.map_or(Due::Now, |now| opened.schedule.due(now)) {
+        Due::Now => {}
+        Due::At(t) => return Err(Hold::Until(t)),
+        Due::Expired => return Err(Hold::Expired),
+    }
+    let envelope_len = block.len() - opened.payload.len();
+    block.drain(..envelope_len);
+    Ok(block)
 }
 
 fn set_intersect(a: &RangeSet, b: &RangeSet) -> RangeSet {

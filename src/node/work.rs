@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::category::{Category, DeadReason};
 use super::event::{Event, Output};
 use super::marks::{Job, Marks};
-use super::queue::{check_movable, Mailbox};
+use super::queue::{check_movable, deliverable, Mailbox};
 use super::{peer_keys, retry_on_conflict, Node, NodeError};
 use crate::feed::FeedDescriptor;
 use crate::identity::PeerId;
@@ -222,10 +222,12 @@ impl<S: Store> Node<S> {
 
     /// Takes up to `max` unread messages, each with a lease of `lease_for`
     /// from `now`, in (sender, seq) order, in one commit. Skips messages
-    /// another consumer holds, and those waiting out a retry delay; moves
-    /// those `policy` allows no more deliveries to [`Category::DEAD`]
-    /// (with [`Event::DeadLettered`]). Only messages that arrived are
-    /// taken. Empty when there is nothing to take now.
+    /// another consumer holds, those waiting out a retry delay, and those
+    /// whose sender's not-before time has not come; moves to
+    /// [`Category::DEAD`] (with [`Event::DeadLettered`]) those `policy`
+    /// allows no more deliveries, those whose sender's expiry passed, and
+    /// those whose envelope cannot be opened. Only messages that arrived
+    /// are taken. Empty when there is nothing to take now.
     pub fn take(
         &mut self,
         max: usize,
@@ -260,18 +262,26 @@ impl<S: Store> Node<S> {
                     if job.is_leased(now) || job.available_at() > now {
                         continue;
                     }
-                    changed = true;
-                    if job.deliveries >= policy.max_deliveries.max(1) {
-                        marks.move_to(seq, Category::DEAD);
-                        marks
-                            .dead
-                            .insert(seq, (DeadReason::MaxDeliveries, job.deliveries));
-                        dead.push((from, seq, job.deliveries));
-                        continue;
-                    }
-                    let Some(data) = feed.get(&txn, seq)? else {
+                    let Some(block) = feed.get(&txn, seq)? else {
                         continue;
                     };
+                    let data = if job.deliveries >= policy.max_deliveries.max(1) {
+                        Err(Some(DeadReason::MaxDeliveries))
+                    } else {
+                        deliverable(block, Some(now)).map_err(|hold| hold.dead_reason())
+                    };
+                    let data = match data {
+                        Ok(data) => data,
+                        Err(None) => continue,
+                        Err(Some(reason)) => {
+                            marks.move_to(seq, Category::DEAD);
+                            marks.dead.insert(seq, (reason, job.deliveries));
+                            dead.push((from, seq, reason, job.deliveries));
+                            changed = true;
+                            continue;
+                        }
+                    };
+                    changed = true;
                     let lease = Lease {
                         from,
                         seq,
@@ -309,11 +319,11 @@ impl<S: Store> Node<S> {
                 }
             }
         }
-        for (from, seq, deliveries) in dead {
+        for (from, seq, reason, deliveries) in dead {
             self.st.out.push_back(Output::Event(Event::DeadLettered {
                 from,
                 seq,
-                reason: DeadReason::MaxDeliveries,
+                reason,
                 deliveries,
             }));
         }

@@ -6,6 +6,7 @@
 //! body. Many small messages share one frame, and one large message spans
 //! many frames. PROTOCOL.md describes every byte.
 
+pub mod envelope;
 pub mod frame;
 mod message;
 pub mod receipt;
@@ -18,4 +19,4 @@ pub use message::{
 pub use receipt::Receipt;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;

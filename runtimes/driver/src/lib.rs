@@ -71,7 +71,7 @@ pub use mdns::MdnsDiscovery;
 pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream, Worker};
 pub use peermq::{
     Category, CategoryCount, CloseReason, Config, DeadReason, Lease, Mailbox, PeerId, PeerStatus,
-    Prefetch, Record, Released, RetryPolicy, StoreError, Taken, Timestamp,
+    Prefetch, Record, Released, RetryPolicy, Schedule, StoreError, Taken, Timestamp,
 };
 pub use runtime::{
     timeout, wall_clock, BoxFuture, Connection, ConnectionInfo, Listener, ReadHalf, Route, RouteFn,

@@ -143,8 +143,9 @@ impl Sim<'_> {
             // dead-lettered by a worker: never lost.
             let dead = Mailbox::Category(Category::DEAD);
             for mailbox in [Mailbox::Unread, Mailbox::Archived, dead] {
+                let wall = self.wall(i);
                 let r = match self.slots[i].node.as_mut() {
-                    Some(x) => x.read(mailbox, None, usize::MAX),
+                    Some(x) => x.read(mailbox, None, usize::MAX, wall),
                     None => return,
                 };
                 let Some(recs) = self.node_result(i, "read", r) else {
@@ -160,7 +161,14 @@ impl Sim<'_> {
                         return;
                     }
                     let unread = mailbox == Mailbox::Unread;
-                    if let Err(f) = self.oracle.on_record(i, from, rec.seq, &rec.data, unread) {
+                    let checked = self
+                        .oracle
+                        .on_record(i, from, rec.seq, &rec.data, unread)
+                        .and_then(|()| match unread {
+                            true => self.check_due(i, from, rec.seq),
+                            false => Ok(()),
+                        });
+                    if let Err(f) = checked {
                         self.fail(f);
                         return;
                     }
@@ -187,8 +195,9 @@ impl Sim<'_> {
                 }
                 let mut records = Vec::new();
                 for mailbox in [Mailbox::Unread, Mailbox::Archived] {
+                    let wall = self.wall(to);
                     let r = match self.slots[to].node.as_mut() {
-                        Some(x) => x.read(mailbox, None, usize::MAX),
+                        Some(x) => x.read(mailbox, None, usize::MAX, wall),
                         None => return,
                     };
                     let Some(recs) = self.node_result(to, "read", r) else {

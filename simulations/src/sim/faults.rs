@@ -198,10 +198,11 @@ impl Sim<'_> {
     }
 
     pub(super) fn sabotage(&mut self, node: usize) {
+        let wall = self.wall(node);
         let Some(n) = self.slots[node].node.as_mut() else {
             return;
         };
-        let Ok(recs) = n.read(Mailbox::Unread, None, 1) else {
+        let Ok(recs) = n.read(Mailbox::Unread, None, 1, wall) else {
             return;
         };
         let me = self.slots[node].id;

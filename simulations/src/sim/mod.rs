@@ -21,6 +21,7 @@ use crate::plan::{Dice, Op, Plan, MS, SEC};
 mod checks;
 mod faults;
 mod network;
+mod times;
 mod trace;
 mod work;
 mod workload;
@@ -164,6 +165,8 @@ pub struct Sim<'p> {
     drain_soon: BTreeSet<usize>,
     /// What the workers' oracle knows of each taken message.
     jobs: work::Jobs,
+    /// The delivery times senders asked for.
+    times: times::Times,
     /// Backups of nodes' stores, restored by `Op::Restore`.
     backups: BTreeMap<usize, MemStore>,
     stats: Report,
@@ -267,6 +270,7 @@ impl<'p> Sim<'p> {
             failure: None,
             tally: Tally::default(),
             jobs: work::Jobs::default(),
+            times: times::Times::default(),
             backups: BTreeMap::new(),
             drain_soon: BTreeSet::new(),
             stats: Report::default(),
@@ -533,7 +537,12 @@ impl<'p> Sim<'p> {
                 deliveries,
             } => {
                 let f = self.peer_index(&from);
-                self.on_dead_lettered(i, f, seq, reason, deliveries)
+                match reason {
+                    peermq::DeadReason::Expired => self.check_expired(i, f, seq).map(|()| {
+                        self.jobs.mark_dead(i, f, seq);
+                    }),
+                    _ => self.on_dead_lettered(i, f, seq, reason, deliveries),
+                }
             }
             // Broadcast feeds are the emitter's; the queue workload
             // never writes one.
@@ -641,7 +650,13 @@ impl<'p> Sim<'p> {
         let n = self.plan.options.nodes;
         let now = Instant::from_micros(self.now);
         match op {
-            Op::Send { from, to, count } => self.send(from, to, count),
+            Op::Send {
+                from,
+                to,
+                count,
+                delay,
+                expire,
+            } => self.send(from, to, count, delay, expire),
             Op::Read {
                 node,
                 limit,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use peermq::{DeadReason, Lease, Released, RetryPolicy, Timestamp};
+use peermq::{DeadReason, Lease, Released, RetryPolicy};
 
 use crate::oracle::Failure;
 use crate::plan::Dice;
@@ -43,6 +43,14 @@ pub(super) struct Jobs {
     late: BTreeMap<usize, Vec<Lease>>,
 }
 
+impl Jobs {
+    /// Message `seq` from `from` went to the dead letters at `node`
+    /// other than by its deliveries: it must not be handed out again.
+    pub(super) fn mark_dead(&mut self, node: usize, from: usize, seq: u64) {
+        self.jobs.entry((node, from, seq)).or_default().dead = true;
+    }
+}
+
 impl Sim<'_> {
     pub(super) fn work(
         &mut self,
@@ -57,8 +65,8 @@ impl Sim<'_> {
         if !self.live(node) || self.oracle.is_rogue(node) {
             return;
         }
-        let now = self.now;
-        let ts = Timestamp::from_micros(now);
+        let ts = self.wall(node);
+        let now = ts.as_micros();
         let (lapsed, waiting): (Vec<Lease>, Vec<Lease>) = self
             .jobs
             .late
@@ -89,7 +97,11 @@ impl Sim<'_> {
         for t in taken {
             let l = t.lease;
             let from = self.peer_index(&l.from);
-            if let Err(f) = self.oracle.on_record(node, from, l.seq, &t.data, true) {
+            let checked = self
+                .oracle
+                .on_record(node, from, l.seq, &t.data, true)
+                .and_then(|()| self.check_due(node, from, l.seq));
+            if let Err(f) = checked {
                 return self.fail(f);
             }
             let key = (node, from, l.seq);
@@ -179,7 +191,7 @@ impl Sim<'_> {
 
     fn release_job(&mut self, node: usize, l: &Lease, delivery: u32) {
         let policy = policy();
-        let ts = Timestamp::from_micros(self.now);
+        let ts = self.wall(node);
         let from = self.peer_index(&l.from);
         let r = match self.slots[node].node.as_mut() {
             Some(x) => x.release(l, None, &policy, ts),
@@ -223,8 +235,9 @@ impl Sim<'_> {
         deliveries: u32,
     ) -> Result<(), Failure> {
         let max = policy().max_deliveries;
+        let now = self.wall(node).as_micros();
         let job = self.jobs.jobs.entry((node, from, seq)).or_default();
-        let lapsed = job.lease.is_none_or(|(_, d)| d <= self.now);
+        let lapsed = job.lease.is_none_or(|(_, d)| d <= now);
         if reason != DeadReason::MaxDeliveries
             || deliveries != max
             || job.deliveries != max

@@ -1,6 +1,6 @@
 //! What applications do: authorize peers, read, archive, clear, fetch.
 
-use peermq::{FeedDescriptor, Fetch, Instant, Mailbox};
+use peermq::{FeedDescriptor, Fetch, Instant, Mailbox, Schedule};
 
 use crate::oracle::{branch_message, Failure};
 use crate::plan::Dice;
@@ -32,6 +32,7 @@ impl Sim<'_> {
 
     pub(super) fn get(&mut self, node: usize, from: usize, seq: u64) {
         let now = Instant::from_micros(self.now);
+        let wall = self.wall(node);
         let id = self.slots[from].id;
         self.oracle
             .asked
@@ -39,20 +40,24 @@ impl Sim<'_> {
             .or_default()
             .insert(seq);
         let r = match self.slots[node].node.as_mut() {
-            Some(x) => x.get(id, seq, now),
+            Some(x) => x.get(id, seq, now, wall),
             None => return,
         };
         match self.node_result(node, "get", r) {
             Some(Fetch::Ready(data)) => {
                 self.oracle.pending_gets.remove(&(node, from, seq));
-                if let Err(f) = self.oracle.on_record(node, from, seq, &data, false) {
+                let checked = self
+                    .oracle
+                    .on_record(node, from, seq, &data, false)
+                    .and_then(|()| self.check_due(node, from, seq));
+                if let Err(f) = checked {
                     self.fail(f);
                 }
             }
             Some(Fetch::Pending) => {
                 self.oracle.pending_gets.insert((node, from, seq));
             }
-            Some(Fetch::Cleared) | None => {
+            Some(Fetch::Cleared | Fetch::NotYet(_) | Fetch::Expired) | None => {
                 self.oracle.pending_gets.remove(&(node, from, seq));
             }
         }
@@ -61,8 +66,9 @@ impl Sim<'_> {
 
     pub(super) fn read(&mut self, node: usize, limit: usize, archive: u8, clear: u8, seed: u64) {
         let now = Instant::from_micros(self.now);
+        let wall = self.wall(node);
         let r = match self.slots[node].node.as_mut() {
-            Some(x) => x.read(Mailbox::Unread, None, limit),
+            Some(x) => x.read(Mailbox::Unread, None, limit, wall),
             None => return,
         };
         let Some(records) = self.node_result(node, "read", r) else {
@@ -78,7 +84,11 @@ impl Sim<'_> {
                 ));
                 return;
             }
-            if let Err(f) = self.oracle.on_record(node, from, rec.seq, &rec.data, true) {
+            let checked = self
+                .oracle
+                .on_record(node, from, rec.seq, &rec.data, true)
+                .and_then(|()| self.check_due(node, from, rec.seq));
+            if let Err(f) = checked {
                 self.fail(f);
                 return;
             }
@@ -129,7 +139,7 @@ impl Sim<'_> {
 
     /// Node `from` sends `count` messages to `to` in one call (a rogue
     /// writes on from where its restored feed ends).
-    pub(super) fn send(&mut self, from: usize, to: usize, count: u32) {
+    pub(super) fn send(&mut self, from: usize, to: usize, count: u32, delay: u64, expire: u64) {
         let n = self.plan.options.nodes;
         let now = Instant::from_micros(self.now);
         if !self.live(from) || from >= n || to >= n {
@@ -137,7 +147,15 @@ impl Sim<'_> {
         }
         let extra = self.plan.options.msg_extra;
         let to_id = self.slots[to].id;
-        let (start, branch) = if self.oracle.is_rogue(from) {
+        let rogue = self.oracle.is_rogue(from);
+        // A rogue's seqs restart where its restored feed ends: the
+        // oracle's schedules, per seq, are for honest senders.
+        let schedule = if rogue {
+            Schedule::NONE
+        } else {
+            self.schedule_for(from, delay, expire)
+        };
+        let (start, branch) = if rogue {
             // It writes on from where its restored feed ends.
             let desc = FeedDescriptor::queue(self.slots[from].id, to_id);
             let len = match self.slots[from].node.as_mut() {
@@ -155,12 +173,15 @@ impl Sim<'_> {
             .map(|k| branch_message(from, to, start + k, extra, branch))
             .collect();
         let r = match self.slots[from].node.as_mut() {
-            Some(node) if count == 1 => node.send(to_id, &msgs[0], now).map(|s| s..s + 1),
-            Some(node) => node.send_batch(to_id, &msgs, now),
+            Some(node) if count == 1 && schedule.is_empty() => {
+                node.send(to_id, &msgs[0], now).map(|s| s..s + 1)
+            }
+            Some(node) => node.send_scheduled(to_id, &msgs, &schedule, now),
             None => return,
         };
         if let Some(range) = self.node_result(from, "send", r) {
             *self.tally.send_calls.entry((from, to)).or_default() += 1;
+            self.times.on_sent(from, to, range.clone(), schedule);
             if let Err(f) = self
                 .oracle
                 .on_sent(from, to, range.start, range.end - range.start)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use peermq::{
     Config, Entropy, Keypair, LmdbOptions, LmdbStore, Mailbox, MemStore, Node, PeerId, PeerStatus,
-    Receipt, Store,
+    Receipt, Schedule, Store,
 };
 
 use crate::discovery::{Discovery, LocalDiscovery, StaticDiscovery};
@@ -344,11 +344,7 @@ impl Mq {
     pub async fn send(&self, to: PeerId, message: impl Into<Vec<u8>>) -> Result<u64, MqError> {
         let messages = vec![message.into()];
         Ok(self
-            .queue(|reply| QueueCommand::Send {
-                to,
-                messages,
-                reply,
-            })
+            .send_scheduled(to, messages, Schedule::NONE)
             .await?
             .start)
     }
@@ -360,9 +356,24 @@ impl Mq {
         to: PeerId,
         messages: Vec<Vec<u8>>,
     ) -> Result<Range<u64>, MqError> {
+        self.send_scheduled(to, messages, Schedule::NONE).await
+    }
+
+    /// [`Mq::send_batch`] with delivery times, signed with the messages:
+    /// `to` delivers none before `schedule.not_before` and dead-letters
+    /// them once `schedule.expires_at` passed, by its own clock. Build
+    /// the schedule from this machine's clock with
+    /// `Schedule::from_now(wall_clock(), delay, expire_in)`.
+    pub async fn send_scheduled(
+        &self,
+        to: PeerId,
+        messages: Vec<Vec<u8>>,
+        schedule: Schedule,
+    ) -> Result<Range<u64>, MqError> {
         self.queue(|reply| QueueCommand::Send {
             to,
             messages,
+            schedule,
             reply,
         })
         .await
@@ -416,6 +427,24 @@ impl Mq {
     pub async fn receipt(&self, to: PeerId) -> Result<Option<Receipt>, MqError> {
         self.queue(|reply| QueueCommand::Receipt { to, reply })
             .await
+    }
+
+    /// Drops the bytes of our messages to `to` that it acknowledged, and,
+    /// with `expired_grace`, of those it did not whose expiry passed that
+    /// long ago by this machine's clock (a grace for the recipient's clock
+    /// running behind). Their hashes stay, so the feed stays verifiable.
+    /// Returns how many of each were dropped: (acknowledged, expired).
+    pub async fn prune(
+        &self,
+        to: PeerId,
+        expired_grace: Option<std::time::Duration>,
+    ) -> Result<(u64, u64), MqError> {
+        self.queue(|reply| QueueCommand::Prune {
+            to,
+            expired_grace,
+            reply,
+        })
+        .await
     }
 
     /// Connection, acknowledgement and arrival events from now on. Each call

@@ -10,13 +10,14 @@ use peermq::RangeSet;
 use peermq::Receipt;
 use peermq::{
     Category, CategoryCount, DeadReason, Event, Fetch, Lease, Mailbox, PeerId, PeerStatus, Record,
-    Released, RetryPolicy, Store, Taken, Timestamp,
+    Released, RetryPolicy, Schedule, Store, Taken, Timestamp,
 };
 use tracing::debug;
 
 use super::events::{MqEvent, Subscribers};
 use crate::driver::{answer, Ctx, Reply, Service};
 use crate::error::MqError;
+use crate::runtime::wall_clock;
 
 /// What an [`crate::Mq`] asks of its queue.
 pub(crate) enum QueueCommand {
@@ -26,6 +27,7 @@ pub(crate) enum QueueCommand {
     Send {
         to: PeerId,
         messages: Vec<Vec<u8>>,
+        schedule: Schedule,
         reply: Reply<Range<u64>>,
     },
     /// Up to `limit` records of `mailbox` not in `seen`, with the arrival
@@ -63,6 +65,11 @@ pub(crate) enum QueueCommand {
     Receipt {
         to: PeerId,
         reply: Reply<Option<Receipt>>,
+    },
+    Prune {
+        to: PeerId,
+        expired_grace: Option<Duration>,
+        reply: Reply<(u64, u64)>,
     },
     Work(WorkCommand),
 }
@@ -152,15 +159,14 @@ impl Queue {
         let Some(replies) = self.fetches.remove(&(from, seq)) else {
             return;
         };
-        let data = match cx.node.get(from, seq, cx.now) {
-            Ok(Fetch::Ready(data)) => Some(data),
-            Ok(Fetch::Cleared) => None,
-            Ok(Fetch::Pending) => {
+        let data = match fetched(cx.node.get(from, seq, cx.now, wall_clock())) {
+            Ok(Some(Fetch::Ready(data))) => Some(data),
+            Ok(Some(Fetch::Pending)) => {
                 self.fetches.insert((from, seq), replies);
                 return;
             }
-            Err(e) => {
-                let reason = e.to_string();
+            Ok(_) => None,
+            Err(reason) => {
                 for r in replies {
                     let reason = reason.clone();
                     answer(r, Err(MqError::Get { from, seq, reason }));
@@ -190,7 +196,7 @@ impl Queue {
         let mut probing = !seen.is_empty();
         'pages: loop {
             let want = if probing { 1 } else { limit - out.len() };
-            let page = cx.node.read(mailbox, pos, want)?;
+            let page = cx.node.read(mailbox, pos, want, wall_clock())?;
             if page.is_empty() {
                 break;
             }
@@ -217,7 +223,7 @@ impl Queue {
 
 impl Queue {
     fn on_work<S: Store>(&mut self, cx: &mut Ctx<'_, S>, cmd: WorkCommand) {
-        let now = crate::runtime::wall_clock();
+        let now = wall_clock();
         match cmd {
             WorkCommand::Take {
                 max,
@@ -282,9 +288,10 @@ impl<S: Store> Service<S> for Queue {
             QueueCommand::Send {
                 to,
                 messages,
+                schedule,
                 reply,
             } => {
-                let r = cx.node.send_batch(to, &messages, now);
+                let r = cx.node.send_scheduled(to, &messages, &schedule, now);
                 answer(reply, r.map_err(Into::into));
             }
             QueueCommand::Read {
@@ -307,16 +314,18 @@ impl<S: Store> Service<S> for Queue {
                     answer(reply, r.map(|recs| (recs, self.generation)));
                 }
             }
-            QueueCommand::Get { from, seq, reply } => match cx.node.get(from, seq, now) {
-                Ok(Fetch::Ready(data)) => answer(reply, Ok(Some(data))),
-                Ok(Fetch::Cleared) => answer(reply, Ok(None)),
-                Ok(Fetch::Pending) => {
-                    let list = self.fetches.entry((from, seq)).or_default();
-                    list.retain(|r| !r.is_closed());
-                    list.push(reply);
+            QueueCommand::Get { from, seq, reply } => {
+                match fetched(cx.node.get(from, seq, now, wall_clock())) {
+                    Ok(Some(Fetch::Ready(data))) => answer(reply, Ok(Some(data))),
+                    Ok(Some(Fetch::Pending)) => {
+                        let list = self.fetches.entry((from, seq)).or_default();
+                        list.retain(|r| !r.is_closed());
+                        list.push(reply);
+                    }
+                    Ok(_) => answer(reply, Ok(None)),
+                    Err(reason) => answer(reply, Err(MqError::Get { from, seq, reason })),
                 }
-                Err(e) => answer(reply, Err(e.into())),
-            },
+            }
             QueueCommand::Archive { from, seq, reply } => {
                 let r = cx.node.archive(from, seq, now);
                 self.wake_readers();
@@ -334,6 +343,19 @@ impl<S: Store> Service<S> for Queue {
             }
             QueueCommand::Receipt { to, reply } => {
                 answer(reply, cx.node.receipt(to).map_err(Into::into));
+            }
+            QueueCommand::Prune {
+                to,
+                expired_grace,
+                reply,
+            } => {
+                let acked = cx.node.prune(to);
+                let expired = match (&acked, expired_grace) {
+                    (Ok(_), Some(grace)) => cx.node.prune_expired(to, wall_clock(), grace),
+                    _ => Ok(0),
+                };
+                let r = acked.and_then(|a| Ok((a, expired?)));
+                answer(reply, r.map_err(Into::into));
             }
             QueueCommand::Work(cmd) => self.on_work(cx, cmd),
         }
@@ -391,5 +413,21 @@ impl<S: Store> Service<S> for Queue {
             let r = Self::read_unseen(cx, p.mailbox, &p.seen, p.limit);
             answer(p.reply, r.map(|recs| (recs, self.generation)));
         }
+    }
+}
+
+/// A `get`'s outcome for a caller that gets the bytes, or nothing for a
+/// cleared message: a message held back by its sender's times is an
+/// error that says why.
+fn fetched(r: Result<Fetch, peermq::NodeError>) -> Result<Option<Fetch>, String> {
+    match r {
+        Ok(Fetch::Cleared) => Ok(None),
+        Ok(Fetch::NotYet(t)) => Err(format!(
+            "its sender asked that it not be delivered before {}",
+            t
+        )),
+        Ok(Fetch::Expired) => Err("its sender's expiry passed: it will not be delivered".into()),
+        Ok(fetch) => Ok(Some(fetch)),
+        Err(e) => Err(e.to_string()),
     }
 }
