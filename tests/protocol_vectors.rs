@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use peermq::feed::{Feed, FeedDescriptor};
 use peermq::merkle::{tree_hash, Node};
 use peermq::ranges::RangeSet;
+use peermq::wire::envelope;
 use peermq::wire::{
     CloseCode, DataMsg, HandshakePayload, Message, RangeRequest, Receipt, PROTOCOL_VERSION,
 };
-use peermq::wire::envelope;
 use peermq::{Keypair, MemStore, Schedule, Timestamp, Txn};
 
 fn encode(m: &Message<'_>) -> String {

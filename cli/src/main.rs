@@ -628,11 +628,19 @@ async fn one_shot(
         Command::Prune { to, grace } => {
             let peers = match to {
                 Some(to) => vec![to],
-                None => mq.peers().await?.iter().filter(|p| p.sent > 0).map(|p| p.peer).collect(),
+                None => mq
+                    .peers()
+                    .await?
+                    .iter()
+                    .filter(|p| p.sent > 0)
+                    .map(|p| p.peer)
+                    .collect(),
             };
             for peer in peers {
                 let (acked, expired) = mq.prune(peer, Some(grace)).await?;
-                printer.line(&format!("PRUNED {peer} acknowledged={acked} expired={expired}"))?;
+                printer.line(&format!(
+                    "PRUNED {peer} acknowledged={acked} expired={expired}"
+                ))?;
             }
         }
         Command::Peers => {

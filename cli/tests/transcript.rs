@@ -662,11 +662,24 @@ fn a_delayed_message_waits_for_its_time_and_an_expired_one_goes_to_dead() {
 
     let out = s.output(
         "b",
-        &["send", "--to", &a, "-m", "x", "--delay", "5s", "--expire-in", "1s"],
+        &[
+            "send",
+            "--to",
+            &a,
+            "-m",
+            "x",
+            "--delay",
+            "5s",
+            "--expire-in",
+            "1s",
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(one_error_line(&out).contains("could never be delivered"));
     let out = s.output("b", &["send", "--to", &a, "-m", "x", "--delay", "-1s"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(s.ok("b", &["status"]).contains("3 sent"), "nothing was queued");
+    assert!(
+        s.ok("b", &["status"]).contains("3 sent"),
+        "nothing was queued"
+    );
 }

@@ -71,6 +71,11 @@ pub enum EmitterError {
     /// field), or a store failure.
     #[error(transparent)]
     Core(#[from] peermq::emitter::EmitterError),
+    /// Another [`crate::Consumer`] of this emitter holds the name: two
+    /// readers of one saved position would each commit over the other's
+    /// progress.
+    #[error("consumer `{0}` is already running on this emitter; drop it first, or use another name for a second reader")]
+    ConsumerBusy(String),
     /// The first attempt to reach an address failed. The emitter keeps
     /// retrying it with backoff; this only reports the first outcome.
     #[error("cannot reach {addr}: {reason}; still retrying in the background")]

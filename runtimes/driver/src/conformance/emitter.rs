@@ -519,7 +519,7 @@ pub async fn no_duplicate_event_peer(ra: Arc<dyn Runtime>, _rb: Arc<dyn Runtime>
 }
 
 /// A named consumer resumes after what it committed, across a restart,
-/// and `from_scratch` starts it over.
+/// is held by one reader at a time, and `from_scratch` starts it over.
 pub async fn named_consumers_resume_and_start_over(ra: Arc<dyn Runtime>, _rb: Arc<dyn Runtime>) {
     limited(&ra.clone(), "named_consumers", async move {
         let env = Env::new();
@@ -556,6 +556,12 @@ pub async fn named_consumers_resume_and_start_over(ra: Arc<dyn Runtime>, _rb: Ar
         })
         .await;
         assert_eq!(ids(&rest), vec![json!(3), json!(4), json!(5)]);
+        // One live reader per name: a second would commit over its progress.
+        for busy in [a.resume("worker").await, a.from_scratch("worker").await] {
+            let err = busy.unwrap_err();
+            assert!(matches!(err, crate::EmitterError::ConsumerBusy(_)), "{err}");
+        }
+        drop(c);
         let mut c = a.from_scratch("worker").await.unwrap();
         assert_eq!(c.start(), 0);
         let again = c.next().await.unwrap().unwrap();

@@ -34,7 +34,7 @@ pub use peermq::emitter::{Delivered, Schema, SchemaError, ValidationError, EVENT
 
 pub use crate::error::EmitterError;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -189,6 +189,7 @@ impl EmitterBuilder {
                 listeners: Mutex::new(HashMap::new()),
                 next_listener: AtomicU64::new(0),
                 errors: Mutex::new(Vec::new()),
+                consumers: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -200,6 +201,8 @@ struct Shared {
     listeners: Mutex<HashMap<ListenerId, Arc<AtomicBool>>>,
     next_listener: AtomicU64,
     errors: Mutex<Vec<Sender<HandlerError>>>,
+    /// Names of the live [`Consumer`]s: one each at a time.
+    consumers: Mutex<HashSet<String>>,
 }
 
 /// A replicated, persistent event emitter: HyperEmitter's API. Cheap to
@@ -316,7 +319,11 @@ impl Emitter {
     /// Named consumer `name`, continuing after the last position it
     /// committed (from the beginning if it never did). Events it did not
     /// commit before a crash come again: at least once.
+    ///
+    /// A name is held by one live [`Consumer`] at a time, until it is
+    /// dropped: [`EmitterError::ConsumerBusy`] otherwise.
     pub async fn resume(&self, name: &str) -> Result<Consumer, EmitterError> {
+        let hold = ConsumerHold::take(&self.inner, name)?;
         let n = name.to_string();
         let position = self
             .call(|reply| EmitCommand::Consumer { name: n, reply })
@@ -326,12 +333,16 @@ impl Emitter {
             em: self.clone(),
             stream: self.stream_at(position, None),
             start: position,
+            _hold: hold,
         })
     }
 
     /// Named consumer `name`, started over from the beginning: its saved
-    /// position is reset first.
+    /// position is reset first. As [`Emitter::resume`], the name must not
+    /// be held by a live consumer.
     pub async fn from_scratch(&self, name: &str) -> Result<Consumer, EmitterError> {
+        // Checked before the reset, so a busy name keeps its position.
+        drop(ConsumerHold::take(&self.inner, name)?);
         self.commit(name, 0).await?;
         self.resume(name).await
     }
@@ -628,6 +639,37 @@ pub struct Consumer {
     em: Emitter,
     stream: DeliveryStream,
     start: u64,
+    _hold: ConsumerHold,
+}
+
+/// A consumer name held by a live [`Consumer`], given back on drop.
+struct ConsumerHold {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl ConsumerHold {
+    fn take(shared: &Arc<Shared>, name: &str) -> Result<Self, EmitterError> {
+        let mut held = shared.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.insert(name.to_string()) {
+            return Err(EmitterError::ConsumerBusy(name.to_string()));
+        }
+        Ok(ConsumerHold {
+            shared: shared.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for ConsumerHold {
+    fn drop(&mut self) {
+        let mut held = self
+            .shared
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        held.remove(&self.name);
+    }
 }
 
 impl std::fmt::Debug for Consumer {
