@@ -523,15 +523,19 @@ impl<S: Store> Node<S> {
     }
 
     /// Reads the sender's marks fresh from the store, lets `change` edit
-    /// them, and writes them back on condition nobody else did meanwhile,
-    /// retrying if another process did. Returns what `change` returned.
+    /// them, and writes them back. The store's writer lock is held
+    /// throughout where it has one ([`Txn::begin_exclusive`]), so other
+    /// processes on the data directory wait rather than conflict;
+    /// otherwise the write is conditional on nobody having written
+    /// meanwhile, and retried if another process did. Returns what
+    /// `change` returned.
     pub(super) fn update_marks(
         &mut self,
         from: PeerId,
         mut change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
     ) -> Result<bool, NodeError> {
         retry_on_conflict(|| {
-            let mut txn = Txn::begin(&self.store)?;
+            let mut txn = Txn::begin_exclusive(&self.store)?;
             let (mut marks, raw) = Marks::load(&txn, &from)?;
             let raw = raw.map(<[u8]>::to_vec);
             let inbox = self.st.inbox(&txn, from)?;

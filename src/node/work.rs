@@ -116,7 +116,7 @@ impl<S: Store> Node<S> {
     /// whether it is new. [`Category::DEAD`] always exists.
     pub fn create_category(&mut self, category: Category) -> Result<bool, NodeError> {
         retry_on_conflict(|| {
-            let mut txn = Txn::begin(&self.store)?;
+            let mut txn = Txn::begin_exclusive(&self.store)?;
             let raw = txn
                 .committed(Table::Meta, keys::META_CATEGORIES)?
                 .map(<[u8]>::to_vec);
@@ -242,7 +242,7 @@ impl<S: Store> Node<S> {
             dead.clear();
             touched.clear();
             let mut out = Vec::new();
-            let mut txn = Txn::begin(&self.store)?;
+            let mut txn = Txn::begin_exclusive(&self.store)?;
             for from in peer_keys(&txn, Table::Inbox, None)? {
                 if out.len() >= max {
                     break;

@@ -8,7 +8,9 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, WithoutTls};
+use heed::{
+    CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, PutFlags, RoTxn, RwTxn, WithoutTls,
+};
 
 use super::{Store, StoreError, StoreRead, Table, Visit, WriteBatch};
 
@@ -141,10 +143,20 @@ impl LmdbStore {
 
     fn try_commit(&self, batch: &WriteBatch) -> Result<bool, heed::Error> {
         let mut wtxn = self.env.write_txn()?;
+        if !self.apply(&mut wtxn, batch)? {
+            return Ok(false);
+        }
+        wtxn.commit()?;
+        Ok(true)
+    }
+
+    /// Writes `batch` in `wtxn` if its preconditions hold; `false` (and
+    /// nothing written) if one does not.
+    fn apply(&self, wtxn: &mut RwTxn<'_>, batch: &WriteBatch) -> Result<bool, heed::Error> {
         // The write lock is held from here: checking preconditions inside it
         // makes the check-and-write atomic across processes.
         for (table, key, want) in batch.expectations() {
-            if self.db(table).get(&wtxn, key)? != want {
+            if self.db(table).get(wtxn, key)? != want {
                 return Ok(false);
             }
         }
@@ -157,20 +169,19 @@ impl LmdbStore {
             // Keys come sorted, so those past the table's end are appended,
             // which fills pages instead of splitting each in half: appends
             // leave a file half as big.
-            let end = db.last(&wtxn)?.map(|(k, _)| k.to_vec());
+            let end = db.last(wtxn)?.map(|(k, _)| k.to_vec());
             for (key, value) in writes {
                 match value {
                     Some(v) if end.as_deref().is_none_or(|e| key > e) => {
-                        db.put_with_flags(&mut wtxn, PutFlags::APPEND, key, v)?
+                        db.put_with_flags(wtxn, PutFlags::APPEND, key, v)?
                     }
-                    Some(v) => db.put(&mut wtxn, key, v)?,
+                    Some(v) => db.put(wtxn, key, v)?,
                     None => {
-                        db.delete(&mut wtxn, key)?;
+                        db.delete(wtxn, key)?;
                     }
                 }
             }
         }
-        wtxn.commit()?;
         Ok(true)
     }
 
@@ -211,7 +222,10 @@ impl Store for LmdbStore {
             other => other,
         }
         .map_err(|e| backend(&self.path, e))?;
-        Ok(LmdbReader { txn, store: self })
+        Ok(LmdbReader {
+            txn: ReadTxn::Shared(txn),
+            store: self,
+        })
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
@@ -225,11 +239,78 @@ impl Store for LmdbStore {
             }
         }
     }
+
+    /// A write transaction, used for reading: LMDB's writer lock, shared by
+    /// every process on the environment, is held until it ends.
+    fn exclusive_reader(&self) -> Result<LmdbReader<'_>, StoreError> {
+        let txn = match self.env.write_txn() {
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                self.adopt_foreign_resize()?;
+                self.env.write_txn()
+            }
+            other => other,
+        }
+        .map_err(|e| backend(&self.path, e))?;
+        Ok(LmdbReader {
+            txn: ReadTxn::Exclusive(txn),
+            store: self,
+        })
+    }
+
+    fn commit_under(&self, reader: LmdbReader<'_>, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut wtxn = match reader.txn {
+            ReadTxn::Exclusive(wtxn) => wtxn,
+            ReadTxn::Shared(rtxn) => {
+                drop(rtxn);
+                return self.commit(batch);
+            }
+        };
+        let applied = self.apply(&mut wtxn, &batch).and_then(|ok| {
+            if ok {
+                wtxn.commit().map(|()| true)
+            } else {
+                Ok(false)
+            }
+        });
+        match applied {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Conflict),
+            // The transaction is gone (aborted on error): grow or adopt the
+            // map with none alive, then commit the ordinary way.
+            Err(heed::Error::Mdb(MdbError::MapFull)) => {
+                self.grow()?;
+                self.commit(batch)
+            }
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                self.adopt_foreign_resize()?;
+                self.commit(batch)
+            }
+            Err(e) => Err(backend(&self.path, e)),
+        }
+    }
+}
+
+/// The LMDB transaction behind an [`LmdbReader`].
+enum ReadTxn<'a> {
+    /// A read transaction: a snapshot, no lock.
+    Shared(RoTxn<'a, WithoutTls>),
+    /// A write transaction only read through until it commits: holds the
+    /// writer lock ([`Store::exclusive_reader`]).
+    Exclusive(RwTxn<'a>),
+}
+
+impl<'a> ReadTxn<'a> {
+    fn get(&self) -> &RoTxn<'a, WithoutTls> {
+        match self {
+            ReadTxn::Shared(t) => t,
+            ReadTxn::Exclusive(t) => t,
+        }
+    }
 }
 
 /// A read transaction on an [`LmdbStore`].
 pub struct LmdbReader<'a> {
-    txn: RoTxn<'a, WithoutTls>,
+    txn: ReadTxn<'a>,
     store: &'a LmdbStore,
 }
 
@@ -237,7 +318,7 @@ impl StoreRead for LmdbReader<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
         self.store
             .db(table)
-            .get(&self.txn, key)
+            .get(self.txn.get(), key)
             .map_err(|e| backend(&self.store.path, e))
     }
 
@@ -258,7 +339,7 @@ impl StoreRead for LmdbReader<'_> {
         let iter = self
             .store
             .db(table)
-            .range(&self.txn, &(lo, range.1))
+            .range(self.txn.get(), &(lo, range.1))
             .map_err(|e| backend(&self.store.path, e))?;
         for entry in iter {
             let (k, v) = entry.map_err(|e| backend(&self.store.path, e))?;
@@ -313,6 +394,35 @@ fn round_up(n: usize, to: usize) -> usize {
 mod tests {
     use super::*;
     use crate::store::Txn;
+
+    #[test]
+    fn an_exclusive_transaction_makes_other_writers_wait_instead_of_conflicting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LmdbStore::open(dir.path()).unwrap();
+        let key = b"marks";
+        let mut t = Txn::begin(&store).unwrap();
+        t.put(Table::Inbox, key, b"0");
+        t.commit().unwrap();
+        let mut mine = Txn::begin_exclusive(&store).unwrap();
+        let seen = mine.get(Table::Inbox, key).unwrap().map(<[u8]>::to_vec);
+        // Another writer, read from the same state, tries to commit while
+        // ours is open: it waits for ours, then finds the record changed.
+        let theirs = std::thread::scope(|scope| {
+            let other = scope.spawn(|| {
+                let mut t = Txn::begin(&store).unwrap();
+                t.put_expecting(Table::Inbox, key, b"2".to_vec(), Some(b"0"));
+                t.commit()
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            mine.put_expecting(Table::Inbox, key, b"1".to_vec(), seen.as_deref());
+            mine.commit()
+                .expect("nobody committed under an exclusive transaction");
+            other.join().unwrap()
+        });
+        assert!(matches!(theirs, Err(StoreError::Conflict)), "{theirs:?}");
+        let r = store.reader().unwrap();
+        assert_eq!(r.get(Table::Inbox, key).unwrap(), Some(&b"1"[..]));
+    }
 
     #[test]
     fn grows_the_map_and_fails_clearly_at_the_ceiling() {

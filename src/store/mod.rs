@@ -109,6 +109,27 @@ pub trait Store {
     /// Applies every write of `batch` atomically. When this returns `Ok`, the
     /// writes are durable (they survive a crash of the process or machine).
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// A read view under which no other writer, in this process or
+    /// another, commits until [`Store::commit_under`] ends it: for reading
+    /// a record many writers contend for, changing it and writing it back
+    /// without a [`StoreError::Conflict`]. Hold it for microseconds, and
+    /// commit nothing else meanwhile (that would wait for itself).
+    ///
+    /// Optional: the default is [`Store::reader`], whose commits may
+    /// conflict and are then retried by the caller.
+    fn exclusive_reader(&self) -> Result<Self::Reader<'_>, StoreError> {
+        self.reader()
+    }
+
+    /// Commits `batch`, whose reads were made under `reader` (from
+    /// [`Store::exclusive_reader`] or [`Store::reader`]), and ends the
+    /// reader. Durable as [`Store::commit`], which the default calls after
+    /// dropping the reader.
+    fn commit_under(&self, reader: Self::Reader<'_>, batch: WriteBatch) -> Result<(), StoreError> {
+        drop(reader);
+        self.commit(batch)
+    }
 }
 
 /// Read access to committed data.

@@ -16,6 +16,18 @@ pub struct Txn<'s, S: Store + 's> {
 }
 
 impl<'s, S: Store> Txn<'s, S> {
+    /// Starts a transaction under which no other writer commits until it
+    /// commits or is dropped ([`Store::exclusive_reader`]): for the
+    /// read-modify-write of a record other processes write too. Keep it
+    /// short, and do not commit another transaction while it lives.
+    pub fn begin_exclusive(store: &'s S) -> Result<Self, StoreError> {
+        Ok(Txn {
+            store,
+            reader: store.exclusive_reader()?,
+            batch: WriteBatch::new(),
+        })
+    }
+
     /// Starts a transaction on `store`.
     pub fn begin(store: &'s S) -> Result<Self, StoreError> {
         Ok(Txn {
@@ -128,11 +140,10 @@ impl<'s, S: Store> Txn<'s, S> {
             batch,
         } = self;
         // Release the snapshot first so the backend never copies on our behalf.
-        drop(reader);
         if batch.is_empty() {
             return Ok(());
         }
-        store.commit(batch)
+        store.commit_under(reader, batch)
     }
 }
 
