@@ -166,11 +166,13 @@ impl NodeError {
 /// is tried again, on fresh state, before the conflict is reported.
 ///
 /// Every loss means another process committed, so the processes together
-/// always progress; but one of several workers taking and archiving jobs
-/// from one sender's marks record in a tight loop can lose dozens of
-/// times in a row (4 worker processes in peermq-bench's `work` phase lost
-/// 32 in a row within 100,000 jobs). A thousand makes giving up a sign of
-/// something wrong, not of ordinary contention.
+/// always progress. Marks updates run under the store's writer lock where
+/// it has one (LMDB) and cannot lose; on a store without one, several
+/// workers taking and archiving jobs from one sender's marks record in a
+/// tight loop can lose dozens of times in a row (4 worker processes in
+/// peermq-bench's `work` phase once lost 32 in a row within 100,000 jobs).
+/// A thousand makes giving up a sign of something wrong, not of ordinary
+/// contention.
 const CONFLICT_ATTEMPTS: usize = 1000;
 
 /// Runs `attempt` until it succeeds, fails with anything but a write
