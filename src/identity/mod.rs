@@ -8,6 +8,7 @@ use ed25519_dalek::{Signer as _, SigningKey, Verifier, VerifyingKey};
 
 use crate::rng::RandomSource;
 
+pub mod seal;
 mod signer;
 
 pub use signer::{Sign, Signer};
@@ -50,6 +51,13 @@ impl Keypair {
     /// The public half, which is this node's id.
     pub fn peer_id(&self) -> PeerId {
         PeerId(self.signing.verifying_key().to_bytes())
+    }
+
+    /// The X25519 secret scalar of this identity (the ed25519 secret's
+    /// expanded scalar bytes, as libsodium's `crypto_sign_ed25519_sk_to_curve25519`),
+    /// for opening messages sealed to it. Never stored or sent.
+    pub(crate) fn x25519_secret(&self) -> [u8; 32] {
+        self.signing.to_scalar_bytes()
     }
 
     /// Signs `message`.
