@@ -128,6 +128,20 @@ fn vectors() -> BTreeMap<&'static str, String> {
         "envelope_hello_not_before_expires",
         hex::encode(envelope::wrap(&times, b"hello")),
     );
+    let sealer = peermq::identity::seal::Sealer::new(
+        &mut peermq::SeededRng::from_u64(1),
+        author.peer_id(),
+        recipient.peer_id(),
+    )
+    .unwrap();
+    v.insert(
+        "sealed_block_hello",
+        hex::encode(envelope::wrap_sealed(
+            &Schedule::NONE,
+            &sealer.ephemeral(),
+            &sealer.seal(0, b"hello"),
+        )),
+    );
     v.insert(
         "envelope_magic_escaped",
         hex::encode(envelope::wrap(&Schedule::NONE, &envelope::MAGIC)),

@@ -80,8 +80,8 @@ impl Sealer {
         let ephemeral = MontgomeryPoint::mul_base_clamped(e).to_bytes();
         let shared = r.mul_clamped(e).to_bytes();
         e.zeroize();
-        let cipher = cipher(shared, &ephemeral, &sender, &recipient)
-            .ok_or(SealError::BadRecipient)?;
+        let cipher =
+            cipher(shared, &ephemeral, &sender, &recipient).ok_or(SealError::BadRecipient)?;
         Ok(Sealer {
             sender,
             recipient,
@@ -159,7 +159,9 @@ impl Opener {
     ) -> Result<Vec<u8>, SealError> {
         let cached = matches!(&self.last, Some((s, e, _)) if *s == sender && e == ephemeral);
         if !cached {
-            let shared = MontgomeryPoint(*ephemeral).mul_clamped(self.secret).to_bytes();
+            let shared = MontgomeryPoint(*ephemeral)
+                .mul_clamped(self.secret)
+                .to_bytes();
             let c = cipher(shared, ephemeral, &sender, &self.me).ok_or(SealError::BadEphemeral)?;
             self.last = Some((sender, *ephemeral, c));
         }
@@ -250,7 +252,10 @@ mod tests {
         let (a, b, _, e, out) = sealed(3, b"hello");
         assert_eq!(out.len(), 5 + TAG_LEN);
         assert!(!out.windows(5).any(|w| w == b"hello"));
-        assert_eq!(Opener::new(&b).open(a.peer_id(), &e, 3, &out).unwrap(), b"hello");
+        assert_eq!(
+            Opener::new(&b).open(a.peer_id(), &e, 3, &out).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
@@ -262,8 +267,14 @@ mod tests {
         }
         // Nor does it open as from another sender or at another position.
         let mut opener = Opener::new(&b);
-        assert_eq!(opener.open(c.peer_id(), &e, 0, &out), Err(SealError::Forged));
-        assert_eq!(opener.open(a.peer_id(), &e, 1, &out), Err(SealError::Forged));
+        assert_eq!(
+            opener.open(c.peer_id(), &e, 0, &out),
+            Err(SealError::Forged)
+        );
+        assert_eq!(
+            opener.open(a.peer_id(), &e, 1, &out),
+            Err(SealError::Forged)
+        );
         assert!(opener.open(a.peer_id(), &e, 0, &out).is_ok());
     }
 
@@ -288,7 +299,10 @@ mod tests {
         let mut opener = Opener::new(&b);
         for (s, seq) in [(&s1, 0), (&s1, 1), (&s2, 2), (&s1, 3)] {
             let out = s.seal(seq, b"m");
-            assert_eq!(opener.open(a.peer_id(), &s.ephemeral(), seq, &out).unwrap(), b"m");
+            assert_eq!(
+                opener.open(a.peer_id(), &s.ephemeral(), seq, &out).unwrap(),
+                b"m"
+            );
         }
     }
 

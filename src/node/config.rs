@@ -50,6 +50,11 @@ pub struct Config {
     /// Drop the bytes of blocks as soon as their recipient acknowledges them
     /// (tree nodes stay, so the feed remains verifiable).
     pub prune_acked: bool,
+    /// Seal queue messages to their recipient ([`crate::identity::seal`]):
+    /// only its key opens them, so whoever carries or steals the feed
+    /// holds ciphertext. Receivers open sealed messages whatever this says.
+    /// Off by default while its cost is measured; it will be on.
+    pub seal_messages: bool,
     /// Accept connections from any identity, and relay broadcast feeds of
     /// any author, as the event emitter does by default. When `false`, only
     /// authorized peers (`add_peer`) may dial in, and only their broadcast
@@ -93,6 +98,7 @@ impl Default for Config {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             prune_acked: false,
+            seal_messages: false,
             open: false,
             max_feeds: 10_000,
             max_author_bytes: 64 << 20,

@@ -59,6 +59,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::{Bound, ControlFlow};
 
 use crate::feed::{Feed, FeedDescriptor, FeedError, FeedId};
+use crate::identity::seal::Opener;
 use crate::identity::{Keypair, PeerId, Signer};
 use crate::noise::{self, StaticKey};
 use crate::rng::{Entropy, SeededRng};
@@ -137,6 +138,10 @@ pub enum NodeError {
         /// Its expiry.
         expires_at: crate::time::Timestamp,
     },
+    /// Sealing is on, and the recipient's key cannot receive sealed
+    /// messages (it is not a valid ed25519 key).
+    #[error("cannot seal messages to {0}: its key is not a valid ed25519 key; check the id, or turn Config::seal_messages off")]
+    Unsealable(PeerId),
     /// The message's envelope could not be opened (a newer build's field,
     /// or a damaged envelope its author signed): it is not delivered.
     #[error("message {seq} from {from} cannot be read: {error}")]
@@ -266,6 +271,8 @@ pub struct Node<S: Store> {
     /// Signs our feeds' heads; apart from `st` so that it can sign while a
     /// feed in `st` is borrowed.
     signer: Signer,
+    /// Opens messages sealed to us; apart from `st` for the same reason.
+    opener: Opener,
 }
 
 /// Everything but the store, so a transaction can borrow the store while
@@ -363,9 +370,11 @@ impl<S: Store> Node<S> {
             StaticKey::generate(rng.fork()).map_err(|e| NodeError::Keys(e.to_string()))?;
         let me = key.peer_id();
         let signer = Signer::new(key.clone(), nonce_seed);
+        let opener = Opener::new(&key);
         Ok(Node {
             store,
             signer,
+            opener,
             st: State {
                 config,
                 key,

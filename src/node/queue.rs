@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::ops::{Bound, ControlFlow, Range};
 
 use crate::feed::FeedDescriptor;
+use crate::identity::seal::{Opener, Sealer, TAG_LEN};
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, Table, Txn};
@@ -19,6 +20,10 @@ use super::{retry_on_conflict, CloseReason, Node, NodeError};
 
 /// Room a data message needs besides its block: header, head, range, proof.
 const DATA_OVERHEAD: usize = 8 << 10;
+
+/// Most bytes sealing adds to a message: the envelope (magic, both times,
+/// the ephemeral key, the end) and the tag.
+const SEALED_OVERHEAD: usize = envelope::MAGIC.len() + 2 * 10 + 34 + 1 + TAG_LEN;
 
 /// Where a received message is, and which messages [`Node::read`]
 /// returns: every held message is in exactly one of these (or cleared).
@@ -197,12 +202,30 @@ impl<S: Store> Node<S> {
                 });
             }
         }
-        let messages: Vec<Cow<'_, [u8]>> = messages
-            .iter()
-            .map(|m| envelope::wrap(schedule, m.as_ref()))
-            .collect();
         let limit = self.max_send_size();
-        if let Some(big) = messages.iter().map(|m| m.len()).find(|&n| n > limit) {
+        let sealer = if self.st.config.seal_messages {
+            // One key agreement per batch ([`crate::identity::seal`]).
+            Some(
+                Sealer::new(&mut self.st.rng, self.st.me, to)
+                    .map_err(|_| NodeError::Unsealable(to))?,
+            )
+        } else {
+            None
+        };
+        let plain: Vec<Cow<'_, [u8]>> = match sealer {
+            Some(_) => Vec::new(),
+            None => messages
+                .iter()
+                .map(|m| envelope::wrap(schedule, m.as_ref()))
+                .collect(),
+        };
+        let overhead = if sealer.is_some() { SEALED_OVERHEAD } else { 0 };
+        if let Some(big) = messages
+            .iter()
+            .map(|m| m.as_ref().len() + overhead)
+            .chain(plain.iter().map(|m| m.len()))
+            .find(|&n| n > limit)
+        {
             return Err(NodeError::TooLarge { size: big, limit });
         }
         let desc = FeedDescriptor::queue(self.st.me, to);
@@ -213,9 +236,22 @@ impl<S: Store> Node<S> {
             if messages.is_empty() {
                 return Ok((start, None));
             }
-            let appended = feed
-                .append_batch(&mut txn, &mut self.signer, &messages)
-                .and_then(|h| Ok(txn.commit().map(|_| h)?));
+            // Sealed messages are bound to their seq, known only now.
+            let sealed: Vec<Vec<u8>> = match &sealer {
+                Some(s) => (start..)
+                    .zip(messages)
+                    .map(|(seq, m)| {
+                        envelope::wrap_sealed(schedule, &s.ephemeral(), &s.seal(seq, m.as_ref()))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let appended = if sealer.is_some() {
+                feed.append_batch(&mut txn, &mut self.signer, &sealed)
+            } else {
+                feed.append_batch(&mut txn, &mut self.signer, &plain)
+            };
+            let appended = appended.and_then(|h| Ok(txn.commit().map(|_| h)?));
             match appended {
                 Ok(h) => Ok((start, Some(h))),
                 Err(e) => {
@@ -300,7 +336,7 @@ impl<S: Store> Node<S> {
                 let Some(block) = feed.get(&txn, seq)? else {
                     continue;
                 };
-                match deliverable(block, unread.then_some(now)) {
+                match deliverable(&mut self.opener, from, seq, block, unread.then_some(now)) {
                     Ok(data) => out.push(Record { from, seq, data }),
                     Err(hold) => {
                         if let Some(reason) = hold.dead_reason() {
@@ -423,7 +459,8 @@ impl<S: Store> Node<S> {
             let unread = inbox.is_unread(seq);
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
             if let Some(block) = feed.get(&txn, seq)? {
-                return match deliverable(block, unread.then_some(wall)) {
+                return match deliverable(&mut self.opener, from, seq, block, unread.then_some(wall))
+                {
                     Ok(data) => Ok(Fetch::Ready(data)),
                     Err(Hold::Until(t)) => Ok(Fetch::NotYet(t)),
                     Err(Hold::Expired) => Ok(Fetch::Expired),
@@ -723,15 +760,28 @@ impl Hold {
     }
 }
 
-/// The payload of `block` if a reader may have it: always when `now` is
-/// `None` (a mailbox that keeps no times), else by the block's schedule.
-/// A block whose envelope cannot be opened is never delivered.
-pub(super) fn deliverable(mut block: Vec<u8>, now: Option<Timestamp>) -> Result<Vec<u8>, Hold> {
+/// The payload of message `seq` from `from`, whose block is `block`, if a
+/// reader may have it: always when `now` is `None` (a mailbox that keeps
+/// no times), else by the block's schedule. A sealed message is opened
+/// with `opener`; one whose envelope or seal cannot be opened is never
+/// delivered.
+pub(super) fn deliverable(
+    opener: &mut Opener,
+    from: PeerId,
+    seq: u64,
+    mut block: Vec<u8>,
+    now: Option<Timestamp>,
+) -> Result<Vec<u8>, Hold> {
     let opened = envelope::open(&block).map_err(Hold::Unreadable)?;
     match now.map_or(Due::Now, |now| opened.schedule.due(now)) {
         Due::Now => {}
         Due::At(t) => return Err(Hold::Until(t)),
         Due::Expired => return Err(Hold::Expired),
+    }
+    if let Some(ephemeral) = opened.sealed {
+        return opener
+            .open(from, &ephemeral, seq, opened.payload)
+            .map_err(|_| Hold::Unreadable(envelope::EnvelopeError::Sealed));
     }
     let envelope_len = block.len() - opened.payload.len();
     block.drain(..envelope_len);

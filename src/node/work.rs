@@ -268,7 +268,8 @@ impl<S: Store> Node<S> {
                     let data = if job.deliveries >= policy.max_deliveries.max(1) {
                         Err(Some(DeadReason::MaxDeliveries))
                     } else {
-                        deliverable(block, Some(now)).map_err(|hold| hold.dead_reason())
+                        deliverable(&mut self.opener, from, seq, block, Some(now))
+                            .map_err(|hold| hold.dead_reason())
                     };
                     let data = match data {
                         Ok(data) => data,

@@ -8,6 +8,9 @@
 //!
 //!   tag 1  not before   u64 LE, µs since the Unix epoch   (len 8)
 //!   tag 2  expires at   u64 LE, µs since the Unix epoch   (len 8)
+//!   tag 3  sealed       the batch's ephemeral X25519 key    (len 32):
+//!                       the payload is sealed to the recipient
+//!                       ([`crate::identity::seal`])
 //! ```
 //!
 //! A message with no times is written plain, so it costs nothing, and
@@ -32,6 +35,7 @@ pub const MAGIC: [u8; 8] = *b"\xffpmqenv1";
 const TAG_END: u8 = 0;
 const TAG_NOT_BEFORE: u8 = 1;
 const TAG_EXPIRES_AT: u8 = 2;
+const TAG_SEALED: u8 = 3;
 
 /// When the sender lets its message be delivered: not before one time,
 /// not at or after another. The receiver's clock decides (PROTOCOL.md,
@@ -105,7 +109,10 @@ impl Schedule {
 pub struct Opened<'a> {
     /// When it may be delivered.
     pub schedule: Schedule,
-    /// The application's message.
+    /// The ephemeral key of the batch it was sealed in, if it was: then
+    /// `payload` is the sealed message, which only the recipient opens.
+    pub sealed: Option<[u8; 32]>,
+    /// The application's message (sealed, with `sealed`).
     pub payload: &'a [u8],
 }
 
@@ -127,6 +134,9 @@ pub enum EnvelopeError {
     },
     /// Fields out of order or repeated.
     Order(u8),
+    /// The message is sealed, and does not open with this node's key: it
+    /// was sealed to another key, or changed.
+    Sealed,
 }
 
 impl fmt::Display for EnvelopeError {
@@ -141,6 +151,9 @@ impl fmt::Display for EnvelopeError {
                 write!(f, "envelope field {tag} is {len} bytes long")
             }
             EnvelopeError::Order(t) => write!(f, "envelope field {t} is out of order or repeated"),
+            EnvelopeError::Sealed => f.write_str(
+                "the message is sealed and does not open with this node's key: it was sealed to another key, or changed",
+            ),
         }
     }
 }
@@ -153,7 +166,17 @@ pub fn wrap<'a>(schedule: &Schedule, payload: &'a [u8]) -> Cow<'a, [u8]> {
     if schedule.is_empty() && !payload.starts_with(&MAGIC) {
         return Cow::Borrowed(payload);
     }
-    let mut out = Vec::with_capacity(MAGIC.len() + 2 * 10 + 1 + payload.len());
+    Cow::Owned(enveloped(schedule, None, payload))
+}
+
+/// The block that carries `sealed`, a message sealed in the batch whose
+/// ephemeral key is `ephemeral`, with `schedule`.
+pub fn wrap_sealed(schedule: &Schedule, ephemeral: &[u8; 32], sealed: &[u8]) -> Vec<u8> {
+    enveloped(schedule, Some(ephemeral), sealed)
+}
+
+fn enveloped(schedule: &Schedule, ephemeral: Option<&[u8; 32]>, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 2 * 10 + 34 + 1 + payload.len());
     out.extend_from_slice(&MAGIC);
     for (tag, time) in [
         (TAG_NOT_BEFORE, schedule.not_before),
@@ -165,9 +188,14 @@ pub fn wrap<'a>(schedule: &Schedule, payload: &'a [u8]) -> Cow<'a, [u8]> {
             out.extend_from_slice(&t.as_micros().to_le_bytes());
         }
     }
+    if let Some(e) = ephemeral {
+        out.push(TAG_SEALED);
+        varint::write(&mut out, 32);
+        out.extend_from_slice(e);
+    }
     out.push(TAG_END);
     out.extend_from_slice(payload);
-    Cow::Owned(out)
+    out
 }
 
 /// Opens `block`: its schedule and payload. A block without [`MAGIC`] is
@@ -176,10 +204,12 @@ pub fn open(block: &[u8]) -> Result<Opened<'_>, EnvelopeError> {
     let Some(mut rest) = block.strip_prefix(&MAGIC[..]) else {
         return Ok(Opened {
             schedule: Schedule::NONE,
+            sealed: None,
             payload: block,
         });
     };
     let mut schedule = Schedule::NONE;
+    let mut sealed = None;
     let mut last = TAG_END;
     loop {
         let (&tag, after) = rest.split_first().ok_or(EnvelopeError::Truncated)?;
@@ -187,6 +217,7 @@ pub fn open(block: &[u8]) -> Result<Opened<'_>, EnvelopeError> {
         if tag == TAG_END {
             return Ok(Opened {
                 schedule,
+                sealed,
                 payload: rest,
             });
         }
@@ -201,15 +232,20 @@ pub fn open(block: &[u8]) -> Result<Opened<'_>, EnvelopeError> {
             .and_then(|len| rest.get(..len))
             .ok_or(EnvelopeError::Truncated)?;
         rest = &rest[value.len()..];
-        let slot = match tag {
-            TAG_NOT_BEFORE => &mut schedule.not_before,
-            TAG_EXPIRES_AT => &mut schedule.expires_at,
+        let wrong_length = EnvelopeError::FieldLength { tag, len };
+        match tag {
+            TAG_NOT_BEFORE | TAG_EXPIRES_AT => {
+                let bytes: [u8; 8] = value.try_into().map_err(|_| wrong_length)?;
+                let t = Some(Timestamp::from_micros(u64::from_le_bytes(bytes)));
+                if tag == TAG_NOT_BEFORE {
+                    schedule.not_before = t;
+                } else {
+                    schedule.expires_at = t;
+                }
+            }
+            TAG_SEALED => sealed = Some(value.try_into().map_err(|_| wrong_length)?),
             other => return Err(EnvelopeError::UnknownField(other)),
-        };
-        let bytes: [u8; 8] = value
-            .try_into()
-            .map_err(|_| EnvelopeError::FieldLength { tag, len })?;
-        *slot = Some(Timestamp::from_micros(u64::from_le_bytes(bytes)));
+        }
     }
 }
 
@@ -270,6 +306,10 @@ mod tests {
             Err(EnvelopeError::FieldLength { tag: 1, len: 4 })
         );
         assert_eq!(
+            open(&env(b"\x03\x04abcd\x00")),
+            Err(EnvelopeError::FieldLength { tag: 3, len: 4 })
+        );
+        assert_eq!(
             open(&env(b"\x07\x00\x00")),
             Err(EnvelopeError::UnknownField(7))
         );
@@ -290,7 +330,9 @@ mod tests {
                 expires_at: exp.map(Timestamp::from_micros),
             };
             let block = wrap(&schedule, &payload);
-            open(&block) == Ok(Opened { schedule, payload: &payload })
+            let sealed_block = wrap_sealed(&schedule, &[7; 32], &payload);
+            open(&block) == Ok(Opened { schedule, sealed: None, payload: &payload })
+                && open(&sealed_block) == Ok(Opened { schedule, sealed: Some([7; 32]), payload: &payload })
         }
 
         fn no_block_makes_open_panic(block: Vec<u8>, enveloped: bool) -> bool {
