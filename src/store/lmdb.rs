@@ -193,6 +193,22 @@ impl LmdbStore {
         Ok(true)
     }
 
+    /// Begins a transaction with `begin`, once more after adopting the map
+    /// size if another process grew it meanwhile.
+    fn begin<'a, T>(
+        &'a self,
+        begin: impl Fn(&'a Env<WithoutTls>) -> Result<T, heed::Error>,
+    ) -> Result<T, StoreError> {
+        match begin(&self.env) {
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                self.adopt_foreign_resize()?;
+                begin(&self.env)
+            }
+            other => other,
+        }
+        .map_err(|e| backend(&self.path, e))
+    }
+
     /// Adopts a map size another process grew the environment to.
     fn adopt_foreign_resize(&self) -> Result<(), StoreError> {
         // SAFETY: called only when no transaction of ours is alive: the
@@ -222,14 +238,7 @@ impl Store for LmdbStore {
     type Reader<'a> = LmdbReader<'a>;
 
     fn reader(&self) -> Result<LmdbReader<'_>, StoreError> {
-        let txn = match self.env.read_txn() {
-            Err(heed::Error::Mdb(MdbError::MapResized)) => {
-                self.adopt_foreign_resize()?;
-                self.env.read_txn()
-            }
-            other => other,
-        }
-        .map_err(|e| backend(&self.path, e))?;
+        let txn = self.begin(|env| env.read_txn())?;
         Ok(LmdbReader {
             txn: ReadTxn::Shared(txn),
             store: self,
@@ -251,14 +260,7 @@ impl Store for LmdbStore {
     /// A write transaction, used for reading: LMDB's writer lock, shared by
     /// every process on the environment, is held until it ends.
     fn exclusive_reader(&self) -> Result<LmdbReader<'_>, StoreError> {
-        let txn = match self.env.write_txn() {
-            Err(heed::Error::Mdb(MdbError::MapResized)) => {
-                self.adopt_foreign_resize()?;
-                self.env.write_txn()
-            }
-            other => other,
-        }
-        .map_err(|e| backend(&self.path, e))?;
+        let txn = self.begin(|env| env.write_txn())?;
         Ok(LmdbReader {
             txn: ReadTxn::Exclusive(txn),
             store: self,
