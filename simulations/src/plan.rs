@@ -854,6 +854,23 @@ fn random_edge(d: &mut Dice, a: usize, b: usize) -> Edge {
 
 /// The liveness bound: time to notice dead links and redial at the slowest
 /// backoff, plus time to move everything sent at the link's bandwidth.
+/// Pushes `make`'s operation every `every` microseconds until `until`,
+/// starting at a random offset within the first period.
+fn every_so_often(
+    ops: &mut Vec<TimedOp>,
+    d: &mut Dice,
+    every: u64,
+    until: u64,
+    mut make: impl FnMut(&mut Dice) -> Op,
+) {
+    let mut t = d.range(0, every);
+    while t < until {
+        let op = make(d);
+        ops.push(TimedOp { at: t, op });
+        t += every;
+    }
+}
+
 fn heal_bound(o: &Options, ops: &[TimedOp]) -> u64 {
     let cap = o.node.iter().map(|n| n.backoff_cap_ms).max().unwrap_or(0) * MS;
     let mut bytes_per_pair = std::collections::BTreeMap::<(usize, usize), u64>::new();
@@ -1002,19 +1019,12 @@ fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
                 continue;
             }
             let every = d.range(100, 2000) * MS;
-            let mut t = d.range(0, every);
-            while t < o.chaos {
-                ops.push(TimedOp {
-                    at: t,
-                    op: Op::Get {
-                        node,
-                        from: d.pick(&froms),
-                        count: d.range(1, 5) as u32,
-                        seed: d.u64(),
-                    },
-                });
-                t += every;
-            }
+            every_so_often(ops, d, every, o.chaos, |d| Op::Get {
+                node,
+                from: d.pick(&froms),
+                count: d.range(1, 5) as u32,
+                seed: d.u64(),
+            });
             continue;
         }
         if d.chance(40) {
@@ -1023,40 +1033,26 @@ fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
             let every = d.range(100, 3000) * MS;
             let ok = d.range(40, 95) as u8;
             let fail = d.range(0, u64::from(100 - ok)) as u8;
-            let mut t = d.range(0, every);
-            while t < o.chaos {
-                ops.push(TimedOp {
-                    at: t,
-                    op: Op::Work {
-                        node,
-                        max: d.range(1, 50) as u32,
-                        lease: d.range(1, 10) * SEC,
-                        ok,
-                        fail,
-                        seed: d.u64(),
-                    },
-                });
-                t += every;
-            }
+            every_so_often(ops, d, every, o.chaos, |d| Op::Work {
+                node,
+                max: d.range(1, 50) as u32,
+                lease: d.range(1, 10) * SEC,
+                ok,
+                fail,
+                seed: d.u64(),
+            });
             continue;
         }
         let every = d.range(100, 5000) * MS;
         let archive = d.range(40, 100) as u8;
         let clear = d.range(0, (100 - u64::from(archive)).min(20)) as u8;
-        let mut t = d.range(0, every);
-        while t < o.chaos {
-            ops.push(TimedOp {
-                at: t,
-                op: Op::Read {
-                    node,
-                    limit: d.range(1, 200) as u32,
-                    archive,
-                    clear,
-                    seed: d.u64(),
-                },
-            });
-            t += every;
-        }
+        every_so_often(ops, d, every, o.chaos, |d| Op::Read {
+            node,
+            limit: d.range(1, 200) as u32,
+            archive,
+            clear,
+            seed: d.u64(),
+        });
     }
     if o.scenario == Scenario::Mesh || o.faults == FaultLevel::None {
         return;

@@ -20,8 +20,8 @@
 //! data also pins a sealed message to its position, and the two ids to its
 //! pair of peers.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use ed25519_dalek::VerifyingKey;
 use zeroize::Zeroize;
@@ -98,17 +98,25 @@ impl Sealer {
     /// `plaintext`, as message `seq` of the sender's feed to the
     /// recipient, sealed: [`TAG_LEN`] bytes longer.
     pub fn seal(&self, seq: u64, plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        self.seal_into(seq, plaintext, &mut out);
+        out
+    }
+
+    /// [`Sealer::seal`], appending to `out` (after an envelope, say)
+    /// instead of allocating.
+    pub fn seal_into(&self, seq: u64, plaintext: &[u8], out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(plaintext);
         let ad = associated_data(&self.sender, &self.recipient, seq);
-        let sealed = self.cipher.encrypt(
-            &nonce(seq),
-            Payload {
-                msg: plaintext,
-                aad: &ad,
-            },
-        );
         // Encryption fails only for a message beyond 256 GiB, far past any
         // frame or block this crate admits.
-        sealed.unwrap_or_default()
+        if let Ok(tag) = self
+            .cipher
+            .encrypt_in_place_detached(&nonce(seq), &ad, &mut out[at..])
+        {
+            out.extend_from_slice(&tag);
+        }
     }
 }
 
@@ -157,6 +165,20 @@ impl Opener {
         seq: u64,
         sealed: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        let mut out = sealed.to_vec();
+        self.open_in_place(sender, ephemeral, seq, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Opener::open`] on `buf` itself: on success it holds the message
+    /// (the tag cut off); on failure its bytes are unspecified.
+    pub fn open_in_place(
+        &mut self,
+        sender: PeerId,
+        ephemeral: &[u8; 32],
+        seq: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         let cached = matches!(&self.last, Some((s, e, _)) if *s == sender && e == ephemeral);
         if !cached {
             let shared = MontgomeryPoint(*ephemeral)
@@ -168,15 +190,13 @@ impl Opener {
         let Some((_, _, c)) = &self.last else {
             return Err(SealError::BadEphemeral);
         };
+        let body = buf.len().checked_sub(TAG_LEN).ok_or(SealError::Forged)?;
+        let tag = Tag::clone_from_slice(&buf[body..]);
         let ad = associated_data(&sender, &self.me, seq);
-        c.decrypt(
-            &nonce(seq),
-            Payload {
-                msg: sealed,
-                aad: &ad,
-            },
-        )
-        .map_err(|_| SealError::Forged)
+        c.decrypt_in_place_detached(&nonce(seq), &ad, &mut buf[..body], &tag)
+            .map_err(|_| SealError::Forged)?;
+        buf.truncate(body);
+        Ok(())
     }
 }
 
@@ -216,12 +236,16 @@ fn nonce(seq: u64) -> XNonce {
     n.into()
 }
 
-fn associated_data(sender: &PeerId, recipient: &PeerId, seq: u64) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(AD_DOMAIN.len() + 72);
-    ad.extend_from_slice(AD_DOMAIN);
-    ad.extend_from_slice(&sender.0);
-    ad.extend_from_slice(&recipient.0);
-    ad.extend_from_slice(&seq.to_le_bytes());
+/// Bytes of the associated data: domain, two ids, seq.
+const AD_LEN: usize = AD_DOMAIN.len() + 32 + 32 + 8;
+
+fn associated_data(sender: &PeerId, recipient: &PeerId, seq: u64) -> [u8; AD_LEN] {
+    let mut ad = [0u8; AD_LEN];
+    let (domain, rest) = ad.split_at_mut(AD_DOMAIN.len());
+    domain.copy_from_slice(AD_DOMAIN);
+    rest[..32].copy_from_slice(&sender.0);
+    rest[32..64].copy_from_slice(&recipient.0);
+    rest[64..].copy_from_slice(&seq.to_le_bytes());
     ad
 }
 

@@ -241,7 +241,11 @@ impl<S: Store> Node<S> {
                 Some(s) => (start..)
                     .zip(messages)
                     .map(|(seq, m)| {
-                        envelope::wrap_sealed(schedule, &s.ephemeral(), &s.seal(seq, m.as_ref()))
+                        let m = m.as_ref();
+                        let mut block =
+                            envelope::sealed_header(schedule, &s.ephemeral(), m.len() + TAG_LEN);
+                        s.seal_into(seq, m, &mut block);
+                        block
                     })
                     .collect(),
                 None => Vec::new(),
@@ -394,12 +398,8 @@ impl<S: Store> Node<S> {
         doomed: &[(PeerId, u64, DeadReason)],
         now: Timestamp,
     ) -> Result<(), NodeError> {
-        let mut i = 0;
-        while i < doomed.len() {
-            let from = doomed[i].0;
-            let n = doomed[i..].iter().take_while(|d| d.0 == from).count();
-            let these = &doomed[i..i + n];
-            i += n;
+        for these in doomed.chunk_by(|a, b| a.0 == b.0) {
+            let from = these[0].0;
             let mut moved = Vec::new();
             self.update_marks(from, |inbox, marks| {
                 moved.clear();
@@ -778,13 +778,14 @@ pub(super) fn deliverable(
         Due::At(t) => return Err(Hold::Until(t)),
         Due::Expired => return Err(Hold::Expired),
     }
-    if let Some(ephemeral) = opened.sealed {
-        return opener
-            .open(from, &ephemeral, seq, opened.payload)
-            .map_err(|_| Hold::Unreadable(envelope::EnvelopeError::Sealed));
-    }
+    let sealed = opened.sealed;
     let envelope_len = block.len() - opened.payload.len();
     block.drain(..envelope_len);
+    if let Some(ephemeral) = sealed {
+        opener
+            .open_in_place(from, &ephemeral, seq, &mut block)
+            .map_err(|_| Hold::Unreadable(envelope::EnvelopeError::Sealed))?;
+    }
     Ok(block)
 }
 

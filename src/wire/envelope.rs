@@ -175,6 +175,16 @@ pub fn wrap_sealed(schedule: &Schedule, ephemeral: &[u8; 32], sealed: &[u8]) -> 
     enveloped(schedule, Some(ephemeral), sealed)
 }
 
+/// The envelope of a message sealed in the batch whose ephemeral key is
+/// `ephemeral`, with room for `payload_len` bytes of sealed payload to be
+/// appended: [`wrap_sealed`] without the payload, for a sealer that
+/// writes it in place.
+pub fn sealed_header(schedule: &Schedule, ephemeral: &[u8; 32], payload_len: usize) -> Vec<u8> {
+    let mut out = enveloped(schedule, Some(ephemeral), &[]);
+    out.reserve_exact(payload_len);
+    out
+}
+
 fn enveloped(schedule: &Schedule, ephemeral: Option<&[u8; 32]>, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + 2 * 10 + 34 + 1 + payload.len());
     out.extend_from_slice(&MAGIC);

@@ -1,21 +1,19 @@
 //! What a flood of connections can and cannot do to a listening node.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{listening_pair, Pair};
 use futures_lite::StreamExt;
 use peermq::{Config, Mailbox};
-use peermq_tokio::{Mq, TokioRuntime};
 
 #[test]
 fn silent_sockets_do_not_lock_an_authorized_peer_out() {
     // More sockets than the node takes connections, none of which ever
     // says a word, and a handshake timeout long enough that none is closed
     // for it during the test: the peer that does handshake gets in at once.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("start a tokio runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let config = Config {
             handshake_timeout: Duration::from_secs(120),
@@ -23,17 +21,9 @@ fn silent_sockets_do_not_lock_an_authorized_peer_out() {
             backoff_cap: Duration::from_millis(250),
             ..Config::default()
         };
-        let open = |name: &str| {
-            Mq::builder(tmp.path().join(name))
-                .config(config.clone())
-                .discovery_dir(tmp.path().join("discovery"))
-                .open(TokioRuntime::new())
-                .unwrap()
-        };
-        let (a, b) = (open("a"), open("b"));
-        let (ida, idb) = (a.id().await, b.id().await);
-        a.add_peer(idb, None).await.unwrap();
-        let addr = a.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let Pair {
+            a, b, ida, addr, ..
+        } = listening_pair(tmp.path(), config).await;
         let mut silent = Vec::new();
         for _ in 0..1_100 {
             match tokio::net::TcpStream::connect(addr).await {

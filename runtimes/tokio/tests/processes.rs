@@ -1,12 +1,15 @@
 //! Several processes on one data directory: a `send` that another process
 //! writes into a running node's directory goes out on its connection.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::{listening_pair, Pair};
 use futures_lite::StreamExt;
 use peermq::{Config, Instant, LmdbStore, Node};
-use peermq_tokio::{Mailbox, Mq, MqEvent, TokioRuntime};
+use peermq_tokio::{Mailbox, MqEvent};
 
 /// Tells the child test what to do: `<data dir>|<recipient>`.
 const CHILD_ENV: &str = "PEERMQ_TEST_CHILD_SEND";
@@ -38,22 +41,9 @@ fn child_process_sender() {
 
 #[test]
 fn a_send_from_another_process_goes_out_on_the_running_connection() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("start a tokio runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let open = |name: &str| {
-            Mq::builder(tmp.path().join(name))
-                .discovery_dir(tmp.path().join("discovery"))
-                .open(TokioRuntime::new())
-                .unwrap()
-        };
-        let (a, b) = (open("a"), open("b"));
-        let (ida, idb) = (a.id().await, b.id().await);
-        a.add_peer(idb, None).await.unwrap();
-        a.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let Pair { a, b, ida, .. } = listening_pair(tmp.path(), Config::default()).await;
         let mut events = b.events();
         b.connect(ida).await.unwrap();
         while !matches!(events.next().await, Some(MqEvent::Connected { .. })) {}

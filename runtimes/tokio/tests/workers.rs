@@ -1,23 +1,20 @@
 //! Workers in two OS processes take jobs from one data directory: each job
 //! is done exactly once when none fails.
 
+mod common;
+
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{listening_pair, runtime, Pair};
 use futures_lite::StreamExt;
+use peermq::Config;
 use peermq_tokio::{Mailbox, Mq, MqEvent, RetryPolicy, TokioRuntime};
 
 /// Tells the child test what to do: `<data dir>|<output file>`.
 const CHILD_ENV: &str = "PEERMQ_TEST_CHILD_WORKER";
 const JOBS: usize = 300;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("start a tokio runtime")
-}
 
 /// One worker process. Ignored in normal runs; the test below starts two.
 #[test]
@@ -57,16 +54,7 @@ fn child_process_worker() {
 fn two_worker_processes_do_each_job_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let open = |name: &str| {
-            Mq::builder(tmp.path().join(name))
-                .discovery_dir(tmp.path().join("discovery"))
-                .open(TokioRuntime::new())
-                .unwrap()
-        };
-        let (a, b) = (open("a"), open("b"));
-        let (ida, idb) = (a.id().await, b.id().await);
-        a.add_peer(idb, None).await.unwrap();
-        a.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let Pair { a, b, ida, .. } = listening_pair(tmp.path(), Config::default()).await;
         let jobs: Vec<Vec<u8>> = (0..JOBS).map(|i| format!("job {i}").into_bytes()).collect();
         b.send_batch(ida, jobs).await.unwrap();
         let mut events = b.events();

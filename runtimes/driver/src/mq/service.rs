@@ -349,12 +349,13 @@ impl<S: Store> Service<S> for Queue {
                 expired_grace,
                 reply,
             } => {
-                let acked = cx.node.prune(to);
-                let expired = match (&acked, expired_grace) {
-                    (Ok(_), Some(grace)) => cx.node.prune_expired(to, wall_clock(), grace),
-                    _ => Ok(0),
-                };
-                let r = acked.and_then(|a| Ok((a, expired?)));
+                let r = cx.node.prune(to).and_then(|acked| {
+                    let expired = match expired_grace {
+                        Some(grace) => cx.node.prune_expired(to, wall_clock(), grace)?,
+                        None => 0,
+                    };
+                    Ok((acked, expired))
+                });
                 answer(reply, r.map_err(Into::into));
             }
             QueueCommand::Work(cmd) => self.on_work(cx, cmd),
