@@ -172,5 +172,33 @@ fn signatures(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append, proofs, store_commits, signatures);
+/// Sealing a 100-byte message to its recipient: a key agreement (once per
+/// epoch on each side), then what each message costs to seal and to open.
+fn sealing(c: &mut Criterion) {
+    use peermq::identity::seal::{Opener, Sealer};
+    let mut g = c.benchmark_group("seal");
+    g.throughput(Throughput::Elements(1));
+    let mut rng = peermq::SeededRng::from_u64(4);
+    let a = Keypair::generate(&mut rng);
+    let b = Keypair::generate(&mut rng);
+    let (from, to) = (a.peer_id(), b.peer_id());
+    g.bench_function("key_agreement_sender", |bch| {
+        bch.iter(|| Sealer::new(&mut rng, from, to).unwrap())
+    });
+    let sealer = Sealer::new(&mut rng, from, to).unwrap();
+    let msg = [7u8; 100];
+    g.bench_function("seal_100B", |bch| bch.iter(|| sealer.seal(3, &msg)));
+    let sealed = sealer.seal(3, &msg);
+    let e = sealer.ephemeral();
+    g.bench_function("key_agreement_recipient", |bch| {
+        bch.iter(|| Opener::new(&b).open(from, &e, 3, &sealed).unwrap())
+    });
+    let mut opener = Opener::new(&b);
+    g.bench_function("open_100B", |bch| {
+        bch.iter(|| opener.open(from, &e, 3, &sealed).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, append, proofs, store_commits, signatures, sealing);
 criterion_main!(benches);

@@ -12,6 +12,18 @@ use peermq::{
 };
 use quickcheck::{QuickCheck, TestResult};
 
+/// The message a block of `from`'s queue feed to `to` holds: opened as
+/// its recipient would.
+fn opened(to: &Keypair, from: peermq::PeerId, seq: u64, block: &[u8]) -> Vec<u8> {
+    let env = peermq::wire::envelope::open(block).expect("an envelope");
+    match env.sealed {
+        Some(e) => peermq::identity::seal::Opener::new(to)
+            .open(from, &e, seq, env.payload)
+            .expect("sealed to its recipient"),
+        None => env.payload.to_vec(),
+    }
+}
+
 fn config() -> peermq::Config {
     peermq::Config {
         store_poll_interval: None,
@@ -512,7 +524,11 @@ fn a_standing_request_is_answered_at_every_append() {
         assert_eq!(d.proof.base, start, "proven from the last head sent");
         let head = d.head.expect("the answer carries the new head");
         assert_eq!(head.length, start + batch as u64);
-        assert_eq!(d.blocks, msgs.iter().map(|m| &m[..]).collect::<Vec<_>>());
+        let got: Vec<Vec<u8>> = (start..)
+            .zip(&d.blocks)
+            .map(|(seq, b)| opened(&w.h, w.a.id(), seq, b))
+            .collect();
+        assert_eq!(got, msgs);
         let mut txn = Txn::begin(&store).unwrap();
         mirror
             .verify_and_store(&mut txn, &head, &d.proof, &d.blocks)
@@ -841,7 +857,8 @@ fn a_receipt_for_blocks_never_sent_acknowledges_only_what_exists() {
     let feed = w.a.feed_handle(FeedDescriptor::queue(w.a.id(), h)).unwrap();
     let store = w.a.store().clone();
     let txn = Txn::begin(&store).unwrap();
-    assert_eq!(feed.get(&txn, 2).unwrap().as_deref(), Some(&b"three"[..]));
+    let block = feed.get(&txn, 2).unwrap().expect("block 2 stays");
+    assert_eq!(opened(&w.h, w.a.id(), 2, &block), b"three");
     w.still_serving();
 }
 

@@ -3,7 +3,7 @@
 //! the data directory, holds ciphertext only.
 //!
 //! ```text
-//! per batch:   e  = fresh X25519 secret (from the node's seeded RNG)
+//! per epoch:   e  = fresh X25519 secret (from the node's seeded RNG)
 //!              E  = e·G                              (sent in each envelope)
 //!              R  = recipient's ed25519 key on the Montgomery curve
 //!              k  = BLAKE3-derive_key("peermq v1 sealed message key",
@@ -15,10 +15,16 @@
 //!
 //! The recipient's X25519 key is its identity converted, as libsodium's
 //! `crypto_sign_ed25519_pk_to_curve25519` does, so a sender needs nothing
-//! but the peer id it already addresses. A key is fresh per batch, so the
-//! seq alone makes each nonce unique under it; the seq in the associated
-//! data also pins a sealed message to its position, and the two ids to its
-//! pair of peers.
+//! but the peer id it already addresses.
+//!
+//! A key serves one *epoch*: the messages one sender process seals to one
+//! recipient until the node rotates it (see the node's `sealing` module).
+//! Within an epoch every message has its own seq, so the seq alone makes
+//! each nonce unique under the key; the seq in the associated data also
+//! pins a sealed message to its position, and the two ids to its pair of
+//! peers. An epoch spares both sides a key agreement per message: one
+//! variable-base X25519 costs tens of microseconds, more than sealing a
+//! small message.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
@@ -50,8 +56,10 @@ pub enum SealError {
     Forged,
 }
 
-/// Seals the messages of one batch from `sender` to `recipient`: one key
-/// agreement, then one AEAD per message.
+/// Seals the messages of one epoch from `sender` to `recipient`: one key
+/// agreement, then one AEAD per message. The caller must never seal two
+/// messages at one seq with one `Sealer` (or its clones).
+#[derive(Clone)]
 pub struct Sealer {
     sender: PeerId,
     recipient: PeerId,
@@ -90,7 +98,7 @@ impl Sealer {
         })
     }
 
-    /// The ephemeral public key a recipient needs to open this batch.
+    /// The ephemeral public key a recipient needs to open this epoch.
     pub fn ephemeral(&self) -> [u8; 32] {
         self.ephemeral
     }
@@ -120,12 +128,18 @@ impl Sealer {
     }
 }
 
-/// Opens messages sealed to one identity. Remembers the key of the last
-/// batch it opened, so the messages of one batch cost one key agreement.
+/// Epoch keys an [`Opener`] remembers: one per sender that seals to us at
+/// once, for a busy inbox, at about 0.5 KiB each.
+const OPENER_KEYS: usize = 64;
+
+/// Opens messages sealed to one identity. Remembers the keys of the last
+/// [`OPENER_KEYS`] epochs it opened, so the messages of one epoch cost one
+/// key agreement.
 pub struct Opener {
     me: PeerId,
     secret: [u8; 32],
-    last: Option<(PeerId, [u8; 32], XChaCha20Poly1305)>,
+    /// Most recently used last.
+    keys: Vec<(PeerId, [u8; 32], XChaCha20Poly1305)>,
 }
 
 impl std::fmt::Debug for Opener {
@@ -148,7 +162,7 @@ impl Opener {
         Opener {
             me: keypair.peer_id(),
             secret: keypair.x25519_secret(),
-            last: None,
+            keys: Vec::new(),
         }
     }
 
@@ -179,24 +193,49 @@ impl Opener {
         seq: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), SealError> {
-        let cached = matches!(&self.last, Some((s, e, _)) if *s == sender && e == ephemeral);
-        if !cached {
-            let shared = MontgomeryPoint(*ephemeral)
-                .mul_clamped(self.secret)
-                .to_bytes();
-            let c = cipher(shared, ephemeral, &sender, &self.me).ok_or(SealError::BadEphemeral)?;
-            self.last = Some((sender, *ephemeral, c));
-        }
-        let Some((_, _, c)) = &self.last else {
-            return Err(SealError::BadEphemeral);
-        };
+        let ad = associated_data(&sender, &self.me, seq);
+        let c = self.key(sender, ephemeral)?;
         let body = buf.len().checked_sub(TAG_LEN).ok_or(SealError::Forged)?;
         let tag = Tag::clone_from_slice(&buf[body..]);
-        let ad = associated_data(&sender, &self.me, seq);
         c.decrypt_in_place_detached(&nonce(seq), &ad, &mut buf[..body], &tag)
             .map_err(|_| SealError::Forged)?;
         buf.truncate(body);
         Ok(())
+    }
+
+    /// The key of `sender`'s epoch `ephemeral`: remembered, or agreed now
+    /// (forgetting the least recently used when too many are held).
+    fn key(
+        &mut self,
+        sender: PeerId,
+        ephemeral: &[u8; 32],
+    ) -> Result<&XChaCha20Poly1305, SealError> {
+        let at = match self
+            .keys
+            .iter()
+            .rposition(|(s, e, _)| *s == sender && e == ephemeral)
+        {
+            Some(at) => at,
+            None => {
+                let shared = MontgomeryPoint(*ephemeral)
+                    .mul_clamped(self.secret)
+                    .to_bytes();
+                let c =
+                    cipher(shared, ephemeral, &sender, &self.me).ok_or(SealError::BadEphemeral)?;
+                if self.keys.len() >= OPENER_KEYS {
+                    self.keys.remove(0);
+                }
+                self.keys.push((sender, *ephemeral, c));
+                self.keys.len() - 1
+            }
+        };
+        // Most recently used last, so that a hit on the newest is cheap.
+        let last = self.keys.len() - 1;
+        if at != last {
+            let k = self.keys.remove(at);
+            self.keys.push(k);
+        }
+        Ok(&self.keys[last].2)
     }
 }
 
@@ -313,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn one_batch_shares_one_key_and_batches_differ() {
+    fn one_epoch_shares_one_key_and_epochs_differ() {
         let (a, b, _) = keys();
         let mut rng = SeededRng::from_u64(2);
         let s1 = Sealer::new(&mut rng, a.peer_id(), b.peer_id()).unwrap();
@@ -321,13 +360,35 @@ mod tests {
         assert_ne!(s1.ephemeral(), s2.ephemeral());
         assert_ne!(s1.seal(0, b"same"), s2.seal(0, b"same"));
         let mut opener = Opener::new(&b);
-        for (s, seq) in [(&s1, 0), (&s1, 1), (&s2, 2), (&s1, 3)] {
+        for (s, seq) in [(&s1, 0), (&s1, 1), (&s2, 2), (&s1, 3), (&s2, 4)] {
             let out = s.seal(seq, b"m");
             assert_eq!(
                 opener.open(a.peer_id(), &s.ephemeral(), seq, &out).unwrap(),
                 b"m"
             );
         }
+        assert_eq!(opener.keys.len(), 2);
+    }
+
+    #[test]
+    fn the_opener_forgets_the_least_recently_used_key() {
+        let (a, b, _) = keys();
+        let mut rng = SeededRng::from_u64(3);
+        let mut opener = Opener::new(&b);
+        let first = Sealer::new(&mut rng, a.peer_id(), b.peer_id()).unwrap();
+        let seal_open = |opener: &mut Opener, s: &Sealer, seq| {
+            let out = s.seal(seq, b"m");
+            opener.open(a.peer_id(), &s.ephemeral(), seq, &out).unwrap()
+        };
+        seal_open(&mut opener, &first, 0);
+        for seq in 1..OPENER_KEYS as u64 + 4 {
+            let s = Sealer::new(&mut rng, a.peer_id(), b.peer_id()).unwrap();
+            seal_open(&mut opener, &s, seq);
+            // `first`, used again each time, stays.
+            seal_open(&mut opener, &first, seq + 1000);
+        }
+        assert_eq!(opener.keys.len(), OPENER_KEYS);
+        assert!(opener.keys.iter().any(|(_, e, _)| *e == first.ephemeral()));
     }
 
     quickcheck! {

@@ -40,6 +40,7 @@ mod outbox;
 mod queue;
 mod raw;
 mod replicate;
+mod sealing;
 mod timer;
 mod work;
 
@@ -72,6 +73,7 @@ use conn::Conn;
 use dial::Dial;
 use inbox::Inbox;
 use outbox::Outbox;
+use sealing::SealKeys;
 use timer::{ConnTimer, Timer, TimerTable};
 
 /// An error of the caller's making, or of the store.
@@ -311,6 +313,8 @@ struct State {
     /// Feeds whose downloads may proceed; requests go out at the end of the
     /// current call, when the store can be read (see `issue_requests`).
     to_schedule: BTreeSet<Target>,
+    /// The epoch keys messages are sealed with, by recipient.
+    seal_keys: SealKeys,
 }
 
 /// A feed whose downloads may proceed.
@@ -396,6 +400,7 @@ impl<S: Store> Node<S> {
                 next_conn: 0,
                 now,
                 to_schedule: BTreeSet::new(),
+                seal_keys: SealKeys::default(),
             },
         })
     }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::ops::{Bound, ControlFlow, Range};
 
 use crate::feed::FeedDescriptor;
-use crate::identity::seal::{Opener, Sealer, TAG_LEN};
+use crate::identity::seal::{Opener, TAG_LEN};
 use crate::identity::PeerId;
 use crate::ranges::RangeSet;
 use crate::store::{Store, Table, Txn};
@@ -204,9 +204,12 @@ impl<S: Store> Node<S> {
         }
         let limit = self.max_send_size();
         let sealer = if self.st.config.seal_messages {
-            // One key agreement per batch ([`crate::identity::seal`]).
+            // One key agreement per epoch (`super::sealing`).
+            let st = &mut self.st;
+            let count = messages.len() as u64;
             Some(
-                Sealer::new(&mut self.st.rng, self.st.me, to)
+                st.seal_keys
+                    .sealer(&mut st.rng, st.me, to, count, now)
                     .map_err(|_| NodeError::Unsealable(to))?,
             )
         } else {
@@ -229,7 +232,7 @@ impl<S: Store> Node<S> {
             return Err(NodeError::TooLarge { size: big, limit });
         }
         let desc = FeedDescriptor::queue(self.st.me, to);
-        let (start, head) = retry_on_conflict(|| {
+        let appended = retry_on_conflict(|| {
             let mut txn = Txn::begin(&self.store)?;
             let feed = self.st.feed(&txn, desc)?;
             let start = feed.len();
@@ -265,7 +268,13 @@ impl<S: Store> Node<S> {
                     Err(e.into())
                 }
             }
-        })?;
+        });
+        if appended.is_err() {
+            // What was sealed may have reached the disk or not: the seqs it
+            // took are sealed again under a fresh key.
+            self.st.seal_keys.end(&to);
+        }
+        let (start, head) = appended?;
         let Some(head) = head else {
             return Ok(start..start);
         };

@@ -109,7 +109,7 @@ impl Schedule {
 pub struct Opened<'a> {
     /// When it may be delivered.
     pub schedule: Schedule,
-    /// The ephemeral key of the batch it was sealed in, if it was: then
+    /// The ephemeral key of the epoch it was sealed in, if it was: then
     /// `payload` is the sealed message, which only the recipient opens.
     pub sealed: Option<[u8; 32]>,
     /// The application's message (sealed, with `sealed`).

@@ -89,6 +89,11 @@ struct Cli {
     /// transport other than TCP are reported as `PHASE@TRANSPORT`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
     transports: Vec<Net>,
+    /// Whether messages are sealed to their recipient, in turn within each
+    /// run (`plain,sealed` measures both in one run); phases of sealed
+    /// messages are reported as `PHASE+sealed`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sealed")]
+    sealing: Vec<Sealing>,
     /// Also run the JS anchor, one of its runs after each of our no-sync
     /// runs, and print the ratios of the medians.
     #[arg(long = "compare-js")]
@@ -127,6 +132,15 @@ enum Net {
     Tcp,
     /// iroh (QUIC), relays off.
     Iroh,
+}
+
+/// Whether messages are sealed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Sealing {
+    /// In clear inside the Noise session (`Config::seal_messages` off).
+    Plain,
+    /// Sealed to the recipient (the default).
+    Sealed,
 }
 
 /// What a child process does.
@@ -195,6 +209,8 @@ enum Role {
         sync: bool,
         #[arg(long, value_enum, default_value_t = Net::Tcp)]
         transport: Net,
+        #[arg(long)]
+        plain: bool,
     },
 }
 
@@ -214,6 +230,7 @@ fn main() -> std::process::ExitCode {
             mode,
             sync,
             transport,
+            plain,
         }) => {
             let job = Job {
                 dir: dir.clone(),
@@ -227,6 +244,7 @@ fn main() -> std::process::ExitCode {
                 full: mode == FetchMode::Full,
                 sync,
                 transport,
+                seal: !plain,
             };
             block_on(run_role(role, job))
         }
@@ -263,6 +281,8 @@ struct Job {
     full: bool,
     sync: bool,
     transport: Net,
+    /// Whether the node seals what it sends.
+    seal: bool,
 }
 
 fn lmdb(sync: bool) -> LmdbOptions {
@@ -277,6 +297,10 @@ fn lmdb(sync: bool) -> LmdbOptions {
 fn open(job: &Job, config: Config, counts: Option<Arc<Counts>>) -> anyhow::Result<Mq> {
     // The bench runs one process per node on a host it controls, nothing
     // snapshots or forks it: signing ahead is safe here, and measured.
+    let config = Config {
+        seal_messages: job.seal,
+        ..config
+    };
     let mut builder = Mq::builder(&job.dir)
         .config(config)
         .sign_ahead(true)
@@ -917,11 +941,20 @@ fn listening(kid: &mut Kid) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn run_once(cli: &Cli, sync: bool, net: Net, tmp: &Path) -> anyhow::Result<Vec<Row>> {
+fn run_once(
+    cli: &Cli,
+    sync: bool,
+    net: Net,
+    sealing: Sealing,
+    tmp: &Path,
+) -> anyhow::Result<Vec<Row>> {
     let dur = if sync { "fsync" } else { "nosync" };
     let mut sync_arg: Vec<(&str, String)> = vec![("transport", value_name(net))];
     if sync {
         sync_arg.push(("sync", String::new()));
+    }
+    if sealing == Sealing::Plain {
+        sync_arg.push(("plain", String::new()));
     }
     let with = |mut v: Vec<(&'static str, String)>| {
         v.extend(sync_arg.iter().cloned());
@@ -1069,6 +1102,11 @@ fn run_once(cli: &Cli, sync: bool, net: Net, tmp: &Path) -> anyhow::Result<Vec<R
         rows.retain(|r| !r.phase.starts_with("append"));
         for r in &mut rows {
             r.phase = format!("{}@{}", r.phase, value_name(net));
+        }
+    }
+    if sealing == Sealing::Sealed && cli.sealing.len() > 1 {
+        for r in &mut rows {
+            r.phase = format!("{}+sealed", r.phase);
         }
     }
     Ok(rows)
@@ -1468,9 +1506,12 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
             ));
             std::fs::create_dir_all(&dir)?;
             for &net in &cli.transports {
-                let dir = dir.join(value_name(net));
-                std::fs::create_dir_all(&dir)?;
-                report_run("peermq", run, run_once(cli, sync, net, &dir)?, &mut rows);
+                for &sealing in &cli.sealing {
+                    let dir = dir.join(format!("{}-{}", value_name(net), value_name(sealing)));
+                    std::fs::create_dir_all(&dir)?;
+                    let measured = run_once(cli, sync, net, sealing, &dir)?;
+                    report_run("peermq", run, measured, &mut rows);
+                }
             }
             let _ = std::fs::remove_dir_all(&dir);
             if sync && modes.len() > 1 {
