@@ -34,9 +34,9 @@ pub use feed::{Feed, FeedDescriptor, FeedError, FeedId, FeedKind, SignedHead};
 pub use identity::{Keypair, PeerId, PeerIdError, Sign, Signer, VerifyKey};
 pub use node::pump_pair;
 pub use node::{
-    Category, CategoryCount, CategoryError, CloseReason, Config, ConnId, DeadReason, Event, Fetch,
-    Footprint, Lease, Mailbox, Node, NodeError, Output, PeerStatus, Prefetch, RawPeer, Record,
-    Released, RetryPolicy, Taken, MAX_CATEGORY_LEN,
+    CarriedStatus, Category, CategoryCount, CategoryError, CloseReason, Config, ConnId, DeadReason,
+    Event, Fetch, Footprint, Lease, Mailbox, MailboxLimits, Node, NodeError, Output, PeerStatus,
+    Prefetch, RawPeer, Record, Released, RetryPolicy, Taken, MAX_CATEGORY_LEN,
 };
 pub use ranges::RangeSet;
 pub use rng::{Entropy, RandomSource, SeededRng};
@@ -45,4 +45,4 @@ pub use store::{LmdbOptions, LmdbStore};
 pub use store::{MemStore, Store, StoreError, Txn};
 pub use time::{Instant, Timestamp};
 pub use wire::envelope::{Due, Schedule};
-pub use wire::Receipt;
+pub use wire::{MailboxList, Receipt};

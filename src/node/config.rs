@@ -83,6 +83,34 @@ pub struct Config {
     /// How long a receipt may wait after blocks arrive, so that it covers
     /// whatever else arrives meanwhile. Zero sends one after every commit.
     pub ack_delay: Duration,
+    /// Serve as a mailbox, within these limits: accept connections from
+    /// any identity, and hold the mail of recipients that name this node
+    /// until they collect it (see [`crate::Node::add_mailbox`]). `None`
+    /// (the default): not a mailbox.
+    pub mailbox: Option<MailboxLimits>,
+}
+
+/// What bounds the mail a mailbox holds ([`Config::mailbox`]). Past a
+/// quota, further mail is refused politely ([`crate::wire::RefuseReason`])
+/// until the recipient collects what waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// Most bytes held from one sender, over all its recipients.
+    pub max_sender_bytes: u64,
+    /// Most bytes held for one recipient, over all its senders.
+    pub max_recipient_bytes: u64,
+    /// Most recipients served.
+    pub max_recipients: usize,
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        MailboxLimits {
+            max_sender_bytes: 64 << 20,
+            max_recipient_bytes: 256 << 20,
+            max_recipients: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -107,6 +135,7 @@ impl Default for Config {
             max_relay_bytes: 1 << 30,
             store_poll_interval: Some(Duration::from_millis(250)),
             ack_delay: Duration::from_millis(10),
+            mailbox: None,
         }
     }
 }

@@ -87,6 +87,18 @@ pub enum Event {
         /// Its position in the author's broadcast feed.
         seq: u64,
     },
+    /// A mailbox of `to` refused to hold our mail for it: `to` has not
+    /// named it (yet: its list may not have reached it), its quota is used
+    /// up, or it is no mailbox. The mail waits here, and goes when `to` or
+    /// another of its mailboxes is reachable.
+    MailboxRefused {
+        /// The mailbox.
+        mailbox: PeerId,
+        /// The recipient whose mail it refused.
+        to: PeerId,
+        /// Why.
+        reason: crate::wire::RefuseReason,
+    },
     /// `author` signed two conflicting heads of `feed` (see
     /// [`crate::node::ForkEvidence`]): the feed is no longer replicated, and
     /// the evidence is kept ([`crate::Node::forks`]). Reported once per feed.

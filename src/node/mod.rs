@@ -35,6 +35,7 @@ mod event;
 mod fork;
 mod inbox;
 mod link;
+mod mailbox;
 mod marks;
 mod outbox;
 mod queue;
@@ -45,10 +46,11 @@ mod timer;
 mod work;
 
 pub use category::{Category, CategoryError, DeadReason, MAX_CATEGORY_LEN};
-pub use config::{limits, Config, Prefetch};
+pub use config::{limits, Config, MailboxLimits, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
 pub use fork::ForkEvidence;
 pub use link::pump_pair;
+pub use mailbox::CarriedStatus;
 pub use outbox::MAX_ACKED_RANGES;
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 pub use raw::RawPeer;
@@ -72,6 +74,7 @@ use broadcast::{Quota, Replica};
 use conn::Conn;
 use dial::Dial;
 use inbox::Inbox;
+use mailbox::Mail;
 use outbox::Outbox;
 use sealing::SealKeys;
 use timer::{ConnTimer, Timer, TimerTable};
@@ -144,6 +147,12 @@ pub enum NodeError {
     /// messages (it is not a valid ed25519 key).
     #[error("cannot seal messages to {0}: its key is not a valid ed25519 key; check the id, or turn Config::seal_messages off")]
     Unsealable(PeerId),
+    /// A recipient may name at most this many mailboxes.
+    #[error("at most {limit} mailboxes may be named; remove one first")]
+    TooManyMailboxes {
+        /// The limit.
+        limit: usize,
+    },
     /// The message's envelope could not be opened (a newer build's field,
     /// or a damaged envelope its author signed): it is not delivered.
     #[error("message {seq} from {from} cannot be read: {error}")]
@@ -315,6 +324,8 @@ struct State {
     to_schedule: BTreeSet<Target>,
     /// The epoch keys messages are sealed with, by recipient.
     seal_keys: SealKeys,
+    /// Mailbox lists, routes, and the mail we carry; loaded at open.
+    mail: Mail,
 }
 
 /// A feed whose downloads may proceed.
@@ -324,6 +335,8 @@ enum Target {
     Queue(PeerId),
     /// A broadcast feed.
     Broadcast(FeedId),
+    /// A feed we carry as a mailbox.
+    Carried(FeedId),
 }
 
 /// A request planned on a connection, to be sent by `issue_requests`.
@@ -358,7 +371,7 @@ impl<S: Store> Node<S> {
         let fresh = Keypair::generate(&mut rng.fork());
         // Two processes opening one fresh directory at once both try to
         // store an identity: the loser of that race reads the winner's.
-        let (key, peers, replicas, forks) = retry_on_conflict(|| {
+        let (key, peers, replicas, forks, mail) = retry_on_conflict(|| {
             let mut txn = Txn::begin(&store)?;
             meta::check_format(&mut txn)?;
             let key = meta::identity_or_insert(&mut txn, || fresh.clone())?;
@@ -366,8 +379,9 @@ impl<S: Store> Node<S> {
                 peer_keys(&txn, Table::Peers, None)?.into_iter().collect();
             let replicas = broadcast::load_all(&txn)?;
             let forks = fork::load_all(&txn)?;
+            let mail = Mail::load(&txn)?;
             txn.commit()?;
-            Ok((key, peers, replicas, forks))
+            Ok((key, peers, replicas, forks, mail))
         })?;
         drop(fresh);
         let noise_key =
@@ -375,7 +389,7 @@ impl<S: Store> Node<S> {
         let me = key.peer_id();
         let signer = Signer::new(key.clone(), nonce_seed);
         let opener = Opener::new(&key);
-        Ok(Node {
+        let mut node = Node {
             store,
             signer,
             opener,
@@ -401,8 +415,20 @@ impl<S: Store> Node<S> {
                 now,
                 to_schedule: BTreeSet::new(),
                 seal_keys: SealKeys::default(),
+                mail,
             },
-        })
+        };
+        // Our mailboxes hold our mail, and those set for recipients take
+        // what we send them: stay connected to both.
+        let keep: BTreeSet<PeerId> = node
+            .mailboxes()
+            .into_iter()
+            .chain(node.st.mail.routes.values().flatten().copied())
+            .collect();
+        for m in keep {
+            node.dial(m, now);
+        }
+        Ok(node)
     }
 
     /// This node's id.

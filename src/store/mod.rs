@@ -50,11 +50,14 @@ pub enum Table {
     Events,
     /// Evidence against authors who signed conflicting heads, by feed id.
     Forks,
+    /// Mailboxes: recipients' signed lists, routes set locally, and the
+    /// feeds a mailbox carries (see the node's `mailbox` module).
+    Mail,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Peers,
         Table::Feeds,
@@ -64,6 +67,7 @@ impl Table {
         Table::Replicas,
         Table::Events,
         Table::Forks,
+        Table::Mail,
     ];
 
     /// The table's name in a backend (an LMDB named database, say).
@@ -78,6 +82,7 @@ impl Table {
             Table::Replicas => "replicas",
             Table::Events => "events",
             Table::Forks => "forks",
+            Table::Mail => "mail",
         }
     }
 

@@ -6,7 +6,7 @@ use crate::merkle::flat::{self, MAX_LENGTH};
 use crate::merkle::{fits, Hash, Node, RangeProof};
 use crate::varint;
 
-use super::Receipt;
+use super::{MailboxList, Receipt};
 
 /// Bytes before each message's body: `len: u32 LE` and `type: u8`.
 pub const MSG_HEADER_LEN: usize = 5;
@@ -20,6 +20,8 @@ const T_KEEPALIVE: u8 = 6;
 const T_CLOSE: u8 = 7;
 const T_SUMMARY: u8 = 8;
 const T_HAVE: u8 = 9;
+const T_MAILBOXES: u8 = 10;
+const T_REFUSED: u8 = 11;
 
 /// Most entries a have-list may carry.
 pub const MAX_HAVE_ENTRIES: usize = 1 << 16;
@@ -97,11 +99,67 @@ pub enum Message<'a> {
         /// `(feed id, length)`, sorted by feed id.
         feeds: Vec<(FeedId, u64)>,
     },
+    /// The sender's signed list of its mailboxes, sent by a recipient to
+    /// each peer it connects to.
+    Mailboxes(MailboxList),
+    /// A mailbox will not hold `feed` (announced with a head): a polite
+    /// refusal, which leaves the connection open.
+    Refused {
+        /// The feed refused.
+        feed: FeedId,
+        /// Why.
+        reason: RefuseReason,
+    },
     /// A message type this version does not know; skipped.
     Unknown {
         /// Its type byte.
         kind: u8,
     },
+}
+
+/// Why a mailbox refused to hold a feed ([`Message::Refused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The feed's recipient has not named this node as its mailbox.
+    NotNamed,
+    /// A quota (per sender or per recipient) is used up; it frees as the
+    /// recipient collects its mail.
+    Full,
+    /// This node does not serve as a mailbox.
+    NotAMailbox,
+    /// A reason this version does not know.
+    Other(u8),
+}
+
+impl RefuseReason {
+    fn code(self) -> u8 {
+        match self {
+            RefuseReason::NotNamed => 1,
+            RefuseReason::Full => 2,
+            RefuseReason::NotAMailbox => 3,
+            RefuseReason::Other(c) => c,
+        }
+    }
+
+    fn from_code(c: u8) -> Self {
+        match c {
+            1 => RefuseReason::NotNamed,
+            2 => RefuseReason::Full,
+            3 => RefuseReason::NotAMailbox,
+            c => RefuseReason::Other(c),
+        }
+    }
+}
+
+impl std::fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefuseReason::NotNamed => f.write_str("the recipient has not named this mailbox"),
+            RefuseReason::Full => f.write_str("the mailbox's quota is used up"),
+            RefuseReason::NotAMailbox => f.write_str("the peer is not a mailbox"),
+            RefuseReason::Other(c) => write!(f, "refused (reason {c})"),
+        }
+    }
 }
 
 /// One range of a [`Message::Request`]: blocks `[start, end)`.
@@ -353,6 +411,17 @@ impl Message<'_> {
                 }
                 finish(out, at);
             }
+            Message::Mailboxes(list) => {
+                let at = begin(out, T_MAILBOXES);
+                list.encode(out);
+                finish(out, at);
+            }
+            Message::Refused { feed, reason } => {
+                let at = begin(out, T_REFUSED);
+                out.extend_from_slice(&feed.0);
+                out.push(reason.code());
+                finish(out, at);
+            }
             Message::Unknown { kind } => {
                 let at = begin(out, *kind);
                 finish(out, at);
@@ -469,6 +538,22 @@ impl Message<'_> {
                     feeds.push((f, r.u64()?));
                 }
                 Message::Have { feeds }
+            }
+            T_MAILBOXES => {
+                let list = MailboxList::decode(body).ok_or(MessageError::Invalid {
+                    kind,
+                    what: "bad mailbox list",
+                })?;
+                r.bytes = &[];
+                Message::Mailboxes(list)
+            }
+            T_REFUSED => {
+                let feed = FeedId(r.array()?);
+                let [code] = r.array()?;
+                Message::Refused {
+                    feed,
+                    reason: RefuseReason::from_code(code),
+                }
             }
             other => {
                 r.bytes = &[];

@@ -8,13 +8,15 @@
 
 pub mod envelope;
 pub mod frame;
+pub mod mailboxes;
 mod message;
 pub mod receipt;
 
+pub use mailboxes::MailboxList;
 pub(crate) use message::MAX_RECEIPT_RANGES;
 pub use message::{
-    CloseCode, DataMsg, HandshakePayload, Message, MessageError, RangeRequest, MAX_REQUEST_RANGES,
-    MSG_HEADER_LEN,
+    CloseCode, DataMsg, HandshakePayload, Message, MessageError, RangeRequest, RefuseReason,
+    MAX_REQUEST_RANGES, MSG_HEADER_LEN,
 };
 pub use receipt::Receipt;
 

@@ -21,15 +21,21 @@ impl State {
         peer: PeerId,
         receipt: Receipt,
     ) -> Result<(), Fault> {
-        let desc = FeedDescriptor::queue(self.me, peer);
-        if receipt.feed != desc.id() || receipt.signer != peer {
-            return Err(Fault::Peer(CloseReason::BadData(
-                "receipt for a feed that is not ours to this peer".into(),
-            )));
-        }
         if !receipt.verify() {
             return Err(Fault::Peer(CloseReason::BadData(
                 "receipt has a bad signature".into(),
+            )));
+        }
+        if self.on_carried_ack(txn, peer, receipt.clone())? {
+            return Ok(());
+        }
+        // From the recipient, or relayed by its mailbox: its signature is
+        // what counts.
+        let peer = receipt.signer;
+        let desc = FeedDescriptor::queue(self.me, peer);
+        if receipt.feed != desc.id() {
+            return Err(Fault::Peer(CloseReason::BadData(
+                "receipt for a feed that is not ours to its signer".into(),
             )));
         }
         let length = self.feed(txn, desc)?.len();
@@ -102,13 +108,15 @@ impl State {
     /// connection, so receipts stay small however long the session.
     pub(in crate::node) fn send_ack(&mut self, from: PeerId) {
         const CUMULATIVE_UP_TO: usize = 32;
-        let Some(cid) = self.conn_to(&from) else {
+        let feed = FeedDescriptor::queue(from, self.me).id();
+        // To the sender, or else to the mailbox we fetched its mail from,
+        // which hands it on.
+        let Some(cid) = self.conn_to(&from).or_else(|| self.mailbox_conn_for(&feed)) else {
             return;
         };
         let Some(inbox) = self.inboxes.get(&from) else {
             return;
         };
-        let feed = FeedDescriptor::queue(from, self.me).id();
         let held = inbox.acknowledged();
         let Some(conn) = self.conns.get_mut(&cid) else {
             return;

@@ -35,7 +35,7 @@ use crate::node::timer::Timer;
 use crate::node::{CloseReason, ConnId, Event, NodeError, Output, State};
 
 /// Why handling a message stopped.
-enum Fault {
+pub(in crate::node) enum Fault {
     /// The peer misbehaved (or closed): drop its connection.
     Peer(CloseReason),
     /// Our store failed.
@@ -70,6 +70,10 @@ struct AfterCommit {
     freed: BTreeSet<ConnId>,
     /// Forks found (their evidence is in the transaction).
     forks: Vec<ForkEvidence>,
+    /// Feeds we carry as a mailbox that received blocks.
+    carried_arrived: BTreeSet<FeedId>,
+    /// Mailboxes' refusals of our mail, as events.
+    refusals: Vec<Output>,
 }
 
 fn feed_fault(e: FeedError) -> Fault {
@@ -102,7 +106,9 @@ impl State {
         let rx_before = conn.rx.len();
         let peers = &self.peers;
         let open = self.config.open;
-        let authorized = |p: &PeerId| open || peers.contains(p);
+        // A mailbox takes mail from anyone (within its quotas).
+        let mailbox = self.config.mailbox.is_some();
+        let authorized = |p: &PeerId| open || mailbox || peers.contains(p);
         let ctx = HandshakeCtx {
             identity: &self.key,
             noise_public: &self.noise_key.public,
@@ -244,9 +250,9 @@ impl State {
             }
             Message::Head { desc, head } => {
                 if desc != FeedDescriptor::queue(peer, me) {
-                    // Not a feed addressed to us by this peer: nothing to do
-                    // (relaying other feeds is the emitter's business).
-                    return Ok(());
+                    // Mail: a feed we carry, or one to us that a mailbox
+                    // holds (see `mailbox.rs`).
+                    return self.mail_head(txn, id, peer, desc, head);
                 }
                 let feed = self.feed(txn, desc)?;
                 if !feed.check_head(&head) {
@@ -321,7 +327,12 @@ impl State {
                     *can = (*can).min(start);
                     r.dl.requested.remove(start, e);
                     after.broadcast_schedule.insert(feed);
-                } else if let Some(inbox) = self.inboxes.get_mut(&peer) {
+                } else if let Some(c) = self.mail.carried.get_mut(&feed) {
+                    c.dl.requested.remove(start, e);
+                } else if let Some(inbox) = self
+                    .queue_sender(peer, &feed)
+                    .and_then(|s| self.inboxes.get_mut(&s))
+                {
                     inbox.dl.requested.remove(start, e);
                     inbox.refused.insert(start, end.min(e).max(start));
                 }
@@ -329,6 +340,12 @@ impl State {
             Message::Ack(receipt) => self.on_ack(txn, after, peer, receipt)?,
             Message::Summary { count, digest } => self.on_summary(txn, id, count, digest)?,
             Message::Have { feeds } => self.on_have(txn, id, &feeds)?,
+            Message::Mailboxes(list) => self.on_mailboxes(txn, peer, list)?,
+            Message::Refused { feed, reason } => {
+                if let Some(e) = super::mailbox::refused_event(self, peer, feed, reason) {
+                    after.refusals.push(e);
+                }
+            }
             Message::Keepalive | Message::Unknown { .. } => {}
             Message::Close { code, text } => {
                 return Err(Fault::Peer(CloseReason::Remote {
@@ -388,6 +405,7 @@ impl State {
         let inbox = self.inbox(&txn, peer)?;
         let has_receipt = !inbox.acknowledged().is_empty();
         self.send_summary(&txn, id)?;
+        self.on_connected_mail(&txn, id, peer)?;
         drop(txn);
         if let Some(conn) = self.conns.get_mut(&id) {
             if let Some(head) = head {
@@ -458,6 +476,51 @@ impl State {
         }
         for feed in feeds {
             self.schedule_broadcast(feed);
+        }
+        for feed in after.carried_arrived {
+            self.offer_carried(feed);
+            self.to_schedule.insert(crate::node::Target::Carried(feed));
+        }
+        self.out.extend(after.refusals);
+    }
+
+    /// A head of a queue feed that is not the peer's own to us: mail we
+    /// carry, or mail for us from a mailbox.
+    fn mail_head<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        id: ConnId,
+        peer: PeerId,
+        desc: FeedDescriptor,
+        head: crate::feed::SignedHead,
+    ) -> Result<(), Fault> {
+        use crate::node::mailbox::MailHead;
+        match self.on_mail_head(txn, id, peer, desc, head)? {
+            MailHead::Ignored | MailHead::Carried => {}
+            MailHead::Ours(author, head) => {
+                let inbox = self.inbox(txn, author)?;
+                if head.length > inbox.dl.announced {
+                    inbox.dl.announced = head.length;
+                    inbox.refused = RangeSet::new();
+                }
+                self.schedule_requests(author);
+            }
+            MailHead::Refused(feed, reason) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.send(&Message::Refused { feed, reason });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sender of queue feed `feed` to us, whose data `peer` serves: the
+    /// peer itself, or an author whose mail it holds as our mailbox.
+    pub(in crate::node) fn queue_sender(&self, peer: PeerId, feed: &FeedId) -> Option<PeerId> {
+        if *feed == FeedDescriptor::queue(peer, self.me).id() {
+            Some(peer)
+        } else {
+            self.mail.via_mailbox.get(feed).copied()
         }
     }
 }

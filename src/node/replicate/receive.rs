@@ -180,11 +180,15 @@ impl State {
             after.broadcast_schedule.insert(desc.id());
             return Ok(());
         }
-        let desc = FeedDescriptor::queue(peer, self.me);
-        if asked.feed != desc.id() {
+        if self.mail.carried.contains_key(&asked.feed) {
+            return self.on_carried_data(txn, after, id, &d, &asked, open);
+        }
+        // From the sender, or from our mailbox holding its mail.
+        let Some(peer) = self.queue_sender(peer, &asked.feed) else {
             // Asked of a broadcast feed we have since let go.
             return Ok(());
-        }
+        };
+        let desc = FeedDescriptor::queue(peer, self.me);
         let feed = self.feed(txn, desc)?;
         let stored = store_answer(feed, txn, &d, &asked)?;
         if !matches!(stored, Stored::Yes) {
@@ -218,6 +222,47 @@ impl State {
         }
         after.arrived.insert(peer);
         after.schedule.insert(peer);
+        Ok(())
+    }
+
+    /// Stores an answer for a feed we carry as a mailbox, within the quotas
+    /// (an answer that finds them used up is dropped: asked for again when
+    /// the recipient has collected its mail).
+    fn on_carried_data<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        after: &mut AfterCommit,
+        id: ConnId,
+        d: &DataMsg<'_>,
+        asked: &Inflight,
+        open: bool,
+    ) -> Result<(), Fault> {
+        let (start, end) = (d.proof.start, d.proof.end);
+        let fid = asked.feed;
+        let Some(desc) = self.mail.carried.get(&fid).map(|c| c.desc) else {
+            return Ok(());
+        };
+        if self.mail_full(&desc) {
+            if let Some(c) = self.mail.carried.get_mut(&fid) {
+                c.dl.requested.remove(start, asked.end);
+            }
+            return Ok(());
+        }
+        let feed = self.feed(txn, desc)?;
+        let stored = store_answer(feed, txn, d, asked)?;
+        if !matches!(stored, Stored::Yes) {
+            self.leave_stale(id, asked, open);
+            if let Some(c) = self.mail.carried.get_mut(&fid) {
+                c.dl.requested.remove(start, asked.end);
+            }
+            if self.not_stored(txn, after, id, desc, stored) {
+                after.carried_arrived.insert(fid);
+            }
+            return Ok(());
+        }
+        let done = if open { end } else { asked.end };
+        self.carried_arrived(txn, fid, d, done);
+        after.carried_arrived.insert(fid);
         Ok(())
     }
 

@@ -107,13 +107,15 @@ impl State {
         {
             return planned;
         }
-        let Some(cid) = self.conn_to(&from) else {
+        let fid = FeedDescriptor::queue(from, self.me).id();
+        // From the sender, or else from a mailbox holding its mail.
+        let direct = self.conn_to(&from);
+        let Some(cid) = direct.or_else(|| self.mailbox_conn_for(&fid)) else {
             return planned;
         };
         let Some(inbox) = self.inboxes.get_mut(&from) else {
             return planned;
         };
-        let fid = FeedDescriptor::queue(from, self.me).id();
         let base = self.feeds.get(&fid).map_or(0, |f| f.len());
         let limit = inbox.dl.announced;
         // How far ahead to download, and from where: messages the reader
@@ -172,7 +174,12 @@ impl State {
             }
             tail = next;
         }
-        if reach > tail && !conn.standing() && !inbox.dl.requested.contains(tail) {
+        // A mailbox is asked for what it announced only.
+        if direct.is_some()
+            && reach > tail
+            && !conn.standing()
+            && !inbox.dl.requested.contains(tail)
+        {
             let e = tail
                 .saturating_add(per)
                 .min(reach)
@@ -207,6 +214,7 @@ impl State {
             let planned = match target {
                 Target::Queue(from) => self.plan_queue(from),
                 Target::Broadcast(feed) => self.plan_broadcast(feed),
+                Target::Carried(feed) => self.plan_carried(feed),
             };
             // Consecutive ranges for one connection and feed share a message.
             let mut batch: Option<RequestBatch> = None;

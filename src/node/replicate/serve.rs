@@ -153,8 +153,10 @@ impl State {
                 // Our queue feed to this peer, or any broadcast feed we hold.
                 let desc = if w.feed == own_id {
                     Some(own_queue)
+                } else if let Some(r) = self.replicas.get(&w.feed) {
+                    Some(r.desc)
                 } else {
-                    self.replicas.get(&w.feed).map(|r| r.desc)
+                    self.mail_servable(&peer, &w.feed)
                 };
                 let served = match desc {
                     Some(desc) => {
