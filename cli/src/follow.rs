@@ -151,6 +151,12 @@ pub async fn follow(
                         }
                     }
                 }
+                Some(MqEvent::MailboxRefused { mailbox, to, reason }) => {
+                    let advice = format!("mailbox {mailbox} will not hold our mail for {to}: {reason}; it waits here until {to} or another of its mailboxes can be reached");
+                    if warned.insert((Some(mailbox), advice.clone())) {
+                        eprintln!("warning: {advice}");
+                    }
+                }
                 Some(MqEvent::Lagged { missed }) => eprintln!(
                     "warning: {missed} events came faster than they could be printed, so some ACK lines are missing; `peermq status` shows acknowledged counts"
                 ),

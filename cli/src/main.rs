@@ -12,6 +12,7 @@ mod demo;
 mod follow;
 mod jobs;
 mod live;
+mod mail;
 mod network;
 mod output;
 mod work;
@@ -26,7 +27,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_lite::StreamExt;
 use peermq::{Config, PeerId};
-use peermq_tokio::{wall_clock, Mailbox, MdnsDiscovery, Mq, Schedule, TokioRuntime};
+use peermq_tokio::{wall_clock, Builder, Mailbox, MdnsDiscovery, Mq, Schedule, TokioRuntime};
 
 use crate::addresses::{parse_host_port, AddressBook};
 use crate::follow::Stop;
@@ -88,6 +89,59 @@ enum Command {
         /// key.
         #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
         addr: Option<String>,
+        /// A mailbox that holds KEY's mail while it is away (`peermq
+        /// mailbox` runs one): messages to KEY go there when KEY cannot be
+        /// reached. Needed only for a peer not met yet; one met tells us its
+        /// own mailboxes. Repeat for several.
+        #[arg(long, value_name = "MAILBOX")]
+        mailbox: Vec<PeerId>,
+    },
+    /// Name peer KEY as a mailbox that holds our mail while we are away:
+    /// senders that cannot reach us push it there, and we collect it when
+    /// we run (`listen`, `connect`, `work`).
+    ///
+    /// Tells the mailbox at once if it can be reached within --wait.
+    AddMailbox {
+        /// The mailbox's id.
+        #[arg(value_name = "KEY")]
+        key: PeerId,
+        /// Where the mailbox listens, remembered in the data directory.
+        /// Not needed on one machine.
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+        addr: Option<String>,
+        /// How long to try to reach the mailbox now (`10s`; `0` does not
+        /// try: it learns when we next run).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = jobs::parse_duration)]
+        wait: Duration,
+    },
+    /// Stop naming KEY as our mailbox; it refuses our mail once it hears.
+    RemoveMailbox {
+        /// The mailbox's id.
+        #[arg(value_name = "KEY")]
+        key: PeerId,
+    },
+    /// Run a mailbox until Ctrl-C: hold the mail of recipients that named
+    /// this node (`add-mailbox`) while they are away, and hand it over when
+    /// they connect. It cannot read sealed messages.
+    ///
+    /// Prints `HELD <author> <recipient> held=N acknowledged=M bytes=B`
+    /// whenever what it holds changes.
+    Mailbox {
+        /// Address to listen on, as for `listen`.
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// Port to listen on, as for `listen`.
+        #[arg(long, value_name = "P", default_value_t = 0)]
+        port: u16,
+        /// Most bytes held from one sender (`64MiB`, `1GB`, `100000`).
+        #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = mail::parse_size)]
+        max_sender_bytes: u64,
+        /// Most bytes held for one recipient.
+        #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = mail::parse_size)]
+        max_recipient_bytes: u64,
+        /// Most recipients served.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        max_recipients: usize,
     },
     /// Revoke peer KEY: it may no longer connect, and its remembered
     /// address is forgotten. Its messages stay.
@@ -434,7 +488,18 @@ fn open(
     mdns: bool,
     net: Option<&network::NetworkArgs>,
 ) -> anyhow::Result<Mq> {
-    let mut builder = Mq::builder(datadir).config(node_config());
+    open_with(datadir, book, mdns, net, |b| b)
+}
+
+/// [`open`], with `more` applied to the builder last.
+fn open_with(
+    datadir: &Path,
+    book: Option<AddressBook>,
+    mdns: bool,
+    net: Option<&network::NetworkArgs>,
+    more: impl FnOnce(Builder) -> Builder,
+) -> anyhow::Result<Mq> {
+    let mut builder = more(Mq::builder(datadir).config(node_config()));
     if let Some(net) = net {
         builder = net.apply(builder);
     }
@@ -504,7 +569,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.mdns && addr.ip().is_loopback() {
                 eprintln!("note: --mdns announces the loopback address {host}, which only this machine can reach; give --host 0.0.0.0 to be reachable from the network");
             }
-            let mq = open(&dir, None, cli.mdns, Some(&cli.net))?;
+            let book = AddressBook::load(&dir)?;
+            let mq = open(&dir, Some(book), cli.mdns, Some(&cli.net))?;
             let events = mq.events();
             let r = match mq.listen(addr).await {
                 Ok(bound) => {
@@ -530,7 +596,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut stop = Stop::install()?;
             let host = host.unwrap_or_else(|| cli.net.default_host().to_string());
             let addr = common::resolve(&host, port).await?;
-            let mq = open(&dir, None, cli.mdns, Some(&cli.net))?;
+            let book = AddressBook::load(&dir)?;
+            let mq = open(&dir, Some(book), cli.mdns, Some(&cli.net))?;
             let r = match mq.listen(addr).await {
                 Ok(bound) => {
                     tracing::info!(%bound, id = %mq.id().await, "listening");
@@ -541,6 +608,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         parallel: usize::from(jobs),
                     };
                     work::run(&mq, worker, job, &mut printer, &mut stop, &mut live).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            follow::shutdown(&mq, &mut stop).await?;
+            r
+        }
+        Command::AddMailbox { key, addr, wait } => {
+            let mut book = AddressBook::load(&dir)?;
+            if let Some(addr) = addr {
+                book.insert(key, addr);
+                book.save()?;
+            }
+            let mq = open(&dir, Some(book), cli.mdns, Some(&cli.net))?;
+            let r = mail::add_mailbox(&mq, key, wait).await;
+            mq.shutdown().await?;
+            r
+        }
+        Command::Mailbox {
+            host,
+            port,
+            max_sender_bytes,
+            max_recipient_bytes,
+            max_recipients,
+        } => {
+            let mut stop = Stop::install()?;
+            let host = host.unwrap_or_else(|| cli.net.default_host().to_string());
+            let addr = common::resolve(&host, port).await?;
+            let limits = peermq::MailboxLimits {
+                max_sender_bytes,
+                max_recipient_bytes,
+                max_recipients,
+            };
+            let mq = open_with(&dir, None, cli.mdns, Some(&cli.net), |b| b.mailbox(limits))?;
+            let r = match mq.listen(addr).await {
+                Ok(bound) => {
+                    tracing::info!(%bound, id = %mq.id().await, "mailbox listening");
+                    let mut live = live::LiveFile::new(&dir);
+                    mail::serve(&mq, &mut printer, &mut stop, &mut live).await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -607,12 +712,20 @@ async fn one_shot(
 ) -> anyhow::Result<()> {
     match command {
         Command::Id => printer.line(&mq.id().await.to_string())?,
-        Command::AddPeer { key, addr } => {
+        Command::AddPeer { key, addr, mailbox } => {
             mq.add_peer(key, None).await?;
             if let Some(addr) = addr {
                 let mut book = AddressBook::load(dir)?;
                 book.insert(key, addr);
                 book.save()?;
+            }
+            for m in mailbox {
+                mq.add_route(key, m).await?;
+            }
+        }
+        Command::RemoveMailbox { key } => {
+            if !mq.remove_mailbox(key).await? {
+                eprintln!("note: {key} was not one of our mailboxes; nothing changed");
             }
         }
         Command::RemovePeer { key } => {
@@ -696,6 +809,7 @@ async fn one_shot(
         Command::Status => {
             printer.line(&format!("id {}", mq.id().await))?;
             let peers = mq.peers().await?;
+            let mail = mq.mail_status().await?;
             let live = live::read_all(dir);
             if peers.is_empty() {
                 printer.line("no peers yet: `peermq add-peer KEY` allows one to connect, `peermq send --to KEY` queues a message")?;
@@ -721,11 +835,19 @@ async fn one_shot(
                         c.route, c.way, c.pid
                     ))?;
                 }
+                if let Some((_, boxes)) = mail.routes.iter().find(|(r, _)| *r == p.peer) {
+                    for m in boxes {
+                        printer.line(&format!("  mailbox:        {m}"))?;
+                    }
+                }
             }
+            mail::print_status(printer, &mail)?;
         }
         Command::Demo
         | Command::Connect { .. }
         | Command::Listen { .. }
+        | Command::AddMailbox { .. }
+        | Command::Mailbox { .. }
         | Command::Work { .. }
         | Command::Send { .. } => {
             bail!("internal: long-running command dispatched as a one-shot one")

@@ -683,3 +683,45 @@ fn a_delayed_message_waits_for_its_time_and_an_expired_one_goes_to_dead() {
         "nothing was queued"
     );
 }
+
+#[test]
+fn mail_waits_in_a_mailbox_for_a_recipient_that_starts_after_the_sender_left() {
+    let s = Sandbox::new();
+    let (a, m, r) = (s.id("a"), s.id("m"), s.id("r"));
+    let mut mailbox = s.spawn("m", &["mailbox"]);
+    // R names M (and tells it, while it runs), and expects mail from A.
+    s.ok("r", &["add-peer", &a]);
+    assert_eq!(s.ok("r", &["add-mailbox", &m]), "");
+    // A has never met R: it is told where R's mail goes.
+    s.ok("a", &["add-peer", &r, "--mailbox", &m]);
+    s.send("a", &r, "first letter");
+    s.send("a", &r, "second letter");
+    // A runs a while, R nowhere: the mail goes to the mailbox.
+    let sender = s.spawn("a", &["listen"]);
+    let held = format!("HELD {a} {r} held=2 acknowledged=0 bytes=");
+    while !mailbox.line().starts_with(&held) {}
+    assert_clean_stop("sender's listen", &sender.interrupt());
+
+    // R starts after A left, and collects its mail from the mailbox.
+    let mut recipient = s.spawn("r", &["listen"]);
+    assert_eq!(recipient.line(), format!("MESSAGE {a}@0 first letter"));
+    assert_eq!(recipient.line(), format!("MESSAGE {a}@1 second letter"));
+    let collected = format!("HELD {a} {r} held=2 acknowledged=2 bytes=0");
+    while mailbox.line() != collected {}
+    assert_clean_stop("recipient's listen", &recipient.interrupt());
+
+    // A's next start hears of the delivery from the mailbox.
+    let mut sender = s.spawn("a", &["listen"]);
+    assert_eq!(sender.line(), format!("ACK {r}@0"));
+    assert_eq!(sender.line(), format!("ACK {r}@1"));
+    assert_clean_stop("sender's listen", &sender.interrupt());
+    assert!(s.ok("a", &["status"]).contains("2 sent, 2 acknowledged"));
+    let status = s.ok("m", &["status"]);
+    assert!(
+        status.contains(&format!(
+            "holding mail from {a} for {r}: 2 held (0 bytes), 2 acknowledged"
+        )),
+        "{status}"
+    );
+    assert_clean_stop("mailbox", &mailbox.interrupt());
+}

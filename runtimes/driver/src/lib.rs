@@ -68,7 +68,7 @@ pub use futures_lite::io::{AsyncRead, AsyncWrite};
 pub use futures_lite::Stream;
 #[cfg(feature = "mdns")]
 pub use mdns::MdnsDiscovery;
-pub use mq::{Builder, EventStream, Mq, MqEvent, RecordStream, Worker};
+pub use mq::{Builder, EventStream, MailStatus, Mq, MqEvent, RecordStream, Worker};
 pub use peermq::{
     Category, CategoryCount, CloseReason, Config, DeadReason, Lease, Mailbox, PeerId, PeerStatus,
     Prefetch, Record, Released, RetryPolicy, Schedule, StoreError, Taken, Timestamp,

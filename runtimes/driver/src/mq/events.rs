@@ -59,6 +59,16 @@ pub enum MqEvent {
         /// How many times it had been delivered.
         deliveries: u32,
     },
+    /// A mailbox of `to` refused to hold our mail for it (see
+    /// [`peermq::Event::MailboxRefused`]); the mail waits here.
+    MailboxRefused {
+        /// The mailbox.
+        mailbox: PeerId,
+        /// The recipient.
+        to: PeerId,
+        /// Why.
+        reason: peermq::wire::RefuseReason,
+    },
     /// This subscriber fell behind and `missed` events were dropped for it
     /// (events are buffered per subscriber, up to a bound, so that a
     /// forgotten subscriber cannot grow memory without limit).

@@ -2,11 +2,13 @@
 //! ([`Builder`]), and the queue service its driver runs.
 
 mod events;
+mod mail;
 mod read;
 mod service;
 mod work;
 
 pub use events::{EventStream, MqEvent};
+pub use mail::MailStatus;
 pub use read::RecordStream;
 pub use work::Worker;
 
@@ -104,6 +106,15 @@ impl Builder {
     /// unpredictable (and 32 more with [`Builder::sign_ahead`]).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Serves as a mailbox within `limits`: accepts connections from any
+    /// identity, and holds the mail of recipients that name this node
+    /// ([`Mq::add_mailbox`] on theirs) until they collect it. Sets
+    /// [`Config::mailbox`], so give it after [`Builder::config`].
+    pub fn mailbox(mut self, limits: peermq::MailboxLimits) -> Self {
+        self.config.mailbox = Some(limits);
         self
     }
 

@@ -72,6 +72,7 @@ pub(crate) enum QueueCommand {
         reply: Reply<(u64, u64)>,
     },
     Work(WorkCommand),
+    Mail(super::mail::MailCommand),
 }
 
 /// What a [`crate::Worker`] and the category calls ask of the queue.
@@ -359,6 +360,7 @@ impl<S: Store> Service<S> for Queue {
                 answer(reply, r.map_err(Into::into));
             }
             QueueCommand::Work(cmd) => self.on_work(cx, cmd),
+            QueueCommand::Mail(cmd) => super::mail::on_mail(cx, cmd),
         }
     }
 
@@ -390,6 +392,15 @@ impl<S: Store> Service<S> for Queue {
                 seq,
                 reason,
                 deliveries,
+            },
+            Event::MailboxRefused {
+                mailbox,
+                to,
+                reason,
+            } => MqEvent::MailboxRefused {
+                mailbox,
+                to,
+                reason,
             },
             _ => {
                 debug!(?event, "peermq: event not surfaced to Mq");
