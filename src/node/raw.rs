@@ -31,7 +31,10 @@ impl RawPeer {
         let hs = noise::handshake(&static_key, rng.fork(), expected.is_some())
             .map_err(|e| CloseReason::Handshake(e.to_string()))?;
         let mut conn = Conn::new(ConnId(0), hs, expected, Instant::ZERO);
-        conn.start()?;
+        if expected.is_some() {
+            // The dialer speaks first; a listener waits for it.
+            conn.start()?;
+        }
         Ok(RawPeer {
             conn,
             key: key.clone(),
