@@ -18,6 +18,8 @@
 //! | `work` | `--workers` processes share the `replicate_full` reader's directory, each taking batches of jobs with leases, running nothing, archiving each | first take to last archive; take-to-archive p50/p99 per job |
 //! | `work_batch` | with `--work-batch-archive`: as `work`, each worker archiving a taken batch in one commit | as `work` |
 //! | `archive_each` | one process archives every message of that directory, one commit each: what one commit per job allows | first to last archive |
+//! | `mailbox_push` | a mailbox runs; the reader names it; the writer, serving the `append_b100` directory, learns the reader's mail goes there and pushes it all | writer dials the mailbox to the mailbox holding the last block |
+//! | `mailbox_collect` | the writer gone, the reader opens, dials its mailbox as it does, and downloads its mail there | open to last block stored (compare `replicate_full`, direct: connect to last block) |
 //!
 //! Every phase runs in two durability modes: `nosync` (LMDB `MDB_NOSYNC`:
 //! commits survive a process crash, not a power loss; the anchor's mode,
@@ -41,8 +43,8 @@ use futures_lite::StreamExt;
 use peermq::{Config, LmdbOptions, Mailbox, PeerId, Prefetch};
 use peermq_iroh::{Iroh, Relays};
 use peermq_tokio::{
-    AsyncRead, AsyncWrite, BoxFuture, Connection, Listener, Mq, MqEvent, Runtime, TokioRuntime,
-    Transport,
+    AsyncRead, AsyncWrite, BoxFuture, Connection, Listener, Mq, MqEvent, Runtime, StaticDiscovery,
+    TokioRuntime, Transport,
 };
 use serde_json::{json, Value};
 
@@ -162,6 +164,12 @@ enum Part {
     Worker,
     /// Archives every unread message, one commit each (`work`'s baseline).
     ArchiveEach,
+    /// Runs a mailbox (`mailbox_push`, `mailbox_collect`).
+    Mailbox,
+    /// Names a mailbox, tells it, and exits.
+    NameMailbox,
+    /// Pushes the directory's mail to the recipient's mailbox.
+    Push,
 }
 
 /// How a fetching reader downloads.
@@ -211,6 +219,8 @@ enum Role {
         transport: Net,
         #[arg(long)]
         plain: bool,
+        #[arg(long)]
+        mailbox: Option<PeerId>,
     },
 }
 
@@ -231,6 +241,7 @@ fn main() -> std::process::ExitCode {
             sync,
             transport,
             plain,
+            mailbox,
         }) => {
             let job = Job {
                 dir: dir.clone(),
@@ -245,6 +256,7 @@ fn main() -> std::process::ExitCode {
                 sync,
                 transport,
                 seal: !plain,
+                mailbox,
             };
             block_on(run_role(role, job))
         }
@@ -283,6 +295,8 @@ struct Job {
     transport: Net,
     /// Whether the node seals what it sends.
     seal: bool,
+    /// The mailbox to name, push to, or collect from.
+    mailbox: Option<PeerId>,
 }
 
 fn lmdb(sync: bool) -> LmdbOptions {
@@ -306,6 +320,13 @@ fn open(job: &Job, config: Config, counts: Option<Arc<Counts>>) -> anyhow::Resul
         .sign_ahead(true)
         .lmdb_options(lmdb(job.sync))
         .local_discovery(false);
+    if let (Some(mailbox), Some(addr)) = (job.mailbox, job.addr) {
+        // A node dials its own mailboxes as it opens: known at once, as a
+        // mailbox's address is in a deployment.
+        let known = StaticDiscovery::new();
+        known.insert(mailbox, addr);
+        builder = builder.discovery(Arc::new(known));
+    }
     let net = job.transport;
     builder = builder.transport_for(move |key| {
         let inner = match net {
@@ -410,6 +431,9 @@ async fn run_role(role: Part, job: Job) -> anyhow::Result<()> {
         Part::ArchiveEach => role_archive_each(job).await,
         Part::LiveWriter => role_live_writer(job).await,
         Part::LiveReader => role_live_reader(job).await,
+        Part::Mailbox => role_mailbox(job).await,
+        Part::NameMailbox => role_name_mailbox(job).await,
+        Part::Push => role_push(job).await,
         Part::Init => {
             let mq = open(&job, Config::default(), None)?;
             say(&mq.id().await.to_string());
@@ -485,16 +509,29 @@ async fn role_fetch(job: Job) -> anyhow::Result<()> {
         },
         ..Config::default()
     };
+    // A reader of its mailbox dials it as it opens: the time counts from
+    // before that.
+    let opened = std::time::Instant::now();
     let mq = open(&job, config, Some(counts.clone()))?;
-    mq.add_peer(writer, Some(addr)).await?;
+    // Directly from the writer, or from the mailbox at `addr` holding its
+    // mail (the writer is gone then).
+    let source = job.mailbox.unwrap_or(writer);
+    if source != writer {
+        // Mail is taken from authorized senders only.
+        mq.add_peer(writer, None).await?;
+    }
+    mq.add_peer(source, Some(addr)).await?;
     let mut events = mq.events();
     let wanted: Vec<u64> = if job.full {
         Vec::new()
     } else {
         (0..job.n).step_by(job.every.max(1) as usize).collect()
     };
-    let t0 = std::time::Instant::now();
-    mq.connect(writer).await?;
+    let t0 = match job.mailbox {
+        Some(_) => opened,
+        None => std::time::Instant::now(),
+    };
+    mq.connect(source).await?;
     let count = if job.full {
         let last = job.n - 1;
         loop {
@@ -608,6 +645,86 @@ async fn role_live_reader(job: Job) -> anyhow::Result<()> {
         "peak_rss_MiB": peak_rss_mib(),
     })
     .to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+/// Runs a mailbox; on `watch N`, says `held` once it holds N blocks.
+async fn role_mailbox(job: Job) -> anyhow::Result<()> {
+    let mut builder = Mq::builder(&job.dir)
+        .config(Config {
+            seal_messages: job.seal,
+            ..Config::default()
+        })
+        .mailbox(peermq::MailboxLimits {
+            max_sender_bytes: u64::MAX,
+            max_recipient_bytes: u64::MAX,
+            ..peermq::MailboxLimits::default()
+        })
+        .lmdb_options(lmdb(job.sync))
+        .local_discovery(false);
+    builder = builder.transport(TokioRuntime::new().default_transport());
+    let mq = builder.open(TokioRuntime::new())?;
+    let addr = mq.listen("127.0.0.1:0".parse()?).await?;
+    say(&format!("listening {addr} {}", mq.id().await));
+    let lines = stdin_lines();
+    while let Ok(line) = lines.recv().await {
+        let Some(n) = line
+            .strip_prefix("watch ")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            break;
+        };
+        loop {
+            let held: u64 = mq.mail_status().await?.carried.iter().map(|c| c.held).sum();
+            if held >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        say("held");
+    }
+    say(&json!({"peak_rss_MiB": peak_rss_mib()}).to_string());
+    mq.shutdown().await?;
+    Ok(())
+}
+
+/// Names the mailbox at `addr` and waits until it has been told.
+async fn role_name_mailbox(job: Job) -> anyhow::Result<()> {
+    let mailbox = job
+        .mailbox
+        .ok_or_else(|| anyhow!("--mailbox is required"))?;
+    let mq = open(&job, Config::default(), None)?;
+    mq.add_peer(mailbox, job.addr).await?;
+    let mut events = mq.events();
+    mq.add_mailbox(mailbox).await?;
+    while !matches!(events.next().await, Some(MqEvent::Connected { peer }) if peer == mailbox) {}
+    // The list goes out on connect; shutdown flushes it.
+    mq.shutdown().await?;
+    Ok(())
+}
+
+/// Learns that `peer`'s mail goes through the mailbox at `addr`, and, on
+/// `go`, pushes it there; stops on `stop`.
+async fn role_push(job: Job) -> anyhow::Result<()> {
+    let to = peer_of(&job)?;
+    let mailbox = job
+        .mailbox
+        .ok_or_else(|| anyhow!("--mailbox is required"))?;
+    let mq = open(&job, Config::default(), None)?;
+    mq.add_peer(mailbox, job.addr).await?;
+    let lines = stdin_lines();
+    say(&format!("ready {}", mq.id().await));
+    if lines.recv().await.ok().as_deref() != Some("go") {
+        bail!("expected go");
+    }
+    mq.add_route(to, mailbox).await?;
+    while let Ok(line) = lines.recv().await {
+        if line == "stop" {
+            break;
+        }
+    }
+    say(&json!({"peak_rss_MiB": peak_rss_mib()}).to_string());
     mq.shutdown().await?;
     Ok(())
 }
@@ -1040,6 +1157,16 @@ fn run_once(
         }
         let _ = std::fs::remove_dir_all(&rdir);
     }
+    if net == Net::Tcp {
+        rows.extend(mailbox_phases(
+            cli,
+            dur,
+            &reader_tpl,
+            &reader_id,
+            tmp,
+            &with,
+        )?);
+    }
 
     {
         let wdir = tmp.join("live-writer");
@@ -1108,6 +1235,95 @@ fn run_once(
         for r in &mut rows {
             r.phase = format!("{}+sealed", r.phase);
         }
+    }
+    Ok(rows)
+}
+
+/// `mailbox_push` and `mailbox_collect`: the `append_b100` directory's
+/// mail for the reader of `reader_tpl` (id `reader_id`) through a mailbox.
+fn mailbox_phases(
+    cli: &Cli,
+    dur: &str,
+    reader_tpl: &Path,
+    reader_id: &str,
+    tmp: &Path,
+    with: &dyn Fn(Args) -> Args,
+) -> anyhow::Result<Vec<Row>> {
+    let path = |name: &str| tmp.join(name).display().to_string();
+    let mut m = Kid::spawn(Part::Mailbox, &with(vec![("dir", path("mailbox"))]))?;
+    let (maddr, mid) = listening(&mut m)?;
+    let rdir = tmp.join("mailbox-reader");
+    copy_dir(reader_tpl, &rdir)?;
+    Kid::spawn(
+        Part::NameMailbox,
+        &with(vec![
+            ("dir", path("mailbox-reader")),
+            ("mailbox", mid.clone()),
+            ("addr", maddr.clone()),
+        ]),
+    )?
+    .wait()?;
+    let wdir = tmp.join("mailbox-writer");
+    copy_dir(&tmp.join("append_b100"), &wdir)?;
+    let mut w = Kid::spawn(
+        Part::Push,
+        &with(vec![
+            ("dir", path("mailbox-writer")),
+            ("peer", reader_id.to_string()),
+            ("mailbox", mid.clone()),
+            ("addr", maddr.clone()),
+        ]),
+    )?;
+    let ready = w.line()?;
+    let Some(wid) = ready.strip_prefix("ready ").map(str::to_string) else {
+        bail!("push said {ready:?}");
+    };
+    m.tell(&format!("watch {}", cli.n))?;
+    let t0 = std::time::Instant::now();
+    w.tell("go")?;
+    let held = m.line()?;
+    let secs = t0.elapsed().as_secs_f64();
+    if held != "held" {
+        bail!("the mailbox said {held:?}");
+    }
+    w.tell("stop")?;
+    let ws = w.json()?;
+    w.wait()?;
+    let mut rows = vec![Row {
+        phase: "mailbox_push".into(),
+        durability: dur.into(),
+        msgs_per_s: Some((cli.n as f64 / secs).round()),
+        secs: Some(r3(secs)),
+        peak_rss_mib: num(&ws, "peak_rss_MiB"),
+        ..Row::default()
+    }];
+    let mut r = Kid::spawn(
+        Part::Fetch,
+        &with(vec![
+            ("dir", path("mailbox-reader")),
+            ("peer", wid),
+            ("mailbox", mid),
+            ("addr", maddr),
+            ("n", cli.n.to_string()),
+            ("mode", value_name(FetchMode::Full)),
+        ]),
+    )?;
+    let v = r.json()?;
+    r.wait()?;
+    m.tell("stats")?;
+    let ms = m.json()?;
+    m.wait()?;
+    rows.push(Row {
+        phase: "mailbox_collect".into(),
+        durability: dur.into(),
+        msgs_per_s: num(&v, "msgs_per_s"),
+        secs: num(&v, "secs"),
+        wire_bytes_per_block: num(&v, "wire_bytes_per_block"),
+        peak_rss_mib: max_opt(num(&v, "peak_rss_MiB"), num(&ms, "peak_rss_MiB")),
+        ..Row::default()
+    });
+    for d in ["mailbox", "mailbox-reader", "mailbox-writer"] {
+        let _ = std::fs::remove_dir_all(tmp.join(d));
     }
     Ok(rows)
 }
