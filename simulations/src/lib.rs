@@ -28,7 +28,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use oracle::Failure;
 pub use plan::{
-    generate, Edge, FaultLevel, NodeOptions, Op, Options, Params, Plan, Scenario, TimedOp,
+    generate, Edge, FaultLevel, MailPair, MailboxPlan, NodeOptions, Op, Options, Params, Plan,
+    Scenario, TimedOp,
 };
 pub use sim::{sparse_budget, Report};
 

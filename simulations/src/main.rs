@@ -142,6 +142,12 @@ fn one(seed: u64, params: &Params, args: &Args) -> ExitCode {
             report.sparse_bytes / report.sparse_blocks
         );
     }
+    if let Some(m) = &plan.options.mailbox {
+        println!(
+            "seed {seed}: mailbox n{}: {} messages sent through it, {} acknowledged, {} refusals, {} blocks forged or dropped before their recipient had them",
+            m.node, report.mail_sent, report.mail_acked, report.mail_refusals, report.mail_tampered
+        );
+    }
     if report.forks > 0 {
         println!(
             "seed {seed}: the rogue author's fork was caught {} times",

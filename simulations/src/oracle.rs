@@ -14,7 +14,9 @@ use peermq::RangeSet;
 pub struct Failure {
     /// Which oracle: `lost`, `phantom`, `archived-redelivered`, `order`,
     /// `unauthorized`, `sparse-bytes`, `liveness`, `corruption-undetected`,
-    /// `store-error`, `livelock`, `mixed-fork` or `memory`.
+    /// `store-error`, `livelock`, `mixed-fork`, `memory`,
+    /// `delivered-twice`, `mailbox-direct`, `plaintext-at-mailbox`,
+    /// `acked-undelivered`, and those of workers and delivery times.
     pub oracle: &'static str,
     /// What was seen, with node and message numbers.
     pub details: String,
@@ -48,6 +50,19 @@ pub fn message(from: usize, to: usize, seq: u64, max_extra: usize) -> Vec<u8> {
 /// that restored a backup writes branch 1 over it, with other bytes at the
 /// same positions.
 pub fn branch_message(from: usize, to: usize, seq: u64, max_extra: usize, branch: u8) -> Vec<u8> {
+    padded_message(from, to, seq, (0, max_extra), branch)
+}
+
+/// [`branch_message`] with `extra.0` to `extra.1` bytes of padding (the
+/// same bytes as [`branch_message`] when `extra.0` is 0).
+pub fn padded_message(
+    from: usize,
+    to: usize,
+    seq: u64,
+    extra: (usize, usize),
+    branch: u8,
+) -> Vec<u8> {
+    let (min_extra, max_extra) = (extra.0, extra.1.max(extra.0));
     let mut h = blake3::Hasher::new();
     h.update(b"peermq-sim message");
     if branch > 0 {
@@ -59,7 +74,8 @@ pub fn branch_message(from: usize, to: usize, seq: u64, max_extra: usize, branch
     let mut xof = h.finalize_xof();
     let mut len = [0u8; 8];
     xof.fill(&mut len);
-    let extra = (u64::from_le_bytes(len) % (max_extra as u64 + 1)) as usize;
+    let extra =
+        min_extra + (u64::from_le_bytes(len) % ((max_extra - min_extra) as u64 + 1)) as usize;
     let mut out = Vec::with_capacity(16 + extra);
     out.extend_from_slice(&(from as u32).to_le_bytes());
     out.extend_from_slice(&(to as u32).to_le_bytes());
@@ -82,6 +98,10 @@ fn header(data: &[u8]) -> Option<(u32, u32, u64)> {
 pub struct Oracle {
     /// Padding bound of messages, to regenerate them.
     pub msg_extra: usize,
+    /// Least padding of messages.
+    pub msg_min: usize,
+    /// Mailboxes: they accept connections from anyone.
+    pub mailboxes: BTreeSet<usize>,
     /// Messages durably sent (`send` returned `Ok`), per (from, to).
     pub sent: BTreeMap<(usize, usize), u64>,
     /// Messages the sender saw acknowledged (`Event::Acked`), per (from, to).
@@ -119,12 +139,12 @@ pub struct Rogue {
 impl Rogue {
     /// The branch of the rogue's message `seq` to `to` with bytes `data`, if
     /// either history has those bytes there.
-    fn branch_of(&self, to: usize, seq: u64, data: &[u8], max_extra: usize) -> Option<u8> {
-        if data == message(self.node, to, seq, max_extra).as_slice() {
+    fn branch_of(&self, to: usize, seq: u64, data: &[u8], extra: (usize, usize)) -> Option<u8> {
+        if data == padded_message(self.node, to, seq, extra, 0).as_slice() {
             return Some(0);
         }
         let forked = self.fork_at.get(&to).is_some_and(|&at| seq >= at);
-        (forked && data == branch_message(self.node, to, seq, max_extra, 1).as_slice()).then_some(1)
+        (forked && data == padded_message(self.node, to, seq, extra, 1).as_slice()).then_some(1)
     }
 }
 
@@ -136,6 +156,16 @@ impl Oracle {
             auth: vec![BTreeSet::new(); nodes],
             ..Default::default()
         }
+    }
+
+    /// The least and most padding of a message.
+    pub fn extra(&self) -> (usize, usize) {
+        (self.msg_min, self.msg_extra)
+    }
+
+    /// The bytes of message `seq` from `from` to `to`.
+    pub fn message(&self, from: usize, to: usize, seq: u64) -> Vec<u8> {
+        padded_message(from, to, seq, self.extra(), 0)
     }
 
     /// Messages durably sent from `from` to `to`.
@@ -184,7 +214,7 @@ impl Oracle {
             // Its list of authorized peers went back to the backup's.
             return Ok(());
         }
-        if inbound && !self.auth[node].contains(&peer) {
+        if inbound && !self.auth[node].contains(&peer) && !self.mailboxes.contains(&node) {
             return Err(Failure::new(
                 "unauthorized",
                 format!("n{node} accepted a connection from n{peer}, which it does not authorize"),
@@ -282,7 +312,7 @@ impl Oracle {
             .iter()
             .filter_map(|(seq, data)| {
                 let at = r.fork_at.get(&to).copied().unwrap_or(0);
-                (*seq >= at).then(|| r.branch_of(to, *seq, data, self.msg_extra))?
+                (*seq >= at).then(|| r.branch_of(to, *seq, data, self.extra()))?
             })
             .collect();
         if branches.len() > 1 {
@@ -320,7 +350,7 @@ impl Oracle {
             return Ok(());
         }
         if let Some(r) = self.rogue.as_ref().filter(|r| r.node == from) {
-            if r.branch_of(node, seq, data, self.msg_extra).is_none() {
+            if r.branch_of(node, seq, data, self.extra()).is_none() {
                 return Err(Failure::new(
                     "phantom",
                     format!("n{node} read message {seq} from n{from} (the rogue) with bytes it wrote in neither history"),
@@ -337,7 +367,7 @@ impl Oracle {
                 ),
             ));
         }
-        if data != message(from, node, seq, self.msg_extra).as_slice() {
+        if data != self.message(from, node, seq).as_slice() {
             return Err(Failure::new(
                 "phantom",
                 format!(
@@ -472,6 +502,19 @@ mod tests {
         assert_eq!(a, message(0, 1, 5, 100));
         assert_ne!(a, message(0, 1, 6, 100));
         assert_eq!(header(&a), Some((0, 1, 5)));
+    }
+
+    #[test]
+    fn padding_bounds_hold_and_zero_keeps_the_old_bytes() {
+        for seq in 0..50 {
+            assert_eq!(
+                padded_message(2, 3, seq, (0, 100), 0),
+                message(2, 3, seq, 100)
+            );
+            let m = padded_message(2, 3, seq, (16, 64), 0);
+            assert!((32..=80).contains(&m.len()), "{}", m.len());
+            assert_eq!(header(&m), Some((2, 3, seq)));
+        }
     }
 
     #[test]

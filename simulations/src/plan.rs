@@ -234,9 +234,69 @@ pub struct Options {
     pub node: Vec<NodeOptions>,
     /// The authorized pairs.
     pub edges: Vec<Edge>,
+    /// Least random padding of a message: mail through a mailbox carries
+    /// at least 16 random bytes, so that finding its plaintext in the
+    /// mailbox's store means something.
+    pub msg_min: usize,
+    /// A mailbox and the pairs that meet only through it, if the seed drew
+    /// one.
+    pub mailbox: Option<MailboxPlan>,
+}
+
+/// A mailbox in the run (issue 18): node `node` runs with
+/// `Config::mailbox` and holds each pair's mail while its recipient is
+/// away. A pair's sender and recipient take turns being online and are
+/// never up at the same time, so everything between them goes through the
+/// mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxPlan {
+    /// The mailbox.
+    pub node: usize,
+    /// The pairs whose mail it carries.
+    pub pairs: Vec<MailPair>,
+}
+
+/// A sender and a recipient that only ever meet through the mailbox: the
+/// recipient authorizes the sender and names the mailbox
+/// (`Node::add_mailbox`); the sender authorizes the recipient and routes to
+/// the mailbox (`Node::add_route`); both dial each other, in vain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MailPair {
+    /// The sender.
+    pub sender: usize,
+    /// The recipient.
+    pub recipient: usize,
+}
+
+impl MailboxPlan {
+    /// The pair `a` and `b` form, in either order.
+    pub fn pair(&self, a: usize, b: usize) -> Option<MailPair> {
+        self.pairs
+            .iter()
+            .copied()
+            .find(|p| (p.sender == a && p.recipient == b) || (p.sender == b && p.recipient == a))
+    }
+
+    /// Whether `node` is a pair's sender or recipient.
+    pub fn in_pair(&self, node: usize) -> bool {
+        self.pairs
+            .iter()
+            .any(|p| p.sender == node || p.recipient == node)
+    }
 }
 
 impl Options {
+    /// Whether `to` authorizes `from` and reads everything it sends: an
+    /// edge, or a pair that meets through the mailbox.
+    pub fn authorized(&self, from: usize, to: usize) -> bool {
+        self.edge(from, to).is_some() || self.mail_pair(from, to).is_some()
+    }
+
+    /// The mailbox pair `a` and `b` form, in either order.
+    pub fn mail_pair(&self, a: usize, b: usize) -> Option<MailPair> {
+        self.mailbox.as_ref().and_then(|m| m.pair(a, b))
+    }
+
     /// Whether `a` and `b` form an authorized pair.
     pub fn edge(&self, a: usize, b: usize) -> Option<&Edge> {
         self.edges
@@ -253,8 +313,19 @@ impl Options {
     /// The one-line summary printed at the start of a run.
     pub fn summary(&self) -> String {
         let sparse = self.node.iter().filter(|n| n.sparse).count();
+        let mailbox = match &self.mailbox {
+            Some(m) => {
+                let pairs: Vec<String> = m
+                    .pairs
+                    .iter()
+                    .map(|p| format!("n{}->n{}", p.sender, p.recipient))
+                    .collect();
+                format!(" mailbox=n{} mail-pairs={}", m.node, pairs.join(","))
+            }
+            None => String::new(),
+        };
         format!(
-            "scenario={} nodes={} edges={} sparse-readers={} chaos={}s heal-bound={}s faults={} latency={}..{}ms jitter={}ms bandwidth={} max-chunk={} msg-size=16..{}",
+            "scenario={} nodes={} edges={} sparse-readers={} chaos={}s heal-bound={}s faults={} latency={}..{}ms jitter={}ms bandwidth={} max-chunk={} msg-size={}..{}{}",
             self.scenario,
             self.nodes,
             self.edges.len(),
@@ -271,7 +342,9 @@ impl Options {
                 format!("{}B/s", self.bandwidth)
             },
             self.max_chunk,
+            16 + self.msg_min,
             16 + self.msg_extra,
+            mailbox,
         )
     }
 }
@@ -456,6 +529,43 @@ pub enum Op {
         /// Bytes of each.
         size: u32,
     },
+    /// `node`'s owner takes it offline (uncommitted work lost, as in a
+    /// crash) and brings it back after `for_`: how a mailbox pair's sender
+    /// and recipient take turns. Workload, not a fault.
+    Offline {
+        /// The node.
+        node: usize,
+        /// How long it stays offline.
+        for_: u64,
+        /// Whether its peers see no close (the network went first), only
+        /// silence.
+        silent: bool,
+    },
+    /// The mailbox lies about one block of `from`'s feed to `to` that it
+    /// holds (chosen by `pick`): it forges the block's bytes, rewriting the
+    /// leaf hash beside them so that its own integrity check passes, or
+    /// drops them. The recipient must never deliver the forgery, and the
+    /// sender must never see the block acknowledged unless the recipient
+    /// already had it.
+    Tamper {
+        /// The mailbox.
+        mailbox: usize,
+        /// The feed's author.
+        from: usize,
+        /// Its recipient.
+        to: usize,
+        /// Drop the bytes instead of forging them.
+        drop: bool,
+        /// Which held block.
+        pick: u64,
+    },
+    /// Test-only sabotage, never generated: writes the plaintext of the
+    /// last message sent through the mailbox into the mailbox's store,
+    /// which the `plaintext-at-mailbox` oracle must report.
+    Leak {
+        /// The mailbox.
+        node: usize,
+    },
     /// Test-only sabotage, never generated: destroys the stored bytes of
     /// one received message at `node` behind the core's back, which the
     /// oracles must report.
@@ -476,6 +586,7 @@ impl Op {
                 | Op::Get { .. }
                 | Op::RemovePeer { .. }
                 | Op::Intrude { .. }
+                | Op::Offline { .. }
         )
     }
 }
@@ -563,6 +674,24 @@ impl fmt::Display for Op {
             Op::Pause { node, for_ } => write!(f, "pause n{node} for {}", secs(*for_)),
             Op::FailCommits { node, n } => write!(f, "fail-commits n{node} x{n}"),
             Op::Sabotage { node } => write!(f, "sabotage n{node}"),
+            Op::Offline { node, for_, silent } => write!(
+                f,
+                "offline n{node} for {}{}",
+                secs(*for_),
+                if *silent { " silent" } else { "" }
+            ),
+            Op::Tamper {
+                mailbox,
+                from,
+                to,
+                drop,
+                pick,
+            } => write!(
+                f,
+                "tamper n{mailbox}: {} a block of n{from} -> n{to} pick={pick}",
+                if *drop { "drop" } else { "forge" }
+            ),
+            Op::Leak { node } => write!(f, "leak plaintext into n{node}'s store"),
             Op::Backup { node } => write!(f, "backup n{node}"),
             Op::Flood { node, events, size } => {
                 write!(f, "flood n{node} x{events} of {size} bytes")
@@ -617,6 +746,15 @@ impl Plan {
                 if e.both { "<=>" } else { "=>" },
                 e.listener
             );
+        }
+        if let Some(m) = &self.options.mailbox {
+            s += &format!("  n{} is a mailbox\n", m.node);
+            for p in &m.pairs {
+                s += &format!(
+                    "  mail n{} => n{} through n{} alone\n",
+                    p.sender, p.recipient, m.node
+                );
+            }
         }
         for op in &self.ops {
             s += &format!("  at {}: {}\n", secs(op.at), op.op);
@@ -720,27 +858,14 @@ pub fn generate(seed: u64, params: &Params) -> Plan {
         Scenario::SparseDownload => 48,
         _ => d.pick(&[0, 100, 1000, 5000]),
     };
-    let mut node: Vec<NodeOptions> = (0..nodes)
-        .map(|_| NodeOptions {
-            prefetch: if d.chance(60) {
-                Prefetch::All
-            } else {
-                Prefetch::Window(d.range(1, 64))
-            },
-            sparse: false,
-            max_request_blocks: d.pick(&[1, 3, 16, 64, 1024]),
-            max_inflight: d.range(1, 8) as usize,
-            max_data_bytes: d.pick(&[256, 4096, 65_536, 256 << 10]),
-            backoff_base_ms: d.range(50, 500),
-            backoff_cap_ms: d.range(2, 20) * 1000,
-            prune_acked: d.chance(30),
-            clock_skew: if d.chance(50) {
-                d.range(0, 2_000) * MS
-            } else {
-                0
-            },
-        })
-        .collect();
+    // The mailbox draws from a stream of its own, so a seed that draws none
+    // keeps the plan it had before mailboxes existed.
+    let mut md = Dice::new(seed, "mailbox");
+    let mail_pairs = mail_pairs(&mut md, scenario, nodes);
+    // The mailbox and its pairs are the last nodes, apart from the random
+    // graph and its faults.
+    let nodes = nodes - mail_nodes(mail_pairs);
+    let mut node: Vec<NodeOptions> = (0..nodes).map(|_| random_node(&mut d)).collect();
     let mut edges = Vec::new();
     match scenario {
         Scenario::Mix => {
@@ -834,13 +959,362 @@ pub fn generate(seed: u64, params: &Params) -> Plan {
         msg_extra,
         node,
         edges,
+        msg_min: 0,
+        mailbox: None,
     };
     let mut ops = Vec::new();
     workload(&mut d, &options, &mut ops);
     fault_ops(&mut d, &options, &mut ops);
+    let last_turns = match mail_pairs {
+        0 => 0,
+        n => add_mailbox(&mut md, &mut options, &mut ops, n),
+    };
     ops.sort_by_key(|o| o.at);
-    options.heal_bound = heal_bound(&options, &ops);
+    options.heal_bound = heal_bound(&options, &ops).max(last_turns);
+    if let Some(m) = options.mailbox.clone() {
+        // A recipient's last window ends before the run does; from then on
+        // it stays offline, past the end (the final checks open its store).
+        for op in ops.iter_mut() {
+            if let Op::Offline { node, for_, .. } = &mut op.op {
+                if *for_ == u64::MAX && m.in_pair(*node) {
+                    *for_ = (options.chaos + options.heal_bound + SEC).saturating_sub(op.at);
+                }
+            }
+        }
+    }
     Plan { seed, options, ops }
+}
+
+/// One node's random configuration.
+fn random_node(d: &mut Dice) -> NodeOptions {
+    NodeOptions {
+        prefetch: if d.chance(60) {
+            Prefetch::All
+        } else {
+            Prefetch::Window(d.range(1, 64))
+        },
+        sparse: false,
+        max_request_blocks: d.pick(&[1, 3, 16, 64, 1024]),
+        max_inflight: d.range(1, 8) as usize,
+        max_data_bytes: d.pick(&[256, 4096, 65_536, 256 << 10]),
+        backoff_base_ms: d.range(50, 500),
+        backoff_cap_ms: d.range(2, 20) * 1000,
+        prune_acked: d.chance(30),
+        clock_skew: if d.chance(50) {
+            d.range(0, 2_000) * MS
+        } else {
+            0
+        },
+    }
+}
+
+/// Nodes a mailbox with `pairs` pairs takes: itself, a sender and a
+/// recipient per pair.
+fn mail_nodes(pairs: usize) -> usize {
+    if pairs == 0 {
+        0
+    } else {
+        1 + 2 * pairs
+    }
+}
+
+/// How many pairs meet through a mailbox: about one mix run in four has
+/// one, if `nodes` leaves at least two for the random graph.
+fn mail_pairs(md: &mut Dice, scenario: Scenario, nodes: usize) -> usize {
+    if scenario != Scenario::Mix || !md.chance(35) {
+        return 0;
+    }
+    let pairs = if md.chance(40) { 2 } else { 1 };
+    (1..=pairs)
+        .rev()
+        .find(|&p| nodes >= 2 + mail_nodes(p))
+        .unwrap_or(0)
+}
+
+/// A stretch of time one node of a mailbox pair is online.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    node: usize,
+    start: u64,
+    /// `u64::MAX`: online to the end of the run.
+    end: u64,
+}
+
+/// A pause between one of a pair leaving and the other arriving.
+fn gap(md: &mut Dice) -> u64 {
+    md.range(100, 1_000) * MS
+}
+
+/// A pair's turns in the chaos phase: windows of 2 to 8 s, taken in turn,
+/// whoever goes first drawn at random, ending with the recipient's (which
+/// names the mailbox before the last turns begin). Returns them and when
+/// the sender's push, the first of the last turns, begins.
+fn chaos_turns(md: &mut Dice, chaos: u64, p: MailPair) -> (Vec<Window>, u64) {
+    let other = |n: usize| if n == p.sender { p.recipient } else { p.sender };
+    let mut who = if md.chance(50) { p.sender } else { p.recipient };
+    let mut t = 0;
+    let mut out = Vec::new();
+    loop {
+        let len = md.range(2_000, 8_000) * MS;
+        if t + len > chaos {
+            break;
+        }
+        out.push(Window {
+            node: who,
+            start: t,
+            end: t + len,
+        });
+        t += len + gap(md);
+        who = other(who);
+    }
+    if out.last().map(|w| w.node) != Some(p.recipient) {
+        // The sender had the last window, or there was none: the recipient
+        // takes one more.
+        let len = md.range(2_000, 8_000) * MS;
+        out.push(Window {
+            node: p.recipient,
+            start: t,
+            end: t + len,
+        });
+        t += len + gap(md);
+    }
+    (out, t)
+}
+
+/// Appends the mailbox and `pairs` pairs to the plan's nodes, with their
+/// comings and goings, sends, reads, and the mailbox's lies. Returns how
+/// long after the chaos the run must last for the pairs' last turns.
+fn add_mailbox(md: &mut Dice, o: &mut Options, ops: &mut Vec<TimedOp>, pairs: usize) -> u64 {
+    let mailbox = o.nodes;
+    let plan = MailboxPlan {
+        node: mailbox,
+        pairs: (0..pairs)
+            .map(|k| MailPair {
+                sender: mailbox + 1 + 2 * k,
+                recipient: mailbox + 2 + 2 * k,
+            })
+            .collect(),
+    };
+    o.nodes += mail_nodes(pairs);
+    for _ in 0..mail_nodes(pairs) {
+        let n = random_node(md);
+        o.node.push(n);
+    }
+    // At least 16 random bytes in every message, so that each plaintext is
+    // distinctive.
+    o.msg_min = 16;
+    o.msg_extra = o.msg_extra.max(64);
+    let faults = o.faults != FaultLevel::None;
+    let block = 16 + o.msg_extra as u64 + 200;
+    let mut longest = 0;
+    // Each recipient's last window before the sender's push: there it
+    // names the mailbox, if it never could before (the mailbox refuses
+    // mail for a recipient it has not heard name it), so the mailbox
+    // neither withholds nor goes down then.
+    let mut naming = Vec::new();
+    // The recipients' other windows in the chaos phase.
+    let mut collecting = Vec::new();
+    for &p in &plan.pairs {
+        let (mut windows, push) = chaos_turns(md, o.chaos, p);
+        let last_r = windows.iter().rposition(|w| w.node == p.recipient);
+        naming.extend(last_r.map(|k| windows[k]));
+        // Sends, while the sender is online in the chaos phase: after it,
+        // the pair only settles up.
+        let mut sending: Vec<(u64, u64)> = windows
+            .iter()
+            .filter(|w| w.node == p.sender)
+            .map(|w| (w.start, w.end.min(o.chaos)))
+            .collect();
+        sending.push((push, o.chaos));
+        let mut bytes = 0;
+        let big = md.pick(&[1, 5, 50]);
+        let rate = md.range(1, 3);
+        for (start, end) in sending.into_iter().filter(|(s, e)| s < e) {
+            for _ in 0..((end - start) * rate / SEC).max(1) {
+                let count = if md.chance(80) {
+                    1
+                } else {
+                    md.range(2, big) as u32
+                };
+                let delay = if md.chance(15) {
+                    md.range(100, 5_000) * MS
+                } else {
+                    0
+                };
+                let expire = if md.chance(15) {
+                    delay + md.range(500, 30_000) * MS
+                } else {
+                    0
+                };
+                bytes += u64::from(count) * block;
+                ops.push(TimedOp {
+                    at: md.range(start, end - 1),
+                    op: Op::Send {
+                        from: p.sender,
+                        to: p.recipient,
+                        count,
+                        delay,
+                        expire,
+                    },
+                });
+            }
+        }
+        // The last turns: the sender pushes, the recipient collects, the
+        // sender learns of delivery. Each has time for a connection and
+        // the whole feed at the link's bandwidth, twice over, and for a
+        // round trip per data message: a request is answered with one, of
+        // at most the server's `max_data_bytes` (at least one block).
+        let transfer = (2 * bytes * SEC).checked_div(o.bandwidth).unwrap_or(0);
+        let blocks = bytes / block;
+        let messages = [mailbox, p.sender]
+            .iter()
+            .map(|&n| blocks.min(bytes.div_ceil(o.node[n].max_data_bytes as u64)))
+            .max()
+            .unwrap_or(blocks);
+        let round_trip = 2 * (o.latency.1 + o.jitter) + 10 * MS;
+        let turn = 15 * SEC + transfer + messages * round_trip;
+        // The push may begin in the chaos, where a fault can leave the
+        // sender's connection to the mailbox dead or mute: it has time to
+        // notice (idle timeout, keepalive and handshake timeout) and to
+        // come back (two capped backoffs).
+        let core = peermq::Config::default();
+        let notice = core.idle_timeout + core.keepalive_interval + core.handshake_timeout;
+        let cap = o.node[p.sender].backoff_cap_ms * MS;
+        let recover = match push < o.chaos {
+            true => u64::try_from(notice.as_micros()).unwrap_or(u64::MAX) + 2 * cap,
+            false => 0,
+        };
+        let push_end = push.max(o.chaos) + turn + recover;
+        let collect = push_end + gap(md);
+        let ack = collect + turn + gap(md);
+        windows.push(Window {
+            node: p.sender,
+            start: push,
+            end: push_end,
+        });
+        windows.push(Window {
+            node: p.recipient,
+            start: collect,
+            end: collect + turn,
+        });
+        windows.push(Window {
+            node: p.sender,
+            start: ack,
+            end: u64::MAX,
+        });
+        longest = longest.max(ack + turn + 10 * SEC - o.chaos);
+        // The recipient reads and archives at its own pace while online;
+        // it never clears, so what it holds is what was delivered.
+        let every = md.range(100, 3000) * MS;
+        let archive = md.range(40, 100) as u8;
+        every_so_often(ops, md, every, o.chaos, |d| Op::Read {
+            node: p.recipient,
+            limit: d.range(1, 200) as u32,
+            archive,
+            clear: 0,
+            seed: d.u64(),
+        });
+        // The comings and goings: whoever is not online first leaves at
+        // once; each leaves at the end of its window until its next (the
+        // recipient's last absence lasts past the end of the run).
+        for node in [p.sender, p.recipient] {
+            let mine: Vec<Window> = windows.iter().copied().filter(|w| w.node == node).collect();
+            if let Some(first) = mine.first().filter(|w| w.start > 0) {
+                ops.push(TimedOp {
+                    at: 0,
+                    op: Op::Offline {
+                        node,
+                        for_: first.start,
+                        silent: false,
+                    },
+                });
+            }
+            for (k, w) in mine.iter().enumerate().filter(|(_, w)| w.end != u64::MAX) {
+                let next = mine.get(k + 1).map_or(u64::MAX, |x| x.start);
+                ops.push(TimedOp {
+                    at: w.end,
+                    op: Op::Offline {
+                        node,
+                        for_: if next == u64::MAX {
+                            u64::MAX
+                        } else {
+                            next - w.end
+                        },
+                        silent: md.chance(30),
+                    },
+                });
+            }
+        }
+        // The mailbox lies to this recipient: it withholds its mail for
+        // one of its windows, or forges or drops a block it is about to
+        // collect.
+        let chaos_r: Vec<Window> = windows
+            .iter()
+            .enumerate()
+            .filter(|&(k, w)| w.node == p.recipient && w.end <= o.chaos && Some(k) != last_r)
+            .map(|(_, w)| *w)
+            .collect();
+        collecting.extend(chaos_r.iter().copied());
+        if faults && !chaos_r.is_empty() && md.chance(30) {
+            let w = md.pick(&chaos_r);
+            ops.push(TimedOp {
+                at: w.start,
+                op: Op::Partition {
+                    a: mailbox,
+                    b: p.recipient,
+                    oneway: true,
+                    for_: w.end - w.start,
+                },
+            });
+        }
+        if faults && !chaos_r.is_empty() && md.chance(20) {
+            let w = md.pick(&chaos_r);
+            ops.push(TimedOp {
+                at: w.start.saturating_sub(MS),
+                op: Op::Tamper {
+                    mailbox,
+                    from: p.sender,
+                    to: p.recipient,
+                    drop: md.chance(50),
+                    pick: md.u64(),
+                },
+            });
+        }
+    }
+    // The mailbox goes down for a moment now and then, but is up for the
+    // last turns.
+    // It is back a second before the first naming window opens, so that
+    // the recipient's first dial finds it, and before any sender pushes
+    // for the last time (a silent crash would leave the sender on a dead
+    // connection until its idle timeout).
+    let back_by = naming.iter().map(|w| w.start).min().unwrap_or(0);
+    if faults && md.chance(40) && back_by > 2 * SEC {
+        let down = md.range(100, 1_000) * MS;
+        let latest = back_by - SEC - down;
+        // Half the time just after a recipient came to collect, so that
+        // its requests in flight die with the connection and must be
+        // asked again.
+        let starts: Vec<u64> = collecting
+            .iter()
+            .map(|w| w.start)
+            .filter(|&t| t + 500 * MS <= latest)
+            .collect();
+        let at = if !starts.is_empty() && md.chance(50) {
+            md.pick(&starts) + md.range(50, 500) * MS
+        } else {
+            md.range(0, latest)
+        };
+        ops.push(TimedOp {
+            at,
+            op: Op::Crash {
+                node: mailbox,
+                down,
+                silent: md.chance(30),
+            },
+        });
+    }
+    o.mailbox = Some(plan);
+    longest
 }
 
 fn random_edge(d: &mut Dice, a: usize, b: usize) -> Edge {

@@ -51,3 +51,16 @@ fn seed_802_corrupted_length_prefix_times_out() {
 fn seed_209_standing_request_after_restart() {
     passes(209);
 }
+
+/// Liveness, with a mailbox: the sender left while the mailbox was
+/// fetching its newest block, and the mailbox never asked for it again
+/// (a closing connection released requests of broadcast feeds and inboxes
+/// only), so the recipient was refused it at every visit. Fixed: a
+/// carried feed's requests are released and planned again. The
+/// recipient's side of the same bug is
+/// `a_recipient_whose_mailbox_connection_drops_mid_request_asks_again` in
+/// tests/mailbox.rs.
+#[test]
+fn seed_6_mailbox_asks_again_after_its_author_left_mid_request() {
+    passes(6);
+}

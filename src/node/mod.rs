@@ -802,8 +802,15 @@ impl State {
             if let Some(r) = self.replicas.get_mut(&feed) {
                 r.dl.requested.remove(start, end);
                 feeds_to_reschedule.insert(feed);
-            } else if let Some(inbox) = conn.peer.and_then(|p| self.inboxes.get_mut(&p)) {
-                inbox.dl.requested.remove(start, end);
+            } else if let Some(c) = self.mail.carried.get_mut(&feed) {
+                c.dl.requested.remove(start, end);
+                self.to_schedule.insert(Target::Carried(feed));
+            } else if let Some(from) = conn.peer.and_then(|p| self.queue_sender(p, &feed)) {
+                // From the sender, or from a mailbox holding its mail.
+                if let Some(inbox) = self.inboxes.get_mut(&from) {
+                    inbox.dl.requested.remove(start, end);
+                    self.to_schedule.insert(Target::Queue(from));
+                }
             }
         }
         for feed in feeds_to_reschedule {

@@ -34,6 +34,13 @@ impl Sim<'_> {
                 continue;
             };
             let f = node.footprint();
+            // Mail adds heads of queue feeds: those a mailbox carries, and
+            // those of a recipient's senders, announced by its mailbox.
+            let mail_feeds = match self.plan.options.mailbox {
+                Some(_) if node.mailboxes().is_empty() => node.carried().len(),
+                Some(_) => node.carried().len() + node.peers().len(),
+                None => 0,
+            };
             let c = s.config.max_inflight_requests.max(1);
             let per_conn = 2 * limits::MAX_INFLIGHT_REQUESTS + c;
             let over = [
@@ -61,7 +68,7 @@ impl Sim<'_> {
                 (
                     "announced feeds",
                     f.remote_feeds,
-                    f.connections * f.broadcast_feeds,
+                    f.connections * (f.broadcast_feeds + mail_feeds),
                 ),
             ]
             .into_iter()
@@ -126,6 +133,13 @@ impl Sim<'_> {
             return;
         }
         let n = self.slots.len();
+        // A mailbox pair's member offline at the end is opened to be
+        // checked; the run is over, so it meets nobody.
+        for i in 0..n {
+            if self.slots[i].node.is_none() && self.keeps_own_hours(i) {
+                self.restart(i);
+            }
+        }
         let bound = self.plan.options.heal_bound / SEC;
         // What each node holds, per sender, and its status counts.
         let mut held: BTreeMap<(usize, usize), BTreeSet<u64>> = BTreeMap::new();
@@ -172,7 +186,14 @@ impl Sim<'_> {
                         self.fail(f);
                         return;
                     }
-                    held.entry((i, from)).or_default().insert(rec.seq);
+                    let again = !held.entry((i, from)).or_default().insert(rec.seq);
+                    if again && !self.oracle.is_rogue(i) {
+                        self.fail(Failure::new(
+                            "delivered-twice",
+                            format!("n{i} holds message {} from n{from} twice (unread, archived or dead)", rec.seq),
+                        ));
+                        return;
+                    }
                 }
             }
             let r = match self.slots[i].node.as_mut() {
@@ -226,7 +247,7 @@ impl Sim<'_> {
             if from == usize::MAX || to == usize::MAX {
                 continue;
             }
-            let authorized = self.plan.options.edge(from, to).is_some();
+            let authorized = self.plan.options.authorized(from, to);
             let rec = received.get(&(from, to)).copied().unwrap_or(0);
             if !authorized && rec > 0 {
                 self.fail(Failure::new(
@@ -238,7 +259,8 @@ impl Sim<'_> {
             let (len, acked) = sender.get(&(from, to)).copied().unwrap_or((0, 0));
             let empty = BTreeSet::new();
             let h = held.get(&(to, from)).unwrap_or(&empty);
-            let expect_all = authorized && !self.plan.options.node[to].sparse;
+            let expect_all =
+                authorized && !self.plan.options.node[to].sparse && !self.mail_doomed(from, to);
             if let Err(f) = self
                 .oracle
                 .check_pair(from, to, h, len, rec, acked, expect_all, bound)
@@ -298,6 +320,10 @@ impl Sim<'_> {
                     return;
                 }
             }
+        }
+        if let Err(f) = self.check_mail_end() {
+            self.fail(f);
+            return;
         }
         self.note(format_args!("final checks passed"));
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use peermq::store::Table;
 use peermq::{ConnId, Feed, FeedDescriptor, Instant, Mailbox, Node, NodeError, PeerId, Txn};
 
-use crate::oracle::{message, Failure, Rogue};
+use crate::oracle::{Failure, Rogue};
 use crate::plan::SEC;
 
 use super::{corruption_deadline, entropy, Chunk, Ev, Sim};
@@ -173,7 +173,8 @@ impl Sim<'_> {
                 self.slots[i].paused_until = Some(self.now);
                 self.at(self.now, Ev::Resume { node: i });
             }
-            if self.slots[i].node.is_none() {
+            // A mailbox pair's sender and recipient keep taking turns.
+            if self.slots[i].node.is_none() && !self.keeps_own_hours(i) {
                 self.at(self.now, Ev::Restart { node: i });
             }
         }
@@ -224,12 +225,7 @@ impl Sim<'_> {
             return;
         }
         let id = self.slots[to].id;
-        let msg = message(
-            from,
-            to,
-            self.oracle.sent(from, to),
-            self.plan.options.msg_extra,
-        );
+        let msg = self.oracle.message(from, to, self.oracle.sent(from, to));
         let r = match self.slots[from].node.as_mut() {
             Some(x) => {
                 x.dial(id, now);

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use peermq::{
-    Config, ConnId, Entropy, Event, FeedError, Instant, MemStore, Node, NodeError, Output, PeerId,
-    StoreError,
+    Config, ConnId, Entropy, Event, FeedError, Instant, MailboxLimits, MemStore, Node, NodeError,
+    Output, PeerId, StoreError,
 };
 
 use crate::oracle::{Failure, Oracle};
@@ -20,6 +20,7 @@ use crate::plan::{Dice, Op, Plan, MS, SEC};
 
 mod checks;
 mod faults;
+mod mail;
 mod network;
 mod times;
 mod trace;
@@ -77,6 +78,15 @@ pub struct Report {
     pub sparse_blocks: u64,
     /// Forks caught (`Event::Forked`), by the rogue author's peers.
     pub forks: u64,
+    /// Messages sent through the mailbox, by the pairs that meet only
+    /// there.
+    pub mail_sent: u64,
+    /// Of those, how many their senders saw acknowledged at the end.
+    pub mail_acked: u64,
+    /// Refusals the mailbox's senders heard (`Event::MailboxRefused`).
+    pub mail_refusals: u64,
+    /// Blocks the mailbox forged or dropped before its recipient had them.
+    pub mail_tampered: u64,
 }
 
 enum Chunk {
@@ -169,6 +179,8 @@ pub struct Sim<'p> {
     times: times::Times,
     /// Backups of nodes' stores, restored by `Op::Restore`.
     backups: BTreeMap<usize, MemStore>,
+    /// What the mailbox oracles keep.
+    mail: mail::Mail,
     stats: Report,
 }
 
@@ -201,6 +213,7 @@ impl<'p> Sim<'p> {
     pub fn new(plan: &'p Plan) -> Self {
         let o = &plan.options;
         let mut oracle = Oracle::new(o.nodes, o.msg_extra);
+        oracle.msg_min = o.msg_min;
         let mut slots = Vec::with_capacity(o.nodes);
         let mut index = BTreeMap::new();
         for (i, no) in o.node.iter().enumerate() {
@@ -215,6 +228,11 @@ impl<'p> Sim<'p> {
                 store_poll_interval: None,
                 open: false,
                 max_author_bytes: crate::plan::AUTHOR_QUOTA,
+                mailbox: o
+                    .mailbox
+                    .as_ref()
+                    .filter(|m| m.node == i)
+                    .map(|_| MailboxLimits::default()),
                 ..Config::default()
             };
             let store = MemStore::new();
@@ -273,8 +291,10 @@ impl<'p> Sim<'p> {
             times: times::Times::default(),
             backups: BTreeMap::new(),
             drain_soon: BTreeSet::new(),
+            mail: mail::Mail::default(),
             stats: Report::default(),
         };
+        sim.set_up_mail();
         for (k, op) in plan.ops.iter().enumerate() {
             sim.at(op.at, Ev::Op(k));
         }
@@ -372,6 +392,8 @@ impl<'p> Sim<'p> {
         r.sent = self.oracle.sent.values().sum();
         r.sparse_bytes = self.tally.sparse_bytes.values().sum();
         r.sparse_blocks = self.oracle.asked.values().map(|s| s.len() as u64).sum();
+        r.mail_refusals = self.mail.refusals;
+        r.mail_tampered = self.mail.tampered.values().map(|s| s.len() as u64).sum();
         r
     }
 
@@ -496,7 +518,8 @@ impl<'p> Sim<'p> {
                     }
                 }
                 self.stats.connections += 1;
-                self.oracle.on_connected(i, p, inbound)
+                self.check_direct(i, p)
+                    .and_then(|()| self.oracle.on_connected(i, p, inbound))
             }
             Event::Message { from, seq } => {
                 self.stats.delivered += 1;
@@ -511,7 +534,13 @@ impl<'p> Sim<'p> {
             }
             Event::Acked { to, start, end } => {
                 let t = self.peer_index(&to);
-                self.oracle.on_acked(i, t, start, end)
+                self.oracle
+                    .on_acked(i, t, start, end)
+                    .and_then(|()| self.check_acked_held(i, t, start, end))
+            }
+            Event::MailboxRefused { .. } => {
+                self.mail.refusals += 1;
+                Ok(())
             }
             Event::Fetched { from, seq } => {
                 let f = self.peer_index(&from);
@@ -641,6 +670,9 @@ impl<'p> Sim<'p> {
             }
             Ev::Check => {
                 self.check_corruption();
+                if let Err(f) = self.check_plaintext() {
+                    self.fail(f);
+                }
                 self.at(self.now + 5 * SEC, Ev::Check);
             }
         }
@@ -795,6 +827,22 @@ impl<'p> Sim<'p> {
                 self.slots[node].store.fail_commits(n);
             }
             Op::Sabotage { node } => self.sabotage(node),
+            Op::Offline { node, for_, silent } => {
+                if self.slots[node].node.is_none() {
+                    return;
+                }
+                self.note(format_args!("n{node} goes offline"));
+                self.crash(node, silent);
+                self.at(self.now.saturating_add(for_), Ev::Restart { node });
+            }
+            Op::Tamper {
+                mailbox,
+                from,
+                to,
+                drop,
+                pick,
+            } => self.tamper(mailbox, from, to, drop, pick),
+            Op::Leak { node } => self.leak(node),
             Op::Backup { node } => {
                 let copy = self.slots[node].store.snapshot();
                 self.backups.insert(node, copy);

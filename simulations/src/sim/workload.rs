@@ -2,7 +2,7 @@
 
 use peermq::{FeedDescriptor, Fetch, Instant, Mailbox, Schedule};
 
-use crate::oracle::{branch_message, Failure};
+use crate::oracle::{padded_message, Failure};
 use crate::plan::Dice;
 
 use super::Sim;
@@ -145,7 +145,7 @@ impl Sim<'_> {
         if !self.live(from) || from >= n || to >= n {
             return;
         }
-        let extra = self.plan.options.msg_extra;
+        let extra = self.oracle.extra();
         let to_id = self.slots[to].id;
         let rogue = self.oracle.is_rogue(from);
         // A rogue's seqs restart where its restored feed ends: the
@@ -170,7 +170,7 @@ impl Sim<'_> {
             (self.oracle.sent(from, to), 0)
         };
         let msgs: Vec<Vec<u8>> = (0..u64::from(count))
-            .map(|k| branch_message(from, to, start + k, extra, branch))
+            .map(|k| padded_message(from, to, start + k, extra, branch))
             .collect();
         let r = match self.slots[from].node.as_mut() {
             Some(node) if count == 1 && schedule.is_empty() => {
