@@ -1033,3 +1033,47 @@ fn heads_of_authors_a_node_does_not_replicate_cost_no_signature_check() {
         .all(|(a, _)| *a != stranger.peer_id()));
     w.still_serving();
 }
+
+#[test]
+fn a_taken_message_sealed_to_another_key_is_dead_lettered_and_the_rest_taken() {
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(8);
+    let h = w.h.peer_id();
+    // Message 0 is sealed to a stranger; message 1 to A, as it should be.
+    let mut rng = SeededRng::from_u64(12);
+    let stranger = Keypair::generate(&mut rng).peer_id();
+    let sealed = |to: peermq::PeerId, seq: u64, m: &[u8]| {
+        let s = peermq::identity::seal::Sealer::new(&mut rng.clone(), h, to).unwrap();
+        let mut block = peermq::wire::envelope::sealed_header(
+            &peermq::Schedule::NONE,
+            &s.ephemeral(),
+            m.len() + peermq::identity::seal::TAG_LEN,
+        );
+        s.seal_into(seq, m, &mut block);
+        block
+    };
+    let wrong = sealed(stranger, 0, b"not for A");
+    let right = sealed(w.a.id(), 1, b"for A");
+    let feed = hostile_feed(&w, &[&wrong, &right]);
+    serve_first_request(&mut w, &mut raw, conn, &feed, |_| {});
+    assert_eq!(w.closed_with(conn), None, "the blocks are genuine");
+    let policy = peermq::RetryPolicy::default();
+    let lease = std::time::Duration::from_secs(60);
+    let taken = w.a.take(10, lease, &policy, Timestamp::EPOCH).unwrap();
+    let from_h: Vec<(u64, Vec<u8>)> = taken
+        .into_iter()
+        .filter(|t| t.lease.from == h)
+        .map(|t| (t.lease.seq, t.data))
+        .collect();
+    assert_eq!(from_h, vec![(1, b"for A".to_vec())]);
+    assert_eq!(
+        w.a.dead_reason(h, 0).unwrap(),
+        Some((DeadReason::Unreadable, 0))
+    );
+    let outs: Vec<Output> = std::iter::from_fn(|| w.a.poll_output()).collect();
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::DeadLettered { from, seq: 0, reason: DeadReason::Unreadable, .. })
+            if *from == h
+    )));
+}

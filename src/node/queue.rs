@@ -784,19 +784,49 @@ pub(super) fn deliverable(
     opener: &mut Opener,
     from: PeerId,
     seq: u64,
-    mut block: Vec<u8>,
+    block: Vec<u8>,
     now: Option<Timestamp>,
 ) -> Result<Vec<u8>, Hold> {
-    let opened = envelope::open(&block).map_err(Hold::Unreadable)?;
+    let due = due(&block, now)?;
+    open_due(opener, from, seq, block, due)
+}
+
+/// Where a block that [`due`] admitted keeps its payload.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DueBlock {
+    /// Bytes of envelope before the payload.
+    envelope_len: usize,
+    /// The epoch key it was sealed with, if it was.
+    sealed: Option<[u8; 32]>,
+}
+
+/// The first, cheap half of [`deliverable`]: whether `block` may be
+/// delivered now by its envelope and schedule, without opening its seal
+/// (which [`open_due`] does, outside any lock a caller holds).
+pub(super) fn due(block: &[u8], now: Option<Timestamp>) -> Result<DueBlock, Hold> {
+    let opened = envelope::open(block).map_err(Hold::Unreadable)?;
     match now.map_or(Due::Now, |now| opened.schedule.due(now)) {
         Due::Now => {}
         Due::At(t) => return Err(Hold::Until(t)),
         Due::Expired => return Err(Hold::Expired),
     }
-    let sealed = opened.sealed;
-    let envelope_len = block.len() - opened.payload.len();
-    block.drain(..envelope_len);
-    if let Some(ephemeral) = sealed {
+    Ok(DueBlock {
+        envelope_len: block.len() - opened.payload.len(),
+        sealed: opened.sealed,
+    })
+}
+
+/// The second half of [`deliverable`]: the payload of a block [`due`]
+/// admitted, its seal opened.
+pub(super) fn open_due(
+    opener: &mut Opener,
+    from: PeerId,
+    seq: u64,
+    mut block: Vec<u8>,
+    due: DueBlock,
+) -> Result<Vec<u8>, Hold> {
+    block.drain(..due.envelope_len);
+    if let Some(ephemeral) = due.sealed {
         opener
             .open_in_place(from, &ephemeral, seq, &mut block)
             .map_err(|_| Hold::Unreadable(envelope::EnvelopeError::Sealed))?;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::category::{Category, DeadReason};
 use super::event::{Event, Output};
 use super::marks::{Job, Marks};
-use super::queue::{check_movable, deliverable, Mailbox};
+use super::queue::{check_movable, due, open_due, Mailbox};
 use super::{peer_keys, retry_on_conflict, Node, NodeError};
 use crate::feed::FeedDescriptor;
 use crate::identity::PeerId;
@@ -265,14 +265,17 @@ impl<S: Store> Node<S> {
                     let Some(block) = feed.get(&txn, seq)? else {
                         continue;
                     };
-                    let data = if job.deliveries >= policy.max_deliveries.max(1) {
+                    // Under the writer lock, only what decides whether it
+                    // may be taken: its seal is opened after the commit,
+                    // so that workers do not wait on each other's
+                    // decryption.
+                    let admitted = if job.deliveries >= policy.max_deliveries.max(1) {
                         Err(Some(DeadReason::MaxDeliveries))
                     } else {
-                        deliverable(&mut self.opener, from, seq, block, Some(now))
-                            .map_err(|hold| hold.dead_reason())
+                        due(&block, Some(now)).map_err(|hold| hold.dead_reason())
                     };
-                    let data = match data {
-                        Ok(data) => data,
+                    let admitted = match admitted {
+                        Ok(admitted) => admitted,
                         Err(None) => continue,
                         Err(Some(reason)) => {
                             marks.move_to(seq, Category::DEAD);
@@ -299,11 +302,14 @@ impl<S: Store> Node<S> {
                             retry_at: job.retry_at,
                         },
                     );
-                    out.push(Taken {
-                        lease,
-                        delivery,
-                        data,
-                    });
+                    out.push((
+                        Taken {
+                            lease,
+                            delivery,
+                            data: block,
+                        },
+                        admitted,
+                    ));
                 }
                 if changed {
                     marks.save(&mut txn, &from, raw.as_deref());
@@ -320,6 +326,40 @@ impl<S: Store> Node<S> {
                 }
             }
         }
+        let mut opened = Vec::with_capacity(taken.len());
+        for (mut t, admitted) in taken {
+            let (from, seq) = (t.lease.from, t.lease.seq);
+            match open_due(
+                &mut self.opener,
+                from,
+                seq,
+                std::mem::take(&mut t.data),
+                admitted,
+            ) {
+                Ok(data) => {
+                    t.data = data;
+                    opened.push(t);
+                }
+                // Sealed to another key, or damaged by its author: it goes
+                // to the dead letters, as any unreadable message does.
+                Err(_) => {
+                    let lease = t.lease;
+                    // It was never handed out: this take does not count.
+                    let deliveries = t.delivery - 1;
+                    let moved = self.update_marks(from, |_, marks| {
+                        if held_job(marks, &lease).is_err() {
+                            return Ok(false);
+                        }
+                        marks.move_to(seq, Category::DEAD);
+                        marks.dead.insert(seq, (DeadReason::Unreadable, deliveries));
+                        Ok(true)
+                    })?;
+                    if moved {
+                        dead.push((from, seq, DeadReason::Unreadable, deliveries));
+                    }
+                }
+            }
+        }
         for (from, seq, reason, deliveries) in dead {
             self.st.out.push_back(Output::Event(Event::DeadLettered {
                 from,
@@ -328,7 +368,7 @@ impl<S: Store> Node<S> {
                 deliveries,
             }));
         }
-        Ok(taken)
+        Ok(opened)
     }
 
     /// Extends `lease` to `lease_for` from `now`, for a consumer that needs
