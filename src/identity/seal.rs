@@ -133,7 +133,7 @@ impl Sealer {
 const OPENER_KEYS: usize = 64;
 
 /// Opens messages sealed to one identity. Remembers the keys of the last
-/// [`OPENER_KEYS`] epochs it opened, so the messages of one epoch cost one
+/// 64 epochs it opened, so the messages of one epoch cost one
 /// key agreement.
 pub struct Opener {
     me: PeerId,

@@ -616,25 +616,26 @@ impl State {
             return Ok(false);
         };
         newly.subtract(&c.acked);
+        if newly.is_empty() {
+            // Nothing new: neither kept nor handed on.
+            return Ok(true);
+        }
         c.acked.union(&newly);
         c.receipts.push(receipt.clone());
         if c.receipts.len() > MAX_KEPT_RECEIPTS {
             c.receipts.remove(0);
         }
-        let drop = newly;
-        let held_before = c.dl.held.clone();
+        let dropping: Vec<u64> = newly
+            .ranges()
+            .flat_map(|(a, b)| c.dl.held.iter_within(a, b))
+            .collect();
         let feed = self.feed(txn, desc)?;
         let mut freed = 0u64;
-        for (a, b) in drop.ranges() {
-            for seq in a..b {
-                if !held_before.contains(seq) {
-                    continue;
-                }
-                if let Some(block) = feed.get(txn, seq)? {
-                    freed += block.len() as u64;
-                }
-                feed.drop_block(txn, seq)?;
+        for seq in dropping {
+            if let Some(block) = feed.get(txn, seq)? {
+                freed += block.len() as u64;
             }
+            feed.drop_block(txn, seq)?;
         }
         if let Some(c) = self.mail.carried.get_mut(&receipt.feed) {
             c.bytes = c.bytes.saturating_sub(freed);
