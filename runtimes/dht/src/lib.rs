@@ -131,6 +131,8 @@ struct Ours {
     announced: Vec<SocketAddr>,
     relay: Option<String>,
     loopback: bool,
+    /// The mailboxes we named.
+    mailboxes: Vec<PeerId>,
 }
 
 /// Keys seen recently, at most [`MAX_MISSES`], the oldest forgotten first.
@@ -230,7 +232,13 @@ impl Dht {
         self.update(|ours| ours.announced = addrs);
     }
 
-    /// Publishes `record` (addresses and relay) as this node's, at once.
+    /// Publishes `mailboxes` as those that hold this node's mail.
+    pub fn set_mailboxes(&self, mailboxes: Vec<PeerId>) {
+        self.update(|ours| ours.mailboxes = mailboxes);
+    }
+
+    /// Publishes `record`'s addresses and relay as this node's, at once
+    /// (its mailboxes are [`Dht::set_mailboxes`]'s business).
     pub fn set_record(&self, record: Record) {
         self.update(|ours| {
             ours.announced = record.addrs;
@@ -243,9 +251,9 @@ impl Dht {
     fn update(&self, change: impl FnOnce(&mut Ours)) {
         let changed = {
             let mut ours = lock(&self.shared.record);
-            let before = (ours.announced.clone(), ours.relay.clone());
+            let before = record_of(&ours);
             change(&mut ours);
-            before != (ours.announced.clone(), ours.relay.clone())
+            before != record_of(&ours)
         };
         if changed {
             let _ = self.publish.send(());
@@ -355,6 +363,23 @@ impl Discovery for Dht {
         true
     }
 
+    fn mailboxes_of<'a>(&'a self, peer: &'a PeerId) -> BoxFuture<'a, io::Result<Vec<PeerId>>> {
+        Box::pin(async move {
+            Ok(self
+                .resolve(peer)
+                .await
+                .map(|r| r.mailboxes)
+                .unwrap_or_default())
+        })
+    }
+
+    fn announce_mailboxes(&self, me: &PeerId, mailboxes: &[PeerId]) -> io::Result<()> {
+        if *me == self.me {
+            self.set_mailboxes(mailboxes.to_vec());
+        }
+        Ok(())
+    }
+
     fn announce(&self, me: &PeerId, addr: SocketAddr) -> io::Result<()> {
         if *me != self.me {
             return Err(io::Error::new(
@@ -396,6 +421,7 @@ fn record_of(ours: &Ours) -> Record {
     Record {
         addrs,
         relay: ours.relay.clone(),
+        mailboxes: ours.mailboxes.clone(),
     }
 }
 
@@ -497,6 +523,7 @@ mod tests {
             ],
             relay: Some("https://relay.example/".into()),
             loopback: false,
+            mailboxes: Vec::new(),
         };
         assert_eq!(
             record_of(&ours).addrs,

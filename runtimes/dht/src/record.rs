@@ -3,8 +3,12 @@
 //! key) holding one TXT record at `_peermq`:
 //!
 //! ```text
-//! _peermq  TXT  "v=1"  "addr=192.0.2.7:4000"  "addr=[2001:db8::7]:4000"  "relay=https://relay.example/"
+//! _peermq  TXT  "v=1"  "addr=192.0.2.7:4000"  "addr=[2001:db8::7]:4000"  "relay=https://relay.example/"  "mbox=<64 hex>"
 //! ```
+//!
+//! `mbox` names a mailbox that holds the node's mail while it is away
+//! (`peermq add-mailbox`); the record is signed by the node's own key, so
+//! it says so as surely as the node's signed list of mailboxes does.
 //!
 //! A reader trusts nothing it did not check: the packet's signature (pkarr
 //! checks it against the key it carries), that the key is the one looked
@@ -24,6 +28,8 @@ const VERSION: &str = "v=1";
 /// Most addresses a record carries (more are ignored when publishing and
 /// refused when reading).
 pub const MAX_ADDRS: usize = 8;
+/// Most mailboxes a record names (the protocol's limit).
+pub const MAX_MAILBOXES: usize = peermq::wire::mailboxes::MAX_MAILBOXES;
 /// Longest relay URL accepted.
 pub const MAX_RELAY_LEN: usize = 256;
 /// Records older than this are stale: their node has stopped
@@ -41,6 +47,8 @@ pub struct Record {
     pub addrs: Vec<SocketAddr>,
     /// The relay the node is reachable through (its home relay), if any.
     pub relay: Option<String>,
+    /// The mailboxes that hold the node's mail while it is away.
+    pub mailboxes: Vec<PeerId>,
 }
 
 /// Why a found record was refused.
@@ -76,6 +84,12 @@ impl Record {
                     .iter()
                     .filter(|r| r.len() <= MAX_RELAY_LEN)
                     .map(|r| format!("relay={r}")),
+            )
+            .chain(
+                self.mailboxes
+                    .iter()
+                    .take(MAX_MAILBOXES)
+                    .map(|m| format!("mbox={m}")),
             )
             .collect();
         let mut txt = TXT::new();
@@ -156,6 +170,13 @@ fn parse(txt: &TXT<'_>) -> Result<Record, RecordError> {
                 record.relay = Some(url.to_string());
             }
             (b"relay", _) => return Err(RecordError::Malformed("bad relay".into())),
+            (b"mbox", Some(id)) if record.mailboxes.len() < MAX_MAILBOXES => {
+                let id = id
+                    .parse()
+                    .map_err(|_| RecordError::Malformed(format!("bad mailbox {id:?}")))?;
+                record.mailboxes.push(id);
+            }
+            (b"mbox", _) => return Err(RecordError::Malformed("bad or too many mailboxes".into())),
             // Later versions may add keys; this one ignores them.
             _ => {}
         }
@@ -189,6 +210,7 @@ mod tests {
                 "[2001:db8::7]:4000".parse().unwrap(),
             ],
             relay: Some("https://relay.example/".into()),
+            mailboxes: vec![PeerId([7; 32]), PeerId([9; 32])],
         }
     }
 

@@ -79,9 +79,12 @@ async fn a_restarted_node_publishes_where_it_is_now() {
     let first = Dht::new(&key, config(&net)).unwrap();
     first.set_addresses(at(4001));
     first.set_relay(Some("http://relay.test/".into()));
+    let mailbox = Keypair::from_bytes(&[8; 32]).peer_id();
+    first.set_mailboxes(vec![mailbox]);
     let want = Record {
         addrs: at(4001),
         relay: Some("http://relay.test/".into()),
+        mailboxes: vec![mailbox],
     };
     resolves_to(&reader, &key.peer_id(), &want).await;
     drop(first);
@@ -92,6 +95,7 @@ async fn a_restarted_node_publishes_where_it_is_now() {
     let want = Record {
         addrs: at(4002),
         relay: None,
+        mailboxes: Vec::new(),
     };
     resolves_to(&fresh, &key.peer_id(), &want).await;
 }
@@ -136,4 +140,70 @@ async fn a_flood_of_lookups_for_unknown_keys_is_bounded_in_memory_and_time() {
     assert_eq!(dht.resolve(&missed).await, None);
     assert!(again.elapsed() < Duration::from_secs(1));
     assert!(dht.remembered_misses() <= MAX_MISSES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_finds_an_absent_recipients_mailbox_in_its_record() {
+    let net = testnet();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, mailbox: bool| {
+        let config = config(&net);
+        let mut b = Mq::builder(dir.path().join(name))
+            .local_discovery(false)
+            .discovery_for(move |key| Ok(Dht::new(key, config)? as Arc<_>));
+        if mailbox {
+            b = b.mailbox(peermq::MailboxLimits::default());
+        }
+        b.open(TokioRuntime::new()).unwrap()
+    };
+    let (m, r, a) = (open("m", true), open("r", false), open("a", false));
+    let (idm, idr, ida) = (m.id().await, r.id().await, a.id().await);
+    m.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // R names M (its record says so from now on) and tells it, then goes.
+    r.add_peer(ida, None).await.unwrap();
+    let mut events = r.events();
+    r.add_mailbox(idm).await.unwrap();
+    while !matches!(events.next().await, Some(peermq_tokio::MqEvent::Connected { peer }) if peer == idm)
+    {
+    }
+    let published = Dht::new(&Keypair::from_bytes(&[11; 32]), config(&net)).unwrap();
+    let record = loop {
+        match published.resolve(&idr).await {
+            Some(rec) if rec.mailboxes == vec![idm] => break rec,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(record.mailboxes, vec![idm]);
+    r.shutdown().await.unwrap();
+    // A has never met R, and R is away: A's send ends up at M.
+    a.send(idr, "while you were out").await.unwrap();
+    a.connect(idr).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let held: u64 = m
+            .mail_status()
+            .await
+            .unwrap()
+            .carried
+            .iter()
+            .map(|c| c.held)
+            .sum();
+        if held == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the mail never reached the mailbox"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(a
+        .mail_status()
+        .await
+        .unwrap()
+        .routes
+        .iter()
+        .any(|(to, boxes)| *to == idr && boxes.contains(&idm)));
+    a.shutdown().await.unwrap();
+    m.shutdown().await.unwrap();
 }

@@ -39,6 +39,22 @@ pub trait Discovery: Send + Sync + 'static {
     fn withdraw(&self, me: &PeerId, addr: SocketAddr) {
         let _ = (me, addr);
     }
+
+    /// The mailboxes `peer` publishes as holding its mail (a signed
+    /// discovery record, as the DHT's, says so for it). The default knows
+    /// none.
+    fn mailboxes_of<'a>(&'a self, peer: &'a PeerId) -> BoxFuture<'a, io::Result<Vec<PeerId>>> {
+        let _ = peer;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// This node (`me`) names `mailboxes` as holding its mail: publish
+    /// them where [`Discovery::mailboxes_of`] finds them. The default does
+    /// nothing.
+    fn announce_mailboxes(&self, me: &PeerId, mailboxes: &[PeerId]) -> io::Result<()> {
+        let _ = (me, mailboxes);
+        Ok(())
+    }
 }
 
 /// Addresses given by the application, with [`crate::Mq::add_peer`].

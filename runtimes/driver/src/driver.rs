@@ -22,7 +22,7 @@
 //!            └────────────────────────────────┘
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,6 +247,11 @@ pub(crate) struct Driver<S: Store, Sv: Service<S>> {
     suspect_addrs: VecDeque<SocketAddr>,
     /// Shutting down: the node's dial requests are ignored.
     closing: bool,
+    /// The mailboxes last announced to the discoveries.
+    announced_mailboxes: Option<BTreeSet<PeerId>>,
+    /// Peers whose mailboxes were looked up in the discoveries (once per
+    /// run each: a record changes rarely, and a lookup may search the DHT).
+    mailboxes_looked_up: HashSet<PeerId>,
 }
 
 enum Wake<C> {
@@ -277,6 +282,8 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             dialed: HashMap::new(),
             suspect_addrs: VecDeque::new(),
             closing: false,
+            announced_mailboxes: None,
+            mailboxes_looked_up: HashSet::new(),
         }
     }
 
@@ -296,6 +303,7 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
     }
 
     pub(crate) async fn run(mut self) {
+        self.announce_mailboxes();
         let shutdown_reply = loop {
             let now = self.now();
             if self.service.poll_timeout().is_some_and(|t| t <= now) {
@@ -580,6 +588,20 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
                     self.unreached.insert(peer);
                     debug!(%peer, "peermq: peer not reachable yet; retrying with backoff");
                     self.node.dial_failed(peer, now);
+                    self.look_up_mailboxes(peer);
+                }
+            }
+            Io::MailboxesFound(peer, mailboxes) => {
+                for m in mailboxes {
+                    if m == self.node.id() {
+                        continue;
+                    }
+                    match self.node.add_route(peer, m) {
+                        Ok(()) => self.node.dial(m, now),
+                        Err(e) => {
+                            debug!(%peer, mailbox = %m, error = %e, "peermq: mailbox not kept")
+                        }
+                    }
                 }
             }
             Io::AddrDialed(addr, transport) => {
@@ -688,9 +710,56 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
             Command::Service(cmd) => {
                 let (sv, mut cx) = self.split(now);
                 sv.on_command(&mut cx, cmd);
+                // `add_mailbox` and `remove_mailbox` come through here.
+                self.announce_mailboxes();
             }
         }
         None
+    }
+
+    /// Publishes the node's mailboxes to every discovery, if they changed
+    /// since last time.
+    fn announce_mailboxes(&mut self) {
+        let now = self.node.mailboxes();
+        if self.announced_mailboxes.as_ref() == Some(&now) {
+            return;
+        }
+        let me = self.node.id();
+        let list: Vec<PeerId> = now.iter().copied().collect();
+        for d in self.finders.all.iter() {
+            if let Err(e) = d.announce_mailboxes(&me, &list) {
+                debug!(error = %e, "peermq: a discovery did not take our mailboxes");
+            }
+        }
+        self.announced_mailboxes = Some(now);
+    }
+
+    /// Asks the discoveries, once per run, for the mailboxes of `peer`, a
+    /// peer we could not reach and know no mailbox of: mail for it goes
+    /// there meanwhile.
+    fn look_up_mailboxes(&mut self, peer: PeerId) {
+        if !self.node.mailboxes_of(&peer).is_empty() || !self.mailboxes_looked_up.insert(peer) {
+            return;
+        }
+        let rt = self.rt.clone();
+        let discoveries = self.finders.all.clone();
+        self.io.lookup_mailboxes(
+            peer,
+            Box::pin(async move {
+                let mut found: Vec<PeerId> = Vec::new();
+                for d in discoveries.iter() {
+                    if let Some(Ok(m)) = timeout(&*rt, LOCATE_TIMEOUT, d.mailboxes_of(&peer)).await
+                    {
+                        for m in m {
+                            if !found.contains(&m) {
+                                found.push(m);
+                            }
+                        }
+                    }
+                }
+                found
+            }),
+        );
     }
 
     /// Accepts connections on `listener` and announces its address to

@@ -49,6 +49,9 @@ pub(crate) enum Io {
     DialFailed(PeerId),
     /// A transport to an address is open, or failed to open (saying why).
     AddrDialed(SocketAddr, Result<Connection, String>),
+    /// The mailboxes a lookup found for a peer (see
+    /// [`crate::Discovery::mailboxes_of`]).
+    MailboxesFound(PeerId, Vec<PeerId>),
 }
 
 /// Bytes read from a socket per read call.
@@ -283,6 +286,18 @@ impl Sockets {
         self.rt.spawn(Box::pin(async move {
             let addrs = locate.await;
             dial_in_turn(&*rt, &*transport, &tx, peer, addrs).await;
+        }));
+    }
+
+    /// Runs `lookup` for `peer`'s mailboxes, reported as
+    /// [`Io::MailboxesFound`] if it finds any.
+    pub(crate) fn lookup_mailboxes(&self, peer: PeerId, lookup: BoxFuture<'static, Vec<PeerId>>) {
+        let tx = self.tx.clone();
+        self.rt.spawn(Box::pin(async move {
+            let found = lookup.await;
+            if !found.is_empty() {
+                let _ = tx.send(Io::MailboxesFound(peer, found)).await;
+            }
         }));
     }
 

@@ -22,6 +22,7 @@ impl AddressLookup for DhtLookup {
         self.0.set_record(Record {
             addrs: data.ip_addrs().copied().collect(),
             relay: data.relay_urls().next().map(|u| u.to_string()),
+            mailboxes: Vec::new(),
         });
     }
 
