@@ -105,10 +105,12 @@ impl Carried {
         self.acked.encode(&mut out);
         out.push(self.receipts.len() as u8);
         for r in &self.receipts {
-            let mut b = Vec::new();
-            r.encode(&mut b);
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            out.extend_from_slice(&b);
+            // Length-prefixed, the length written once the receipt is.
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            r.encode(&mut out);
+            let len = (out.len() - at - 4) as u32;
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
         out
     }
@@ -288,16 +290,6 @@ impl State {
             .filter(|c| c.peer.is_some_and(|p| self.is_my_mailbox(&p)))
             .find(|c| c.remote_heads.get(feed).is_some_and(|&l| l > 0))
             .map(|c| c.id)
-    }
-
-    /// Open connections to `recipient`'s mailboxes.
-    pub(super) fn mailbox_conns_of(&self, recipient: &PeerId) -> Vec<ConnId> {
-        let boxes = self.mail.mailboxes_of(recipient);
-        self.conns
-            .values()
-            .filter(|c| c.is_open() && c.peer.is_some_and(|p| boxes.contains(&p)))
-            .map(|c| c.id)
-            .collect()
     }
 
     /// What a new connection to `peer` is told about mail: our list, the
@@ -600,7 +592,7 @@ impl State {
         &mut self,
         txn: &mut Txn<'_, S>,
         peer: PeerId,
-        receipt: Receipt,
+        receipt: &Receipt,
     ) -> Result<bool, NodeError> {
         let Some(c) = self.mail.carried.get(&receipt.feed) else {
             return Ok(false);
@@ -646,7 +638,7 @@ impl State {
             .conn_to(&desc.author)
             .and_then(|id| self.conns.get_mut(&id))
         {
-            conn.send(&Message::Ack(receipt));
+            conn.send(&Message::Ack(receipt.clone()));
         }
         Ok(true)
     }
@@ -820,13 +812,31 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
-    /// Asks for the connections a send to `to` needs: to `to` itself (the
-    /// caller's business) and, while it is not connected, to its mailboxes.
-    pub(super) fn dial_mailboxes_of(&mut self, to: &PeerId, now: Instant) {
+    /// Hands our new head of `desc` (our feed to `to`) to `to`'s mailboxes
+    /// that are connected, and, while `to` itself is not, dials the rest.
+    /// Costs one map lookup for a recipient without mailboxes.
+    pub(super) fn offer_to_mailboxes(
+        &mut self,
+        desc: FeedDescriptor,
+        head: SignedHead,
+        to: &PeerId,
+        now: Instant,
+    ) {
+        let boxes = self.st.mail.mailboxes_of(to);
+        if boxes.is_empty() {
+            return;
+        }
+        let mut unconnected = boxes.clone();
+        for conn in self.st.conns.values_mut().filter(|c| c.is_open()) {
+            if let Some(p) = conn.peer.filter(|p| boxes.contains(p)) {
+                conn.send(&Message::Head { desc, head });
+                unconnected.remove(&p);
+            }
+        }
         if self.st.conn_to(to).is_some() {
             return;
         }
-        for m in self.st.mail.mailboxes_of(to) {
+        for m in unconnected {
             if m != self.st.me && !self.st.dials.contains_key(&m) {
                 self.dial(m, now);
             }

@@ -11,7 +11,7 @@ use crate::ranges::RangeSet;
 use crate::store::{Store, Table, Txn};
 use crate::time::{Instant, Timestamp};
 use crate::wire::envelope::{self, Due, Schedule};
-use crate::wire::{Message, Receipt};
+use crate::wire::Receipt;
 
 use super::category::{Category, DeadReason};
 use super::event::{Event, Output};
@@ -283,12 +283,7 @@ impl<S: Store> Node<S> {
                 conn.announce(desc, head, start);
             }
         }
-        for c in self.st.mailbox_conns_of(&to) {
-            if let Some(conn) = self.st.conns.get_mut(&c) {
-                conn.send(&Message::Head { desc, head });
-            }
-        }
-        self.dial_mailboxes_of(&to, now);
+        self.offer_to_mailboxes(desc, head, &to, now);
         self.pump(now);
         Ok(start..head.length)
     }

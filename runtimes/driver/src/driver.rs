@@ -22,7 +22,7 @@
 //!            └────────────────────────────────┘
 //! ```
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,8 +247,9 @@ pub(crate) struct Driver<S: Store, Sv: Service<S>> {
     suspect_addrs: VecDeque<SocketAddr>,
     /// Shutting down: the node's dial requests are ignored.
     closing: bool,
-    /// The mailboxes last announced to the discoveries.
-    announced_mailboxes: Option<BTreeSet<PeerId>>,
+    /// The version of our signed list of mailboxes last announced to the
+    /// discoveries (`None`: no list, nothing to announce).
+    announced_mailboxes: Option<u64>,
     /// Peers whose mailboxes were looked up in the discoveries (once per
     /// run each: a record changes rarely, and a lookup may search the DHT).
     mailboxes_looked_up: HashSet<PeerId>,
@@ -717,21 +718,22 @@ impl<S: Store + Send + 'static, Sv: Service<S>> Driver<S, Sv> {
         None
     }
 
-    /// Publishes the node's mailboxes to every discovery, if they changed
-    /// since last time.
+    /// Publishes the node's mailboxes to every discovery, if its signed
+    /// list changed since last time: a version compare per command.
     fn announce_mailboxes(&mut self) {
-        let now = self.node.mailboxes();
-        if self.announced_mailboxes.as_ref() == Some(&now) {
+        let Some(list) = self.node.mailbox_list() else {
+            return;
+        };
+        if self.announced_mailboxes == Some(list.version) {
             return;
         }
         let me = self.node.id();
-        let list: Vec<PeerId> = now.iter().copied().collect();
         for d in self.finders.all.iter() {
-            if let Err(e) = d.announce_mailboxes(&me, &list) {
+            if let Err(e) = d.announce_mailboxes(&me, &list.mailboxes) {
                 debug!(error = %e, "peermq: a discovery did not take our mailboxes");
             }
         }
-        self.announced_mailboxes = Some(now);
+        self.announced_mailboxes = Some(list.version);
     }
 
     /// Asks the discoveries, once per run, for the mailboxes of `peer`, a

@@ -26,7 +26,7 @@ impl State {
                 "receipt has a bad signature".into(),
             )));
         }
-        if self.on_carried_ack(txn, peer, receipt.clone())? {
+        if self.on_carried_ack(txn, peer, &receipt)? {
             return Ok(());
         }
         // From the recipient, or relayed by its mailbox: its signature is
