@@ -35,8 +35,8 @@ pub use identity::{Keypair, PeerId, PeerIdError, Sign, Signer, VerifyKey};
 pub use node::pump_pair;
 pub use node::{
     CarriedStatus, Category, CategoryCount, CategoryError, CloseReason, Config, ConnId, DeadReason,
-    Event, Fetch, Footprint, Lease, Mailbox, MailboxLimits, Node, NodeError, Output, PeerStatus,
-    Prefetch, RawPeer, Record, Released, RetryPolicy, Taken, MAX_CATEGORY_LEN,
+    Event, Fetch, Footprint, HeldInMailbox, Lease, Mailbox, MailboxLimits, Node, NodeError, Output,
+    PeerStatus, Prefetch, RawPeer, Record, Released, RetryPolicy, Taken, MAX_CATEGORY_LEN,
 };
 pub use ranges::RangeSet;
 pub use rng::{Entropy, RandomSource, SeededRng};

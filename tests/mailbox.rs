@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::Net;
 use peermq::store::Table;
 use peermq::wire::RefuseReason;
-use peermq::{Config, Event, Mailbox, MailboxLimits, RangeSet, Timestamp, Txn};
+use peermq::{Config, Event, HeldInMailbox, Mailbox, MailboxLimits, RangeSet, Timestamp, Txn};
 
 const A: usize = 0;
 const M: usize = 1;
@@ -109,6 +109,48 @@ fn mail_sent_while_the_recipient_is_away_reaches_it_through_its_mailbox_and_the_
         .iter()
         .any(|e| matches!(e, Event::Acked { to, start: 0, end: 3 } if *to == r)));
     let _ = m;
+}
+
+#[test]
+fn a_sender_sees_how_much_of_its_mail_waits_in_each_mailbox_across_restarts() {
+    let mut net = world(MailboxLimits::default());
+    let (m, r) = (net.ids[M], net.ids[R]);
+    net.crash(R);
+    let now = net.now;
+    net.node(A)
+        .send_batch(r, &[b"one".as_slice(), b"two", b"three"], now)
+        .unwrap();
+    net.run_for(Duration::from_secs(2));
+    let waiting = HeldInMailbox {
+        recipient: r,
+        mailbox: m,
+        stored: 3,
+        waiting: 3,
+    };
+    assert_eq!(net.node(A).held_in_mailboxes().unwrap(), vec![waiting]);
+    net.crash(A);
+    net.restart(A);
+    assert_eq!(
+        net.node(A).held_in_mailboxes().unwrap(),
+        vec![waiting],
+        "kept in the sender's store"
+    );
+
+    // The recipient collects while the sender is away; the sender's next
+    // start shows nothing waiting.
+    net.crash(A);
+    net.restart(R);
+    net.run_for(Duration::from_secs(2));
+    net.crash(R);
+    net.restart(A);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(
+        net.node(A).held_in_mailboxes().unwrap(),
+        vec![HeldInMailbox {
+            waiting: 0,
+            ..waiting
+        }]
+    );
 }
 
 #[test]
@@ -316,6 +358,36 @@ fn a_forged_receipt_relayed_by_a_mailbox_acknowledges_nothing() {
         a.acknowledged(r.peer_id()).unwrap(),
         RangeSet::from_range(0, 2)
     );
+}
+
+#[test]
+fn only_a_recipients_mailbox_can_tell_a_sender_what_it_holds() {
+    let mut a = open(1, plain());
+    let mut rng = SeededRng::from_u64(9);
+    let (mailbox, r, stranger) = (
+        Keypair::generate(&mut rng),
+        Keypair::generate(&mut rng),
+        Keypair::generate(&mut rng),
+    );
+    a.add_route(r.peer_id(), mailbox.peer_id()).unwrap();
+    a.send_batch(r.peer_id(), &[b"one".as_slice(), b"two"], Instant::ZERO)
+        .unwrap();
+    let feed = FeedDescriptor::queue(a.id(), r.peer_id()).id();
+    // A peer that is not R's mailbox claims to hold R's mail.
+    let (mut raw, conn) = raw_dialed(&mut a, &stranger, 3);
+    raw.send(&Message::Held { feed, length: 2 });
+    let outs = raw.pump(&mut a, conn, Instant::ZERO).unwrap();
+    assert_eq!(closed(&outs, conn), None);
+    assert!(a.held_in_mailboxes().unwrap().is_empty());
+    // R's mailbox does, and cannot claim more than was sent.
+    let (mut raw, conn) = raw_dialed(&mut a, &mailbox, 4);
+    raw.send(&Message::Held {
+        feed,
+        length: u64::MAX,
+    });
+    raw.pump(&mut a, conn, Instant::ZERO).unwrap();
+    let held = a.held_in_mailboxes().unwrap();
+    assert_eq!((held[0].stored, held[0].waiting), (2, 2));
 }
 
 #[test]

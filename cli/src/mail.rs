@@ -109,6 +109,18 @@ pub async fn serve(
     Ok(())
 }
 
+/// The lines of `status` under peer `to`: how much of our mail to it each
+/// of its mailboxes holds, as the mailbox last told us.
+pub fn print_held(printer: &mut Printer, mail: &MailStatus, to: &PeerId) -> std::io::Result<()> {
+    for h in mail.held.iter().filter(|h| h.recipient == *to) {
+        printer.line(&format!(
+            "  in mailbox {}: {} waiting, {} of our messages stored there",
+            h.mailbox, h.waiting, h.stored
+        ))?;
+    }
+    Ok(())
+}
+
 /// The mail part of `status`: our mailboxes, and what we hold as one.
 pub fn print_status(printer: &mut Printer, mail: &MailStatus) -> std::io::Result<()> {
     for m in &mail.mailboxes {

@@ -840,6 +840,7 @@ async fn one_shot(
                         printer.line(&format!("  mailbox:        {m}"))?;
                     }
                 }
+                mail::print_held(printer, &mail, &p.peer)?;
             }
             mail::print_status(printer, &mail)?;
         }

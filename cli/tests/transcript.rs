@@ -715,7 +715,14 @@ fn mail_waits_in_a_mailbox_for_a_recipient_that_starts_after_the_sender_left() {
     assert_eq!(sender.line(), format!("ACK {r}@0"));
     assert_eq!(sender.line(), format!("ACK {r}@1"));
     assert_clean_stop("sender's listen", &sender.interrupt());
-    assert!(s.ok("a", &["status"]).contains("2 sent, 2 acknowledged"));
+    let status = s.ok("a", &["status"]);
+    assert!(status.contains("2 sent, 2 acknowledged"), "{status}");
+    assert!(
+        status.contains(&format!(
+            "in mailbox {m}: 0 waiting, 2 of our messages stored there"
+        )),
+        "{status}"
+    );
     let status = s.ok("m", &["status"]);
     assert!(
         status.contains(&format!(

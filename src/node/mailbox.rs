@@ -49,6 +49,9 @@ use super::{
 const LIST: u8 = b'L';
 const ROUTE: u8 = b'R';
 const CARRIED: u8 = b'C';
+/// `H | recipient | mailbox`: how much of our feed to the recipient the
+/// mailbox said it stores ([`Message::Held`]).
+const HELD: u8 = b'H';
 
 const CARRIED_VERSION: u8 = 1;
 const MAX_STORED_RANGES: usize = 1 << 20;
@@ -87,6 +90,13 @@ impl Carried {
             acked: RangeSet::new(),
             receipts: Vec::new(),
         }
+    }
+
+    /// Length of the prefix of the feed stored here, counting the blocks
+    /// dropped once acknowledged: what the author is told ([`Message::Held`]).
+    fn stored_prefix(&self) -> u64 {
+        RangeSet::first_uncovered(&[&self.dl.held, &self.acked], 0, u64::MAX)
+            .map_or(u64::MAX, |(a, _)| a)
     }
 
     /// The recipient, for a queue feed (every carried feed is one).
@@ -162,6 +172,23 @@ pub(crate) struct Mail {
     by_recipient: BTreeMap<PeerId, u64>,
     /// Feeds to us that a mailbox announced, by feed, with their authors.
     pub via_mailbox: BTreeMap<FeedId, PeerId>,
+    /// As an author: how long a prefix of our feed to each recipient each
+    /// of its mailboxes said it stores, by `(recipient, mailbox)`.
+    pub held: BTreeMap<(PeerId, PeerId), u64>,
+}
+
+fn held_key(recipient: &PeerId, mailbox: &PeerId) -> [u8; 65] {
+    let mut k = [0u8; 65];
+    k[0] = HELD;
+    k[1..33].copy_from_slice(&recipient.0);
+    k[33..].copy_from_slice(&mailbox.0);
+    k
+}
+
+fn decode_held(k: &[u8], v: &[u8]) -> Option<((PeerId, PeerId), u64)> {
+    let recipient = PeerId(k.get(1..33)?.try_into().ok()?);
+    let mailbox = PeerId(k.get(33..)?.try_into().ok()?);
+    Some(((recipient, mailbox), u64::from_le_bytes(v.try_into().ok()?)))
 }
 
 impl Mail {
@@ -187,6 +214,9 @@ impl Mail {
                             true
                         }
                     }
+                    (Some(&HELD), _) => decode_held(k, v)
+                        .map(|(at, length)| mail.held.insert(at, length))
+                        .is_some(),
                     (Some(&CARRIED), Ok(id)) => Carried::decode(v)
                         .filter(|c| c.desc.id().0 == id)
                         .map(|c| mail.carried.insert(c.desc.id(), c))
@@ -328,6 +358,11 @@ impl State {
                     continue;
                 };
                 if desc.author == peer {
+                    // Held first: an author that heard the receipts heard it.
+                    out.push(Message::Held {
+                        feed: desc.id(),
+                        length: c.stored_prefix(),
+                    });
                     out.extend(c.receipts.iter().cloned().map(Message::Ack));
                 } else if let Some(head) = self.feed(txn, desc)?.head().copied() {
                     out.push(Message::Head { desc, head });
@@ -571,6 +606,58 @@ impl State {
         }
     }
 
+    /// Tells the author of a carried feed, if connected, how much of it we
+    /// store now.
+    pub(super) fn tell_author_held(&mut self, feed: FeedId) {
+        let Some(c) = self.mail.carried.get(&feed) else {
+            return;
+        };
+        let held = Message::Held {
+            feed,
+            length: c.stored_prefix(),
+        };
+        if let Some(conn) = self
+            .conn_to(&c.desc.author)
+            .and_then(|id| self.conns.get_mut(&id))
+        {
+            conn.send(&held);
+        }
+    }
+
+    /// A mailbox told us how much of our feed `feed` it stores: kept, per
+    /// recipient and mailbox, for our status. Ignored unless `feed` is our
+    /// feed to a recipient whose mail goes through `mailbox`.
+    pub(super) fn on_held<S: Store>(
+        &mut self,
+        txn: &mut Txn<'_, S>,
+        mailbox: PeerId,
+        feed: FeedId,
+        length: u64,
+    ) -> Result<(), Fault> {
+        let Some(to) = self.routed_recipient(&mailbox, &feed) else {
+            return Ok(());
+        };
+        let sent = self
+            .feed(txn, FeedDescriptor::queue(self.me, to))
+            .map_err(Fault::Store)?
+            .len();
+        let length = length.min(sent);
+        if self.mail.held.get(&(to, mailbox)) != Some(&length) {
+            txn.put(Table::Mail, &held_key(&to, &mailbox), &length.to_le_bytes());
+            self.mail.held.insert((to, mailbox), length);
+        }
+        Ok(())
+    }
+
+    /// The recipient of our queue feed `feed`, if its mail goes through
+    /// `mailbox`.
+    fn routed_recipient(&self, mailbox: &PeerId, feed: &FeedId) -> Option<PeerId> {
+        self.mail
+            .routed_via(mailbox)
+            .into_iter()
+            .find(|r| FeedDescriptor::queue(self.me, *r).id() == *feed)
+    }
+
     /// Whether `peer` may be served blocks of `feed`, and the feed: our own
     /// queue feed to a recipient whose mail `peer` holds, or (as a mailbox)
     /// a feed we carry, to its recipient or author.
@@ -812,6 +899,29 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
+    /// As an author: what each mailbox said it stores of our mail, with how
+    /// much of it still waits for its recipient (stored, and not yet
+    /// acknowledged). A mailbox reports after each batch it stores and
+    /// when we connect to it; the figures are its word, as of then.
+    pub fn held_in_mailboxes(&self) -> Result<Vec<HeldInMailbox>, NodeError> {
+        let txn = Txn::begin(&self.store)?;
+        let mut out = Vec::with_capacity(self.st.mail.held.len());
+        for (&(recipient, mailbox), &stored) in &self.st.mail.held {
+            let acked = self
+                .st
+                .peek_outbox(&txn, recipient)?
+                .acked
+                .count_within(0, stored);
+            out.push(HeldInMailbox {
+                recipient,
+                mailbox,
+                stored,
+                waiting: stored - acked,
+            });
+        }
+        Ok(out)
+    }
+
     /// Hands our new head of `desc` (our feed to `to`) to `to`'s mailboxes
     /// that are connected, and, while `to` itself is not, dials the rest.
     /// Costs one map lookup for a recipient without mailboxes.
@@ -859,6 +969,21 @@ pub struct CarriedStatus {
     pub acknowledged: u64,
 }
 
+/// Our mail in one mailbox, as it last told us ([`Node::held_in_mailboxes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldInMailbox {
+    /// Whose mail it is.
+    pub recipient: PeerId,
+    /// The mailbox.
+    pub mailbox: PeerId,
+    /// Our messages to `recipient` the mailbox stores or stored: the first
+    /// `stored` of them.
+    pub stored: u64,
+    /// Of those, how many the recipient has not acknowledged yet: what
+    /// waits there for it.
+    pub waiting: u64,
+}
+
 /// Emits the event for a mailbox's refusal of our feed.
 pub(super) fn refused_event(
     st: &State,
@@ -866,11 +991,7 @@ pub(super) fn refused_event(
     feed: FeedId,
     reason: RefuseReason,
 ) -> Option<Output> {
-    let to = st
-        .mail
-        .routed_via(&mailbox)
-        .into_iter()
-        .find(|r| FeedDescriptor::queue(st.me, *r).id() == feed)?;
+    let to = st.routed_recipient(&mailbox, &feed)?;
     Some(Output::Event(Event::MailboxRefused {
         mailbox,
         to,

@@ -50,7 +50,7 @@ pub use config::{limits, Config, MailboxLimits, Prefetch};
 pub use event::{CloseReason, ConnId, Event, Output};
 pub use fork::ForkEvidence;
 pub use link::pump_pair;
-pub use mailbox::CarriedStatus;
+pub use mailbox::{CarriedStatus, HeldInMailbox};
 pub use outbox::MAX_ACKED_RANGES;
 pub use queue::{Fetch, Mailbox, PeerStatus, Record};
 pub use raw::RawPeer;

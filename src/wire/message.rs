@@ -22,6 +22,7 @@ const T_SUMMARY: u8 = 8;
 const T_HAVE: u8 = 9;
 const T_MAILBOXES: u8 = 10;
 const T_REFUSED: u8 = 11;
+const T_HELD: u8 = 12;
 
 /// Most entries a have-list may carry.
 pub const MAX_HAVE_ENTRIES: usize = 1 << 16;
@@ -109,6 +110,17 @@ pub enum Message<'a> {
         feed: FeedId,
         /// Why.
         reason: RefuseReason,
+    },
+    /// A mailbox tells the author of `feed` that it stores the feed's
+    /// blocks `[0, length)`, less those the recipient acknowledged (whose
+    /// bytes it dropped): what waits there for the recipient. Informational
+    /// (the author shows it in its status); a mailbox that lies here only
+    /// misinforms its own author.
+    Held {
+        /// The author's queue feed.
+        feed: FeedId,
+        /// Length of the prefix of the feed the mailbox stores.
+        length: u64,
     },
     /// A message type this version does not know; skipped.
     Unknown {
@@ -422,6 +434,12 @@ impl Message<'_> {
                 out.push(reason.code());
                 finish(out, at);
             }
+            Message::Held { feed, length } => {
+                let at = begin(out, T_HELD);
+                out.extend_from_slice(&feed.0);
+                varint::write(out, *length);
+                finish(out, at);
+            }
             Message::Unknown { kind } => {
                 let at = begin(out, *kind);
                 finish(out, at);
@@ -555,6 +573,10 @@ impl Message<'_> {
                     reason: RefuseReason::from_code(code),
                 }
             }
+            T_HELD => Message::Held {
+                feed: FeedId(r.array()?),
+                length: r.varint()?,
+            },
             other => {
                 r.bytes = &[];
                 Message::Unknown { kind: other }
@@ -851,6 +873,20 @@ mod tests {
         });
         roundtrip(Message::Have {
             feeds: vec![(desc.id(), 4), (FeedId([1; 32]), 0)],
+        });
+        let mailboxes = [PeerId([4; 32]), PeerId([5; 32])];
+        roundtrip(Message::Mailboxes(MailboxList::sign(&key, 2, mailboxes)));
+        roundtrip(Message::Refused {
+            feed: desc.id(),
+            reason: RefuseReason::Full,
+        });
+        roundtrip(Message::Refused {
+            feed: desc.id(),
+            reason: RefuseReason::Other(77),
+        });
+        roundtrip(Message::Held {
+            feed: desc.id(),
+            length: 1 << 40,
         });
         roundtrip(Message::Unknown { kind: 200 });
     }

@@ -70,8 +70,9 @@ pub use futures_lite::Stream;
 pub use mdns::MdnsDiscovery;
 pub use mq::{Builder, EventStream, MailStatus, Mq, MqEvent, RecordStream, Worker};
 pub use peermq::{
-    Category, CategoryCount, CloseReason, Config, DeadReason, Lease, Mailbox, PeerId, PeerStatus,
-    Prefetch, Record, Released, RetryPolicy, Schedule, StoreError, Taken, Timestamp,
+    CarriedStatus, Category, CategoryCount, CloseReason, Config, DeadReason, HeldInMailbox, Lease,
+    Mailbox, PeerId, PeerStatus, Prefetch, Record, Released, RetryPolicy, Schedule, StoreError,
+    Taken, Timestamp,
 };
 pub use runtime::{
     timeout, wall_clock, BoxFuture, Connection, ConnectionInfo, Listener, ReadHalf, Route, RouteFn,

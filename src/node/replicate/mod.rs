@@ -346,6 +346,7 @@ impl State {
                     after.refusals.push(e);
                 }
             }
+            Message::Held { feed, length } => self.on_held(txn, peer, feed, length)?,
             Message::Keepalive | Message::Unknown { .. } => {}
             Message::Close { code, text } => {
                 return Err(Fault::Peer(CloseReason::Remote {
@@ -479,6 +480,7 @@ impl State {
         }
         for feed in after.carried_arrived {
             self.offer_carried(feed);
+            self.tell_author_held(feed);
             self.to_schedule.insert(crate::node::Target::Carried(feed));
         }
         self.out.extend(after.refusals);

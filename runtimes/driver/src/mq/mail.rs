@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use peermq::{CarriedStatus, PeerId, Store};
+use peermq::{CarriedStatus, HeldInMailbox, PeerId, Store};
 
 use super::service::QueueCommand;
 use super::Mq;
@@ -44,6 +44,9 @@ pub struct MailStatus {
     /// Per recipient we sent to, the mailboxes its mail may go through
     /// (from its signed list, or set with [`Mq::add_route`]).
     pub routes: Vec<(PeerId, BTreeSet<PeerId>)>,
+    /// As an author: what each of our recipients' mailboxes said it
+    /// stores of our mail, and how much of that still waits.
+    pub held: Vec<HeldInMailbox>,
     /// As a mailbox: the feeds held for their recipients.
     pub carried: Vec<CarriedStatus>,
 }
@@ -93,8 +96,9 @@ impl Mq {
         .await
     }
 
-    /// Our mailboxes, the routes to our recipients' mailboxes, and, as a
-    /// mailbox, what we hold.
+    /// Our mailboxes, the routes to our recipients' mailboxes, what waits
+    /// for our recipients in their mailboxes, and, as a mailbox, what we
+    /// hold.
     pub async fn mail_status(&self) -> Result<MailStatus, MqError> {
         self.queue(|reply| QueueCommand::Mail(MailCommand::Status { reply }))
             .await
@@ -134,24 +138,21 @@ pub(crate) fn on_mail<S: Store>(cx: &mut Ctx<'_, S>, cmd: MailCommand) {
         }
         MailCommand::Status { reply } => {
             let node = &*cx.node;
-            let routes = node
-                .status()
-                .map(|peers| {
-                    peers
-                        .iter()
-                        .map(|p| (p.peer, node.mailboxes_of(&p.peer)))
-                        .filter(|(_, m)| !m.is_empty())
-                        .collect()
-                })
-                .map_err(Into::into);
-            answer(
-                reply,
-                routes.map(|routes| MailStatus {
+            let status = || -> Result<MailStatus, peermq::NodeError> {
+                let routes = node
+                    .status()?
+                    .iter()
+                    .map(|p| (p.peer, node.mailboxes_of(&p.peer)))
+                    .filter(|(_, m)| !m.is_empty())
+                    .collect();
+                Ok(MailStatus {
                     mailboxes: node.mailboxes(),
                     routes,
+                    held: node.held_in_mailboxes()?,
                     carried: node.carried(),
-                }),
-            );
+                })
+            };
+            answer(reply, status().map_err(Into::into));
         }
     }
 }
