@@ -1077,3 +1077,105 @@ fn a_taken_message_sealed_to_another_key_is_dead_lettered_and_the_rest_taken() {
             if *from == h
     )));
 }
+
+/// Bytes of blocks in the data messages `raw` received since last asked.
+fn block_bytes_received(raw: &mut RawPeer) -> usize {
+    raw.messages()
+        .unwrap()
+        .iter()
+        .filter_map(|(kind, body)| match Message::decode(*kind, body, 1 << 20) {
+            Ok(Message::Data(d)) => Some(d.blocks.iter().map(|b| b.len()).sum::<usize>()),
+            _ => None,
+        })
+        .sum()
+}
+
+#[test]
+fn a_peer_asking_for_the_same_large_range_over_and_over_is_served_at_the_serving_rate() {
+    let rate: usize = 1 << 20;
+    let mut a = Node::open(
+        MemStore::new(),
+        peermq::Config {
+            max_serve_rate: rate as u64,
+            ..config()
+        },
+        peermq::Entropy::deterministic(1),
+        Instant::ZERO,
+    )
+    .unwrap();
+    let mut rng = SeededRng::from_u64(40);
+    let (h, g) = (Keypair::generate(&mut rng), Keypair::generate(&mut rng));
+    let blocks: Vec<Vec<u8>> = (0..2_000u32).map(|i| vec![i as u8; 1024]).collect();
+    for (k, n) in [(&h, 2_000), (&g, 500)] {
+        a.add_peer(k.peer_id()).unwrap();
+        a.send_batch(k.peer_id(), &blocks[..n], Instant::ZERO)
+            .unwrap();
+    }
+    let (mut raw, conn) = {
+        let mut raw = RawPeer::dial(&h, 7, a.id()).unwrap();
+        let conn = a.accept(Instant::ZERO);
+        raw.pump(&mut a, conn, Instant::ZERO).unwrap();
+        (raw, conn)
+    };
+    // H asks for its whole feed (2 MB) 200 times in one go: 400 MB.
+    let feed = FeedDescriptor::queue(a.id(), h.peer_id()).id();
+    let whole = RangeRequest {
+        start: 0,
+        end: 2_000,
+        trusted: None,
+    };
+    raw.send(&Message::Request {
+        feed,
+        base: 0,
+        first_id: 0,
+        ranges: vec![whole; 200],
+    });
+    let one_message = config().max_data_bytes;
+    let mut closes = Vec::new();
+    for second in 0..3u64 {
+        let now = Instant::from_micros(second * 1_000_000);
+        let outs = raw.pump(&mut a, conn, now).unwrap();
+        closes.extend(
+            outs.into_iter()
+                .filter(|o| matches!(o, Output::Close { .. })),
+        );
+        let served = block_bytes_received(&mut raw);
+        assert!(
+            served <= rate + one_message,
+            "second {second}: served {served} bytes at a rate of {rate}"
+        );
+        assert!(
+            served >= rate / 2,
+            "second {second}: starved ({served} bytes)"
+        );
+        assert!(
+            a.poll_timeout().is_some_and(|t| t > now),
+            "H's requests wait for the refill"
+        );
+    }
+    assert!(closes.is_empty(), "throttled, not cut off: {closes:?}");
+    // Meanwhile, another peer is served its whole feed (500 KB) at once.
+    let mut other = RawPeer::dial(&g, 8, a.id()).unwrap();
+    let oc = a.accept(Instant::from_micros(2_000_000));
+    other
+        .pump(&mut a, oc, Instant::from_micros(2_000_000))
+        .unwrap();
+    other.send(&Message::Request {
+        feed: FeedDescriptor::queue(a.id(), g.peer_id()).id(),
+        base: 0,
+        first_id: 0,
+        // One data message answers each (256 KiB at most).
+        ranges: [(0, 200), (200, 400), (400, 500)]
+            .map(|(start, end)| RangeRequest {
+                start,
+                end,
+                trusted: None,
+            })
+            .to_vec(),
+    });
+    other
+        .pump(&mut a, oc, Instant::from_micros(2_000_000))
+        .unwrap();
+    let got = block_bytes_received(&mut other);
+    assert!(got >= 500 * 1024, "{got}");
+}

@@ -35,6 +35,12 @@ pub struct Config {
     pub max_request_blocks: u64,
     /// Bytes of block data packed into one data message.
     pub max_data_bytes: usize,
+    /// Most bytes of blocks served to one connection per second, in bursts
+    /// of up to one second's worth. Past it the peer's requests wait (the
+    /// connection stays open), so a peer asking for the same large range
+    /// over and over costs a bounded share of a core while the others are
+    /// served.
+    pub max_serve_rate: u64,
     /// How far ahead of the reader to download.
     pub prefetch: Prefetch,
     /// Send a keepalive after this long without sending anything.
@@ -121,6 +127,7 @@ impl Default for Config {
             max_inflight_requests: 32,
             max_request_blocks: 1024,
             max_data_bytes: 256 << 10,
+            max_serve_rate: 256 << 20,
             prefetch: Prefetch::Window(4096),
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),

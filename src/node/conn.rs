@@ -99,6 +99,59 @@ pub(crate) struct Conn {
     /// The peer's requests for blocks of ours not yet written, answered as
     /// soon as they are.
     pub parked: Vec<ToServe>,
+    /// What the peer may still be served this second.
+    pub credit: ServeCredit,
+}
+
+/// A connection's serving budget, a token bucket: bytes of blocks the peer
+/// may be served, refilled at [`crate::Config::max_serve_rate`] bytes a
+/// second up to one second's worth. A peer asking for the same large range
+/// over and over gets at most that, and waits for the rest, while the other
+/// peers are served.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServeCredit {
+    /// May go below zero by one data message, which the refill repays.
+    bytes: i64,
+    at: Instant,
+}
+
+impl ServeCredit {
+    /// A full bucket (it is capped at the first refill).
+    fn full(now: Instant) -> Self {
+        ServeCredit {
+            bytes: i64::MAX,
+            at: now,
+        }
+    }
+
+    /// Refills for the time since the last call and returns the bytes that
+    /// may be served now. A clock that went back refills nothing.
+    pub fn available(&mut self, now: Instant, rate: u64) -> i64 {
+        let rate = rate.max(1);
+        let elapsed = now.saturating_since(self.at).as_micros();
+        let refill = i64::try_from(elapsed.saturating_mul(u128::from(rate)) / 1_000_000)
+            .unwrap_or(i64::MAX);
+        let cap = i64::try_from(rate).unwrap_or(i64::MAX);
+        self.bytes = self.bytes.saturating_add(refill).min(cap);
+        self.at = self.at.max(now);
+        self.bytes
+    }
+
+    /// Charges `cost` bytes.
+    pub fn spend(&mut self, cost: usize) {
+        self.bytes = self
+            .bytes
+            .saturating_sub(i64::try_from(cost).unwrap_or(i64::MAX));
+    }
+
+    /// When there is credit again, if none is left now.
+    pub fn resumes(&self, rate: u64) -> Option<Instant> {
+        (self.bytes <= 0).then(|| {
+            let owed = u128::from(self.bytes.unsigned_abs()) + 1;
+            let micros = owed * 1_000_000 / u128::from(rate.max(1)) + 1;
+            self.at + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+        })
+    }
 }
 
 /// A request of ours awaiting its answer.
@@ -153,6 +206,7 @@ impl Conn {
             exchanges: 0,
             acks_sent: BTreeMap::new(),
             parked: Vec::new(),
+            credit: ServeCredit::full(now),
         }
     }
 

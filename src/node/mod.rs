@@ -976,10 +976,20 @@ impl State {
     }
 
     /// The earliest deadline, or now while work is queued: requests to plan,
-    /// or peers' requests waiting for the serving budget.
+    /// or peers' requests waiting for this call's share of the serving
+    /// budget.
     fn poll_timeout(&self) -> Option<Instant> {
-        let work = !self.to_schedule.is_empty() || self.conns.values().any(|c| !c.serve.is_empty());
-        let next = self.timers.next();
+        let rate = self.config.max_serve_rate;
+        let mut work = !self.to_schedule.is_empty();
+        let mut next = self.timers.next();
+        for c in self.conns.values().filter(|c| !c.serve.is_empty()) {
+            // A connection that spent this second's serving credit waits
+            // for the refill, not the next call.
+            match c.credit.resumes(rate) {
+                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                None => work = true,
+            }
+        }
         match (work, next) {
             (true, Some(t)) => Some(t.min(self.now)),
             (true, None) => Some(self.now),

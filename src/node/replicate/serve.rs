@@ -142,11 +142,18 @@ impl State {
         }
         let txn = Txn::begin(store)?;
         let max_data = self.config.max_data_bytes.max(1);
+        let (now, rate) = (self.now, self.config.max_serve_rate);
         for (cid, peer) in busy {
             let own_queue = FeedDescriptor::queue(self.me, peer);
             let own_id = own_queue.id();
-            let mut budget = 4 * max_data;
-            while budget > 0 {
+            let Some(credit) = self.conns.get_mut(&cid).map(|c| c.credit.available(now, rate))
+            else {
+                continue;
+            };
+            // This call's share, and what is left of this second's.
+            let budget = (4 * max_data).min(usize::try_from(credit.max(0)).unwrap_or(usize::MAX));
+            let mut spent = 0;
+            while spent < budget {
                 let Some(w) = self.conns.get_mut(&cid).and_then(|c| c.serve.pop_front()) else {
                     break;
                 };
@@ -171,9 +178,17 @@ impl State {
                 let Some(conn) = self.conns.get_mut(&cid) else {
                     break;
                 };
+                let cost = match &served {
+                    Answer::Data(Served { bytes, .. }) => (*bytes).max(1),
+                    Answer::Refused(until) => {
+                        let blocks = until.saturating_sub(w.start).clamp(1, MAX_PRUNED_SCAN);
+                        REFUSAL_COST_PER_BLOCK * blocks as usize
+                    }
+                };
+                spent += cost;
+                conn.credit.spend(cost);
                 match served {
-                    Answer::Data(Served { bytes, rest }) => {
-                        budget = budget.saturating_sub(bytes.max(1));
+                    Answer::Data(Served { rest, .. }) => {
                         // The answer reached our head: the rest of the
                         // request stays open (the requester counts on it),
                         // answered as we append, or refused now.
@@ -200,8 +215,6 @@ impl State {
                         conn.parked.push(w);
                     }
                     Answer::Refused(until) => {
-                        let blocks = until.saturating_sub(w.start).clamp(1, MAX_PRUNED_SCAN);
-                        budget = budget.saturating_sub(REFUSAL_COST_PER_BLOCK * blocks as usize);
                         conn.send(&Message::NoData {
                             request: w.id,
                             end: until,
