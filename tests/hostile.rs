@@ -1179,3 +1179,151 @@ fn a_peer_asking_for_the_same_large_range_over_and_over_is_served_at_the_serving
     let got = block_bytes_received(&mut other);
     assert!(got >= 500 * 1024, "{got}");
 }
+
+#[test]
+fn a_peer_reconnecting_in_a_loop_is_refused_past_its_quota_and_keeps_its_open_connection() {
+    let mut w = World::new();
+    let limit = peermq::node::limits::MAX_ACCEPTS_PER_PEER as u64;
+    let mut conns = Vec::new();
+    for seed in 0..limit + 4 {
+        let mut raw = RawPeer::dial(&w.h, 100 + seed, w.a.id()).unwrap();
+        let conn = w.a.accept(Instant::ZERO);
+        w.pump(Some((&mut raw, conn)));
+        conns.push((raw, conn));
+    }
+    let reasons: Vec<Option<CloseReason>> = conns.iter().map(|(_, c)| w.closed_with(*c)).collect();
+    // Each of the first `limit` replaces the one before; the rest are
+    // refused, and the last admitted stays open.
+    let admitted = limit as usize;
+    assert!(reasons[..admitted - 1]
+        .iter()
+        .all(|r| *r == Some(CloseReason::Duplicate)));
+    assert_eq!(reasons[admitted - 1], None, "{reasons:?}");
+    assert!(
+        reasons[admitted..]
+            .iter()
+            .all(|r| matches!(r, Some(CloseReason::ConnectingTooOften { .. }))),
+        "{reasons:?}"
+    );
+    w.still_serving();
+}
+
+#[test]
+fn connections_past_the_inbound_limit_are_closed_as_they_come() {
+    let mut a = Node::open(
+        MemStore::new(),
+        peermq::Config {
+            max_inbound: 3,
+            ..config()
+        },
+        peermq::Entropy::deterministic(1),
+        Instant::ZERO,
+    )
+    .unwrap();
+    let mut closed = Vec::new();
+    for _ in 0..5 {
+        let conn = a.accept(Instant::ZERO);
+        while let Some(out) = a.poll_output() {
+            if let Output::Close { conn: c, reason } = out {
+                closed.push((c, reason));
+            }
+        }
+        let _ = conn;
+    }
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(closed
+        .iter()
+        .all(|(_, r)| *r == CloseReason::TooManyConnections { limit: 3 }));
+    // A slot frees when a connection ends.
+    a.handle_closed(ConnId(0), Instant::ZERO);
+    let _ = a.accept(Instant::ZERO);
+    assert!(std::iter::from_fn(|| a.poll_output()).all(|o| !matches!(
+        o,
+        Output::Close {
+            reason: CloseReason::TooManyConnections { .. },
+            ..
+        }
+    )));
+}
+
+/// Feeds `bytes` to `node` on `conn` one at a time, `gap` apart from time
+/// zero, running the node's timers as they fall due; returns when, and
+/// why, the node closed the connection.
+fn trickle(
+    node: &mut Node<MemStore>,
+    conn: ConnId,
+    bytes: &[u8],
+    gap: std::time::Duration,
+) -> Option<(Instant, CloseReason)> {
+    let mut now = Instant::ZERO;
+    for b in bytes {
+        now = now + gap;
+        while let Some(t) = node.poll_timeout().filter(|t| *t <= now) {
+            node.handle_timeout(t).unwrap();
+            if let Some(close) = closed_at(node, conn, t) {
+                return Some(close);
+            }
+        }
+        node.handle_input(conn, &[*b], now).unwrap();
+        if let Some(close) = closed_at(node, conn, now) {
+            return Some(close);
+        }
+    }
+    None
+}
+
+fn closed_at(
+    node: &mut Node<MemStore>,
+    conn: ConnId,
+    now: Instant,
+) -> Option<(Instant, CloseReason)> {
+    std::iter::from_fn(|| node.poll_output()).find_map(|o| match o {
+        Output::Close { conn: c, reason } if c == conn => Some((now, reason)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_peer_that_handshakes_then_sends_a_byte_every_15_seconds_is_closed_as_idle() {
+    let mut a = Node::open(
+        MemStore::new(),
+        config(),
+        peermq::Entropy::deterministic(1),
+        Instant::ZERO,
+    )
+    .unwrap();
+    let h = Keypair::generate(&mut SeededRng::from_u64(99));
+    a.add_peer(h.peer_id()).unwrap();
+    let mut raw = RawPeer::dial(&h, 7, a.id()).unwrap();
+    let conn = a.accept(Instant::ZERO);
+    raw.pump(&mut a, conn, Instant::ZERO).unwrap();
+    assert!(raw.is_open());
+    // A keepalive would reset the idle timer; a byte of it never does,
+    // as no frame completes.
+    raw.send(&Message::Keepalive);
+    let frame = raw.output().unwrap();
+    let (at, reason) = trickle(&mut a, conn, &frame, std::time::Duration::from_secs(15))
+        .expect("the trickling peer is closed");
+    assert_eq!(reason, CloseReason::IdleTimeout);
+    assert!(at <= Instant::from_micros(30_000_000), "closed at {at:?}");
+}
+
+#[test]
+fn a_peer_that_sends_its_handshake_a_byte_at_a_time_is_closed_at_the_handshake_timeout() {
+    let mut a = Node::open(
+        MemStore::new(),
+        config(),
+        peermq::Entropy::deterministic(1),
+        Instant::ZERO,
+    )
+    .unwrap();
+    let h = Keypair::generate(&mut SeededRng::from_u64(99));
+    a.add_peer(h.peer_id()).unwrap();
+    let mut raw = RawPeer::dial(&h, 7, a.id()).unwrap();
+    let conn = a.accept(Instant::ZERO);
+    let first = raw.output().unwrap();
+    let (at, reason) = trickle(&mut a, conn, &first, std::time::Duration::from_secs(1))
+        .expect("the trickling peer is closed");
+    assert_eq!(reason, CloseReason::HandshakeTimeout);
+    assert!(at <= Instant::from_micros(11_000_000), "closed at {at:?}");
+}

@@ -49,6 +49,12 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Close a connection whose handshake has not finished in this time.
     pub handshake_timeout: Duration,
+    /// Most connections peers may have open to us at once, handshakes
+    /// included; one more is closed as it is accepted
+    /// ([`crate::CloseReason::TooManyConnections`]). Our own dials do not
+    /// count. Each one may buffer up to `max_message_size` (within
+    /// `max_buffered_bytes` in all) until its timeouts.
+    pub max_inbound: usize,
     /// First reconnect delay; it doubles per failed attempt.
     pub backoff_base: Duration,
     /// Longest reconnect delay.
@@ -132,6 +138,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
+            max_inbound: 1024,
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(30),
             prune_acked: false,
@@ -169,4 +176,10 @@ pub mod limits {
     /// Most broadcast authors a node remembers as announced before it holds
     /// any of their events (one signed head each costs a peer nothing).
     pub const MAX_PENDING_AUTHORS: usize = 1024;
+    /// Most connections one key may complete to us in [`ACCEPT_WINDOW`];
+    /// past it the newest is closed, the open one kept. An honest peer
+    /// redialing with backoff (200 ms, doubling) makes about five.
+    pub const MAX_ACCEPTS_PER_PEER: u32 = 8;
+    /// The window [`MAX_ACCEPTS_PER_PEER`] counts in.
+    pub const ACCEPT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 }

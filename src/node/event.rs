@@ -166,6 +166,20 @@ pub enum CloseReason {
     Overloaded,
     /// Another connection with the same peer won the tie-break.
     Duplicate,
+    /// As many connections as allowed are open to us
+    /// ([`crate::Config::max_inbound`]); this one was closed as it came.
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// The peer completed more than `limit` connections to us within
+    /// `window`: the newest is closed, its open one kept.
+    ConnectingTooOften {
+        /// Connections allowed per window.
+        limit: u32,
+        /// The window.
+        window: std::time::Duration,
+    },
     /// The peer was removed with `remove_peer`.
     PeerRemoved,
     /// Nothing was heard for too long.
@@ -197,7 +211,9 @@ impl CloseReason {
             CloseReason::TooLarge { .. } => CloseCode::TooLarge,
             CloseReason::BadData(_) => CloseCode::BadData,
             CloseReason::Unexpected(_) => CloseCode::Unexpected,
-            CloseReason::Overloaded => CloseCode::Overloaded,
+            CloseReason::Overloaded
+            | CloseReason::TooManyConnections { .. }
+            | CloseReason::ConnectingTooOften { .. } => CloseCode::Overloaded,
             CloseReason::Duplicate => CloseCode::Duplicate,
             CloseReason::PeerRemoved => CloseCode::Removed,
             CloseReason::IdleTimeout | CloseReason::HandshakeTimeout => CloseCode::Idle,
@@ -237,6 +253,15 @@ impl fmt::Display for CloseReason {
             CloseReason::Unexpected(e) => write!(f, "unexpected message: {e}"),
             CloseReason::Overloaded => f.write_str("peer sent too many requests"),
             CloseReason::Duplicate => f.write_str("duplicate connection"),
+            CloseReason::TooManyConnections { limit } => write!(
+                f,
+                "{limit} incoming connections are open, the most allowed (Config::max_inbound); try again later"
+            ),
+            CloseReason::ConnectingTooOften { limit, window } => write!(
+                f,
+                "more than {limit} connections from one peer in {} s; its open connection is kept",
+                window.as_secs()
+            ),
             CloseReason::PeerRemoved => f.write_str("peer removed"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::Remote { code, text } => write!(f, "closed by peer ({code:?}): {text}"),

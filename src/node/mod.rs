@@ -25,6 +25,7 @@
 //! # Ok::<(), peermq::NodeError>(())
 //! ```
 
+mod admission;
 mod broadcast;
 mod category;
 mod config;
@@ -326,6 +327,8 @@ struct State {
     seal_keys: SealKeys,
     /// Mailbox lists, routes, and the mail we carry; loaded at open.
     mail: Mail,
+    /// Recent inbound connections per key, for their bound.
+    admission: admission::Admission,
 }
 
 /// A feed whose downloads may proceed.
@@ -416,6 +419,7 @@ impl<S: Store> Node<S> {
                 to_schedule: BTreeSet::new(),
                 seal_keys: SealKeys::default(),
                 mail,
+                admission: admission::Admission::default(),
             },
         };
         // Our mailboxes hold our mail, and those set for recipients take
@@ -577,6 +581,12 @@ impl<S: Store> Node<S> {
     pub fn accept(&mut self, now: Instant) -> ConnId {
         self.st.now = now;
         let id = self.st.new_conn(None, false, now);
+        let limit = self.st.config.max_inbound;
+        if self.st.conns.values().filter(|c| !c.initiator).count() > limit {
+            // Before any byte of the handshake: nothing to tell the peer.
+            let reason = CloseReason::TooManyConnections { limit };
+            self.st.drop_conn(id, reason, false, now);
+        }
         self.pump(now);
         id
     }

@@ -372,6 +372,14 @@ impl State {
         let me = self.me;
         let dialer = |c: &super::conn::Conn| if c.initiator { me } else { peer };
         let this_dialer = self.conns.get(&id).map(dialer);
+        if this_dialer == Some(peer) && !self.admission.admit(peer, now) {
+            let reason = CloseReason::ConnectingTooOften {
+                limit: crate::node::limits::MAX_ACCEPTS_PER_PEER,
+                window: crate::node::limits::ACCEPT_WINDOW,
+            };
+            self.drop_conn(id, reason, true, now);
+            return Ok(());
+        }
         let others: Vec<ConnId> = self
             .conns
             .values()
