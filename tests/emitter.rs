@@ -310,3 +310,61 @@ fn an_event_that_depends_on_a_refused_author_is_delivered_and_says_so() {
     assert_eq!(last.unmet, vec![(y, 1)], "and it says what it lacks");
     assert!(m.got[2].iter().all(|d| d.author != y));
 }
+
+#[test]
+fn an_event_waiting_on_causes_that_never_arrive_holds_back_only_its_author_in_one_entry() {
+    use peermq::emitter::EventRecord;
+    // H (node 0) publishes raw records: event 0 lists 60,000 causes, met
+    // but for one (Y's first event, which comes later); event 1 waits on
+    // an author that never writes. Y (node 1) is honest; Z (node 2) reads.
+    let mut m = Mesh::new(&[1, 2, 3]);
+    let (h, y) = (m.net.ids[0], m.net.ids[1]);
+    let never = PeerId([7; 32]);
+    let mut deps: Vec<(PeerId, u64)> = (0..59_999u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            (PeerId(id), 0)
+        })
+        .collect();
+    deps.push((y, 1));
+    let record = |deps: Vec<(PeerId, u64)>| {
+        EventRecord {
+            name: "Hello",
+            deps,
+            payload: &[],
+        }
+        .encode()
+    };
+    let now = m.net.now;
+    m.net.node(0).broadcast(&record(deps), now).unwrap();
+    m.net
+        .node(0)
+        .broadcast(&record(vec![(never, 5)]), now)
+        .unwrap();
+    for (a, b) in [(2, 0), (2, 1)] {
+        let id = m.net.ids[b];
+        let now = m.net.now;
+        m.net.node(a).dial(id, now);
+    }
+    m.run(Duration::from_millis(500));
+    let waiting: Vec<_> = m.em[2]
+        .waiting()
+        .map(|w| (w.author, w.seq, w.cause))
+        .collect();
+    assert_eq!(waiting, vec![(h, 0, (y, 1))], "one entry for 60,000 causes");
+
+    // Y's event arrives: H's first is delivered, its second waits forever,
+    // and Y's later events are not held back by it.
+    m.emit(1, "Hello", json!({"from": "y"}));
+    m.run(Duration::from_millis(500));
+    m.emit(1, "Hello", json!({"from": "y again"}));
+    m.run(Duration::from_millis(500));
+    let from: Vec<(PeerId, u64)> = m.got[2].iter().map(|d| (d.author, d.seq)).collect();
+    assert_eq!(from, vec![(y, 0), (h, 0), (y, 1)]);
+    let waiting: Vec<_> = m.em[2]
+        .waiting()
+        .map(|w| (w.author, w.seq, w.cause))
+        .collect();
+    assert_eq!(waiting, vec![(h, 1, (never, 5))]);
+}

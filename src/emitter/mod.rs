@@ -87,10 +87,25 @@ pub struct Emitter {
     /// Per author, the count our last emitted event declared as seen.
     declared: BTreeMap<PeerId, u64>,
     log_len: u64,
-    /// Per author, the causes its first undelivered event waits for, as
-    /// read last time: checked in memory until they may be met, so an
-    /// arrival costs reads only for what it can unblock.
-    blocked: BTreeMap<PeerId, Vec<(PeerId, u64)>>,
+    /// Per author whose next event waits, the cause it waits for: one per
+    /// author, however many causes the event lists, checked in memory
+    /// until it may be met, so an arrival costs reads only for what it can
+    /// unblock.
+    blocked: BTreeMap<PeerId, Waiting>,
+}
+
+/// An author's next event, waiting for one of its causes
+/// ([`Emitter::waiting`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// The event's author.
+    pub author: PeerId,
+    /// The event's number in its author's feed.
+    pub seq: u64,
+    /// The cause it waits for: this many events of that author delivered.
+    pub cause: (PeerId, u64),
+    /// Where the cause is in the event's list; those before it are met.
+    at: usize,
 }
 
 fn key(tag: u8, rest: &[u8]) -> Vec<u8> {
@@ -252,11 +267,10 @@ impl Emitter {
         loop {
             let mut progress = false;
             for (&author, &have) in &held {
-                if let Some(deps) = self.blocked.get(&author) {
-                    if !deps.iter().all(|d| cause_met(node, &delivered, &author, d)) {
+                if let Some(w) = self.blocked.get(&author) {
+                    if !cause_met(node, &delivered, &author, &w.cause) {
                         continue;
                     }
-                    self.blocked.remove(&author);
                 }
                 loop {
                     let next = delivered.get(&author).copied().unwrap_or(0);
@@ -266,12 +280,29 @@ impl Emitter {
                     let Some(block) = node.broadcast_get(author, next)? else {
                         break;
                     };
-                    // Not a record we understand: nothing to wait for.
-                    let deps = EventRecord::decode(&block).map_or(Vec::new(), |r| r.deps);
-                    if !deps.iter().all(|d| cause_met(node, &delivered, &author, d)) {
-                        self.blocked.insert(author, deps);
+                    // Resumed where it last waited: the causes before that
+                    // were met then, and counts only grow.
+                    let from = match self.blocked.get(&author) {
+                        Some(w) if w.seq == next => w.at,
+                        _ => 0,
+                    };
+                    let met = |d: &(PeerId, u64)| cause_met(node, &delivered, &author, d);
+                    if let Some((at, cause)) = record::first_unmet(&block, from, met) {
+                        let seq = next;
+                        self.blocked.insert(
+                            author,
+                            Waiting {
+                                author,
+                                seq,
+                                cause,
+                                at,
+                            },
+                        );
                         break;
                     }
+                    self.blocked.remove(&author);
+                    // Not a record we understand: nothing it waited for.
+                    let deps = EventRecord::decode(&block).map_or(Vec::new(), |r| r.deps);
                     let unmet = deps
                         .into_iter()
                         .filter(|(dep, len)| {
@@ -314,6 +345,14 @@ impl Emitter {
         self.delivered = delivered;
         self.log_len = log_len;
         Ok(out)
+    }
+
+    /// The events that wait for a cause, one per author at most (the
+    /// author's next; its later ones wait behind it), as of the last
+    /// [`Emitter::deliver_ready`]. A cause that never arrives holds back
+    /// only its event's author, and costs one entry here.
+    pub fn waiting(&self) -> impl Iterator<Item = &Waiting> {
+        self.blocked.values()
     }
 
     fn describe(&self, position: u64, author: PeerId, seq: u64, block: &[u8]) -> Delivered {

@@ -53,22 +53,51 @@ impl<'a> EventRecord<'a> {
         let rest = &rest[2 + n..];
         let d = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
         let deps_bytes = rest.get(2..2 + d * 40)?;
-        let deps = deps_bytes
-            .chunks_exact(40)
-            .map(|c| {
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&c[..32]);
-                let mut len = [0u8; 8];
-                len.copy_from_slice(&c[32..]);
-                (PeerId(id), u64::from_le_bytes(len))
-            })
-            .collect();
+        let deps = deps_bytes.chunks_exact(40).map(dep).collect();
         Some(EventRecord {
             name,
             deps,
             payload: &rest[2 + d * 40..],
         })
     }
+}
+
+/// The first of a block's causes, from the `from`-th on, that `met` says
+/// is not met, with its index; `None` when all are (or the block is not a
+/// record: nothing to wait for). Reads the causes in place: an event that
+/// waits is resumed where it stopped, so each of its causes is looked at
+/// about once, however many it lists.
+pub fn first_unmet(
+    block: &[u8],
+    from: usize,
+    mut met: impl FnMut(&(PeerId, u64)) -> bool,
+) -> Option<(usize, (PeerId, u64))> {
+    let deps = deps_bytes(block)?;
+    deps.chunks_exact(40)
+        .enumerate()
+        .skip(from)
+        .map(|(i, c)| (i, dep(c)))
+        .find(|(_, d)| !met(d))
+}
+
+/// The causes' bytes of a record block.
+fn deps_bytes(block: &[u8]) -> Option<&[u8]> {
+    let (&v, rest) = block.split_first()?;
+    if v != RECORD_VERSION {
+        return None;
+    }
+    let n = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    let rest = rest.get(2 + n..)?;
+    let d = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    rest.get(2..2 + d * 40)
+}
+
+fn dep(c: &[u8]) -> (PeerId, u64) {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&c[..32]);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&c[32..40]);
+    (PeerId(id), u64::from_le_bytes(len))
 }
 
 #[cfg(test)]
