@@ -146,7 +146,7 @@ fn reconnecting_in_sync_costs_the_same_however_many_feeds() {
 }
 
 #[test]
-fn an_author_over_its_byte_quota_is_no_longer_fetched_and_nothing_closes() {
+fn an_author_over_its_byte_quota_is_no_longer_fetched_and_its_announcer_is_told_politely() {
     let mut net = Net::with_configs(vec![
         open_config(),
         Config {
@@ -181,6 +181,14 @@ fn an_author_over_its_byte_quota_is_no_longer_fetched_and_nothing_closes() {
         net.disconnect_reasons(1).is_empty(),
         "refused politely: {:?}",
         net.disconnect_reasons(1)
+    );
+    assert!(
+        net.take_events(0).iter().any(|e| matches!(
+            e,
+            peermq::Event::RelayRefused { peer, author, reason: peermq::wire::RefuseReason::Full }
+                if *peer == b && *author == a
+        )),
+        "and told the author why"
     );
     // B's own events still flow to A.
     let now = net.now;

@@ -222,6 +222,18 @@ impl State {
             let known = c.remote_heads.entry(feed).or_insert(0);
             *known = (*known).max(head.length);
         }
+        if self.refuses(&desc.author) {
+            // Over a quota: say so once per connection, so the peer knows
+            // why nothing is asked for.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                if c.refused.len() < super::conn::MAX_REFUSALS_TOLD && c.refused.insert(feed) {
+                    c.send(&crate::wire::Message::Refused {
+                        feed,
+                        reason: crate::wire::RefuseReason::Full,
+                    });
+                }
+            }
+        }
         // Taken on above, unless the quota made room by forgetting it.
         match self.replicas.get_mut(&feed) {
             Some(r) if head.length > r.dl.announced => {

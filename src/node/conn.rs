@@ -1,7 +1,7 @@
 //! One connection: the Noise handshake, frames, and the decrypted message
 //! stream. Replication logic lives in the node; this is the secure pipe.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::feed::{FeedDescriptor, FeedId, SignedHead};
 use crate::identity::{Keypair, PeerId};
@@ -101,7 +101,13 @@ pub(crate) struct Conn {
     pub parked: Vec<ToServe>,
     /// What the peer may still be served this second.
     pub credit: ServeCredit,
+    /// Broadcast feeds we told the peer we will not hold more of (at most
+    /// [`MAX_REFUSALS_TOLD`]; past that we stop saying so).
+    pub refused: BTreeSet<FeedId>,
 }
+
+/// Most refusals of broadcast feeds told on one connection.
+pub(crate) const MAX_REFUSALS_TOLD: usize = 256;
 
 /// A connection's serving budget, a token bucket: bytes of blocks the peer
 /// may be served, refilled at [`crate::Config::max_serve_rate`] bytes a
@@ -129,8 +135,8 @@ impl ServeCredit {
     pub fn available(&mut self, now: Instant, rate: u64) -> i64 {
         let rate = rate.max(1);
         let elapsed = now.saturating_since(self.at).as_micros();
-        let refill = i64::try_from(elapsed.saturating_mul(u128::from(rate)) / 1_000_000)
-            .unwrap_or(i64::MAX);
+        let refill =
+            i64::try_from(elapsed.saturating_mul(u128::from(rate)) / 1_000_000).unwrap_or(i64::MAX);
         let cap = i64::try_from(rate).unwrap_or(i64::MAX);
         self.bytes = self.bytes.saturating_add(refill).min(cap);
         self.at = self.at.max(now);
@@ -207,6 +213,7 @@ impl Conn {
             acks_sent: BTreeMap::new(),
             parked: Vec::new(),
             credit: ServeCredit::full(now),
+            refused: BTreeSet::new(),
         }
     }
 

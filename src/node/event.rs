@@ -99,6 +99,18 @@ pub enum Event {
         /// Why.
         reason: crate::wire::RefuseReason,
     },
+    /// `peer` will not hold more of `author`'s broadcast feed, which we
+    /// announced to it: a quota of its own is used up
+    /// ([`crate::Config::max_author_bytes`] and the like). The events stay
+    /// here, and reach others through other relays.
+    RelayRefused {
+        /// The relay.
+        peer: PeerId,
+        /// The author whose feed it refused.
+        author: PeerId,
+        /// Why.
+        reason: crate::wire::RefuseReason,
+    },
     /// `author` signed two conflicting heads of `feed` (see
     /// [`crate::node::ForkEvidence`]): the feed is no longer replicated, and
     /// the evidence is kept ([`crate::Node::forks`]). Reported once per feed.

@@ -342,9 +342,16 @@ impl State {
             Message::Have { feeds } => self.on_have(txn, id, &feeds)?,
             Message::Mailboxes(list) => self.on_mailboxes(txn, peer, list)?,
             Message::Refused { feed, reason } => {
-                if let Some(e) = super::mailbox::refused_event(self, peer, feed, reason) {
-                    after.refusals.push(e);
-                }
+                let relay = self.replicas.get(&feed).map(|r| {
+                    Output::Event(Event::RelayRefused {
+                        peer,
+                        author: r.desc.author,
+                        reason,
+                    })
+                });
+                let event =
+                    relay.or_else(|| super::mailbox::refused_event(self, peer, feed, reason));
+                after.refusals.extend(event);
             }
             Message::Held { feed, length } => self.on_held(txn, peer, feed, length)?,
             Message::Keepalive | Message::Unknown { .. } => {}

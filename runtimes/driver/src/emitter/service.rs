@@ -255,6 +255,13 @@ impl<S: Store> Service<S> for Emitting {
                 ref reason,
             } => self.dials.disconnected(cx, conn, peer, reason),
             Event::Broadcast { .. } => self.pending = true,
+            Event::RelayRefused {
+                peer,
+                author,
+                reason,
+            } => {
+                warn!(%peer, %author, %reason, "peermq: a relay holds no more of this author's events; they reach others through other relays")
+            }
             _ => {}
         }
         self.queue.on_event(cx, event);
