@@ -1327,3 +1327,38 @@ fn a_peer_that_sends_its_handshake_a_byte_at_a_time_is_closed_at_the_handshake_t
     assert_eq!(reason, CloseReason::HandshakeTimeout);
     assert!(at <= Instant::from_micros(11_000_000), "closed at {at:?}");
 }
+
+#[test]
+fn standing_requests_past_four_per_connection_are_refused_at_once() {
+    // Each standing request is answered at every append: a peer may hold
+    // four open, so an append costs at most four answers per connection
+    // (and connections are bounded by `max_inbound`).
+    let mut w = World::new();
+    let (mut raw, conn) = w.hostile(9);
+    let h = w.h.peer_id();
+    let feed = FeedDescriptor::queue(w.a.id(), h).id();
+    raw.send(&Message::Request {
+        feed,
+        base: 0,
+        first_id: 0,
+        ranges: (0..10)
+            .map(|i| RangeRequest {
+                start: 0,
+                end: 100 + i,
+                trusted: None,
+            })
+            .collect(),
+    });
+    w.pump(Some((&mut raw, conn)));
+    let refused = received(&mut raw, 4);
+    assert_eq!(refused.len(), 6, "all but four refused at once");
+    w.a.send(h, b"one", Instant::ZERO).unwrap();
+    w.pump(Some((&mut raw, conn)));
+    assert_eq!(
+        received(&mut raw, 3).len(),
+        4,
+        "four answered at the append"
+    );
+    assert_eq!(w.closed_with(conn), None);
+    w.still_serving();
+}
