@@ -12,6 +12,46 @@
 //! The core does no I/O of its own: it reads no clock, opens no socket,
 //! starts no thread and draws no OS randomness. Time and a seed come in from
 //! the caller ([`rng`]), so the same inputs always give the same bytes.
+//!
+//! ## Example
+//!
+//! Two nodes in memory: B queues a message for A, the bytes of one
+//! connection between them are pumped by hand ([`pump_pair`]; a driver such
+//! as `peermq-tokio` carries them over a socket), A reads the message and
+//! archives it, and A's signed acknowledgement comes back to B.
+//!
+//! ```
+//! use peermq::{Config, Entropy, Event, Instant, Mailbox, MemStore, Node, Output, Timestamp};
+//!
+//! let now = Instant::ZERO;
+//! // Fixed seeds for the example; a real node takes fresh OS randomness
+//! // at every open (`Entropy::new`).
+//! let open = |seed| {
+//!     Node::open(MemStore::new(), Config::default(), Entropy::deterministic(seed), now)
+//! };
+//! let (mut a, mut b) = (open(1)?, open(2)?);
+//! a.add_peer(b.id())?; // A lets B connect
+//! let seq = b.send(a.id(), b"hello", now)?; // durable when it returns
+//!
+//! let b_conn = b.connect(a.id(), now);
+//! let a_conn = a.accept(now);
+//! let (at_a, _) = peermq::pump_pair((&mut a, a_conn), (&mut b, b_conn), now)?;
+//! assert!(at_a.contains(&Output::Event(Event::Message { from: b.id(), seq })));
+//!
+//! // Reading takes the wall-clock time, for messages sent with delivery times.
+//! let unread = a.read(Mailbox::Unread, None, 10, Timestamp::EPOCH)?;
+//! assert_eq!((unread[0].from, unread[0].seq), (b.id(), seq));
+//! assert_eq!(unread[0].data, b"hello");
+//! assert!(a.archive(b.id(), seq, now)?); // newly archived: processed exactly once
+//!
+//! // A acknowledges once `Config::ack_delay` (10 ms) has passed, covering
+//! // whatever else arrives meanwhile.
+//! let later = now + std::time::Duration::from_millis(10);
+//! let (_, at_b) = peermq::pump_pair((&mut a, a_conn), (&mut b, b_conn), later)?;
+//! let acked = Event::Acked { to: a.id(), start: seq, end: seq + 1 };
+//! assert!(at_b.contains(&Output::Event(acked)));
+//! # Ok::<(), peermq::NodeError>(())
+//! ```
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

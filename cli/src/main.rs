@@ -10,6 +10,7 @@ mod addresses;
 mod common;
 mod demo;
 mod follow;
+mod generate;
 mod jobs;
 mod live;
 mod mail;
@@ -362,6 +363,24 @@ enum Command {
     /// Run two nodes in this process, on temporary directories, and show
     /// messages and acknowledgements flowing both ways.
     Demo,
+    /// Print the completion script for SHELL to standard output.
+    ///
+    /// For example `peermq completions bash >
+    /// ~/.local/share/bash-completion/completions/peermq`, or `peermq
+    /// completions zsh > ~/.zfunc/_peermq`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, in roff, to standard output: `peermq man >
+    /// peermq.1`.
+    Man {
+        /// Write the pages into DIR instead: peermq.1 and one per command
+        /// (peermq-send.1, ...); prints their paths.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -516,7 +535,11 @@ fn open_with(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.datadir;
     let mut printer = Printer::new();
-    if !matches!(cli.command, Command::Demo) && dir.exists() && !dir.is_dir() {
+    let uses_datadir = !matches!(
+        cli.command,
+        Command::Demo | Command::Completions { .. } | Command::Man { .. }
+    );
+    if uses_datadir && dir.exists() && !dir.is_dir() {
         bail!(
             "data directory {} is not a directory; give a directory with -d DIR (it is created if missing)",
             dir.display()
@@ -524,6 +547,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Demo => demo::run(&mut printer).await,
+        Command::Completions { shell } => Ok(generate::completions(
+            <Cli as clap::CommandFactory>::command(),
+            shell,
+        )?),
+        Command::Man { dir: pages } => Ok(generate::man(
+            <Cli as clap::CommandFactory>::command(),
+            pages.as_deref(),
+        )?),
         Command::Connect {
             key,
             addr,
@@ -850,8 +881,10 @@ async fn one_shot(
         | Command::AddMailbox { .. }
         | Command::Mailbox { .. }
         | Command::Work { .. }
-        | Command::Send { .. } => {
-            bail!("internal: long-running command dispatched as a one-shot one")
+        | Command::Send { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
+            bail!("internal: a command that is not a one-shot one dispatched as one")
         }
     }
     Ok(())

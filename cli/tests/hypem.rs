@@ -10,8 +10,32 @@ use std::time::Duration;
 /// Guards against a hang; no test depends on how fast things are.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn schema() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/example.proto")
+/// A copy of `examples/example.proto`, which lives at the repository root,
+/// outside this crate: the published crate's tests read no file beyond it.
+const SCHEMA: &str = r#"syntax = "proto3";
+
+message Hello {
+  string from = 1;
+  string message = 2;
+}
+
+message userAdded {
+  int32 id = 1;
+  string username = 2;
+}
+
+message userRemoved {
+  int32 id = 1;
+}
+"#;
+
+/// The schema file in `dir`, written if missing.
+fn schema(dir: &Path) -> PathBuf {
+    let path = dir.join("example.proto");
+    if !path.exists() {
+        std::fs::write(&path, SCHEMA).expect("write the schema");
+    }
+    path
 }
 
 struct Proc {
@@ -40,7 +64,7 @@ fn hypem(db: &Path, extra: &[&str]) -> Proc {
         .arg("--db")
         .arg(db)
         .args(extra)
-        .arg(schema())
+        .arg(schema(db.parent().expect("a parent")))
         // Nodes of one test find each other by key here, and only here.
         .env(
             "PEERMQ_DISCOVERY_DIR",

@@ -12,9 +12,14 @@
 //! and every event is written to stdout in the same form. Either way the
 //! output resumes where the previous run stopped, unless `--from-scratch`.
 //! Exit codes: 2 for usage errors, 1 for runtime errors.
+//!
+//! `hypem completions SHELL` prints a shell's completion script and `hypem
+//! man` the man page (`hypem man > hypem.1`).
 
 #[path = "../common.rs"]
 mod common;
+#[path = "../generate.rs"]
+mod generate;
 #[path = "../network.rs"]
 mod network;
 
@@ -23,7 +28,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use futures_lite::StreamExt;
 use peermq_tokio::{Delivered, Emitter, PeerId, Schema, TokioRuntime};
 use serde_json::{json, Value};
@@ -32,8 +37,8 @@ use serde_json::{json, Value};
 const CONSUMER: &str = "hypem";
 
 /// A replicated, persistent event emitter with a REPL or ndjson streams.
-#[derive(Parser, Debug)]
-#[command(name = "hypem", version, about)]
+#[derive(clap::Parser, Debug)]
+#[command(name = "hypem", version)]
 struct Args {
     /// Data directory (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -75,9 +80,48 @@ struct Args {
     schema: PathBuf,
 }
 
+// What `hypem` does instead of running a node, given alone. (No doc
+// comment: clap would take it for hypem's own description.)
+#[derive(Subcommand, Debug)]
+enum Extra {
+    /// Print the completion script for SHELL to standard output (for
+    /// example `hypem completions bash >
+    /// ~/.local/share/bash-completion/completions/hypem`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, in roff, to standard output: `hypem man >
+    /// hypem.1`.
+    Man {
+        /// Write the pages into DIR instead (hypem.1 and one per command);
+        /// prints their paths.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `hypem`'s command line: a node's [`Args`], or one [`Extra`] command
+/// alone. A command name is one only as the first word, so a schema file
+/// named `man` still loads after `--db DIR`.
+fn command_line() -> clap::Command {
+    Extra::augment_subcommands(Args::command())
+        .args_conflicts_with_subcommands(true)
+        .subcommand_negates_reqs(true)
+}
+
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
+    let parsed = command_line().try_get_matches().and_then(|m| {
+        if m.subcommand().is_some() {
+            Extra::from_arg_matches(&m).map(Err)
+        } else {
+            Args::from_arg_matches(&m).map(Ok)
+        }
+    });
+    let args = match parsed {
+        Ok(Ok(a)) => a,
+        Ok(Err(extra)) => return print_extra(extra),
         Err(e) => return common::usage_error(&e, "hypem --help"),
     };
     if args.target_host.len() > 1 && args.target_host.len() != args.target_port.len() {
@@ -110,6 +154,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints the completion script or the man page.
+fn print_extra(extra: Extra) -> ExitCode {
+    let printed = match extra {
+        Extra::Completions { shell } => generate::completions(command_line(), shell),
+        Extra::Man { dir } => generate::man(command_line(), dir.as_deref()),
+    };
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }

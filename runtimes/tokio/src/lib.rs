@@ -4,12 +4,41 @@
 //! live in `peermq-driver`; this crate only teaches it tokio's spawn, timers
 //! and TCP.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), peermq_tokio::MqError> {
-//! let mq = peermq_tokio::open("peermq-data")?;
-//! mq.listen("127.0.0.1:0".parse().unwrap()).await?;
-//! println!("my id: {}", mq.id().await);
-//! mq.shutdown().await
+//! A node is configured with [`Mq::builder`] (its data directory, the
+//! [`Config`], discovery, transport) and opened on a [`TokioRuntime`]; the
+//! [`open`] shortcut takes the defaults. Two nodes on loopback, B sending
+//! to A:
+//!
+//! ```
+//! use futures_lite::StreamExt;
+//! use peermq_tokio::{Mailbox, Mq, TokioRuntime};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tmp = tempfile::tempdir()?;
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     // No same-machine discovery here: B is told where A listens.
+//!     let open = |name| {
+//!         Mq::builder(tmp.path().join(name))
+//!             .local_discovery(false)
+//!             .open(TokioRuntime::new())
+//!     };
+//!     let (a, b) = (open("a")?, open("b")?);
+//!     let (a_id, b_id) = (a.id().await, b.id().await);
+//!     a.add_peer(b_id, None).await?; // A lets B connect
+//!     let addr = a.listen("127.0.0.1:0".parse()?).await?;
+//!     b.add_peer(a_id, Some(addr)).await?;
+//!     b.send(a_id, "hello").await?; // durable when it returns, even offline
+//!     b.connect(a_id).await?; // dials, and redials after a drop
+//!
+//!     let mut inbox = a.read_stream(Mailbox::Unread, true);
+//!     let msg = inbox.next().await.expect("the stream is live")?;
+//!     assert_eq!((msg.from, &msg.data[..]), (b_id, &b"hello"[..]));
+//!     assert!(a.archive(msg.from, msg.seq).await?); // processed exactly once
+//!     b.shutdown().await?;
+//!     a.shutdown().await?;
+//!     Ok(())
+//! })
 //! # }
 //! ```
 
