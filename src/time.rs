@@ -156,6 +156,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn instant_arithmetic_saturates_when_time_goes_backwards() {
+        let (early, late) = (Instant::from_micros(5), Instant::from_micros(9));
+        assert_eq!(early - late, Duration::ZERO);
+        assert_eq!(early.saturating_since(late), Duration::ZERO);
+        assert_eq!(late - early, Duration::from_micros(4));
+        let end = Instant::from_micros(u64::MAX);
+        assert_eq!(end + Duration::from_secs(1), end);
+        assert_eq!(Instant::from_duration(Duration::MAX), end);
+        assert_eq!(
+            Timestamp::from_micros(3).saturating_since(Timestamp::from_micros(7)),
+            Duration::ZERO
+        );
+        assert_eq!(Timestamp::NEVER + Duration::from_secs(1), Timestamp::NEVER);
+    }
+
+    #[test]
     fn timestamps_print_as_utc_dates() {
         let at = |s: u64, us: u64| Timestamp::from_micros(s * 1_000_000 + us).to_string();
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");

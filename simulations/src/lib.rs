@@ -42,7 +42,20 @@ pub fn run(plan: &Plan) -> Report {
 /// [`run`], echoing the trace text (every output of every node, every
 /// operation and fault) to stderr when `echo` is set.
 pub fn run_echo(plan: &Plan, echo: bool) -> Report {
-    match catch_unwind(AssertUnwindSafe(|| sim::Sim::new(plan).echo(echo).run())) {
+    run_with(plan, echo, None)
+}
+
+/// [`run`], also writing the byte streams the simulated links deliver
+/// into `dir`: one file per link direction, its first 64 KiB cut at a
+/// frame boundary, named by its hash (`peermq-sim --record-frames DIR`;
+/// the fuzz targets' seeds, see fuzz/README.md).
+pub fn run_recording(plan: &Plan, dir: &std::path::Path) -> Report {
+    run_with(plan, false, Some(dir))
+}
+
+fn run_with(plan: &Plan, echo: bool, record: Option<&std::path::Path>) -> Report {
+    let sim = || sim::Sim::new(plan).echo(echo).record_frames(record).run();
+    match catch_unwind(AssertUnwindSafe(sim)) {
         Ok(r) => r,
         Err(p) => {
             let msg = p

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use clap::error::ErrorKind;
 use clap::Parser;
 use peermq_sim::{
-    generate, replay_command, run, run_echo, shrink, FaultLevel, Params, Report, Scenario,
+    generate, replay_command, run, run_echo, run_recording, shrink, FaultLevel, Params, Report,
+    Scenario,
 };
 
 #[derive(Parser, Debug)]
@@ -67,6 +68,11 @@ struct Args {
     /// to compare two builds seed by seed.
     #[arg(long, requires = "seeds")]
     hashes: bool,
+    /// Write the byte streams the simulated links deliver into this
+    /// directory (one file per link direction, named by its hash): seeds
+    /// for the fuzz targets (fuzz/README.md).
+    #[arg(long, value_name = "DIR")]
+    record_frames: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -97,7 +103,7 @@ fn main() -> ExitCode {
     };
     match (args.seed, args.seeds) {
         (Some(seed), _) => one(seed, &params, &args),
-        (None, Some(k)) => many(k, args.start, &params, args.jobs, args.hashes),
+        (None, Some(k)) => many(k, args.start, &params, &args),
         (None, None) => {
             eprintln!("error: give --seed N or --seeds K (see --help)");
             ExitCode::from(2)
@@ -128,7 +134,10 @@ fn one(seed: u64, params: &Params, args: &Args) -> ExitCode {
         print!("{}", plan.render());
     }
     let t = Instant::now();
-    let report = run_echo(&plan, args.trace);
+    let report = match &args.record_frames {
+        Some(dir) => run_recording(&plan, dir),
+        None => run_echo(&plan, args.trace),
+    };
     let wall = t.elapsed();
     println!(
         "seed {seed}: sent={} delivered={} connections={} faults={} wire-bytes={}",
@@ -189,8 +198,10 @@ fn one(seed: u64, params: &Params, args: &Args) -> ExitCode {
     }
 }
 
-fn many(k: u64, start: u64, params: &Params, jobs: Option<usize>, hashes: bool) -> ExitCode {
-    let jobs = jobs
+fn many(k: u64, start: u64, params: &Params, args: &Args) -> ExitCode {
+    let hashes = args.hashes;
+    let jobs = args
+        .jobs
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
         .max(1);
@@ -205,7 +216,11 @@ fn many(k: u64, start: u64, params: &Params, jobs: Option<usize>, hashes: bool) 
                     break;
                 }
                 let seed = start.wrapping_add(i);
-                let report = run(&generate(seed, params));
+                let plan = generate(seed, params);
+                let report = match &args.record_frames {
+                    Some(dir) => run_recording(&plan, dir),
+                    None => run(&plan),
+                };
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -505,6 +505,26 @@ pub enum Op {
         /// How many.
         n: u32,
     },
+    /// `node`'s disk fills up for `for_`: its store takes no commit that
+    /// grows it (`MemStore::set_capacity`), then space returns. Sends,
+    /// archives and downloads fail with a "full" error meanwhile; reads
+    /// work, and everything resumes after.
+    DiskFull {
+        /// The node.
+        node: usize,
+        /// For how long.
+        for_: u64,
+    },
+    /// `node`'s clock (the `Instant` every call passes it) jumps by `by`
+    /// microseconds: forward (a suspended machine waking, hours later) or
+    /// back (a clock stepped back; clamped at the clock's origin). The
+    /// core must neither panic nor spin, and delivery must still complete.
+    ClockJump {
+        /// The node.
+        node: usize,
+        /// How far, forward if positive.
+        by: i64,
+    },
     /// `node` backs its data directory up (a copy, restored by
     /// [`Op::Restore`]).
     Backup {
@@ -673,6 +693,13 @@ impl fmt::Display for Op {
             ),
             Op::Pause { node, for_ } => write!(f, "pause n{node} for {}", secs(*for_)),
             Op::FailCommits { node, n } => write!(f, "fail-commits n{node} x{n}"),
+            Op::DiskFull { node, for_ } => write!(f, "disk-full n{node} for {}", secs(*for_)),
+            Op::ClockJump { node, by } => write!(
+                f,
+                "clock n{node} jumps {}{}",
+                if *by < 0 { "back " } else { "forward " },
+                secs(by.unsigned_abs())
+            ),
             Op::Sabotage { node } => write!(f, "sabotage n{node}"),
             Op::Offline { node, for_, silent } => write!(
                 f,
@@ -965,6 +992,9 @@ pub fn generate(seed: u64, params: &Params) -> Plan {
     let mut ops = Vec::new();
     workload(&mut d, &options, &mut ops);
     fault_ops(&mut d, &options, &mut ops);
+    // From a stream of their own, so that a seed that draws none keeps
+    // the plan it had before they existed.
+    storage_and_clock_faults(&mut Dice::new(seed, "disk and clock"), &options, &mut ops);
     let last_turns = match mail_pairs {
         0 => 0,
         n => add_mailbox(&mut md, &mut options, &mut ops, n),
@@ -1561,6 +1591,49 @@ fn workload(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
                 },
             });
         }
+    }
+}
+
+/// A full disk on one node for a while, and clock jumps: forward by hours,
+/// then back by minutes, on one node; in the mix with faults, each in
+/// about one run in four.
+fn storage_and_clock_faults(d: &mut Dice, o: &Options, ops: &mut Vec<TimedOp>) {
+    if o.scenario != Scenario::Mix || o.faults == FaultLevel::None || o.chaos < 2 * SEC {
+        return;
+    }
+    if d.chance(25) {
+        let at = d.range(0, o.chaos - SEC);
+        ops.push(TimedOp {
+            at,
+            op: Op::DiskFull {
+                node: d.below(o.nodes),
+                for_: d.range(500, 15_000) * MS,
+            },
+        });
+    }
+    if d.chance(25) {
+        let node = d.below(o.nodes);
+        let forward = d.range(0, o.chaos - SEC);
+        let back = d.range(forward, o.chaos);
+        let hours = d.range(1, 6) as i64 * 3600 * SEC as i64;
+        let minutes = d.range(1, 20) as i64 * 60 * SEC as i64;
+        ops.push(TimedOp {
+            at: forward,
+            op: Op::ClockJump { node, by: hours },
+        });
+        ops.push(TimedOp {
+            at: back,
+            op: Op::ClockJump { node, by: -minutes },
+        });
+        // And another node's clock steps back as far as it can.
+        let other = d.below(o.nodes);
+        ops.push(TimedOp {
+            at: d.range(0, o.chaos),
+            op: Op::ClockJump {
+                node: other,
+                by: -(d.range(1, 10) as i64 * 60 * SEC as i64),
+            },
+        });
     }
 }
 

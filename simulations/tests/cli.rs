@@ -78,3 +78,27 @@ fn malformed_arguments_give_one_line_and_exit_2() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn record_frames_writes_whole_frame_streams_and_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("peermq-sim-frames-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("a UTF-8 temp dir");
+    let (code, out, _) = sim(&["--seed", "5", "--record-frames", d]);
+    assert_eq!(code, 0, "{out}");
+    let (_, plain, _) = sim(&["--seed", "5"]);
+    assert_eq!(out.lines().last(), plain.lines().last(), "same trace");
+    let files: Vec<_> = std::fs::read_dir(&dir).expect("the dir").collect();
+    assert!(!files.is_empty(), "streams were written");
+    for f in files {
+        let bytes = std::fs::read(f.expect("an entry").path()).expect("a file");
+        assert!(!bytes.is_empty() && bytes.len() <= 64 * 1024);
+        // Whole frames: `len: u16 BE | len bytes`, to the last byte.
+        let mut at = 0;
+        while at < bytes.len() {
+            at += 2 + u16::from_be_bytes([bytes[at], bytes[at + 1]]) as usize;
+        }
+        assert_eq!(at, bytes.len());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -64,3 +64,13 @@ fn seed_209_standing_request_after_restart() {
 fn seed_6_mailbox_asks_again_after_its_author_left_mid_request() {
     passes(6);
 }
+
+/// Liveness: a node whose clock stepped back 15 minutes (n3 at 12.6 s)
+/// kept every deadline it had set before the step, so its receipts,
+/// keepalives and redials waited out the 15 minutes as well, far past
+/// the heal bound. Fixed: the node's clock never goes back (`State::tick`
+/// keeps the step as a skew), and deadlines stay as far off as they were.
+#[test]
+fn seed_124_a_clock_stepped_back_stalls_no_deadline() {
+    passes(124);
+}

@@ -103,3 +103,60 @@ fn a_rogue_author_that_restores_a_backup_is_caught_and_the_rest_converge() {
     assert!(rogues >= 5, "{rogues} rogue plans among 60 seeds");
     assert!(caught > 0, "no fork caught in {rogues} rogue runs");
 }
+
+#[test]
+fn a_disk_that_fills_up_refuses_writes_for_a_while_and_the_run_converges_after() {
+    // Seed 6: n0's disk is full from 4.1 s for 14 s, with clock jumps.
+    let plan = generate(6, &Params::default());
+    assert!(plan
+        .ops
+        .iter()
+        .any(|o| matches!(o.op, peermq_sim::Op::DiskFull { node: 0, .. })));
+    let r = run(&plan);
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert!(r.store_full > 0, "no call met the full disk");
+}
+
+#[test]
+fn clocks_that_jump_hours_forward_and_minutes_back_neither_spin_nor_stall_delivery() {
+    use peermq_sim::{Op, TimedOp};
+    const SEC: i64 = 1_000_000;
+    let mut plan = generate(
+        5,
+        &Params {
+            faults: Some(peermq_sim::FaultLevel::Light),
+            ..Params::default()
+        },
+    );
+    // Every node: six hours forward, then twenty minutes back, at its own
+    // times; and the first steps back before it ever went forward.
+    let nodes = plan.options.nodes;
+    for node in 0..nodes {
+        let at = 2_000_000 + node as u64 * 700_000;
+        plan.ops.push(TimedOp {
+            at,
+            op: Op::ClockJump {
+                node,
+                by: 6 * 3600 * SEC,
+            },
+        });
+        plan.ops.push(TimedOp {
+            at: at + 3_000_000,
+            op: Op::ClockJump {
+                node,
+                by: -20 * 60 * SEC,
+            },
+        });
+    }
+    plan.ops.push(TimedOp {
+        at: 1_000_000,
+        op: Op::ClockJump {
+            node: 0,
+            by: -10 * 60 * SEC,
+        },
+    });
+    plan.ops.sort_by_key(|o| o.at);
+    let r = run(&plan);
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert!(r.sent > 0 && r.delivered > 0);
+}

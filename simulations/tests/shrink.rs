@@ -12,6 +12,10 @@ fn sabotage_is_caught_and_the_plan_shrinks_around_it() {
         scenario: None,
     };
     let mut plan = generate(11, &params);
+    // The plan as it was before full disks and clock jumps were drawn: a
+    // full disk keeps the messages it would destroy from arriving.
+    plan.ops
+        .retain(|o| !matches!(o.op, Op::DiskFull { .. } | Op::ClockJump { .. }));
     assert!(run(&plan).failure.is_none());
     // Destroy a stored message behind the core's back on every node, late
     // in the chaos phase, when there is something to destroy.

@@ -379,6 +379,27 @@ impl Feed {
         Ok(Some(data))
     }
 
+    /// [`Feed::get`] of a block recorded as held (its arrival was
+    /// committed, and it was not cleared since): bytes missing below the
+    /// feed's length are damage (LMDB keeps no checksums, so a damaged
+    /// page can lose records without an error of its own), reported as
+    /// [`FeedError::Corrupt`] rather than passed off as a block that is
+    /// not here yet. `Ok(None)` only past the feed's length.
+    pub fn get_held<S: Store>(
+        &self,
+        txn: &Txn<'_, S>,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, FeedError> {
+        match self.get(txn, seq)? {
+            None if seq < self.len() => Err(FeedError::Corrupt {
+                feed: self.id,
+                seq,
+                what: "block (recorded as held, but missing)",
+            }),
+            got => Ok(got),
+        }
+    }
+
     /// Whether block `seq`'s bytes are stored here.
     pub fn has<S: Store>(&self, txn: &Txn<'_, S>, seq: u64) -> Result<bool, FeedError> {
         Ok(seq < self.len()

@@ -235,6 +235,38 @@ mod tests {
         assert_eq!(kp.peer_id().verify(b"m", &bad), Err(BadSignature));
     }
 
+    /// `Debug` of everything holding the identity's secret shows the
+    /// public key at most: in no encoding does the secret appear.
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let kp = Keypair::generate(&mut SeededRng::from_u64(6));
+        let secret = kp.to_bytes();
+        let scalar = kp.x25519_secret();
+        let shown = [
+            format!("{kp:?}"),
+            format!("{kp:#?}"),
+            format!("{:?}", Signer::new(kp.clone(), None)),
+            format!("{:#?}", Signer::new(kp.clone(), Some([7; 32]))),
+        ];
+        let forms = |bytes: &[u8; 32]| {
+            [
+                hex::encode(bytes),
+                hex::encode_upper(bytes),
+                hex::encode(&bytes[..8]),
+                format!("{bytes:?}"),
+                format!("{:?}", &bytes[..8]),
+                format!("{bytes:x?}"),
+                format!("{:?}", &bytes[..]),
+            ]
+        };
+        for text in &shown {
+            assert!(text.contains(&kp.peer_id().short()), "{text}");
+            for form in forms(&secret).iter().chain(forms(&scalar).iter()) {
+                assert!(!text.contains(form.as_str()), "{text} shows {form}");
+            }
+        }
+    }
+
     #[test]
     fn peer_id_hex_roundtrip() {
         let id = Keypair::generate(&mut SeededRng::from_u64(4)).peer_id();

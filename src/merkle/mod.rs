@@ -97,7 +97,11 @@ impl Node {
 
     /// The parent of two sibling nodes, `left` before `right`.
     pub fn parent(left: &Node, right: &Node) -> Node {
-        let size = left.size + right.size;
+        // A proof's sibling sizes come from the peer: a sum past 2^64 must
+        // not panic. Wrapping cannot forge a parent: for a given `left`,
+        // each `right.size` gives a different sum, so a lie still changes
+        // the hash.
+        let size = left.size.wrapping_add(right.size);
         let mut buf = [0u8; 73];
         buf[0] = PARENT_TAG;
         buf[1..9].copy_from_slice(&size.to_le_bytes());

@@ -487,7 +487,7 @@ impl<S: Store> Node<S> {
         events: &[B],
         now: Instant,
     ) -> Result<Range<u64>, NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let limit = self.max_send_size();
         if let Some(big) = events.iter().map(|m| m.as_ref().len()).find(|&n| n > limit) {
             return Err(NodeError::TooLarge { size: big, limit });

@@ -11,6 +11,12 @@ pub(crate) struct Dial {
     /// Consecutive failures since the last successful handshake. When the
     /// next `Output::Dial` is due is the node's `Timer::Redial`.
     pub attempts: u32,
+    /// The last connection ended because a store could not take what
+    /// came (ours failed, or the peer closed as `overloaded`: its disk is
+    /// full, say). A handshake then is no success: the backoff keeps
+    /// growing until a connection ends otherwise, so that a full disk
+    /// does not make both sides reconnect, and send again, at once.
+    pub strained: bool,
 }
 
 impl Dial {

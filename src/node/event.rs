@@ -225,7 +225,8 @@ impl CloseReason {
             CloseReason::Unexpected(_) => CloseCode::Unexpected,
             CloseReason::Overloaded
             | CloseReason::TooManyConnections { .. }
-            | CloseReason::ConnectingTooOften { .. } => CloseCode::Overloaded,
+            | CloseReason::ConnectingTooOften { .. }
+            | CloseReason::Storage(_) => CloseCode::Overloaded,
             CloseReason::Duplicate => CloseCode::Duplicate,
             CloseReason::PeerRemoved => CloseCode::Removed,
             CloseReason::IdleTimeout | CloseReason::HandshakeTimeout => CloseCode::Idle,

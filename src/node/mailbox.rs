@@ -793,7 +793,7 @@ impl<S: Store> Node<S> {
     }
 
     fn set_mailboxes(&mut self, set: BTreeSet<PeerId>, now: Instant) -> Result<(), NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let version = self.st.own_list().map_or(1, |l| l.version + 1);
         let list = MailboxList::sign(&self.st.key, version, set);
         let mut bytes = Vec::new();
@@ -930,7 +930,6 @@ impl<S: Store> Node<S> {
         desc: FeedDescriptor,
         head: SignedHead,
         to: &PeerId,
-        now: Instant,
     ) {
         let boxes = self.st.mail.mailboxes_of(to);
         if boxes.is_empty() {
@@ -948,7 +947,7 @@ impl<S: Store> Node<S> {
         }
         for m in unconnected {
             if m != self.st.me && !self.st.dials.contains_key(&m) {
-                self.dial(m, now);
+                self.keep_dialing(m);
             }
         }
     }

@@ -168,6 +168,21 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// The store's error behind this one, if the store failed.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            NodeError::Store(e) | NodeError::Feed(FeedError::Store(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the store or its disk is full ([`StoreError::is_full`]):
+    /// nothing of the operation was written, and it succeeds once space
+    /// is freed.
+    pub fn is_full(&self) -> bool {
+        self.store_error().is_some_and(StoreError::is_full)
+    }
+
     /// Whether a conditional write lost to another process writing the
     /// same record (which a retry on fresh state resolves).
     fn is_conflict(&self) -> bool {
@@ -263,7 +278,10 @@ pub struct Footprint {
 /// The rules:
 ///
 /// - Time never goes backwards: every `now` is at least the previous one
-///   (an [`Instant`] from one monotonic clock, or the simulator's).
+///   (an [`Instant`] from one monotonic clock, or the simulator's). Where
+///   it does anyway, the node's own clock stands still for that call and
+///   runs on from there: no deadline waits out the step, nothing panics
+///   or spins. A jump forward fires the deadlines it passed, each once.
 /// - Each input or command that writes is one store transaction, committed
 ///   before any output it causes is queued: an acknowledgement or event the
 ///   driver sees is already durable. A store failure returns an error and
@@ -319,7 +337,12 @@ struct State {
     timers: TimerTable,
     out: VecDeque<Output>,
     next_conn: u64,
+    /// The node's clock: the caller's time plus `skew`. It never goes
+    /// back, whatever the caller passes ([`State::tick`]).
     now: Instant,
+    /// How far the node's clock runs ahead of the caller's: the total by
+    /// which the caller's time went backwards, in microseconds.
+    skew: u64,
     /// Feeds whose downloads may proceed; requests go out at the end of the
     /// current call, when the store can be read (see `issue_requests`).
     to_schedule: BTreeSet<Target>,
@@ -416,6 +439,7 @@ impl<S: Store> Node<S> {
                 out: VecDeque::new(),
                 next_conn: 0,
                 now,
+                skew: 0,
                 to_schedule: BTreeSet::new(),
                 seal_keys: SealKeys::default(),
                 mail,
@@ -430,7 +454,7 @@ impl<S: Store> Node<S> {
             .chain(node.st.mail.routes.values().flatten().copied())
             .collect();
         for m in keep {
-            node.dial(m, now);
+            node.keep_dialing(m);
         }
         Ok(node)
     }
@@ -499,7 +523,12 @@ impl<S: Store> Node<S> {
     /// [`Output::Dial`]) and again, with backoff, whenever the connection is
     /// lost, until [`Node::hang_up`].
     pub fn dial(&mut self, peer: PeerId, now: Instant) {
-        self.st.now = now;
+        self.st.tick(now);
+        self.keep_dialing(peer);
+    }
+
+    /// [`Node::dial`], at the node's time.
+    fn keep_dialing(&mut self, peer: PeerId) {
         if peer == self.st.me {
             return;
         }
@@ -523,7 +552,7 @@ impl<S: Store> Node<S> {
     /// Drops the wish to stay connected to `peer` and closes every
     /// connection with it (or dialed to it), telling it why.
     pub fn disconnect(&mut self, peer: &PeerId, now: Instant) {
-        self.st.now = now;
+        let now = self.st.tick(now);
         self.st.forget_dial(peer);
         self.st.close_conns_with(peer, CloseReason::Local, now);
         self.pump(now);
@@ -553,14 +582,14 @@ impl<S: Store> Node<S> {
 
     /// The driver could not open a transport to `peer`; retry after backoff.
     pub fn dial_failed(&mut self, peer: PeerId, now: Instant) {
-        self.st.now = now;
+        let now = self.st.tick(now);
         self.st.schedule_redial(peer, now);
     }
 
     /// The driver opened a transport to `peer`: the node starts the
     /// handshake as initiator and will check that `peer` answers.
     pub fn connect(&mut self, peer: PeerId, now: Instant) -> ConnId {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let id = self.st.new_conn(Some(peer), true, now);
         self.pump(now);
         id
@@ -570,7 +599,7 @@ impl<S: Store> Node<S> {
     /// know (the emitter's `connect(host, port)`): the node dials and takes
     /// whoever answers, as long as it would accept that key inbound.
     pub fn connect_any(&mut self, now: Instant) -> ConnId {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let id = self.st.new_conn(None, true, now);
         self.pump(now);
         id
@@ -579,7 +608,7 @@ impl<S: Store> Node<S> {
     /// The driver accepted an inbound transport: the node answers its
     /// handshake and admits it only if the dialer is an authorized peer.
     pub fn accept(&mut self, now: Instant) -> ConnId {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let id = self.st.new_conn(None, false, now);
         let limit = self.st.config.max_inbound;
         if self.st.conns.values().filter(|c| !c.initiator).count() > limit {
@@ -600,14 +629,14 @@ impl<S: Store> Node<S> {
         bytes: &[u8],
         now: Instant,
     ) -> Result<(), NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let r = self.st.handle_input(&self.store, conn, bytes, now);
         self.finish(r, now)
     }
 
     /// The transport of `conn` closed.
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
-        self.st.now = now;
+        let now = self.st.tick(now);
         self.st
             .drop_conn(conn, CloseReason::TransportClosed, false, now);
         self.pump(now);
@@ -615,7 +644,7 @@ impl<S: Store> Node<S> {
 
     /// Closes `conn` at the application's request, telling the peer.
     pub fn close(&mut self, conn: ConnId, now: Instant) {
-        self.st.now = now;
+        let now = self.st.tick(now);
         self.st.drop_conn(conn, CloseReason::Local, true, now);
         self.pump(now);
     }
@@ -623,7 +652,7 @@ impl<S: Store> Node<S> {
     /// Time passed: runs keepalives, idle and handshake timeouts, redials,
     /// and serves queued requests.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let r = self.st.handle_timeout(&self.store, now);
         self.finish(r, now)
     }
@@ -637,7 +666,11 @@ impl<S: Store> Node<S> {
     /// When to call [`Node::handle_timeout`] next (immediately, if it has
     /// queued work), or `None` if no timer is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.st.poll_timeout()
+        // Back on the caller's clock.
+        let skew = self.st.skew;
+        self.st
+            .poll_timeout()
+            .map(|t| Instant::from_micros(t.as_micros().saturating_sub(skew)))
     }
 
     /// Whether the node has work it can do ahead of need, off the path of
@@ -659,8 +692,8 @@ impl<S: Store> Node<S> {
         let r = r
             .and_then(|()| self.st.issue_requests(&self.store))
             .and_then(|()| self.st.serve_all(&self.store));
-        if r.is_err() {
-            self.st.storage_failed(&self.store, now);
+        if let Err(e) = &r {
+            self.st.storage_failed(&self.store, e, now);
         }
         self.st.flush_all(now);
         r
@@ -675,8 +708,8 @@ impl<S: Store> Node<S> {
             .st
             .issue_requests(&self.store)
             .and_then(|()| self.st.serve_all(&self.store));
-        if r.is_err() {
-            self.st.storage_failed(&self.store, now);
+        if let Err(e) = &r {
+            self.st.storage_failed(&self.store, e, now);
         }
         self.st.flush_all(now);
     }
@@ -841,6 +874,24 @@ impl State {
                 .conns
                 .values()
                 .any(|c| c.peer == Some(peer) || c.expected == Some(peer));
+            if let Some(d) = self.dials.get_mut(&peer) {
+                let strained = matches!(
+                    reason,
+                    CloseReason::Storage(_)
+                        | CloseReason::Remote {
+                            code: crate::wire::CloseCode::Overloaded,
+                            ..
+                        }
+                );
+                if strained {
+                    d.strained = true;
+                } else if d.strained && conn.peer.is_some() {
+                    // A connection that ended otherwise: the store took
+                    // what came, and the backoff starts over.
+                    d.strained = false;
+                    d.attempts = 0;
+                }
+            }
             if !still && reason.retry() {
                 self.schedule_redial(peer, now);
             }
@@ -857,6 +908,26 @@ impl State {
             let at = d.schedule(now, base, cap, &mut self.rng);
             self.timers.set(Timer::Redial(peer), at);
         }
+    }
+
+    /// Takes the caller's time `now` onto the node's clock, and returns
+    /// the node's time. The node's clock never goes back: where the
+    /// caller's did (a clock stepped back; the rules say it must not, but
+    /// a clock is outside our control), the node's stands still for that
+    /// call and runs on from there at the caller's pace, with every
+    /// deadline as far off as it was. Without it each deadline set before
+    /// the step would wait out the step as well: keepalives, receipts and
+    /// redials stalled for as long as the clock went back. Forward jumps
+    /// pass through: deadlines that came are due, each once.
+    fn tick(&mut self, now: Instant) -> Instant {
+        let t = now.as_micros().saturating_add(self.skew);
+        let ours = self.now.as_micros();
+        if t < ours {
+            self.skew += ours - t;
+        } else {
+            self.now = Instant::from_micros(t);
+        }
+        self.now
     }
 
     /// Closes every connection with `peer`, or dialed to it, telling it
@@ -885,10 +956,23 @@ impl State {
     /// are the application's doing, not a copy of stored state, so they are
     /// carried over (else their `Fetched` would never come, or a live reader
     /// would stall at the cursor's window).
-    fn storage_failed<S: Store>(&mut self, store: &S, now: Instant) {
+    ///
+    /// Peers hear `overloaded` (try later), and every dial backs off as
+    /// after a failure until a connection ends for another reason
+    /// ([`dial::Dial::strained`]): while the store stays full, each new
+    /// connection would bring data it cannot keep.
+    fn storage_failed<S: Store>(&mut self, store: &S, error: &NodeError, now: Instant) {
+        // The reason goes to peers: what kind of failure, not our paths.
+        let why = match error.store_error() {
+            Some(e) if e.is_full() => "our store is full",
+            _ => "a commit failed",
+        };
+        for d in self.dials.values_mut() {
+            d.strained = true;
+        }
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
-            self.drop_conn(id, CloseReason::Storage("commit failed".into()), true, now);
+            self.drop_conn(id, CloseReason::Storage(why.into()), true, now);
         }
         let wanted: Vec<(PeerId, crate::ranges::RangeSet, u64)> = self
             .inboxes

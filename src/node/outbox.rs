@@ -106,6 +106,9 @@ impl Outbox {
                 let (Some(first), Some(next), 16) = (first, next, rest.len()) else {
                     return Err(corrupt());
                 };
+                if first > next {
+                    return Err(corrupt());
+                }
                 return Ok(Outbox {
                     acked,
                     pruned,

@@ -125,7 +125,7 @@ impl<S: Store> Node<S> {
     /// closes now (unlike the original, which left them running), and we stop
     /// dialing it. Its messages stay. Returns whether it was authorized.
     pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) -> Result<bool, NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let mut txn = Txn::begin(&self.store)?;
         txn.delete(Table::Peers, &peer.0);
         txn.commit()?;
@@ -190,7 +190,7 @@ impl<S: Store> Node<S> {
         schedule: &Schedule,
         now: Instant,
     ) -> Result<Range<u64>, NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         if to == self.st.me {
             return Err(NodeError::SelfSend(to));
         }
@@ -283,7 +283,7 @@ impl<S: Store> Node<S> {
                 conn.announce(desc, head, start);
             }
         }
-        self.offer_to_mailboxes(desc, head, &to, now);
+        self.offer_to_mailboxes(desc, head, &to);
         self.pump(now);
         Ok(start..head.length)
     }
@@ -342,12 +342,14 @@ impl<S: Store> Node<S> {
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
             let unread = mailbox == Mailbox::Unread;
             let mut last = None;
-            for seq in set.iter_within(first, u64::MAX) {
+            // Nothing is held past the verified length (a damaged inbox
+            // record must not make this walk 2^64 numbers).
+            for seq in set.iter_within(first, feed.len()) {
                 if out.len() >= limit {
                     break;
                 }
                 last = Some(seq);
-                let Some(block) = feed.get(&txn, seq)? else {
+                let Some(block) = feed.get_held(&txn, seq)? else {
                     continue;
                 };
                 match deliverable(&mut self.opener, from, seq, block, unread.then_some(now)) {
@@ -387,7 +389,7 @@ impl<S: Store> Node<S> {
             let mut unread = inbox.unread();
             unread.subtract(&inbox.cleared);
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-            for seq in unread.iter_within(0, u64::MAX) {
+            for seq in unread.iter_within(0, feed.len()) {
                 if let Some(block) = feed.get(&txn, seq)? {
                     if let Ok(opened) = envelope::open(&block) {
                         if let Due::At(t) = opened.schedule.due(now) {
@@ -458,7 +460,7 @@ impl<S: Store> Node<S> {
         now: Instant,
         wall: Timestamp,
     ) -> Result<Fetch, NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let txn = Txn::begin(&self.store)?;
         let me = self.st.me;
         let inbox = self.st.inbox(&txn, from)?;
@@ -468,7 +470,7 @@ impl<S: Store> Node<S> {
         if inbox.dl.held.contains(seq) {
             let unread = inbox.is_unread(seq);
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-            if let Some(block) = feed.get(&txn, seq)? {
+            if let Some(block) = feed.get_held(&txn, seq)? {
                 return match deliverable(&mut self.opener, from, seq, block, unread.then_some(wall))
                 {
                     Ok(data) => Ok(Fetch::Ready(data)),
@@ -526,21 +528,28 @@ impl<S: Store> Node<S> {
     /// leaves both mailboxes, and it is never downloaded again (it may not
     /// have arrived yet). Returns `false` if it already was cleared.
     pub fn clear(&mut self, from: PeerId, seq: u64, now: Instant) -> Result<bool, NodeError> {
-        self.st.now = now;
-        let changed = self.update_marks(from, |_, marks| {
-            if marks.cleared.contains(seq) {
-                return Ok(false);
-            }
-            marks.unplace(seq);
-            marks.cleared.insert(seq, seq + 1);
-            Ok(true)
-        })?;
+        let now = self.st.tick(now);
+        let me = self.st.me;
+        // The mark and the dropped bytes in one commit: on a full disk,
+        // where clearing is how space is freed, a mark committed alone
+        // would leave bytes that no later `clear` drops.
+        let changed = self.update_marks_and(
+            from,
+            |_, marks| {
+                if marks.cleared.contains(seq) {
+                    return Ok(false);
+                }
+                marks.unplace(seq);
+                marks.cleared.insert(seq, seq + 1);
+                Ok(true)
+            },
+            |st, txn| {
+                let feed = st.feed(txn, FeedDescriptor::queue(from, me))?;
+                feed.drop_block(txn, seq)?;
+                Ok(())
+            },
+        )?;
         if changed {
-            let me = self.st.me;
-            let mut txn = Txn::begin(&self.store)?;
-            let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
-            feed.drop_block(&mut txn, seq)?;
-            txn.commit()?;
             if let Some(inbox) = self.st.inboxes.get_mut(&from) {
                 inbox.wanted.remove(seq, seq + 1);
             }
@@ -560,7 +569,7 @@ impl<S: Store> Node<S> {
         now: Instant,
         change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
     ) -> Result<bool, NodeError> {
-        self.st.now = now;
+        let now = self.st.tick(now);
         let changed = self.update_marks(from, change)?;
         if changed {
             self.st.schedule_requests(from);
@@ -579,7 +588,18 @@ impl<S: Store> Node<S> {
     pub(super) fn update_marks(
         &mut self,
         from: PeerId,
+        change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
+    ) -> Result<bool, NodeError> {
+        self.update_marks_and(from, change, |_, _| Ok(()))
+    }
+
+    /// [`Node::update_marks`], and when `change` changed them, `also`
+    /// writes more in the same transaction (all of it commits, or none).
+    pub(super) fn update_marks_and(
+        &mut self,
+        from: PeerId,
         mut change: impl FnMut(&super::inbox::Inbox, &mut Marks) -> Result<bool, NodeError>,
+        mut also: impl FnMut(&mut super::State, &mut Txn<'_, S>) -> Result<(), NodeError>,
     ) -> Result<bool, NodeError> {
         retry_on_conflict(|| {
             let mut txn = Txn::begin_exclusive(&self.store)?;
@@ -591,6 +611,7 @@ impl<S: Store> Node<S> {
                 return Ok(false);
             }
             marks.save(&mut txn, &from, raw.as_deref());
+            also(&mut self.st, &mut txn)?;
             txn.commit()?;
             if let Some(inbox) = self.st.inboxes.get_mut(&from) {
                 inbox.set_marks(&marks);

@@ -254,7 +254,7 @@ impl<S: Store> Node<S> {
                 let unread = inbox.unread();
                 let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
                 let mut changed = false;
-                for seq in unread.iter_within(0, u64::MAX) {
+                for seq in unread.iter_within(0, feed.len()) {
                     if out.len() >= max {
                         break;
                     }
@@ -262,7 +262,7 @@ impl<S: Store> Node<S> {
                     if job.is_leased(now) || job.available_at() > now {
                         continue;
                     }
-                    let Some(block) = feed.get(&txn, seq)? else {
+                    let Some(block) = feed.get_held(&txn, seq)? else {
                         continue;
                     };
                     // Under the writer lock, only what decides whether it

@@ -163,6 +163,21 @@ struct Shared {
     committed: Arc<Tables>,
     fail_commits: u32,
     commits: u64,
+    /// The most bytes (keys and values) the store may hold, if limited.
+    capacity: Option<u64>,
+    /// Bytes held, kept up to date while `capacity` is set.
+    used: u64,
+}
+
+impl Tables {
+    /// Bytes of keys and values held.
+    fn bytes(&self) -> u64 {
+        self.maps
+            .iter()
+            .flat_map(Map::iter)
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
 }
 
 /// A store held in memory.
@@ -170,7 +185,12 @@ struct Shared {
 /// Clones share one state, which models a disk: drop a node (a crash), open a
 /// new one on a clone, and it sees exactly what was committed. Writes that
 /// were never committed are gone, as they would be after a power cut.
-/// [`MemStore::fail_commits`] injects commit failures.
+///
+/// Faults, for tests and simulations: [`MemStore::fail_commits`] fails the
+/// next commits ([`StoreError::Injected`]), and [`MemStore::set_capacity`]
+/// models a full disk: a commit that would grow the store past the
+/// capacity fails with [`StoreError::Full`], writing nothing, while one
+/// that shrinks it (pruning, clearing) still goes through.
 #[derive(Clone, Default)]
 pub struct MemStore {
     shared: Arc<Mutex<Shared>>,
@@ -192,6 +212,30 @@ impl MemStore {
     /// nothing.
     pub fn fail_commits(&self, n: u32) {
         self.lock().fail_commits = n;
+    }
+
+    /// Limits the store to `bytes` of keys and values (`None`: no limit),
+    /// as a full disk would. A commit that would leave the store holding
+    /// more than that, and more than it held before, fails with
+    /// [`StoreError::Full`] and writes nothing; reads keep working. Lift
+    /// the limit (or raise it) and the same commit succeeds: space
+    /// returned. [`MemStore::used_bytes`] is what it holds now, so
+    /// `set_capacity(Some(store.used_bytes()))` fills it up exactly.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        let mut shared = self.lock();
+        if bytes.is_some() && shared.capacity.is_none() {
+            shared.used = shared.committed.bytes();
+        }
+        shared.capacity = bytes;
+    }
+
+    /// Bytes of keys and values the store holds now.
+    pub fn used_bytes(&self) -> u64 {
+        let shared = self.lock();
+        match shared.capacity {
+            Some(_) => shared.used,
+            None => shared.committed.bytes(),
+        }
     }
 
     /// How many commits have succeeded so far; tests use it to check that a
@@ -268,6 +312,14 @@ impl Store for MemStore {
                 return Err(StoreError::Conflict);
             }
         }
+        if let Some(max) = shared.capacity {
+            let used = shared.used;
+            let after = used.saturating_add_signed(growth(&shared.committed, &batch));
+            if after > max && after > used {
+                return Err(StoreError::Full { used, max });
+            }
+            shared.used = after;
+        }
         let tables = Arc::make_mut(&mut shared.committed);
         for (table, key, value) in batch.drain() {
             let map = &mut tables.maps[table.position()];
@@ -281,6 +333,20 @@ impl Store for MemStore {
         shared.commits += 1;
         Ok(())
     }
+}
+
+/// How many bytes `batch` adds to `tables` (negative: frees).
+fn growth(tables: &Tables, batch: &WriteBatch) -> i64 {
+    let mut delta = 0i64;
+    for table in Table::ALL {
+        let map = &tables.maps[table.position()];
+        for (key, value) in batch.table(table) {
+            let old = map.get(key).map(|v| (key.len() + v.len()) as i64);
+            delta -= old.unwrap_or(0);
+            delta += value.map_or(0, |v| (key.len() + v.len()) as i64);
+        }
+    }
+    delta
 }
 
 impl StoreRead for MemReader {

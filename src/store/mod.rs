@@ -8,6 +8,45 @@
 //!
 //! Work is batched: a [`Txn`] reads through to the store while collecting
 //! writes, and commits them in one transaction at the end of a batch of work.
+//!
+//! # Faults
+//!
+//! **Out of space.** A commit that does not fit fails with
+//! [`StoreError::DiskFull`] (the file system is full) or
+//! [`StoreError::Full`] (LMDB's map reached `LmdbOptions::max_map_size`,
+//! or a [`MemStore`]'s capacity), each saying what to do, and writes
+//! nothing. The node stays consistent: `send` returns the error with no seq
+//! taken (the next send after space returns gets the next seq), `archive`
+//! and `clear` change nothing (a `clear` drops the bytes in the same commit
+//! as its mark: never a mark over bytes no later `clear` drops), and blocks
+//! that arrive
+//! are not kept: the node resets its connections, reloads what it cached
+//! from the store, and reconnects with a growing backoff (peers hear
+//! `overloaded`) until a connection ends otherwise. Reads keep working
+//! throughout, and everything resumes once space returns; nothing needs a
+//! restart. [`MemStore::set_capacity`] models a full disk for tests and the
+//! simulator.
+//!
+//! **Damage.** LMDB keeps no checksums. What is checked, and where:
+//!
+//! | damage | found | reported as |
+//! |---|---|---|
+//! | `data.mdb` truncated below its last page | at open | [`StoreError::Corrupted`] naming the file |
+//! | a meta page (the first two pages) | at open | [`StoreError::Corrupted`] naming the file |
+//! | a tree page whose header or lengths make no sense | when a read reaches it | [`StoreError::Corrupted`] naming the file |
+//! | a record's bytes (a block, its tree nodes) | when read or served: a block against its leaf hash, a feed's roots against its signed head at load | [`crate::FeedError::Corrupt`] naming feed and seq |
+//! | a record gone from under its key (a damaged key) | when a message recorded as arrived is read | [`crate::FeedError::Corrupt`] |
+//! | node records (inbox marks, receipts, peers, feeds) that no longer decode | when loaded | [`StoreError::Corrupted`] naming the record |
+//!
+//! Not found: a flipped bit inside a record that still decodes and carries
+//! no hash of its own, such as an inbox's archive marks (a message may show
+//! as archived, or unread, again). A block is never returned with wrong
+//! bytes, and one recorded as arrived is never silently skipped. LMDB reads
+//! through a damaged page without crashing (the store keeps a sparse tail
+//! past `data.mdb`'s last page, and checks every length LMDB hands out), but
+//! a *write* into a damaged page can corrupt the process's memory: once a
+//! store reports damage, restore the data directory from a backup rather
+//! than write on.
 
 mod batch;
 pub mod keys;
@@ -164,13 +203,24 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The store reached its configured maximum size.
-    #[error("store is full: {used} bytes of at most {max}; prune acknowledged feeds or raise the maximum map size")]
+    /// The store reached its configured maximum size (LMDB's map ceiling,
+    /// or a [`MemStore`]'s capacity). Nothing of the commit was written;
+    /// reads still work, and the same commit succeeds once there is room.
+    #[error("store is full: {used} bytes of at most {max}; nothing was written. Free space (prune acknowledged messages: Node::prune, `peermq prune`; clear messages read) or raise the maximum map size (LmdbOptions::max_map_size), then retry")]
     Full {
-        /// The map size when it filled.
+        /// The size in use when it filled.
         used: u64,
         /// The configured ceiling.
         max: u64,
+    },
+    /// The file system holding the store has no space (or quota) left
+    /// for the commit (`ENOSPC`, `EDQUOT`). Nothing of the commit was
+    /// written; reads still work, and the same commit succeeds once
+    /// there is space.
+    #[error("no space left on the disk holding {path}; nothing was written and reads still work. Free disk space (delete other files, or prune acknowledged messages: Node::prune, `peermq prune`), then retry")]
+    DiskFull {
+        /// The data directory.
+        path: String,
     },
     /// Stored bytes failed an integrity check.
     #[error("store is corrupted: {0}; restore the data directory from a backup")]
@@ -194,4 +244,13 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("storage backend failed: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// Whether the store or its disk is out of space ([`StoreError::Full`],
+    /// [`StoreError::DiskFull`]): nothing was written, and the operation
+    /// succeeds once space is freed.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full { .. } | StoreError::DiskFull { .. })
+    }
 }

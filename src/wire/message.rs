@@ -727,8 +727,11 @@ impl<'a> DataMsg<'a> {
 }
 
 /// A trusted-node field: 0 for none, else the node's index plus one.
+/// No node has index `u64::MAX`: it is sent as `u64::MAX - 1`, which is
+/// not one either, so the peer still refuses it (instead of this panicking
+/// or wrapping to "none").
 fn write_trusted(out: &mut Vec<u8>, trusted: Option<u64>) {
-    varint::write(out, trusted.map_or(0, |t| t + 1));
+    varint::write(out, trusted.map_or(0, |t| t.saturating_add(1)));
 }
 
 struct Reader<'a> {

@@ -36,6 +36,10 @@ pub struct Net {
     pub transcript: blake3::Hasher,
     /// Redirect dials: a dial to `key` reaches node `value` instead.
     pub misroute: BTreeMap<PeerId, usize>,
+    /// Store errors nodes returned from inputs and timeouts, by node,
+    /// when a test expects them (`Some`); `None` (the default) panics on
+    /// the first.
+    pub store_errors: Option<Vec<(usize, peermq::NodeError)>>,
 }
 
 impl Net {
@@ -105,6 +109,7 @@ impl Net {
             tamper: None,
             transcript: blake3::Hasher::new(),
             misroute: BTreeMap::new(),
+            store_errors: None,
         }
     }
 
@@ -194,8 +199,8 @@ impl Net {
             if let Some(((to, conn), bytes)) = self.wire.pop_front() {
                 moved = true;
                 if let Some(node) = self.nodes[to].as_mut() {
-                    node.handle_input(conn, &bytes, self.now)
-                        .expect("handle_input");
+                    let r = node.handle_input(conn, &bytes, self.now);
+                    self.check(to, r);
                 }
             }
             if !moved {
@@ -265,8 +270,8 @@ impl Net {
         while let Some(item) = self.wire.pop_front() {
             if item.0 == end {
                 if let Some(node) = self.nodes[end.0].as_mut() {
-                    node.handle_input(end.1, &item.1, now)
-                        .expect("handle_input");
+                    let r = node.handle_input(end.1, &item.1, now);
+                    self.check(end.0, r);
                 }
             } else {
                 keep.push_back(item);
@@ -294,9 +299,13 @@ impl Net {
                 Some(t) if t <= until => {
                     self.now = self.now.max(t);
                     let now = self.now;
-                    for n in self.nodes.iter_mut().flatten() {
+                    for i in 0..self.nodes.len() {
+                        let Some(n) = self.nodes[i].as_mut() else {
+                            continue;
+                        };
                         if n.poll_timeout().is_some_and(|t| t <= now) {
-                            n.handle_timeout(now).expect("handle_timeout");
+                            let r = n.handle_timeout(now);
+                            self.check(i, r);
                         }
                     }
                 }
@@ -305,6 +314,17 @@ impl Net {
                     self.settle();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Panics on a node's error, unless the test collects them in
+    /// `store_errors`.
+    fn check(&mut self, i: usize, r: Result<(), peermq::NodeError>) {
+        if let Err(e) = r {
+            match self.store_errors.as_mut() {
+                Some(errors) => errors.push((i, e)),
+                None => panic!("node {i} failed: {e}"),
             }
         }
     }

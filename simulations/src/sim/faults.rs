@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use peermq::store::Table;
-use peermq::{ConnId, Feed, FeedDescriptor, Instant, Mailbox, Node, NodeError, PeerId, Txn};
+use peermq::{ConnId, Feed, FeedDescriptor, Mailbox, Node, NodeError, PeerId, Txn};
 
 use crate::oracle::{Failure, Rogue};
 use crate::plan::SEC;
@@ -118,7 +118,7 @@ impl Sim<'_> {
         let inc = self.slots[node].inc;
         let config = self.slots[node].config.clone();
         let entropy = entropy(self.plan.seed, node, inc);
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(node);
         match Node::open(self.slots[node].store.clone(), config, entropy, now) {
             Ok(mut n) => {
                 if n.id() != self.slots[node].id {
@@ -169,6 +169,7 @@ impl Sim<'_> {
         self.net.blocked.clear();
         for i in 0..self.slots.len() {
             self.slots[i].store.fail_commits(0);
+            self.slots[i].store.set_capacity(None);
             if self.slots[i].paused_until.is_some() {
                 self.slots[i].paused_until = Some(self.now);
                 self.at(self.now, Ev::Resume { node: i });
@@ -220,7 +221,7 @@ impl Sim<'_> {
     /// Node `from` dials `to`, which has not authorized it, and sends it a
     /// message, for `for_`.
     pub(super) fn intrude(&mut self, from: usize, to: usize, for_: u64) {
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(from);
         if !self.live(from) || self.oracle.auth[to].contains(&from) {
             return;
         }
@@ -255,7 +256,7 @@ impl Sim<'_> {
         if !self.live(node) {
             return;
         }
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(node);
         let batch: Vec<Vec<u8>> = (0..events).map(|i| vec![i as u8; size as usize]).collect();
         let r = match self.slots[node].node.as_mut() {
             Some(n) => n.broadcast_batch(&batch, now).map(|_| ()),

@@ -22,6 +22,7 @@ mod checks;
 mod faults;
 mod mail;
 mod network;
+mod record;
 mod times;
 mod trace;
 mod work;
@@ -51,6 +52,13 @@ fn corruption_deadline() -> u64 {
 /// Events at one instant beyond which a run is declared stuck.
 const LIVELOCK_EVENTS: u64 = 1_000_000;
 
+/// Most `handle_timeout` calls one node may ask for in one simulated
+/// second: every timer it keeps fires at most a few times a second, and
+/// queued work is done in bounded steps. A node that asks for more spins
+/// (a deadline it never clears, or a time that went backwards). Runs of
+/// 300 seeds ask for under 200.
+const SPIN_TIMEOUTS: u32 = 2_000;
+
 /// What a run produced.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -72,6 +80,8 @@ pub struct Report {
     pub wire_bytes: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Calls a node refused because its store was full (`Op::DiskFull`).
+    pub store_full: u64,
     /// Bytes sparse readers received from the feeds' authors.
     pub sparse_bytes: u64,
     /// Blocks sparse readers asked for with `get`.
@@ -130,6 +140,7 @@ enum Ev {
     Block { a: usize, b: usize },
     Unblock { a: usize, b: usize },
     ReAdd { node: usize, peer: usize },
+    DiskFree { node: usize },
     HangUp { node: usize, inc: u32, peer: usize },
     ResetDeadline { link: u64 },
     Heal,
@@ -149,6 +160,12 @@ struct Slot {
     /// The application's dial intents (authorized peers it dials).
     dials: BTreeSet<usize>,
     up_since: u64,
+    /// How far the node's clock (the `Instant` it is given) is from
+    /// simulated time, after clock jumps.
+    clock: i64,
+    /// `handle_timeout` calls in the current simulated second: (second,
+    /// count).
+    timeouts: (u64, u32),
 }
 
 /// A running simulation.
@@ -182,6 +199,8 @@ pub struct Sim<'p> {
     /// What the mailbox oracles keep.
     mail: mail::Mail,
     stats: Report,
+    /// The delivered byte streams, when recording (`--record-frames`).
+    record: Option<record::Recorder>,
 }
 
 /// The event queue and the nodes' timers.
@@ -255,6 +274,8 @@ impl<'p> Sim<'p> {
                 paused_until: None,
                 dials: BTreeSet::new(),
                 up_since: 0,
+                clock: 0,
+                timeouts: (0, 0),
             });
         }
         for e in &o.edges {
@@ -293,6 +314,7 @@ impl<'p> Sim<'p> {
             drain_soon: BTreeSet::new(),
             mail: mail::Mail::default(),
             stats: Report::default(),
+            record: None,
         };
         sim.set_up_mail();
         for (k, op) in plan.ops.iter().enumerate() {
@@ -316,6 +338,13 @@ impl<'p> Sim<'p> {
     /// Echoes the trace text to stderr as the run goes.
     pub fn echo(mut self, on: bool) -> Self {
         self.trace.echo = on;
+        self
+    }
+
+    /// Records the byte streams the links deliver into `dir` (see
+    /// [`record`]), written when the run ends.
+    pub fn record_frames(mut self, dir: Option<&std::path::Path>) -> Self {
+        self.record = dir.map(record::Recorder::new);
         self
     }
 
@@ -394,7 +423,26 @@ impl<'p> Sim<'p> {
         r.sparse_blocks = self.oracle.asked.values().map(|s| s.len() as u64).sum();
         r.mail_refusals = self.mail.refusals;
         r.mail_tampered = self.mail.tampered.values().map(|s| s.len() as u64).sum();
+        if let Some(rec) = &self.record {
+            if let Err(e) = rec.write() {
+                r.failure
+                    .get_or_insert_with(|| Failure::new("record", format!("cannot write: {e}")));
+            }
+        }
         r
+    }
+
+    /// Node `i`'s clock: simulated time, moved by its clock jumps.
+    pub(super) fn clock(&self, i: usize) -> Instant {
+        let t = i128::from(self.now) + i128::from(self.slots[i].clock);
+        Instant::from_micros(u64::try_from(t.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// The simulated time at which node `i`'s clock shows `t` (now, if
+    /// it shows that already).
+    fn sim_time(&self, i: usize, t: Instant) -> u64 {
+        let at = i128::from(t.as_micros()) - i128::from(self.slots[i].clock);
+        u64::try_from(at.max(0)).unwrap_or(u64::MAX).max(self.now)
     }
 
     fn live(&self, i: usize) -> bool {
@@ -405,7 +453,20 @@ impl<'p> Sim<'p> {
         if !self.live(i) {
             return;
         }
-        let now = Instant::from_micros(self.now);
+        let second = self.now / SEC;
+        let count = &mut self.slots[i].timeouts;
+        *count = match *count {
+            (s, c) if s == second => (s, c + 1),
+            _ => (second, 1),
+        };
+        if count.1 > SPIN_TIMEOUTS {
+            self.fail(Failure::new(
+                "spin",
+                format!("n{i} asked for over {SPIN_TIMEOUTS} timeouts within one simulated second"),
+            ));
+            return;
+        }
+        let now = self.clock(i);
         let r = match self.slots[i].node.as_mut() {
             Some(n) => n.handle_timeout(now),
             None => return,
@@ -414,11 +475,16 @@ impl<'p> Sim<'p> {
         self.dirty.insert(i);
     }
 
-    /// Checks a node call's result: injected storage faults are expected,
-    /// anything else is a bug.
+    /// Checks a node call's result: injected storage faults and a full
+    /// store are expected, anything else is a bug.
     fn node_result<T>(&mut self, i: usize, what: &str, r: Result<T, NodeError>) -> Option<T> {
         match r {
             Ok(x) => Some(x),
+            Err(e) if e.is_full() => {
+                self.stats.store_full += 1;
+                self.note(format_args!("n{i} {what}: store full"));
+                None
+            }
             Err(
                 NodeError::Store(StoreError::Injected)
                 | NodeError::Feed(FeedError::Store(StoreError::Injected)),
@@ -456,7 +522,7 @@ impl<'p> Sim<'p> {
                 .node
                 .as_ref()
                 .and_then(|n| n.poll_timeout())
-                .map(|t| t.as_micros().max(self.now));
+                .map(|t| self.sim_time(i, t));
             if let Some(old) = self.agenda.wake[i].take() {
                 self.agenda.timers.remove(&(old, i));
             }
@@ -607,7 +673,7 @@ impl<'p> Sim<'p> {
                 } else {
                     self.slots[peer].id
                 };
-                let now = Instant::from_micros(self.now);
+                let now = self.clock(node);
                 if let Some(n) = self.slots[node].node.as_mut() {
                     n.dial_failed(id, now);
                 }
@@ -628,6 +694,10 @@ impl<'p> Sim<'p> {
                 }
             }
             Ev::ReAdd { node, peer } => self.add_peer(node, peer),
+            Ev::DiskFree { node } => {
+                self.note(format_args!("n{node} has disk space again"));
+                self.slots[node].store.set_capacity(None);
+            }
             Ev::HangUp { node, inc, peer } => {
                 if self.slots[node].inc == inc {
                     let id = self.slots[peer].id;
@@ -680,7 +750,6 @@ impl<'p> Sim<'p> {
 
     fn op(&mut self, op: Op) {
         let n = self.plan.options.nodes;
-        let now = Instant::from_micros(self.now);
         match op {
             Op::Send {
                 from,
@@ -734,6 +803,7 @@ impl<'p> Sim<'p> {
                     return;
                 }
                 let id = self.slots[peer].id;
+                let now = self.clock(node);
                 let r = match self.slots[node].node.as_mut() {
                     Some(x) => x.remove_peer(&id, now),
                     None => return,
@@ -825,6 +895,19 @@ impl<'p> Sim<'p> {
             }
             Op::FailCommits { node, n } => {
                 self.slots[node].store.fail_commits(n);
+            }
+            Op::DiskFull { node, for_ } => {
+                let store = &self.slots[node].store;
+                store.set_capacity(Some(store.used_bytes()));
+                self.at(self.now.saturating_add(for_), Ev::DiskFree { node });
+            }
+            Op::ClockJump { node, by } => {
+                // Not before the clock's origin.
+                let floor = -i64::try_from(self.now).unwrap_or(i64::MAX);
+                let s = &mut self.slots[node];
+                s.clock = s.clock.saturating_add(by).max(floor);
+                // Its timer, in simulated time, moved.
+                self.dirty.insert(node);
             }
             Op::Sabotage { node } => self.sabotage(node),
             Op::Offline { node, for_, silent } => {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use peermq::{ConnId, Instant, PeerId};
+use peermq::{ConnId, PeerId};
 
 use crate::plan::SEC;
 
@@ -75,10 +75,10 @@ impl Sim<'_> {
             );
             return;
         }
-        let now = Instant::from_micros(self.now);
+        let (now_i, now_j) = (self.clock(i), self.clock(j));
         let (Some(ci), Some(cj)) = (
-            self.slots[i].node.as_mut().map(|n| n.connect(peer, now)),
-            self.slots[j].node.as_mut().map(|n| n.accept(now)),
+            self.slots[i].node.as_mut().map(|n| n.connect(peer, now_i)),
+            self.slots[j].node.as_mut().map(|n| n.accept(now_j)),
         ) else {
             return;
         };
@@ -245,7 +245,7 @@ impl Sim<'_> {
             self.at(until, Ev::Deliver { link: lid, dir });
             return;
         }
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(to);
         loop {
             let Some(link) = self.net.links.get_mut(&lid) else {
                 return;
@@ -262,6 +262,9 @@ impl Sim<'_> {
             };
             match chunk {
                 Chunk::Data(bytes) => {
+                    if let Some(rec) = self.record.as_mut() {
+                        rec.delivered(lid, dir, &bytes);
+                    }
                     let r = match self.slots[to].node.as_mut() {
                         Some(n) => n.handle_input(conn, &bytes, now),
                         None => return,

@@ -166,7 +166,7 @@ impl Sim<'_> {
     /// Archives a job; `late`: its lease may have lapsed, and another
     /// worker may have finished it first.
     fn archive_job(&mut self, node: usize, l: &Lease, late: bool) {
-        let now = peermq::Instant::from_micros(self.now);
+        let now = self.clock(node);
         let from = self.peer_index(&l.from);
         let r = match self.slots[node].node.as_mut() {
             Some(x) => x.archive(l.from, l.seq, now),

@@ -1,6 +1,6 @@
 //! What applications do: authorize peers, read, archive, clear, fetch.
 
-use peermq::{FeedDescriptor, Fetch, Instant, Mailbox, Schedule};
+use peermq::{FeedDescriptor, Fetch, Mailbox, Schedule};
 
 use crate::oracle::{padded_message, Failure};
 use crate::plan::Dice;
@@ -13,7 +13,7 @@ impl Sim<'_> {
             return;
         }
         let id = self.slots[peer].id;
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(node);
         let r = match self.slots[node].node.as_mut() {
             Some(x) => x.add_peer(id),
             None => return,
@@ -31,7 +31,7 @@ impl Sim<'_> {
     }
 
     pub(super) fn get(&mut self, node: usize, from: usize, seq: u64) {
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(node);
         let wall = self.wall(node);
         let id = self.slots[from].id;
         self.oracle
@@ -65,7 +65,7 @@ impl Sim<'_> {
     }
 
     pub(super) fn read(&mut self, node: usize, limit: usize, archive: u8, clear: u8, seed: u64) {
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(node);
         let wall = self.wall(node);
         let r = match self.slots[node].node.as_mut() {
             Some(x) => x.read(Mailbox::Unread, None, limit, wall),
@@ -141,7 +141,7 @@ impl Sim<'_> {
     /// writes on from where its restored feed ends).
     pub(super) fn send(&mut self, from: usize, to: usize, count: u32, delay: u64, expire: u64) {
         let n = self.plan.options.nodes;
-        let now = Instant::from_micros(self.now);
+        let now = self.clock(from);
         if !self.live(from) || from >= n || to >= n {
             return;
         }

@@ -285,8 +285,9 @@ impl State {
                 if conn.serve.len() + ranges.len() > limits::MAX_INFLIGHT_REQUESTS {
                     return Err(Fault::Peer(CloseReason::Overloaded));
                 }
-                // The decoder checked that the ids do not overflow.
-                for (r, id) in ranges.into_iter().zip(first_id..) {
+                // The decoder checked that the ids do not overflow (not
+                // `first_id..`, which would step past the last id).
+                for (r, id) in ranges.into_iter().zip((0..).map(|i| first_id + i)) {
                     if r.end - r.start > limits::MAX_REQUEST_BLOCKS {
                         return Err(Fault::Peer(CloseReason::Malformed(format!(
                             "request for {} blocks",
@@ -407,7 +408,9 @@ impl State {
             }
         }
         if let Some(d) = self.dials.get_mut(&peer) {
-            d.attempts = 0;
+            if !d.strained {
+                d.attempts = 0;
+            }
             self.timers.stop(Timer::Redial(peer));
         }
         self.out

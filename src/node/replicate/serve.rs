@@ -146,7 +146,10 @@ impl State {
         for (cid, peer) in busy {
             let own_queue = FeedDescriptor::queue(self.me, peer);
             let own_id = own_queue.id();
-            let Some(credit) = self.conns.get_mut(&cid).map(|c| c.credit.available(now, rate))
+            let Some(credit) = self
+                .conns
+                .get_mut(&cid)
+                .map(|c| c.credit.available(now, rate))
             else {
                 continue;
             };
@@ -214,12 +217,10 @@ impl State {
                         // waiting for the request.
                         conn.parked.push(w);
                     }
-                    Answer::Refused(until) => {
-                        conn.send(&Message::NoData {
-                            request: w.id,
-                            end: until,
-                        })
-                    }
+                    Answer::Refused(until) => conn.send(&Message::NoData {
+                        request: w.id,
+                        end: until,
+                    }),
                 }
             }
         }
