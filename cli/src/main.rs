@@ -529,7 +529,12 @@ fn open_with(
         let mdns = MdnsDiscovery::new().context("--mdns: cannot start mDNS discovery")?;
         builder = builder.discovery(Arc::new(mdns));
     }
-    Ok(builder.open(TokioRuntime::new())?)
+    let mq = builder.open(TokioRuntime::new())?;
+    // Its secret key is in there: say so when others can read it.
+    for warning in peermq_tokio::datadir::permission_warnings(datadir) {
+        eprintln!("warning: {warning}");
+    }
+    Ok(mq)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

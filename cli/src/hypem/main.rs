@@ -235,6 +235,9 @@ async fn run(args: Args, handle: tokio::runtime::Handle) -> Result<()> {
     let em = builder
         .open(TokioRuntime::new(), schema)
         .with_context(|| format!("cannot open the data directory {}", args.db.display()))?;
+    for warning in peermq_tokio::datadir::permission_warnings(&args.db) {
+        eprintln!("warning: {warning}");
+    }
     let consumer = if args.from_scratch {
         em.from_scratch(CONSUMER).await?
     } else {

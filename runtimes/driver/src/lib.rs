@@ -28,6 +28,7 @@
 //! |---|---|
 //! | `runtime` | the [`Runtime`] (executor, clock) and [`Transport`] ([`Connection`]s, [`Listener`]s) seams |
 //! | `error` | [`MqError`] and [`EmitterError`] |
+//! | `datadir` | the data directory's files: created private, warned about when open to others |
 //! | `discovery`, `mdns` | how a peer's key becomes addresses |
 //! | `io` | socket tasks (read, write, accept, dial), by connection id |
 //! | `driver` | the task that owns the node and pumps its outputs; the `Service` seam |
@@ -43,6 +44,7 @@ mod runtime;
 
 mod error;
 
+pub mod datadir;
 mod discovery;
 #[cfg(feature = "mdns")]
 mod mdns;

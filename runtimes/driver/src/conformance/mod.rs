@@ -39,7 +39,7 @@ macro_rules! conformance_suite {
             sparse_read,
             acks,
             shutdown_flushes,
-            a_planted_discovery_entry_does_not_keep_a_peer_out_of_reach,
+            forged_discovery_entries_do_not_redirect_a_dial,
             a_slow_search_does_not_delay_a_peer_found_nearby,
             a_service_beside_the_queue_sees_every_arrival
         );

@@ -171,8 +171,13 @@ impl Builder {
 
     /// Opens the node on an [`LmdbStore`] in the data directory and starts
     /// its driver task on `runtime`.
+    ///
+    /// A new data directory is created private to this user (see
+    /// [`crate::datadir`]); one open to others is warned about (a
+    /// `tracing` warning; [`crate::datadir::permission_warnings`] gives the
+    /// text to show the user).
     pub fn open(self, runtime: Arc<dyn Runtime>) -> Result<Mq, MqError> {
-        let store = LmdbStore::open_with(&self.dir, self.lmdb.clone())?;
+        let store = self.open_store()?;
         self.open_with_store(store, runtime)
     }
 
@@ -194,6 +199,12 @@ impl Builder {
 
     /// Opens the LMDB store of the data directory.
     pub(crate) fn open_store(&self) -> Result<LmdbStore, MqError> {
+        crate::datadir::prepare(&self.dir).map_err(|source| {
+            MqError::Store(peermq::StoreError::Io {
+                path: self.dir.display().to_string(),
+                source,
+            })
+        })?;
         Ok(LmdbStore::open_with(&self.dir, self.lmdb.clone())?)
     }
 
@@ -227,7 +238,8 @@ impl Builder {
             let local = match self.local_dir {
                 Some(d) => LocalDiscovery::in_dir(d),
                 None => LocalDiscovery::new(),
-            };
+            }
+            .with_key(node.keypair());
             all.push(Arc::new(local));
         }
         for make in self.discoveries {
