@@ -178,3 +178,67 @@ fn a_request_whose_last_id_is_u64_max_is_served_without_overflow() {
     });
     assert!(answered, "request u64::MAX was answered with its block");
 }
+
+/// store_records: an inbox record whose held set, damaged, ran from just
+/// past a missing block to about 2^62 made the node, once that block
+/// arrived, announce every number of the range as a new message until
+/// memory ran out (src/node/replicate/mod.rs). Announcements stop at the
+/// feed's verified length.
+#[test]
+fn a_damaged_held_set_does_not_announce_messages_past_the_feed() {
+    let (mut a, mut h) = (open(MemStore::new(), 1), open(MemStore::new(), 2));
+    let (a_id, h_id) = (a.id(), h.id());
+    a.add_peer(h_id).unwrap();
+    h.add_peer(a_id).unwrap();
+    let now = Instant::ZERO;
+    a.send_batch(h_id, &[&b"m0"[..], b"m1"], now).unwrap();
+    let (ac, hc) = (a.connect(h_id, now), h.accept(now));
+    peermq::pump_pair((&mut a, ac), (&mut h, hc), now).unwrap();
+    let store = h.into_store();
+    // Held [0, 2) becomes [0, 2) and [3, 2^62).
+    let mut held = vec![1u8];
+    held.extend_from_slice(&2u32.to_le_bytes());
+    for v in [0u64, 2, 3, 1 << 62] {
+        held.extend_from_slice(&v.to_le_bytes());
+    }
+    assert!(store.tamper(Table::Inbox, &a_id.0, |v| *v = held));
+    let mut h = open(store, 2);
+    a.send(h_id, b"m2", now).unwrap();
+    let (ac, hc) = (a.connect(h_id, now), h.accept(now));
+    let (_, outs) = peermq::pump_pair((&mut a, ac), (&mut h, hc), now).unwrap();
+    let announced = outs
+        .iter()
+        .filter(|o| matches!(o, peermq::Output::Event(peermq::Event::Message { .. })))
+        .count();
+    assert!(announced <= 3, "{announced} messages announced");
+}
+
+/// store_records: an outbox record whose count of receipts was damaged
+/// (to about 2^40, with nothing past the few receipts really kept) made
+/// the next receipt that proves everything delete every key of that
+/// count, one by one, until memory ran out (src/node/outbox.rs). The
+/// header is checked against the receipts it counts when it is loaded.
+#[test]
+fn a_damaged_receipt_count_is_reported_corrupt_not_walked() {
+    let (store, h_store, a_id, h_id) = exchanged();
+    let feed = FeedDescriptor::queue(a_id, h_id).id();
+    // Layout 3: `version | first | next | checkpoint`, each u64 LE.
+    let mut header = vec![3u8];
+    for v in [0u64, 1 << 40, 1 << 40] {
+        header.extend_from_slice(&v.to_le_bytes());
+    }
+    assert!(store.tamper(Table::Receipts, &feed.0, |v| *v = header));
+    let (mut a, mut h) = (open(store, 1), open(h_store, 2));
+    let now = Instant::ZERO;
+    a.send(h_id, b"a3", now).unwrap();
+    let (ac, hc) = (a.connect(h_id, now), h.accept(now));
+    let _ = peermq::pump_pair((&mut a, ac), (&mut h, hc), now);
+    for r in h.read(Mailbox::Unread, None, 10, Timestamp::EPOCH).unwrap() {
+        h.archive(r.from, r.seq, now).unwrap();
+    }
+    let later = now + Duration::from_secs(5);
+    let _ = h.handle_timeout(later);
+    let _ = a.handle_timeout(later);
+    let _ = peermq::pump_pair((&mut a, ac), (&mut h, hc), later);
+    assert!(matches!(a.receipts(h_id), Err(NodeError::Store(_))));
+}

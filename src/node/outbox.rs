@@ -109,14 +109,14 @@ impl Outbox {
                 if first > next {
                     return Err(corrupt());
                 }
-                return Ok(Outbox {
+                Outbox {
                     acked,
                     pruned,
                     first,
                     next,
                     checkpoint: next,
                     whole: true,
-                });
+                }
             }
             OUTBOX_VERSION => {
                 let (Some(first), Some(next), Some(checkpoint), 24) = (
@@ -143,6 +143,15 @@ impl Outbox {
         };
         for r in outbox.logged(txn, feed, outbox.checkpoint)? {
             outbox.acked.union(&r.ranges);
+        }
+        // The first and last receipts the header counts are there: a
+        // damaged count would otherwise be walked to its end (`add`).
+        if outbox.first < outbox.next {
+            for i in [outbox.first, outbox.next - 1] {
+                if txn.get(Table::Receipts, &receipt_key(feed, i))?.is_none() {
+                    return Err(corrupt());
+                }
+            }
         }
         Ok(outbox)
     }
