@@ -38,10 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let mut reader = FrameReader::new();
     let mut got: Vec<Vec<u8>> = Vec::new();
     let mut at = 0;
-    for &c in cuts
-        .iter()
-        .chain(std::iter::repeat_n(&255, stream.len()))
-    {
+    for &c in cuts.iter().chain(std::iter::repeat_n(&255, stream.len())) {
         if at >= stream.len() {
             break;
         }
