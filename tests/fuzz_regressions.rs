@@ -118,10 +118,11 @@ fn a_request_naming_trusted_node_u64_max_encodes_to_no_real_node() {
 /// store_records: a flipped bit in the inbox record of a sender (the set
 /// of blocks held) claimed blocks up to about 2^62, and reading the inbox
 /// walked every number of that range looking for them
-/// (src/node/queue.rs, src/node/work.rs). Nothing is held past the
-/// feed's verified length, so no walk goes further.
+/// (src/node/queue.rs, src/node/work.rs). Nothing can have arrived past
+/// the feed's verified length, so such a record is refused when it is
+/// loaded, naming the sender, and no walk starts.
 #[test]
-fn an_inbox_record_claiming_blocks_past_the_feed_is_not_walked_to_its_end() {
+fn an_inbox_record_claiming_blocks_past_the_feed_is_reported_damaged_not_walked() {
     use peermq::RetryPolicy;
     let (_, store, a_id, _) = exchanged();
     // `version | count u32 | (start u64, end u64)`: held [0, 3) becomes
@@ -132,14 +133,18 @@ fn an_inbox_record_claiming_blocks_past_the_feed_is_not_walked_to_its_end() {
     }));
     let mut h = open(store, 2);
     let wall = Timestamp::from_micros(1);
-    let unread = h.read(Mailbox::Unread, None, 10, wall).unwrap();
-    assert!(unread.is_empty(), "all three were archived");
-    assert_eq!(h.read(Mailbox::Archived, None, 10, wall).unwrap().len(), 3);
-    assert_eq!(h.next_due(wall).unwrap(), None);
-    let taken = h
-        .take(10, Duration::from_secs(1), &RetryPolicy::default(), wall)
-        .unwrap();
-    assert!(taken.is_empty());
+    let damaged = |e: NodeError| {
+        let text = e.to_string();
+        assert!(
+            text.contains(&a_id.to_string()) && text.contains("damaged"),
+            "{text}"
+        );
+    };
+    damaged(h.read(Mailbox::Unread, None, 10, wall).unwrap_err());
+    damaged(h.read(Mailbox::Archived, None, 10, wall).unwrap_err());
+    damaged(h.next_due(wall).unwrap_err());
+    let taken = h.take(10, Duration::from_secs(1), &RetryPolicy::default(), wall);
+    damaged(taken.unwrap_err());
 }
 
 /// handle_input: a request whose last range has id `u64::MAX` (allowed:
@@ -182,10 +187,11 @@ fn a_request_whose_last_id_is_u64_max_is_served_without_overflow() {
 /// store_records: an inbox record whose held set, damaged, ran from just
 /// past a missing block to about 2^62 made the node, once that block
 /// arrived, announce every number of the range as a new message until
-/// memory ran out (src/node/replicate/mod.rs). Announcements stop at the
-/// feed's verified length.
+/// memory ran out (src/node/replicate/mod.rs). The record is refused when
+/// it is loaded, as the message arrives: the error names the sender, and
+/// nothing is announced.
 #[test]
-fn a_damaged_held_set_does_not_announce_messages_past_the_feed() {
+fn a_damaged_held_set_is_reported_when_mail_arrives_and_announces_nothing() {
     let (mut a, mut h) = (open(MemStore::new(), 1), open(MemStore::new(), 2));
     let (a_id, h_id) = (a.id(), h.id());
     a.add_peer(h_id).unwrap();
@@ -205,12 +211,15 @@ fn a_damaged_held_set_does_not_announce_messages_past_the_feed() {
     let mut h = open(store, 2);
     a.send(h_id, b"m2", now).unwrap();
     let (ac, hc) = (a.connect(h_id, now), h.accept(now));
-    let (_, outs) = peermq::pump_pair((&mut a, ac), (&mut h, hc), now).unwrap();
-    let announced = outs
-        .iter()
-        .filter(|o| matches!(o, peermq::Output::Event(peermq::Event::Message { .. })))
-        .count();
-    assert!(announced <= 3, "{announced} messages announced");
+    let error = peermq::pump_pair((&mut a, ac), (&mut h, hc), now).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(&a_id.to_string()) && text.contains("damaged"), "{text}");
+    while let Some(out) = h.poll_output() {
+        assert!(
+            !matches!(out, peermq::Output::Event(peermq::Event::Message { .. })),
+            "announced {out:?}"
+        );
+    }
 }
 
 /// store_records: an outbox record whose count of receipts was damaged

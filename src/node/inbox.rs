@@ -43,8 +43,14 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// Loads the inbox of messages from `from` (empty if none is stored).
-    pub fn load<S: Store>(txn: &Txn<'_, S>, from: &PeerId) -> Result<Self, StoreError> {
+    /// Loads the inbox of messages from `from` (empty if none is stored),
+    /// whose feed is verified up to `verified` blocks: nothing past that
+    /// can have arrived, so a record saying otherwise is damaged.
+    pub fn load<S: Store>(
+        txn: &Txn<'_, S>,
+        from: &PeerId,
+        verified: u64,
+    ) -> Result<Self, StoreError> {
         let raw = txn.get(Table::Inbox, &from.0)?;
         let held = match raw {
             None => RangeSet::new(),
@@ -52,7 +58,8 @@ impl Inbox {
                 let (&v, rest) = bytes.split_first().ok_or_else(|| corrupt(from))?;
                 let (held, rest) =
                     RangeSet::decode(rest, MAX_STORED_RANGES).ok_or_else(|| corrupt(from))?;
-                if v != INBOX_VERSION || !rest.is_empty() {
+                let past_feed = held.count_within(verified, u64::MAX) > 0;
+                if v != INBOX_VERSION || !rest.is_empty() || past_feed {
                     return Err(corrupt(from));
                 }
                 held

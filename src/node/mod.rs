@@ -1147,10 +1147,24 @@ impl State {
 
     /// The inbox of messages from `from`, loaded into the cache if needed.
     fn inbox<S: Store>(&mut self, txn: &Txn<'_, S>, from: PeerId) -> Result<&mut Inbox, NodeError> {
-        Ok(match self.inboxes.entry(from) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Inbox::load(txn, &from)?),
-        })
+        if !self.inboxes.contains_key(&from) {
+            let inbox = self.load_inbox(txn, from)?;
+            self.inboxes.insert(from, inbox);
+        }
+        Ok(self
+            .inboxes
+            .get_mut(&from)
+            .unwrap_or_else(|| unreachable!("inserted above")))
+    }
+
+    /// Reads the inbox of `from` from the store, checked against the
+    /// feed's verified length: a held set reaching past it is a damaged
+    /// record, refused here rather than walked (to 2^64) by every reader.
+    fn load_inbox<S: Store>(&self, txn: &Txn<'_, S>, from: PeerId) -> Result<Inbox, NodeError> {
+        let verified = self
+            .peek_feed(txn, FeedDescriptor::queue(from, self.me))?
+            .len();
+        Ok(Inbox::load(txn, &from, verified)?)
     }
 
     /// The outbox of our feed to `to`, loaded into the cache if needed.
@@ -1183,7 +1197,7 @@ impl State {
     ) -> Result<Cow<'_, Inbox>, NodeError> {
         Ok(match self.inboxes.get(&from) {
             Some(i) => Cow::Borrowed(i),
-            None => Cow::Owned(Inbox::load(txn, &from)?),
+            None => Cow::Owned(self.load_inbox(txn, from)?),
         })
     }
 

@@ -342,8 +342,6 @@ impl<S: Store> Node<S> {
             let feed = self.st.feed(&txn, FeedDescriptor::queue(from, me))?;
             let unread = mailbox == Mailbox::Unread;
             let mut last = None;
-            // Nothing is held past the verified length (a damaged inbox
-            // record must not make this walk 2^64 numbers).
             for seq in set.iter_within(first, feed.len()) {
                 if out.len() >= limit {
                     break;

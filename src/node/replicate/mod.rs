@@ -450,16 +450,11 @@ impl State {
             self.forks.insert(f.desc.id(), f);
         }
         for from in &after.arrived {
-            // Nothing is held past the verified length: a damaged inbox
-            // record saying otherwise must not make this count to 2^64.
-            let len = self
-                .feeds
-                .get(&FeedDescriptor::queue(*from, self.me).id())
-                .map_or(u64::MAX, crate::feed::Feed::len);
             let Some(inbox) = self.inboxes.get_mut(from) else {
                 continue;
             };
-            while inbox.notified < len && inbox.dl.held.contains(inbox.notified) {
+            // Held blocks end at the verified length (`State::load_inbox`).
+            while inbox.dl.held.contains(inbox.notified) {
                 if inbox.is_unread(inbox.notified) {
                     self.out.push_back(Output::Event(Event::Message {
                         from: *from,
