@@ -213,7 +213,10 @@ fn a_damaged_held_set_is_reported_when_mail_arrives_and_announces_nothing() {
     let (ac, hc) = (a.connect(h_id, now), h.accept(now));
     let error = peermq::pump_pair((&mut a, ac), (&mut h, hc), now).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains(&a_id.to_string()) && text.contains("damaged"), "{text}");
+    assert!(
+        text.contains(&a_id.to_string()) && text.contains("damaged"),
+        "{text}"
+    );
     while let Some(out) = h.poll_output() {
         assert!(
             !matches!(out, peermq::Output::Event(peermq::Event::Message { .. })),
