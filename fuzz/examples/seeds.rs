@@ -1,5 +1,6 @@
-//! Writes the seed corpora: `cargo run --release --example seeds [DIR]`
-//! (default `corpus`), from `fuzz/`.
+//! Writes the seed corpora: `RUSTFLAGS="--cfg fuzzing" cargo run
+//! --release --example seeds [DIR]` (default `corpus`), from `fuzz/`.
+//! The flag gives the signatures of fuzz builds (README.md, "Speed").
 //!
 //! Seeds come from the protocol vectors of PROTOCOL.md section 8, and
 //! from a recorded session between the fixture's nodes A and H (with the
