@@ -31,6 +31,18 @@ fn config() -> peermq::Config {
     }
 }
 
+/// A node under test: `config`, a memory store, the deterministic entropy
+/// `seed`, opened at time zero.
+fn node(config: peermq::Config, seed: u64) -> Node<MemStore> {
+    Node::open(
+        MemStore::new(),
+        config,
+        peermq::Entropy::deterministic(seed),
+        Instant::ZERO,
+    )
+    .unwrap()
+}
+
 /// Node A with a well-behaved peer C connected, and a hostile key H that A
 /// authorized.
 struct World {
@@ -44,20 +56,8 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let mut a = Node::open(
-            MemStore::new(),
-            config(),
-            peermq::Entropy::deterministic(1),
-            Instant::ZERO,
-        )
-        .unwrap();
-        let c = Node::open(
-            MemStore::new(),
-            config(),
-            peermq::Entropy::deterministic(2),
-            Instant::ZERO,
-        )
-        .unwrap();
+        let mut a = node(config(), 1);
+        let c = node(config(), 2);
         let h = Keypair::generate(&mut SeededRng::from_u64(99));
         a.add_peer(c.id()).unwrap();
         a.add_peer(h.peer_id()).unwrap();
@@ -414,13 +414,7 @@ fn a_handshake_out_of_order_fails_cleanly() {
 #[test]
 fn random_bytes_never_panic_before_or_after_the_handshake() {
     fn prop(junk: Vec<u8>, as_plaintext: bool) -> TestResult {
-        let mut a = Node::open(
-            MemStore::new(),
-            config(),
-            peermq::Entropy::deterministic(3),
-            Instant::ZERO,
-        )
-        .unwrap();
+        let mut a = node(config(), 3);
         let h = Keypair::generate(&mut SeededRng::from_u64(4));
         a.add_peer(h.peer_id()).unwrap();
         // Straight into a fresh connection.
@@ -568,16 +562,13 @@ impl SparseFetch {
     /// and the requests it made on connecting.
     fn with(prefetch: peermq::Prefetch) -> (Self, Vec<(u64, Option<u64>, u64)>) {
         let h = Keypair::generate(&mut SeededRng::from_u64(41));
-        let mut a = Node::open(
-            MemStore::new(),
+        let mut a = node(
             peermq::Config {
                 prefetch,
                 ..config()
             },
-            peermq::Entropy::deterministic(40),
-            Instant::ZERO,
-        )
-        .unwrap();
+            40,
+        );
         a.add_peer(h.peer_id()).unwrap();
         let store = MemStore::new();
         let feed = Feed::new(FeedDescriptor::queue(h.peer_id(), a.id()));
@@ -952,16 +943,13 @@ fn connections_each_parking_half_a_large_message_stay_within_the_buffer_budget()
     // half of one would otherwise hold 8 MiB apiece, for as long as they
     // keep the connection alive.
     let budget = 1 << 20;
-    let mut a = Node::open(
-        MemStore::new(),
+    let mut a = node(
         peermq::Config {
             max_buffered_bytes: budget,
             ..config()
         },
-        peermq::Entropy::deterministic(1),
-        Instant::ZERO,
-    )
-    .unwrap();
+        1,
+    );
     let mut closed = Vec::new();
     let mut peers = Vec::new();
     for i in 0..4u64 {
@@ -1093,16 +1081,13 @@ fn block_bytes_received(raw: &mut RawPeer) -> usize {
 #[test]
 fn a_peer_asking_for_the_same_large_range_over_and_over_is_served_at_the_serving_rate() {
     let rate: usize = 1 << 20;
-    let mut a = Node::open(
-        MemStore::new(),
+    let mut a = node(
         peermq::Config {
             max_serve_rate: rate as u64,
             ..config()
         },
-        peermq::Entropy::deterministic(1),
-        Instant::ZERO,
-    )
-    .unwrap();
+        1,
+    );
     let mut rng = SeededRng::from_u64(40);
     let (h, g) = (Keypair::generate(&mut rng), Keypair::generate(&mut rng));
     let blocks: Vec<Vec<u8>> = (0..2_000u32).map(|i| vec![i as u8; 1024]).collect();
@@ -1210,16 +1195,13 @@ fn a_peer_reconnecting_in_a_loop_is_refused_past_its_quota_and_keeps_its_open_co
 
 #[test]
 fn connections_past_the_inbound_limit_are_closed_as_they_come() {
-    let mut a = Node::open(
-        MemStore::new(),
+    let mut a = node(
         peermq::Config {
             max_inbound: 3,
             ..config()
         },
-        peermq::Entropy::deterministic(1),
-        Instant::ZERO,
-    )
-    .unwrap();
+        1,
+    );
     let mut closed = Vec::new();
     for _ in 0..5 {
         let conn = a.accept(Instant::ZERO);
@@ -1285,13 +1267,7 @@ fn closed_at(
 
 #[test]
 fn a_peer_that_handshakes_then_sends_a_byte_every_15_seconds_is_closed_as_idle() {
-    let mut a = Node::open(
-        MemStore::new(),
-        config(),
-        peermq::Entropy::deterministic(1),
-        Instant::ZERO,
-    )
-    .unwrap();
+    let mut a = node(config(), 1);
     let h = Keypair::generate(&mut SeededRng::from_u64(99));
     a.add_peer(h.peer_id()).unwrap();
     let mut raw = RawPeer::dial(&h, 7, a.id()).unwrap();
@@ -1310,13 +1286,7 @@ fn a_peer_that_handshakes_then_sends_a_byte_every_15_seconds_is_closed_as_idle()
 
 #[test]
 fn a_peer_that_sends_its_handshake_a_byte_at_a_time_is_closed_at_the_handshake_timeout() {
-    let mut a = Node::open(
-        MemStore::new(),
-        config(),
-        peermq::Entropy::deterministic(1),
-        Instant::ZERO,
-    )
-    .unwrap();
+    let mut a = node(config(), 1);
     let h = Keypair::generate(&mut SeededRng::from_u64(99));
     a.add_peer(h.peer_id()).unwrap();
     let mut raw = RawPeer::dial(&h, 7, a.id()).unwrap();
