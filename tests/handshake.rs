@@ -238,3 +238,55 @@ fn a_node_that_dials_an_address_talks_to_an_authorized_peer_there() {
     assert_eq!(unread.len(), 1);
     assert_eq!(unread[0].data, b"hello");
 }
+
+#[test]
+fn an_open_node_that_dials_its_own_address_refuses_itself_and_does_not_retry() {
+    let open = Config {
+        open: true,
+        ..config()
+    };
+    let mut a = Node::open(MemStore::new(), open, Entropy::deterministic(1), NOW).unwrap();
+    let (dialed, accepted) = (a.connect_any(NOW), a.accept(NOW));
+    let mut outputs = Vec::new();
+    // One node, both ends: each connection's bytes go to the other.
+    for _ in 0..10 {
+        let mut moved = false;
+        while let Some(out) = a.poll_output() {
+            match out {
+                Output::Transmit { conn, bytes } => {
+                    let to = if conn == dialed { accepted } else { dialed };
+                    a.handle_input(to, &bytes, NOW).unwrap();
+                    moved = true;
+                }
+                other => outputs.push(other),
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(outcome(&outputs, dialed), Err(CloseReason::Ourselves));
+    assert!(CloseReason::Ourselves.to_string().contains("itself"));
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Connected { .. }))),
+        "{outputs:?}"
+    );
+    assert!(!a.is_connected(&a.id()));
+}
+
+#[test]
+fn a_dialer_proving_the_listeners_own_identity_is_refused() {
+    // Someone holding our key (another process on our data directory, say)
+    // dials us: the listener refuses it as itself, authorized or not.
+    let open = Config {
+        open: true,
+        ..config()
+    };
+    let mut a = Node::open(MemStore::new(), open, Entropy::deterministic(1), NOW).unwrap();
+    let me = a.keypair().clone();
+    let s = StaticKey::generate(SeededRng::from_u64(51)).unwrap();
+    let (outcome, _) = dial_by_hand(&mut a, &s, 1, |hash| signed_payload(&me, &s, hash));
+    assert_eq!(outcome, Err(CloseReason::Ourselves));
+}

@@ -209,6 +209,9 @@ async fn refusal_advice(mq: &Mq, peer: Option<PeerId>, reason: &CloseReason) -> 
         CloseReason::WrongPeer { expected, got } => Some(format!(
             "the address found for {expected} answered as {got}; check the address given with --addr; retrying"
         )),
+        CloseReason::Ourselves => Some(
+            "the address dialed is this node's own (it answered with our key); give another peer's address".to_string(),
+        ),
         _ => None,
     }
 }

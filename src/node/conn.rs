@@ -44,6 +44,17 @@ pub(crate) struct HandshakeCtx<'a> {
 }
 
 impl HandshakeCtx<'_> {
+    /// Refuses a peer that proves our own identity: a dial that reached
+    /// this very node (its own address, say, on a node that accepts
+    /// anyone), which would otherwise only lose a duplicate tie-break.
+    fn other_than_us(&self, peer: PeerId) -> Result<PeerId, CloseReason> {
+        if peer == self.identity.peer_id() {
+            Err(CloseReason::Ourselves)
+        } else {
+            Ok(peer)
+        }
+    }
+
     /// Our identity payload for the message `state` is about to write,
     /// signed over the handshake so far (PROTOCOL.md section 2).
     fn payload(&self, state: &snow::HandshakeState) -> Vec<u8> {
@@ -346,7 +357,8 @@ impl Conn {
                     if state.is_initiator() {
                         // Message 2: the listener's identity. Checked in full
                         // before message 3 gives it ours.
-                        let peer = check_identity(state, payload, &hash_before)?;
+                        let peer =
+                            hs.other_than_us(check_identity(state, payload, &hash_before)?)?;
                         match *expected {
                             // The key the application dialed by name is the
                             // one it wants to talk to.
@@ -384,7 +396,8 @@ impl Conn {
                         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
                     } else {
                         // Message 3: the dialer's identity.
-                        let peer = check_identity(state, payload, &hash_before)?;
+                        let peer =
+                            hs.other_than_us(check_identity(state, payload, &hash_before)?)?;
                         if !(hs.authorized)(&peer) {
                             return Err(CloseReason::Unauthorized(peer));
                         }

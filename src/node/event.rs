@@ -178,6 +178,9 @@ pub enum CloseReason {
     Overloaded,
     /// Another connection with the same peer won the tie-break.
     Duplicate,
+    /// The peer proved this node's own identity: a dial reached this very
+    /// node. Not retried.
+    Ourselves,
     /// As many connections as allowed are open to us
     /// ([`crate::Config::max_inbound`]); this one was closed as it came.
     TooManyConnections {
@@ -238,7 +241,10 @@ impl CloseReason {
     pub(crate) fn retry(&self) -> bool {
         !matches!(
             self,
-            CloseReason::PeerRemoved | CloseReason::Local | CloseReason::Duplicate
+            CloseReason::PeerRemoved
+                | CloseReason::Local
+                | CloseReason::Duplicate
+                | CloseReason::Ourselves
         )
     }
 }
@@ -266,6 +272,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Unexpected(e) => write!(f, "unexpected message: {e}"),
             CloseReason::Overloaded => f.write_str("peer sent too many requests"),
             CloseReason::Duplicate => f.write_str("duplicate connection"),
+            CloseReason::Ourselves => {
+                f.write_str("dialed this node itself (its own address or key)")
+            }
             CloseReason::TooManyConnections { limit } => write!(
                 f,
                 "{limit} incoming connections are open, the most allowed (Config::max_inbound); try again later"
